@@ -1,0 +1,41 @@
+# Quantized LLMs, locally -- every command sets itself up on a fresh machine.
+#   make course   install, build the course models, run every notebook into build/
+#   make test     install, build the course models, unit tests + every notebook (nbmake)
+#   make lab      JupyterLab on the course
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# llama-cpp-python has no wheel here: pip builds it from source once (the multimodal part is
+# not needed and costs a quarter of the build), then reuses its cached wheel.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# Tests and CI pin threads so parallel work does not oversubscribe small machines.
+TEST_ENV := QLLM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup models course test lab clean clean-models
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "Installing (first time: ~4-15 min, most of it building llama-cpp-python; later: seconds)"
+	$(BIN)/python -m pip install --progress-bar off -e '.[all]'
+	@touch $@
+
+models: setup
+	$(BIN)/python -m helpers.course_models build
+
+course: models
+	$(BIN)/python tools/run_course.py
+
+test: models
+	$(TEST_ENV) $(BIN)/python -m pytest
+
+lab: models
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf build .pytest_cache
+
+clean-models:
+	$(BIN)/python -m helpers.course_models clean

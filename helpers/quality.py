@@ -1,0 +1,78 @@
+"""Quality of a quantized model: perplexity on a held-out text, and agreement with full precision."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+
+import numpy as np
+
+
+def heldout_text() -> str:
+    """The course's held-out evaluation text (never used for calibration)."""
+    return resources.files("helpers").joinpath("data/heldout.txt").read_text(encoding="utf-8")
+
+
+def calibration_text() -> str:
+    """The course's calibration text (used only to quantize)."""
+    return resources.files("helpers").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+
+
+def _nll_from_logits(logits: np.ndarray, token_ids: list[int]) -> np.ndarray:
+    """Negative log-likelihood of token_ids[1:] given logits[:-1] (float64 for stability)."""
+    logits = logits[: len(token_ids) - 1].astype(np.float64)
+    peak = logits.max(axis=-1, keepdims=True)
+    log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=-1))
+    targets = np.asarray(token_ids[1:])
+    return log_norm - logits[np.arange(len(targets)), targets]
+
+
+def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
+    """Next-token logits (float32 numpy) of a Transformers model for one sequence."""
+    import torch
+
+    with torch.inference_mode():
+        ids = torch.tensor([token_ids], device=model.device)
+        return model(ids).logits[0].float().cpu().numpy()
+
+
+def llama_cpp_logits(llm, token_ids: list[int]) -> np.ndarray:
+    """Next-token logits of a llama_cpp.Llama created with logits_all=True."""
+    if len(token_ids) > llm.n_ctx():
+        raise ValueError(f"{len(token_ids)} tokens do not fit n_ctx={llm.n_ctx()}; create Llama with a larger n_ctx")
+    llm.reset()
+    llm.eval(token_ids)
+    return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
+
+
+def perplexity_from_logits(logits: np.ndarray, token_ids: list[int]) -> float:
+    """exp(mean negative log-likelihood) of the sequence."""
+    return float(math.exp(_nll_from_logits(logits, token_ids).mean()))
+
+
+def top1_agreement(logits: np.ndarray, reference_logits: np.ndarray) -> float:
+    """Fraction of positions where both models would pick the same next token."""
+    n = min(len(logits), len(reference_logits))
+    return float((logits[:n].argmax(-1) == reference_logits[:n].argmax(-1)).mean())
+
+
+def transformers_perplexity(model, tokenizer, text: str | None = None) -> float:
+    """Perplexity of a Transformers model on `text` (default: the course held-out text)."""
+    ids = tokenizer(text or heldout_text())["input_ids"]
+    return perplexity_from_logits(transformers_logits(model, ids), ids)
+
+
+def gguf_perplexity(gguf_path, text: str | None = None, n_threads: int | None = None) -> float:
+    """Perplexity of a GGUF file through llama.cpp on `text` (default: the held-out text)."""
+    from llama_cpp import Llama
+
+    text = text or heldout_text()
+    probe = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    ids = probe.tokenize(text.encode("utf-8"), add_bos=True)
+    del probe
+    llm = Llama(model_path=str(gguf_path), n_ctx=len(ids) + 8, logits_all=True,
+                n_threads=n_threads, n_batch=512, verbose=False)
+    try:
+        return perplexity_from_logits(llama_cpp_logits(llm, ids), ids)
+    finally:
+        llm.close()

@@ -1,0 +1,48 @@
+"""Shared fixtures. Tests never download anything: models are the course's own or tiny random ones."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QLLM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the hub fails loudly
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """An empty course-model cache for one test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QLLM_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def course_cache() -> Path:
+    """The real course models (built by `make models` before the tests run)."""
+    from helpers import course_models
+
+    course_models.ensure(quiet=True)
+    return course_models.cache_dir()
+
+
+def tiny_gemma3(path: Path, vocab_size: int = 262144, layers: int = 1, seed: int = 0):
+    """A random Gemma 3 text model small enough to quantize in seconds, saved to `path`."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256,
+                              num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                              head_dim=64, max_position_embeddings=1024, sliding_window=64,
+                              layer_types=["sliding_attention"] * layers)
+    model = Gemma3ForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():  # random (1 + w) gains around 1, one dead channel as in the real model
+        for layer in model.model.layers:
+            for norm in (layer.input_layernorm, layer.pre_feedforward_layernorm):
+                norm.weight.normal_(0.0, 0.5)
+            layer.pre_feedforward_layernorm.weight[3] = -1.0
+    model.save_pretrained(path)
+    return model

@@ -1,0 +1,159 @@
+"""The course-model builder: caching, staleness, interrupted builds, the quality gate, the AWQ fix."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import course_models
+from helpers.errors import CourseModelError
+
+from .conftest import tiny_gemma3
+
+
+def test_cache_dir_follows_environment(tmp_cache):
+    assert course_models.cache_dir() == tmp_cache
+    assert course_models.model_path("gguf").parent == tmp_cache / "gguf"
+    assert course_models.model_path("awq") == tmp_cache / "awq"
+
+
+def test_unknown_format_is_a_clear_error(tmp_cache):
+    with pytest.raises(CourseModelError, match="choose one of gguf, hf, gptq, awq"):
+        course_models.model_path("exl2")
+
+
+def test_gguf_builds_checks_sha_and_goes_stale_when_recipe_changes(tmp_cache):
+    assert course_models.status("gguf") == "missing"
+    paths = course_models.ensure(["gguf"], quiet=True)
+    gguf = paths["gguf"]
+    assert gguf.read_bytes()[:4] == b"GGUF"
+    assert gguf.stat().st_size == 253_113_024
+    stamp = course_models.read_stamp("gguf")
+    assert stamp["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert 10 < stamp["perplexity"] < 60  # a real, coherent model on the held-out text
+    assert course_models.status("gguf") == "ready"
+    # another library version or input means another recipe: the model is rebuilt, not reused
+    stamp["recipe"]["llama-cpp-python"] = "0.0.1"
+    (tmp_cache / "gguf" / course_models.STAMP).write_text(json.dumps(stamp))
+    assert course_models.status("gguf") == "stale"
+    course_models.ensure(["gguf"], quiet=True)
+    assert course_models.status("gguf") == "ready"
+
+
+def test_killed_build_is_detected_and_never_used(tmp_cache):
+    proc = subprocess.Popen([sys.executable, "-m", "helpers.course_models", "build", "--formats", "gguf"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = tmp_cache / "gguf.partial"
+    deadline = time.time() + 60
+    while not (partial / course_models.GGUF_FILENAME).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)  # the builder and its child, mid-build
+    proc.wait()
+    assert not (tmp_cache / "gguf").exists(), "a half-made model must never be in place"
+    assert course_models.status("gguf") == "interrupted"
+    assert course_models.info_rows()[0]["status"] == "interrupted"
+    course_models.ensure(["gguf"], quiet=True)
+    assert course_models.status("gguf") == "ready"
+    assert not partial.exists()
+
+
+def test_calibration_rows_are_equal_length_and_start_with_bos(course_cache):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(course_models.model_dir("hf"))
+    rows = course_models.calibration_rows(tokenizer)
+    assert len(rows) == course_models.CALIBRATION_BLOCKS
+    assert {len(r["input_ids"]) for r in rows} == {course_models.BLOCK_TOKENS}
+    assert all(r["input_ids"][0] == tokenizer.bos_token_id for r in rows)
+    assert len({tuple(r["input_ids"]) for r in rows}) == len(rows)  # spread over the text, no repeats
+
+
+def test_calibration_and_heldout_texts_do_not_overlap():
+    from helpers.quality import calibration_text, heldout_text
+
+    calibration = calibration_text()
+    for paragraph in heldout_text().split("\n\n"):
+        for sentence in paragraph.split(". "):
+            if len(sentence) > 40:
+                assert sentence not in calibration
+
+
+def test_built_models_record_recipe_and_pass_quality_gate(course_cache):
+    fp = course_models.read_stamp("hf")["perplexity"]
+    for fmt in course_models.FORMATS:
+        stamp = course_models.read_stamp(fmt)
+        assert stamp["recipe"] == course_models.recipe(fmt)
+        assert stamp["perplexity"] <= course_models.QUALITY_GATE * fp
+    assert course_models.read_stamp("awq")["recipe"]["gptqmodel"] == "7.6.0"
+    config = json.loads((course_models.model_dir("gptq") / "config.json").read_text())
+    assert "offload_to_disk_path" not in json.dumps(config)  # no random temp path in the checkpoint
+
+
+def test_info_command_lists_all_formats_with_measured_figures(course_cache):
+    out = subprocess.run([sys.executable, "-m", "helpers.course_models", "info"], capture_output=True,
+                         text=True, check=True).stdout
+    for fmt in course_models.FORMATS:
+        line = next(row for row in out.splitlines() if row.startswith(fmt + " "))
+        assert "ready" in line
+        assert "-" not in line.split()[2:5]  # size, perplexity and ratio are all filled
+
+
+def test_quality_gate_rejects_a_bad_checkpoint_and_installs_nothing(tmp_cache, course_cache, monkeypatch):
+    """A tiny random model scores far worse than the (faked) fp reference: the build must fail."""
+    hf = tmp_cache / "hf"
+    tiny_gemma3(hf)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(course_cache / "hf" / name, hf / name)
+    (hf / course_models.STAMP).write_text(json.dumps({"perplexity": 20.0, "recipe": {}}))
+    with pytest.raises(CourseModelError) as err:
+        course_models._build("gptq")
+    message = str(err.value)
+    assert "gptq" in message and "quality gate" in message
+    assert not (tmp_cache / "gptq").exists()
+    assert not (tmp_cache / "gptq.partial").exists()
+
+
+def test_awq_norm_fold_is_exact_even_for_extreme_scales():
+    """Folding AWQ scales into a Gemma 3 (1 + w) norm must not change the layer's output."""
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3MLP, Gemma3RMSNorm
+
+    from helpers.awq_gemma3 import fold_scales_into_gemma_norm
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(hidden_size=128, intermediate_size=256, hidden_activation="gelu_pytorch_tanh")
+    norm, mlp = Gemma3RMSNorm(128).to(torch.bfloat16), Gemma3MLP(config).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(128) * 3)
+        norm.weight[5] = -1.0  # a dead channel: gain exactly 0
+    live = (1 + norm.weight.float()) != 0
+    x = torch.randn(4, 16, 128, dtype=torch.bfloat16)
+    before = mlp(norm(x)).float()
+    # scales like the ones GPTQModel produced for the real model: spread over 6 decades
+    scales = torch.exp(torch.randn(128) * 3).to(torch.bfloat16)
+    fold_scales_into_gemma_norm(norm, [mlp.gate_proj, mlp.up_proj], scales)
+    after = mlp(norm(x)).float()
+    assert torch.isfinite(after).all()
+    rel = ((after - before).norm() / before.norm()).item()
+    assert rel < 0.02, f"fold changed the output by {rel:.1%}"
+    assert ((1 + norm.weight.float()).abs()[live] >= 0.99).all()  # no live gain folded to near 0
+
+
+def test_awq_fixes_are_undone_on_exit():
+    import gptqmodel.models.auto as auto
+    import gptqmodel.quantization.awq.quantize.scale as scale
+
+    from helpers.awq_gemma3 import gemma3_awq_fixes
+
+    before = (auto.MODEL_MAP["gemma3_text"], scale.scale_ln_fcs)
+    with gemma3_awq_fixes():
+        assert auto.MODEL_MAP["gemma3_text"] is not before[0]
+        assert "pre_feedforward_layernorm" in str(auto.MODEL_MAP["gemma3_text"].module_tree)
+    assert (auto.MODEL_MAP["gemma3_text"], scale.scale_ln_fcs) == before

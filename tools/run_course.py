@@ -1,0 +1,66 @@
+"""Run every notebook of the course, in order, headless: executed copies and HTML go to build/.
+
+    python tools/run_course.py [notebooks/03_awq.ipynb ...]
+
+Cells tagged `skip-execution` (GPU-only cells) are shown but not run, exactly as under nbmake.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from nbconvert import HTMLExporter
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+CELL_TIMEOUT = 1800
+
+
+def run_notebook(path: Path) -> tuple[bool, float, str]:
+    nb = nbformat.read(path, as_version=4)
+    skipped = [c for c in nb.cells if "skip-execution" in c.get("metadata", {}).get("tags", [])]
+    for cell in skipped:  # nbclient has no tag for this; nbmake does. Same effect:
+        cell["metadata"]["_skipped_source"] = cell["source"]
+        cell["source"] = ""
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    started = time.time()
+    ok, message = True, ""
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        ok, message = False, str(err).splitlines()[-1] if str(err) else "cell failed"
+    for cell in skipped:
+        cell["source"] = cell["metadata"].pop("_skipped_source")
+    seconds = time.time() - started
+    (BUILD / "notebooks").mkdir(parents=True, exist_ok=True)
+    (BUILD / "html").mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, BUILD / "notebooks" / path.name)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    (BUILD / "html" / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+    return ok, seconds, message
+
+
+def main(argv: list[str]) -> int:
+    paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    results = []
+    started = time.time()
+    for path in tqdm(paths, desc="notebooks", unit="nb"):
+        ok, seconds, message = run_notebook(path)
+        results.append((path.name, ok, seconds, message))
+        tqdm.write(f"{'ok  ' if ok else 'FAIL'} {path.name:32} {seconds:6.0f} s  {message}")
+    failed = [r for r in results if not r[1]]
+    print(f"\nCourse run: {len(results) - len(failed)}/{len(results)} notebooks ok in {time.time() - started:.0f} s")
+    print(f"Executed notebooks: {BUILD / 'notebooks'}")
+    print(f"HTML, to read in a browser: {BUILD / 'html'}  (start with {BUILD / 'html' / '00_setup.html'})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
