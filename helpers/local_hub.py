@@ -1,0 +1,496 @@
+"""A local, Hugging Face Hub-compatible file server (standard library only) for offline runs and tests.
+
+    with LocalHub() as hub:                      # serves the course models, 127.0.0.1, a free port
+        os.environ["HF_ENDPOINT"] = hub.url      # exactly how you point the client at a mirror
+        ...                                      # hf_hub_download / snapshot_download / `hf download`
+
+    python -m helpers.local_hub                  # the same from a terminal, until Ctrl-C
+
+It answers what `huggingface_hub` (2.x) and the `hf` CLI ask a hub for: repo info with file sizes and
+sha256 (`/api/models/{repo}[/revision/{rev}]?blobs=true`), the file tree, paths-info, and
+`HEAD`/`GET /{repo}/resolve/{rev}/{file}` with `X-Repo-Commit`, `ETag`, `Content-Length` and `Range`
+(206 + `Content-Range`). Errors carry the hub's `X-Error-Code` (RepoNotFound 401, EntryNotFound 404,
+RevisionNotFound 404), so the client raises its real error classes. Files are served by reference
+from where they are (the course cache), never copied. Two switches break transfers on purpose:
+`cut_next_transfer` drops the connection after N bytes (the client resumes with a Range request) and
+`stall_next_transfer` hangs after N bytes (so a test can kill a downloading process mid-file).
+Every request is recorded in `hub.requests` (method, path, status, Range, bytes sent).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+NAMESPACE = "qllm-course"
+# Like the original tutorial's repos (…-GPTQ-4bit, …-AWQ, …-GGUF), but holding the course model.
+COURSE_REPOS = {
+    f"{NAMESPACE}/gemma-3-270m": "hf",
+    f"{NAMESPACE}/gemma-3-270m-GPTQ-4bit": "gptq",
+    f"{NAMESPACE}/gemma-3-270m-AWQ": "awq",
+    f"{NAMESPACE}/gemma-3-270m-GGUF": "gguf",
+}
+LFS_MIN_BYTES = 10 * 2**20  # the hub stores big files (and weights) in LFS: ETag = sha256
+LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".model")
+CHUNK = 2**20
+PRIVATE_FILES = {"course-build.json"}  # the course's build stamp is not part of a published repo
+
+
+@dataclass
+class RepoEntry:
+    """One file of a served repo: its bytes live in `source` (a file on disk, or bytes)."""
+
+    path: str
+    source: Path | bytes
+    size: int = 0
+    _sha256: str | None = None
+
+    def __post_init__(self):
+        self.size = len(self.source) if isinstance(self.source, bytes) else Path(self.source).stat().st_size
+
+    @property
+    def lfs(self) -> bool:
+        return self.size >= LFS_MIN_BYTES or self.path.endswith(LFS_SUFFIXES)
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:  # computed once, when a client first asks
+            digest = hashlib.sha256()
+            if isinstance(self.source, bytes):
+                digest.update(self.source)
+            else:
+                with open(self.source, "rb") as handle:
+                    while block := handle.read(8 * CHUNK):
+                        digest.update(block)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def _pointer(self) -> bytes:
+        return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\n"
+                f"size {self.size}\n").encode()
+
+    @property
+    def blob_id(self) -> str:
+        """The git object id: of the LFS pointer for LFS files, of the content otherwise (as on the hub)."""
+        data = self._pointer() if self.lfs else self.read(0, self.size)
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 if self.lfs else self.blob_id
+
+    def read(self, start: int, length: int) -> bytes:
+        if isinstance(self.source, bytes):
+            return self.source[start:start + length]
+        with open(self.source, "rb") as handle:
+            handle.seek(start)
+            return handle.read(length)
+
+    def tree_row(self) -> dict:
+        row = {"type": "file", "oid": self.blob_id, "size": self.size, "path": self.path}
+        if self.lfs:
+            row["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": len(self._pointer())}
+        return row
+
+    def sibling(self, blobs: bool) -> dict:
+        row = {"rfilename": self.path}
+        if blobs:
+            row.update(size=self.size, blobId=self.blob_id)
+            if self.lfs:
+                row["lfs"] = {"sha256": self.sha256, "size": self.size, "pointerSize": len(self._pointer())}
+        return row
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    files: dict[str, RepoEntry]
+    commit: str = ""
+
+    def __post_init__(self):
+        if not self.commit:  # stable while the files do not change
+            digest = hashlib.sha1(self.repo_id.encode())
+            for name in sorted(self.files):
+                entry = self.files[name]
+                stamp = (entry.source if isinstance(entry.source, bytes)
+                         else str(Path(entry.source).stat().st_mtime_ns).encode())
+                digest.update(f"{name}\0{entry.size}\0".encode() + stamp)
+            self.commit = digest.hexdigest()
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str
+    status: int
+    range: str | None = None
+    bytes_sent: int = 0
+    authorization: str | None = None  # kept in memory for tests (was a token sent?); never logged
+    event: str = ""  # "cut" or "stalled" when a switch fired
+
+    @property
+    def is_file_get(self) -> bool:
+        return self.method == "GET" and "/resolve/" in self.path
+
+
+@dataclass
+class _Switch:
+    kind: str  # "cut" | "stall"
+    after_bytes: int
+    path: str | None
+    times: int
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+def repo_from_folder(repo_id: str, folder: Path, extra: dict[str, bytes] | None = None,
+                     only: list[str] | None = None) -> Repo:
+    """A repo whose files are those of `folder` (served in place), plus small generated files."""
+    files = {p.name: RepoEntry(p.name, p) for p in sorted(Path(folder).iterdir())
+             if p.is_file() and p.name not in PRIVATE_FILES and not p.name.startswith(".")
+             and (only is None or p.name in only)}
+    for name, data in (extra or {}).items():
+        files[name] = RepoEntry(name, data)
+    return Repo(repo_id, files)
+
+
+_GITATTRIBUTES = b"".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n".encode() for s in LFS_SUFFIXES)
+_GITATTRIBUTES += b"tokenizer.json filter=lfs diff=lfs merge=lfs -text\n"
+
+
+def _readme(repo_id: str, fmt: str) -> bytes:
+    what = {"hf": "bf16 safetensors (full precision)", "gptq": "4-bit GPTQ, group size 128 (GPTQModel)",
+            "awq": "4-bit AWQ GEMM, group size 128 (GPTQModel)", "gguf": "GGUF Q4_K_M for llama.cpp"}[fmt]
+    return (f"# {repo_id}\n\nGemma 3 270M (base model), {what}.\nServed by the course's local hub "
+            "(helpers/local_hub.py) from the course model cache. Licence: Gemma Terms of Use.\n").encode()
+
+
+def course_repos() -> dict[str, Repo]:
+    """The course models (those built) as hub repos, named like the original tutorial's."""
+    from . import course_models
+
+    repos = {}
+    for repo_id, fmt in COURSE_REPOS.items():
+        if course_models.read_stamp(fmt) is None:
+            continue  # not built: `python -m helpers.course_models build`
+        extra = {".gitattributes": _GITATTRIBUTES, "README.md": _readme(repo_id, fmt)}
+        repos[repo_id] = repo_from_folder(repo_id, course_models.model_dir(fmt), extra)
+    return repos
+
+
+class LocalHub:
+    """A hub-compatible server on 127.0.0.1 (a free port); a context manager that always stops."""
+
+    def __init__(self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.repos = course_repos() if repos is None else repos
+        self.host, self.port = host, port
+        self.requests: list[RequestRecord] = []
+        self._switches: list[_Switch] = []
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "LocalHub":
+        if self._server is not None:
+            return self
+        handler = type("Handler", (_Handler,), {"hub": self})
+        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-hub", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)  # a notebook kernel that dies still frees the port
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (safe to call twice); stalled transfers are released first."""
+        for switch in self._switches:
+            switch.released.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            with self._lock:  # keep-alive connections would otherwise go on being served
+                for conn in list(self._connections):
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+            atexit.unregister(self.stop)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def __enter__(self) -> "LocalHub":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"LocalHub({self.url}, {state}, repos={sorted(self.repos)})"
+
+    # ---- switches that break a transfer on purpose --------------------------------------------
+
+    def cut_next_transfer(self, after_bytes: int, path: str | None = None, times: int = 1) -> None:
+        """Drop the connection of the next `times` file GETs (whose path contains `path`) after N bytes."""
+        with self._lock:
+            self._switches.append(_Switch("cut", after_bytes, path, times))
+
+    def stall_next_transfer(self, after_bytes: int, path: str | None = None) -> _Switch:
+        """Hang the next file GET after N bytes, until `release()` or stop (to kill a client mid-file)."""
+        switch = _Switch("stall", after_bytes, path, 1)
+        with self._lock:
+            self._switches.append(switch)
+        return switch
+
+    def release(self) -> None:
+        for switch in self._switches:
+            switch.released.set()
+
+    def _take_switch(self, path: str) -> _Switch | None:
+        with self._lock:
+            for switch in self._switches:
+                if switch.times > 0 and (switch.path is None or switch.path in path):
+                    switch.times -= 1
+                    return switch
+        return None
+
+    # ---- what the server saw ------------------------------------------------------------------
+
+    def file_gets(self) -> list[RequestRecord]:
+        """The GETs of file contents (not HEADs, not API calls)."""
+        return [r for r in self.requests if r.is_file_get]
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    hub: LocalHub
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real hub
+    server_version = "qllm-local-hub/1.0"
+
+    def log_message(self, *args) -> None:  # quiet: the record list is the log
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.hub._lock:
+            self.hub._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.hub._lock:
+            self.hub._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    def _record(self, status: int, sent: int = 0, event: str = "") -> None:
+        record = RequestRecord(self.command, self.path, status, self.headers.get("Range"), sent,
+                               self.headers.get("Authorization"), event)
+        with self.hub._lock:
+            self.hub.requests.append(record)
+
+    def _send_json(self, data, status: int = 200, headers: dict | None = None) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._record(status, len(body))
+
+    def _error(self, status: int, code: str | None, message: str, commit: str | None = None) -> None:
+        headers = {"X-Error-Message": message}
+        if code:
+            headers["X-Error-Code"] = code
+        if commit:
+            headers["X-Repo-Commit"] = commit
+        self._send_json({"error": message}, status, headers)
+
+    def _repo_and_rest(self, parts: list[str]) -> tuple[Repo | None, list[str]]:
+        for n in (2, 1):  # "owner/name", or a legacy one-part id
+            if len(parts) >= n and "/".join(parts[:n]) in self.hub.repos:
+                return self.hub.repos["/".join(parts[:n])], parts[n:]
+        return None, parts
+
+    def _revision_ok(self, repo: Repo, revision: str) -> bool:
+        return revision in ("main", repo.commit)
+
+    # ---- routes -------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._route()
+
+    def do_HEAD(self) -> None:
+        self._route()
+
+    def do_POST(self) -> None:
+        self._route()
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.split("/") if p]
+        # read any request body now: an error answer must not leave it in a kept-alive connection
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        query = parse_qs(url.query)
+        try:
+            if parts[:2] == ["api", "models"]:
+                self._api(parts[2:], query)
+            elif "resolve" in parts:
+                self._resolve(parts)
+            else:
+                self._error(404, None, "Not found")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (killed, or a test cut it): nothing to answer
+
+    def _api(self, parts: list[str], query: dict) -> None:
+        repo, rest = self._repo_and_rest(parts)
+        if repo is None:
+            self._error(401, "RepoNotFound", "Repository not found")
+            return
+        revision = "main"
+        kind = rest[0] if rest else "info"
+        if kind in ("revision", "tree", "paths-info") and len(rest) >= 2:
+            revision = rest[1]
+        elif kind not in ("info",):
+            self._error(404, None, "Not found")
+            return
+        if not self._revision_ok(repo, revision):
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
+        if kind in ("info", "revision") and self.command in ("GET", "HEAD"):
+            blobs = query.get("blobs", ["false"])[0].lower() == "true"
+            self._send_json({
+                "_id": repo.commit[:24], "id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.commit,
+                "private": False, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
+                "tags": [], "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
+                "siblings": [e.sibling(blobs) for e in repo.files.values()],
+            })
+        elif kind == "tree" and self.command == "GET":
+            prefix = "/".join(rest[2:])
+            rows = [e.tree_row() for e in repo.files.values() if not prefix or e.path.startswith(prefix + "/")]
+            self._send_json(rows)
+        elif kind == "paths-info" and self.command == "POST":
+            wanted = parse_qs(self.body.decode()).get("paths", [])
+            self._send_json([repo.files[p].tree_row() for p in wanted if p in repo.files])
+        else:
+            self._error(405, None, "Method not allowed")
+
+    def _resolve(self, parts: list[str]) -> None:
+        at = parts.index("resolve")
+        repo, _ = self._repo_and_rest(parts[:at])
+        if repo is None or len(parts) < at + 3:
+            self._error(401, "RepoNotFound", "Repository not found")
+            return
+        revision, filename = parts[at + 1], "/".join(parts[at + 2:])
+        if not self._revision_ok(repo, revision):
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
+        entry = repo.files.get(filename)
+        if entry is None:
+            self._error(404, "EntryNotFound", f"{filename} does not exist on \"{revision}\"", repo.commit)
+            return
+        start, end = 0, entry.size - 1
+        status = 200
+        wanted = self.headers.get("Range")
+        if wanted and wanted.startswith("bytes=") and "," not in wanted:
+            first, _, last = wanted[6:].partition("-")
+            try:
+                start = int(first) if first else max(entry.size - int(last), 0)
+                end = min(int(last), entry.size - 1) if first and last else entry.size - 1
+            except ValueError:
+                start, end = 0, entry.size - 1
+            if start >= entry.size or start > end:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{entry.size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self._record(416)
+                return
+            status = 206
+        length = end - start + 1
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{entry.etag}"')
+        self.send_header("X-Repo-Commit", repo.commit)
+        if entry.lfs:
+            self.send_header("X-Linked-Size", str(entry.size))
+            self.send_header("X-Linked-Etag", f'"{entry.etag}"')
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{entry.size}")
+        self.end_headers()
+        if self.command == "HEAD":
+            self._record(status)
+            return
+        switch = self.hub._take_switch(filename)
+        sent, event = self._send_body(entry, start, length, switch)
+        self._record(status, sent, event)
+
+    def _send_body(self, entry: RepoEntry, start: int, length: int, switch: _Switch | None) -> tuple[int, str]:
+        limit = length if switch is None else min(length, switch.after_bytes)
+        sent = 0
+        while sent < limit:
+            block = entry.read(start + sent, min(CHUNK, limit - sent))
+            if not block:
+                break
+            self.wfile.write(block)
+            sent += len(block)
+        self.wfile.flush()
+        if switch is None or sent >= length:
+            return sent, ""
+        if switch.kind == "stall":  # hold the connection open until released or the client dies
+            while not switch.released.wait(0.2):
+                pass
+        # cut (or a released stall): drop the connection mid-body, as a flaky network would
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return sent, "cut" if switch.kind == "cut" else "stalled"
+
+
+def main() -> None:
+    """Serve the course repos until Ctrl-C; print how to point the hub client at them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with LocalHub(port=args.port) as hub:
+        print(f"Serving {len(hub.repos)} repos at {hub.url}:")
+        for repo_id, repo in hub.repos.items():
+            print(f"  {repo_id:40} {len(repo.files)} files, {sum(e.size for e in repo.files.values()) / 1e6:,.0f} MB")
+        print(f"\n  export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1\n"
+              f"  hf download {NAMESPACE}/gemma-3-270m-GGUF --include '*Q4_K_M.gguf' --local-dir ./gguf\n")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped")
+
+
+if __name__ == "__main__":
+    main()
