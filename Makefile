@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml
 
 models: setup
 	$(BIN)/python -m helpers.course_models build
+	@# llama.cpp's HF->GGUF converter (notebook 04) ships only in the llama-cpp-python sdist:
+	@# take it from pip's cache, or fetch the sdist from PyPI once (76 MB, keeps 2 MB).
+	$(BIN)/python -m helpers.gguf_tools converter --download
 
 course: models
 	$(BIN)/python tools/run_course.py

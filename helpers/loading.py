@@ -3,12 +3,14 @@
     lm = load_model(course_models.model_path("gptq"))   # or a .gguf file, a folder, a hub id
     print(lm)                                           # format, backend, device, dtype, time
     generate(lm, "The capital of France is", max_new_tokens=20)
+    kernel_report(lm)                                   # which kernel runs the 4-bit layers
 
 Formats are detected from the files: a `.gguf` file goes to llama.cpp (llama-cpp-python);
 a folder with `config.json` goes to Transformers, and its
 `quantization_config.quant_method` says whether it is GPTQ, AWQ (both through GPTQModel) or
 plain ("hf"). Before loading, `check_memory_fit` compares what the weights will need with
 the free RAM (or GPU memory) and refuses with the numbers instead of letting the kernel die.
+Anything that is not a local path but looks like `owner/name` is fetched with `helpers.hub`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from typing import Any
 from .errors import CourseError
 
 GGUF_MAGIC = b"GGUF"
-# What loading costs beyond the weights: runtime, activations, allocator slack (stated, not measured
-# per model; the course measures the real figure in notebooks 04 and 08).
-MEMORY_OVERHEAD_FRACTION = 0.20
-MEMORY_OVERHEAD_BYTES = 300 * 2**20
+# What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
+# Transformers: tokenizer (Gemma's 262k-token one alone takes ~300 MiB), activations, KV cache and
+# the kernels' repacking on first use; llama.cpp: its KV cache and scratch buffers. On the course
+# models the peak resident memory measured above the imported libraries stayed under this estimate.
+MEMORY_OVERHEAD_FRACTION = 0.50
+MEMORY_OVERHEAD_BYTES = 600 * 2**20
+GGUF_OVERHEAD_FRACTION = 0.20
+GGUF_OVERHEAD_BYTES = 300 * 2**20
 
 
 class ModelNotFoundError(CourseError):
@@ -37,6 +43,17 @@ class ModelNotFoundError(CourseError):
 
 class NotAModelError(CourseError):
     """The path exists but holds no model we can load."""
+
+
+class UnsupportedFormatError(NotAModelError):
+    """A model folder quantized with a method this course does not load (bitsandbytes, FP8, ...)."""
+
+
+_METHOD_HINTS = {
+    "bitsandbytes": " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)",
+    "compressed-tensors": " (`pip install compressed-tensors`; vLLM serves these)",
+    "fp8": " (FP8 needs a recent NVIDIA GPU)",
+}
 
 
 class MissingBackendError(CourseError):
@@ -84,6 +101,9 @@ def check_gguf_header(path: str | os.PathLike) -> dict:
     version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
     if version not in (2, 3):
         raise NotAModelError(f"{path}: GGUF version {version} is not one llama.cpp reads (2 or 3).")
+    from .gguf_tools import validate_gguf  # walks the whole header: a truncated file fails here, clearly
+
+    validate_gguf(path)
     return {"version": version, "tensor_count": n_tensors, "kv_count": n_kv, "bytes": path.stat().st_size}
 
 
@@ -95,10 +115,14 @@ def detect_format(path: str | os.PathLike) -> str:
             f"{path} does not exist. Build the course models with `python -m helpers.course_models build`, "
             "download a model (notebook 01), or check the spelling of the path.")
     if path.is_file():
-        if path.suffix.lower() == ".gguf" or path.read_bytes()[:4] == GGUF_MAGIC:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if path.suffix.lower() == ".gguf" or magic == GGUF_MAGIC:
             check_gguf_header(path)
             return "gguf"
-        raise NotAModelError(f"{path} is a file but not a .gguf model. Pass a .gguf file or a model folder.")
+        raise NotAModelError(
+            f"{path} is a file but not a .gguf model (it starts with {magic!r}). Pass a .gguf file, or the "
+            "folder that holds config.json and the *.safetensors weights (not a file inside it).")
     config = path / "config.json"
     if not config.exists():
         ggufs = sorted(path.glob("*.gguf"))
@@ -112,27 +136,81 @@ def detect_format(path: str | os.PathLike) -> str:
         cfg = json.loads(config.read_text())
     except ValueError as err:
         raise NotAModelError(f"{config} is not valid JSON ({err}); the download may be incomplete.") from None
-    method = (cfg.get("quantization_config") or {}).get("quant_method")
-    if method in (None, ""):
+    quant = cfg.get("quantization_config") or {}
+    method = str(quant.get("quant_method") or "").lower()
+    if not method:
         return "hf"
     if method in ("gptq", "awq"):
         return method
-    raise NotAModelError(f"{path} is quantized with {method!r}; this course loads GPTQ, AWQ and GGUF.")
+    raise UnsupportedFormatError(
+        f"{path} is quantized with {method!r} (config.json: quantization_config.quant_method). This course "
+        "loads GPTQ and AWQ folders and GGUF files. Look for a -GPTQ, -AWQ or -GGUF version of the same "
+        f"model on the hub, or load this one with the library its model card names{_METHOD_HINTS.get(method, '')}.")
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The weight files a loader reads: the .gguf file, else the folder's *.safetensors, else *.bin/*.pt.
+
+    With a `model.safetensors.index.json` only the shards it names count; a stray
+    `consolidated.safetensors` (Mistral repos ship one for their own tools) is left out.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [path / n for n in names if (path / n).exists()]
+        except (ValueError, KeyError):
+            pass
+    safetensors = sorted(path.glob("*.safetensors"))
+    if len(safetensors) > 1:
+        safetensors = [p for p in safetensors if p.name != "consolidated.safetensors"]
+    if safetensors:
+        return safetensors
+    pickles = sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    return pickles or sorted(path.glob("*.gguf"))
 
 
 def weights_bytes(path: str | os.PathLike) -> int:
-    """Bytes of model weights on disk (a .gguf file, or the *.safetensors/*.bin of a folder)."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    files = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")]
-    return sum(p.stat().st_size for p in files)
+    """Bytes of model weights on disk (see `weight_files`)."""
+    return sum(p.stat().st_size for p in weight_files(path))
+
+
+_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_ALIASES = {"auto": None, "float32": "float32", "fp32": "float32", "float": "float32",
+                  "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+                  "half": "float16"}
+
+
+def _safetensors_tensors(file: Path) -> list[tuple[str, int]]:
+    """(dtype, bytes) of every tensor in a safetensors file, read from its JSON header only."""
+    with open(file, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    return [(t["dtype"], t["data_offsets"][1] - t["data_offsets"][0])
+            for name, t in header.items() if name != "__metadata__"]
+
+
+def weights_in_memory_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
+    """Bytes the weights take once loaded: float tensors cast to `dtype` (None keeps them), packed ints as is."""
+    dtype = normalize_dtype(dtype)
+    files = weight_files(path)
+    if dtype is None or not all(f.suffix == ".safetensors" for f in files):
+        return sum(f.stat().st_size for f in files)
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    total = 0
+    for f in files:
+        for kind, nbytes in _safetensors_tensors(f):
+            total += nbytes // _FLOAT_BYTES[kind] * width if kind in _FLOAT_BYTES else nbytes
+    return total
 
 
 # ---- will it fit? ---------------------------------------------------------------------------
 
 def free_memory_bytes(device: str = "cpu") -> int:
-    """Free RAM (available, as the kernel counts it) or free memory of a CUDA device."""
+    """Free RAM ("available", as the kernel counts it: free + reclaimable cache) or free CUDA memory."""
     if device.startswith("cuda"):
         import torch
 
@@ -143,67 +221,134 @@ def free_memory_bytes(device: str = "cpu") -> int:
     return int(psutil.virtual_memory().available)
 
 
+def memory_overhead(fmt: str) -> tuple[float, int]:
+    """The stated overhead (fraction of the weights, fixed bytes) for a format's backend."""
+    if fmt == "gguf":
+        return GGUF_OVERHEAD_FRACTION, GGUF_OVERHEAD_BYTES
+    return MEMORY_OVERHEAD_FRACTION, MEMORY_OVERHEAD_BYTES
+
+
 def estimate_memory_bytes(path, fmt: str, dtype: str | None = None) -> int:
-    """Weights in memory plus a stated overhead (20% + 300 MiB)."""
-    weights = weights_bytes(path)
-    if fmt == "hf" and dtype in ("float32", "fp32"):
-        weights *= 2  # bf16/fp16 checkpoints double in fp32
-    return int(weights * (1 + MEMORY_OVERHEAD_FRACTION) + MEMORY_OVERHEAD_BYTES)
+    """Weights in memory (in `dtype`) plus the stated overhead: x1.5 + 600 MiB (Transformers), x1.2 + 300 MiB (GGUF)."""
+    weights = weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)
+    fraction, fixed = memory_overhead(fmt)
+    return int(weights * (1 + fraction) + fixed)
 
 
 def check_memory_fit(path, fmt: str, device: str = "cpu", dtype: str | None = None,
                      free_bytes: int | None = None) -> dict:
-    """Refuse (NotEnoughMemoryError) before loading if the model would not fit; return the figures."""
+    """Refuse (NotEnoughMemoryError) before loading if the model would not fit; return the figures.
+
+    need = weights in memory + overhead (`memory_overhead`); free = available RAM, or free memory
+    of the CUDA device. `free_bytes` overrides the measured free memory (for tests and what-ifs).
+    """
+    weights = weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)
     need = estimate_memory_bytes(path, fmt, dtype)
-    free = free_memory_bytes(device) if free_bytes is None else free_bytes
-    figures = {"need_bytes": need, "free_bytes": free, "device": device}
+    free = free_memory_bytes(device) if free_bytes is None else int(free_bytes)
+    fraction, fixed = memory_overhead(fmt)
+    figures = {"need_bytes": need, "free_bytes": free, "weights_bytes": weights,
+               "overhead_bytes": need - weights, "device": device, "fits": need <= free}
     if need > free:
         where = "GPU memory" if device.startswith("cuda") else "RAM"
+        gib = 2**30
+        cast = f" as {normalize_dtype(dtype)}" if normalize_dtype(dtype) and fmt != "gguf" else ""
         raise NotEnoughMemoryError(
-            f"Not loading {Path(path).name}: it needs about {need / 2**30:.1f} GiB of {where} "
-            f"({weights_bytes(path) / 2**30:.1f} GiB of weights + {MEMORY_OVERHEAD_FRACTION:.0%} + 300 MiB overhead), "
-            f"and {free / 2**30:.1f} GiB is free. Close other notebooks or kernels, choose a smaller "
-            "model or a 4-bit file (GGUF Q4_K_M, GPTQ or AWQ), or pass check_memory=False if you know better.")
+            f"Not loading {Path(path).name}: it needs about {need / gib:.1f} GiB of {where} "
+            f"({weights / gib:.2f} GiB of weights{cast} + {fraction:.0%} + {fixed // 2**20} MiB overhead), "
+            f"and only {free / gib:.1f} GiB is free on {device}. Close other notebooks or kernels, choose a "
+            "smaller model or a 4-bit one (GGUF Q4_K_M, GPTQ or AWQ)"
+            + (", keep the checkpoint's dtype instead of float32" if cast.endswith("float32") else "")
+            + ", or pass check_memory=False if you know better.")
     return figures
 
 
 # ---- which kernels run the quantized layers? -----------------------------------------------
 
-def kernel_report(model) -> dict:
-    """Which quantized-linear classes back the layers, on which device, and whether that is fast.
+def classify_kernels(layers) -> dict:
+    """The kernel report from (quantized-linear class name, device) pairs: a pure function, easy to test.
 
-    On a GPU, GPTQModel should pick Marlin/Machete/ExllamaV2/AWQ GEMM kernels; a Torch* class
-    there is the slow fallback (the old "CUDA extension not installed" trap, now visible).
-    On the CPU, TorchAten* is the expected kernel.
+    On a CUDA device, a class with "Torch" in its name (TorchLinear, AwqTorchLinear, ...) is
+    GPTQModel's pure-PyTorch fallback: it dequantizes on every call and runs many times slower
+    than Marlin, Machete, ExllamaV2 or the AWQ GEMM kernels. That is today's form of the old
+    AutoGPTQ trap ("CUDA extension not installed", model.device still says cuda). Quantized
+    layers on the CPU while others sit on a GPU mean the model was partly offloaded: slow too.
     """
     counts: dict[str, int] = {}
     devices: set[str] = set()
+    slow: set[str] = set()
+    for name, device in layers:
+        device = str(device)
+        counts[name] = counts.get(name, 0) + 1
+        devices.add(device)
+        if device.startswith("cuda") and "Torch" in name:
+            slow.add(name)
+    on_gpu = any(d.startswith("cuda") for d in devices)
+    offloaded = on_gpu and any(not d.startswith("cuda") for d in devices)
+    warnings_ = []
+    if slow:
+        warnings_.append(
+            f"SLOW KERNEL: the model is on the GPU but {', '.join(sorted(slow))} runs its quantized layers: "
+            "GPTQModel's pure-PyTorch fallback, many times slower than Marlin/ExllamaV2/AWQ GEMM, although "
+            "model.device says cuda. GPTQModel compiles its CUDA kernels on first use: that needs a CUDA "
+            "build of torch, the CUDA toolkit (nvcc) with `ninja`, and a Turing-or-newer GPU (sm_75+). "
+            "Look above for a kernel compile error, and load in float16/bfloat16, not float32.")
+    if offloaded:
+        warnings_.append(
+            "OFFLOADED: some quantized layers are on the CPU while others are on the GPU (device_map put "
+            "what did not fit in GPU memory on the CPU). Every token now crosses the PCIe bus: free GPU "
+            "memory or pick a smaller model.")
+    if on_gpu:
+        expected = "Marlin, Machete, ExllamaV2 or AWQ GEMM/GEMV kernels"
+    elif any(d.startswith("cpu") for d in devices):
+        expected = "TorchAten kernels (TorchAtenLinear / TorchAtenAwqLinear)"
+    else:
+        expected = "-"
+    return {"quantized_linear": counts, "devices": sorted(devices), "expected": expected,
+            "slow_fallback": bool(slow), "offloaded": offloaded,
+            "warning": " ".join(warnings_) or None}
+
+
+def kernel_report(model) -> dict:
+    """Which quantized-linear classes back the layers, on which device, and whether that is fast.
+
+    Accepts a Transformers model or a LoadedModel. On a GPU, GPTQModel should pick Marlin/
+    Machete/ExllamaV2/AWQ GEMM kernels; a Torch* class there is the slow fallback (see
+    `classify_kernels`). On the CPU, TorchAten* is the expected kernel. `plain_linear` counts
+    ordinary nn.Linear layers left unquantized (usually lm_head).
+    """
+    if isinstance(model, LoadedModel):
+        if model.backend != "transformers":
+            raise CourseError(
+                "kernel_report inspects Transformers models (GPTQ/AWQ/hf). A GGUF model runs on llama.cpp, "
+                "whose kernels are compiled in: see llama_cpp.llama_print_system_info() (notebook 00).")
+        model = model.model
+    layers = []
     plain = 0
     for module in model.modules():
         name = type(module).__name__
         if _is_quant_linear(module):
-            counts[name] = counts.get(name, 0) + 1
-            for tensor in list(module.buffers(recurse=False)) + list(module.parameters(recurse=False)):
-                devices.add(str(tensor.device))
-                break
+            tensor = next(iter(list(module.buffers(recurse=False)) + list(module.parameters(recurse=False))), None)
+            layers.append((name, str(tensor.device) if tensor is not None else "meta"))
         elif name == "Linear":
             plain += 1
-    on_gpu = any(d.startswith("cuda") for d in devices)
-    slow = sorted(n for n in counts if on_gpu and n.startswith(("Torch", "AwqTorch")))
-    warning = None
-    if slow:
-        warning = (f"SLOW KERNEL: the model is on the GPU but {', '.join(slow)} runs its quantized layers: "
-                   "a pure-PyTorch fallback, many times slower than Marlin/ExllamaV2. Install a "
-                   "CUDA build of gptqmodel (see notebook 00) or pass backend='marlin'.")
-    return {"quantized_linear": counts, "plain_linear": plain, "devices": sorted(devices),
-            "slow_fallback": bool(slow), "warning": warning}
+    return {**classify_kernels(layers), "plain_linear": plain}
 
 
 def _is_quant_linear(module) -> bool:
-    for cls in type(module).__mro__:
-        if cls.__name__ == "BaseQuantLinear":
-            return True
-    return False
+    return any(cls.__name__ == "BaseQuantLinear" for cls in type(module).__mro__)
+
+
+def print_kernel_report(report: dict) -> None:
+    """The kernel report as a few readable lines, the warning (if any) loud and last."""
+    kernels = ", ".join(f"{name} x{n}" for name, n in report["quantized_linear"].items()) or "none (not quantized)"
+    print(f"quantized layers : {kernels}")
+    print(f"plain nn.Linear  : {report.get('plain_linear', 0)} (left in full precision; usually lm_head)")
+    print(f"device(s)        : {', '.join(report['devices']) or '-'}")
+    print(f"expected here    : {report['expected']}")
+    if report["warning"]:
+        print("\n" + "!" * 80 + "\n" + report["warning"] + "\n" + "!" * 80)
+    else:
+        print("verdict          : OK, the expected kernel for this device")
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -214,33 +359,76 @@ def default_threads() -> int:
 
 
 def pick_device(device: str = "auto") -> str:
-    """'auto' means CUDA when present, else CPU. (MPS is left out: GPTQModel has no MPS kernels.)"""
-    if device != "auto":
-        return device
-    try:
+    """Where to run: "auto" means CUDA when torch sees a GPU, else the CPU.
+
+    "cuda" / "cuda:1" ask for a GPU and fail clearly if torch has none. "auto" never picks Apple's
+    MPS: GPTQModel's MPS kernels need MLX, and llama.cpp uses Metal by itself; ask for "mps" by name.
+    """
+    if device in (None, "auto"):
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+    device = str(device)
+    if device.startswith("cuda"):
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+        if not torch.cuda.is_available():
+            build = torch.__version__
+            raise CourseError(
+                f"device={device!r} but torch {build} sees no CUDA GPU"
+                + (" (it is a CPU-only build)" if "+cpu" in build or torch.version.cuda is None else "")
+                + ". Use device='auto' or 'cpu' here; on a GPU machine install a CUDA build of torch "
+                "(https://pytorch.org/get-started/locally/) and check `nvidia-smi`.")
+    elif device not in ("cpu", "mps"):
+        raise CourseError(f"device={device!r} is not one the course knows: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    return device
+
+
+def normalize_dtype(dtype) -> str | None:
+    """'float32' / 'bfloat16' / 'float16' from a name, an alias (fp32, bf16, fp16), a torch.dtype; None for auto."""
+    if dtype is None:
+        return None
+    name = str(dtype).replace("torch.", "").lower()
+    if name not in _DTYPE_ALIASES:
+        raise CourseError(f"dtype={dtype!r} is not one the course loads: use None (the checkpoint's own), "
+                          "'bfloat16', 'float16' or 'float32'.")
+    return _DTYPE_ALIASES[name]
 
 
 def load_model(source, device: str = "auto", dtype: str | None = None, n_ctx: int = 4096,
                n_threads: int | None = None, check_memory: bool = True,
                trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
-    """Load a .gguf file, a model folder or a hub id, whatever its format.
+    """Load a .gguf file, a model folder or a hub id ("owner/name"), whatever its format.
 
-    device: "auto" (CUDA if present), "cpu" or "cuda". dtype (Transformers only): None keeps the
-    checkpoint's (bf16 for the course models); "float32" is slower on CPUs with bf16 support
-    and doubles memory. n_ctx (llama.cpp only): context window to allocate.
+    device: "auto" (CUDA if torch sees a GPU, else CPU), "cpu", "cuda"/"cuda:N" or "mps". The whole
+      model goes to that one device (device_map=device): no silent offloading of what does not fit,
+      the memory check refuses instead.
+    dtype (Transformers only): None keeps the checkpoint's own (config.json "dtype"; bf16 for the
+      course models, GPTQModel records bf16 too). "float32" doubles the memory of every float tensor
+      and is usually slower on a CPU, where decoding is limited by memory bandwidth; "float16" is what
+      most GPU kernels like best and is slow or unsupported for some CPU ops.
+    n_ctx (llama.cpp only): the context window to allocate (its KV cache grows with it).
+    n_threads: CPU threads (default `default_threads()`).
+    check_memory: run `check_memory_fit` first and refuse what will not fit.
+    trust_remote_code: off by default, so no Python code from a model repo runs; turn it on only after
+      reading that code. allow_pickle: load *.bin/*.pt weights (pickle can run code), off by default.
     """
     path = _resolve_source(source, allow_pickle=allow_pickle)
     fmt = detect_format(path)
     if fmt == "gguf" and path.is_dir():
         path = next(path.glob("*.gguf"))
     device = pick_device(device)
-    if fmt != "gguf" and not allow_pickle:
-        _require_safetensors(path)
+    dtype = normalize_dtype(dtype)
+    if fmt != "gguf":
+        if not allow_pickle:
+            _require_safetensors(path)
+        if fmt in ("gptq", "awq"):
+            _require_gptqmodel(fmt)
+        if not trust_remote_code:
+            _refuse_remote_code(path)
     if check_memory:
         check_memory_fit(path, fmt, device=device, dtype=dtype)
     if fmt == "gguf":
@@ -248,28 +436,59 @@ def load_model(source, device: str = "auto", dtype: str | None = None, n_ctx: in
     return _load_transformers(path, fmt, device, dtype, n_threads or default_threads(), trust_remote_code)
 
 
+def looks_like_hub_id(text: str) -> bool:
+    """'owner/name' (one slash, no spaces, not starting like a path)."""
+    return (text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
+            and all(text.split("/")))
+
+
 def _resolve_source(source, allow_pickle: bool = False) -> Path:
     path = Path(str(source)).expanduser()
     if path.exists():
         return path
     text = str(source)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
-    if not looks_like_hub_id:
+    if not looks_like_hub_id(text):
         return path  # detect_format raises a clear "does not exist"
-    from .hub import download_model  # a hub id: fetch (or reuse) a local copy
-
-    return Path(download_model(text, allow_pickle=allow_pickle))
+    here = f"{text!r} is not a file or folder here (looked in {Path.cwd()}), so it was taken as a hub id"
+    try:
+        from .hub import download_model  # a hub id: fetch (or reuse) a local copy
+    except ImportError as err:
+        raise ModelNotFoundError(
+            f"{here}, but downloading is not available ({err}). Download the model first (notebook 01) and "
+            "pass its local folder or .gguf file, or check the spelling of the path.") from None
+    try:
+        return Path(download_model(text, allow_pickle=allow_pickle))
+    except CourseError as err:  # keep the hub's own error class, say why the hub was asked at all
+        err.args = (f"{here}. {err}",) + err.args[1:]
+        raise
 
 
 def _require_safetensors(path: Path) -> None:
     if any(path.glob("*.safetensors")):
         return
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
         raise CourseError(
             f"{path} has only pickle weights (*.bin/*.pt), which can run code when loaded. "
             "Prefer a safetensors copy of the model; to load these anyway, pass allow_pickle=True "
             "(only for sources you trust).")
     raise NotAModelError(f"{path} has a config.json but no weights (*.safetensors). Is the download complete?")
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """A model whose architecture exists only as Python code in its repo cannot load without running it."""
+    cfg = json.loads((path / "config.json").read_text())
+    if not cfg.get("auto_map"):
+        return
+    from transformers import CONFIG_MAPPING
+
+    if cfg.get("model_type") in CONFIG_MAPPING:
+        return  # Transformers has this architecture built in and ignores the repo's code
+    files = ", ".join(sorted(p.name for p in path.glob("*.py"))) or "named in config.json auto_map"
+    raise CourseError(
+        f"{path.name} defines its architecture ({cfg.get('model_type')!r}) in Python code shipped with the "
+        f"model ({files}), and loading it would run that code. The course keeps trust_remote_code=False. "
+        "Prefer a model Transformers supports natively; if you have read that code and trust it, pass "
+        "trust_remote_code=True.")
 
 
 def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> LoadedModel:
@@ -318,6 +537,7 @@ def _load_transformers(path: Path, fmt: str, device: str, dtype: str | None, n_t
         _require_gptqmodel(fmt)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # "auto" = the dtype config.json records; on CUDA, Transformers turns bf16 AWQ into fp16 itself.
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # GPTQModel calls a deprecated API
     started = time.perf_counter()
@@ -333,22 +553,31 @@ def _load_transformers(path: Path, fmt: str, device: str, dtype: str | None, n_t
                      load_seconds=seconds, context_length=context)
     if fmt in ("gptq", "awq"):
         report = kernel_report(model)
+        lm.notes.append("kernel: " + ", ".join(report["quantized_linear"]))
         if report["warning"]:
             warnings.warn(report["warning"], stacklevel=2)
             lm.notes.append(report["warning"])
     return lm
 
 
+# What Transformers 5 needs besides itself to load each format (see its quantizers/quantizer_*.py).
+BACKEND_PACKAGES = {"gptq": ("gptqmodel", "optimum"), "awq": ("gptqmodel", "accelerate")}
+
+
 def _require_gptqmodel(fmt: str) -> None:
+    """Fail early and clearly if GPTQModel (or its companion package) is missing."""
     import importlib.util
 
-    missing = [name for name in ("gptqmodel", "optimum") if importlib.util.find_spec(name) is None]
+    missing = [name for name in BACKEND_PACKAGES[fmt] if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingBackendError(
             f"This is a {fmt.upper()} checkpoint; Transformers 5 loads {fmt.upper()} through GPTQModel "
-            f"(+ optimum), and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
-            "(Transformers would fail with a confusing NameError: QuantizeConfig). Install them: "
-            "`pip install 'quantized-llms-locally[quant]'` or `pip install gptqmodel==7.6.0 optimum`.")
+            f"(+ {BACKEND_PACKAGES[fmt][1]}), and {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed (Transformers would fail with a "
+            "confusing error such as NameError: name 'QuantizeConfig' is not defined). Install them: "
+            "`pip install 'quantized-llms-locally[quant]'` or `pip install gptqmodel==7.6.0 optimum==2.3.0 "
+            "accelerate`, then restart the kernel. (AutoGPTQ and AutoAWQ, which older tutorials use, no "
+            "longer work with Transformers 5.)")
     import_gptqmodel_quietly()
 
 
@@ -377,10 +606,12 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
         return out["choices"][0]["text"]
     import torch
 
+    # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would count the
+    # prompt too); pad_token_id given explicitly (Gemma's is 0, so no `or` shortcut: 0 is falsy).
     inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():
-        output_ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens,
-                                       pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
+        output_ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad,
                                        **sampling, **kwargs)
     return lm.tokenizer.decode(output_ids[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)

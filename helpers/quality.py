@@ -18,13 +18,20 @@ def calibration_text() -> str:
     return resources.files("helpers").joinpath("data/calibration.txt").read_text(encoding="utf-8")
 
 
-def _nll_from_logits(logits: np.ndarray, token_ids: list[int]) -> np.ndarray:
-    """Negative log-likelihood of token_ids[1:] given logits[:-1] (float64 for stability)."""
-    logits = logits[: len(token_ids) - 1].astype(np.float64)
-    peak = logits.max(axis=-1, keepdims=True)
-    log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=-1))
+def _nll_from_logits(logits: np.ndarray, token_ids: list[int], chunk: int = 64) -> np.ndarray:
+    """Negative log-likelihood of token_ids[1:] given logits[:-1].
+
+    Worked in chunks of rows: a 262k-token vocabulary makes each row 1 MB, and a float64 copy of
+    all of them would cost gigabytes."""
     targets = np.asarray(token_ids[1:])
-    return log_norm - logits[np.arange(len(targets)), targets]
+    nll = np.empty(len(targets), dtype=np.float64)
+    for start in range(0, len(targets), chunk):
+        rows = logits[start:start + chunk].astype(np.float32)[: len(targets) - start]
+        peak = rows.max(axis=-1, keepdims=True)
+        log_norm = peak[:, 0].astype(np.float64) + np.log(np.exp(rows - peak).sum(axis=-1, dtype=np.float64))
+        picked = rows[np.arange(len(rows)), targets[start:start + len(rows)]]
+        nll[start:start + len(rows)] = log_norm - picked
+    return nll
 
 
 def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
@@ -42,7 +49,7 @@ def llama_cpp_logits(llm, token_ids: list[int]) -> np.ndarray:
         raise ValueError(f"{len(token_ids)} tokens do not fit n_ctx={llm.n_ctx()}; create Llama with a larger n_ctx")
     llm.reset()
     llm.eval(token_ids)
-    return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
+    return np.array(llm.scores[: len(token_ids)], dtype=np.float32)  # a copy: the next eval overwrites scores
 
 
 def perplexity_from_logits(logits: np.ndarray, token_ids: list[int]) -> float:
@@ -70,7 +77,8 @@ def gguf_perplexity(gguf_path, text: str | None = None, n_threads: int | None = 
     probe = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     ids = probe.tokenize(text.encode("utf-8"), add_bos=True)
     del probe
-    llm = Llama(model_path=str(gguf_path), n_ctx=len(ids) + 8, logits_all=True,
+    n_ctx = -(-(len(ids) + 8) // 256) * 256  # llama.cpp rounds n_ctx up to 256; keep Python's buffers equal
+    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True,
                 n_threads=n_threads, n_batch=512, verbose=False)
     try:
         return perplexity_from_logits(llama_cpp_logits(llm, ids), ids)

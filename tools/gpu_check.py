@@ -1,0 +1,192 @@
+"""GPU check for notebooks 02/03: load a GPTQ and an AWQ checkpoint on CUDA, report kernels and decode speed.
+
+    python tools/gpu_check.py                                   # the course models (built if missing)
+    python tools/gpu_check.py --gptq neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit \\
+                              --awq solidrust/Mistral-7B-Instruct-v0.3-AWQ   # the original tutorial's repos
+    python tools/gpu_check.py --json gpu-check.json             # also save the figures
+
+Each checkpoint is loaded twice on the GPU: with the kernel GPTQModel picks (it should be Marlin,
+Machete, ExllamaV2 or an AWQ GEMM kernel), and forced onto GPTQModel's pure-PyTorch kernel, the slow
+fallback a broken install lands on. The decode-speed ratio between the two is what the old
+"CUDA extension not installed" trap costs on this GPU. Decode tokens/s = (N - 1) new tokens over the
+time of an N-token greedy run minus a 1-token run (so the prompt's prefill is left out).
+
+On a machine without a CUDA GPU it says so and exits 0: nothing is measured, nothing is invented.
+`--device cpu` runs the same code on the CPU to test the script itself (its figures are CPU figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT = "The capital of France is"
+# GPTQModel's pure-PyTorch kernels, forced through the quantization config's `backend`
+FALLBACK_BACKEND = {"gptq": "gptq_torch", "awq": "torch_awq"}
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_gib(device: str):
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def decode_tokens_per_second(model, tokenizer, new_tokens: int) -> dict:
+    """Greedy decode speed, prefill excluded (an N-token run minus a 1-token run)."""
+    import torch
+
+    device = str(model.device)
+
+    inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def run(n: int) -> float:
+        _sync(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
+        _sync(device)
+        return time.perf_counter() - started
+
+    run(8)  # warm-up: kernel compilation / autotuning, CUDA graphs, allocator
+    one = min(run(1) for _ in range(3))
+    many = run(new_tokens)
+    return {"decode_tok_s": round((new_tokens - 1) / max(many - one, 1e-9), 1),
+            "prefill_plus_first_token_s": round(one, 4), "new_tokens": new_tokens}
+
+
+def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: str = "cuda") -> list[dict]:
+    """Rows for one checkpoint: the kernel GPTQModel picks, then (optionally) the forced fallback."""
+    from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
+
+    from helpers import loading
+
+    rows = []
+    _reset_peak(device)
+    lm = loading.load_model(source, device=device)
+    if lm.format != fmt:
+        raise SystemExit(f"{source} is a {lm.format} checkpoint, expected {fmt}")
+    report = loading.kernel_report(lm)
+    print(f"\n== {fmt.upper()} {source} (kernel GPTQModel picked) ==")
+    loading.print_kernel_report(report)
+    speed = decode_tokens_per_second(lm.model, lm.tokenizer, new_tokens)
+    rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
+                 "dtype": lm.dtype, "load_s": round(lm.load_seconds, 1), **speed,
+                 "peak_gpu_GiB": _peak_gib(device),
+                 "warning": report["warning"], "sample": loading.generate(lm, PROMPT, max_new_tokens=16)})
+    path, tokenizer = lm.path, lm.tokenizer
+    del lm
+    if fallback:
+        warnings.filterwarnings("ignore", message=".*already has a `quantization_config`.*")  # intended here
+        config = (GPTQConfig(bits=4, backend=FALLBACK_BACKEND[fmt]) if fmt == "gptq"
+                  else AwqConfig(bits=4, backend=FALLBACK_BACKEND[fmt]))
+        _reset_peak(device)
+        started = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map=device, quantization_config=config)
+        load_s = time.perf_counter() - started
+        report = loading.kernel_report(model)
+        print(f"\n== {fmt.upper()} {source} (forced backend={FALLBACK_BACKEND[fmt]!r}: the slow-fallback trap) ==")
+        loading.print_kernel_report(report)
+        speed = decode_tokens_per_second(model, tokenizer, new_tokens)
+        rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
+                     "dtype": str(model.dtype).replace("torch.", ""), "load_s": round(load_s, 1), **speed,
+                     "peak_gpu_GiB": _peak_gib(device),
+                     "warning": report["warning"], "sample": ""})
+        del model
+        rows[-1]["slowdown_vs_picked"] = round(rows[0]["decode_tok_s"] / max(rows[-1]["decode_tok_s"], 1e-9), 1)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gptq", help="GPTQ folder or hub id (default: the course GPTQ model)")
+    parser.add_argument("--awq", help="AWQ folder or hub id (default: the course AWQ model)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens to decode per timing run")
+    parser.add_argument("--no-fallback", action="store_true", help="skip the forced pure-PyTorch kernel runs")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu: a dry run that tests this script (CPU figures, not GPU ones)")
+    args = parser.parse_args(argv)
+
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed: nothing measured. Run `make setup` first.")
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        kind = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        print(f"No CUDA GPU is visible to torch {torch.__version__} ({kind}) on {platform.node()}. "
+              "Nothing was measured: this check only means something on an NVIDIA GPU. Run it there with a "
+              "CUDA build of torch and gptqmodel installed; notebooks 02 and 03 explain what to look for.")
+        return 0
+
+    from helpers import course_models
+    from helpers.errors import CourseError
+
+    sources = {"gptq": args.gptq, "awq": args.awq}
+    try:
+        missing = [fmt for fmt, src in sources.items() if src is None]
+        if missing:
+            course_models.ensure(missing)
+            for fmt in missing:
+                sources[fmt] = str(course_models.model_path(fmt))
+        rows = []
+        for fmt, source in sources.items():
+            rows += check_one(fmt, source, args.new_tokens, fallback=not args.no_fallback, device=args.device)
+    except CourseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    record = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "none: CPU dry run",
+              "compute_capability": (".".join(map(str, torch.cuda.get_device_capability(0)))
+                                     if args.device == "cuda" else "-"),
+              "versions": {name: _version(name) for name in ("torch", "transformers", "gptqmodel", "optimum")},
+              "prompt": PROMPT, "rows": rows}
+    print(f"\n{record['date_utc']}  {record['gpu']} (compute capability {record['compute_capability']})  "
+          + "  ".join(f"{k} {v}" for k, v in record["versions"].items()))
+    print(f"{'format':6} {'kernel':24} {'dtype':9} {'decode tok/s':>12} {'slowdown':>9} {'peak GiB':>9}")
+    for r in rows:
+        slow = f"{r['slowdown_vs_picked']}x" if "slowdown_vs_picked" in r else "-"
+        peak = "-" if r["peak_gpu_GiB"] is None else r["peak_gpu_GiB"]
+        print(f"{r['format']:6} {r['kernel'][:24]:24} {r['dtype']:9} {r['decode_tok_s']:>12} {slow:>9} {peak:>9}")
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+        print(f"figures written to {args.json}")
+    picked_warnings = [r for r in rows if "slowdown_vs_picked" not in r and r["warning"]]
+    return 1 if picked_warnings else 0  # the kernel GPTQModel picked by itself was a slow fallback
+
+
+if __name__ == "__main__":
+    sys.exit(main())
