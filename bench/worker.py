@@ -1,0 +1,166 @@
+"""One model format in its own process, driven by `bench.compare` through a pipe.
+
+Each format gets a fresh process so that its peak resident memory is its own: the runtime it
+imports (torch, GPTQModel, llama.cpp) plus its weights, nothing left over from another format.
+All workers stay loaded while the parent asks them, one at a time, to generate; an idle worker
+waits on its pipe and takes no CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+
+# name -> (course model, how to load it, what it is)
+FORMATS = {
+    "gguf": ("gguf", {}, "llama.cpp, GGUF Q4_K_M"),
+    "gptq": ("gptq", {}, "Transformers + GPTQModel, GPTQ 4-bit g128"),
+    "awq": ("awq", {}, "Transformers + GPTQModel, AWQ 4-bit g128"),
+    "hf-bf16": ("hf", {"dtype": "bfloat16"}, "Transformers, bf16 (full precision reference)"),
+    "hf-fp32": ("hf", {"dtype": "float32"}, "Transformers, fp32"),
+    "gguf-transformers": ("gguf", {"transformers": True, "dtype": "float32"},
+                          "Transformers reading the GGUF (dequantized to fp32)"),
+}
+
+
+def load(name: str, source, device: str, threads: int):
+    """Load format `name` from `source` (a path or hub id) the way the course loads it."""
+    from helpers import loading
+
+    _, how, _ = FORMATS[name]
+    if how.get("transformers"):
+        return load_gguf_in_transformers(source, device, how.get("dtype"), threads)
+    return loading.load_model(source, device=device, dtype=how.get("dtype"), n_threads=threads)
+
+
+def load_gguf_in_transformers(path, device: str, dtype: str | None, threads: int):
+    """Transformers' own GGUF reader (`gguf_file=`): it dequantizes every tensor on load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers import loading
+    from helpers.timing import gguf_tensor_elements
+
+    path = Path(path)
+    loading.check_gguf_header(path)
+    device = loading.pick_device(device)
+    need = gguf_tensor_elements(path) * (2 if dtype in ("bfloat16", "float16") else 4)
+    free = loading.free_memory_bytes(device)
+    if need * 1.2 + 300 * 2**20 > free:
+        raise loading.NotEnoughMemoryError(
+            f"Dequantizing {path.name} in Transformers needs about {need / 2**30:.1f} GiB for the weights alone "
+            f"and {free / 2**30:.1f} GiB is free. Use llama.cpp (format 'gguf') for this file.")
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, device_map=device,
+                                                 dtype=getattr(torch, dtype) if dtype else "auto")
+    model.eval()
+    seconds = time.perf_counter() - started
+    return loading.LoadedModel(model=model, tokenizer=tokenizer, format="gguf", backend="transformers",
+                               path=path, device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
+                               load_seconds=seconds, context_length=int(model.config.max_position_embeddings))
+
+
+def _import_backend(name: str) -> None:
+    """Import the libraries a format needs before the load clock starts (timed separately)."""
+    if name == "gguf":
+        import llama_cpp  # noqa: F401
+        return
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    if name in ("gptq", "awq"):
+        from helpers.loading import import_gptqmodel_quietly
+
+        import_gptqmodel_quietly()
+
+
+def _quality(lm, ids: list[int], threads: int) -> dict:
+    """Perplexity on the held-out ids and the next-token argmax at every position."""
+    import numpy as np
+
+    from helpers import quality
+
+    if lm.backend == "llama.cpp":
+        from llama_cpp import Llama
+
+        # logits for every position need their own context (logits_all); the weights are shared (mmap)
+        llm = Llama(model_path=str(lm.path), n_ctx=len(ids) + 8, logits_all=True, n_threads=threads,
+                    n_threads_batch=threads, n_batch=512, n_gpu_layers=-1 if lm.device.startswith("cuda") else 0,
+                    verbose=False)
+        try:
+            logits = quality.llama_cpp_logits(llm, ids)
+        finally:
+            llm.close()
+    else:
+        logits = quality.transformers_logits(lm.model, ids)
+    ppl = quality.perplexity_from_logits(logits, ids)
+    return {"perplexity": ppl, "argmax": np.asarray(logits[: len(ids) - 1].argmax(-1)).tolist()}
+
+
+def serve(conn, name: str, source: str, device: str, threads: int, log_path: str) -> None:
+    """The worker's life: import, load, then answer requests until 'close'."""
+    # Library chatter goes to a log file, not into the benchmark's table.
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    for var in ("QLLM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from helpers import loading, timing
+
+    lm = None
+    try:
+        started = time.perf_counter()
+        _import_backend(name)
+        import_s = time.perf_counter() - started
+        rss_before = timing.rss_bytes()
+        lm = load(name, source, device, threads)
+        timing.set_threads(lm, threads)
+        if lm.backend == "llama.cpp" and lm.device.startswith("cuda"):
+            import llama_cpp
+
+            if not llama_cpp.llama_supports_gpu_offload():  # n_gpu_layers is then silently ignored
+                lm.device = "cpu"
+                lm.notes.append("llama-cpp-python was built without GPU support: it ran on the CPU "
+                                "(rebuild with CMAKE_ARGS=-DGGML_CUDA=on)")
+        conn.send(("ok", {"import_s": import_s, "load_s": lm.load_seconds, "rss_before_load_bytes": rss_before,
+                          "backend": lm.backend, "device": lm.device, "dtype": lm.dtype, "path": str(lm.path),
+                          "size_bytes": loading.weights_bytes(lm.path), "notes": list(lm.notes)}))
+    except Exception as err:  # report, do not crash the benchmark
+        traceback.print_exc()
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    while True:
+        try:
+            command, args = conn.recv()
+        except EOFError:
+            break
+        try:
+            if command == "close":
+                break
+            if command == "generate":
+                run = timing.time_generation(lm, args["prompt"], args["new_tokens"])
+                conn.send(("ok", run.__dict__))
+            elif command == "tokenize":
+                if lm.backend == "llama.cpp":
+                    ids = lm.model.tokenize(args["text"].encode("utf-8"), add_bos=True)
+                else:
+                    ids = lm.tokenizer(args["text"])["input_ids"]
+                conn.send(("ok", list(ids)))
+            elif command == "memory":
+                # after a warm-up: CPU kernels repack quantized weights on their first forward
+                conn.send(("ok", {"peak_rss_bytes": timing.peak_rss_bytes(),
+                                  "bytes_per_token": timing.bytes_per_token(lm)}))
+            elif command == "quality":
+                conn.send(("ok", _quality(lm, args["ids"], threads)))
+            else:
+                conn.send(("error", f"unknown command {command!r}"))
+        except Exception as err:
+            traceback.print_exc()
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+    if lm is not None and lm.backend == "llama.cpp":
+        lm.model.close()  # else llama.cpp's destructor fails noisily at interpreter exit

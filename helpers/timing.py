@@ -1,0 +1,396 @@
+"""Measure a generation honestly: load time, time to first token, prompt and decode speed, memory.
+
+    lm = load_model(course_models.model_path("gguf"))
+    t = measure(lm, ["The printing press", "印刷术的历史"], new_tokens=32, warmup=1, repeats=3)
+    t.row()                    # one pandas-ready dict: medians, spreads, peak memory
+    pd.DataFrame([t.row()])
+
+Every run decodes greedily and exactly `new_tokens` tokens (end-of-sequence cannot stop it
+early), so formats are compared on equal work. Thread counts are fixed (QLLM_THREADS).
+The speed ceiling of decoding is memory bandwidth: each new token reads every weight once, so
+`copy_bandwidth() / bytes_per_token(lm)` is the most tokens/s this machine could give.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CourseError
+from .loading import LoadedModel, default_threads
+
+
+@dataclass
+class RunTiming:
+    """One timed generation."""
+
+    prompt_tokens: int
+    new_tokens: int  # tokens actually generated (== requested, by construction)
+    ttft_s: float  # start of the call -> first new token (includes reading the prompt)
+    prompt_tok_s: float  # prompt_tokens / ttft_s
+    decode_tok_s: float  # (new_tokens - 1) / time from first to last new token
+    total_s: float
+    peak_rss_bytes: int  # highest resident memory of this process so far (since reset_peak_rss)
+    peak_gpu_bytes: int | None = None  # CUDA only
+    text: str = ""
+
+
+@dataclass
+class Timing:
+    """Median and spread of several runs of one model; `row()` gives a pandas row."""
+
+    format: str
+    backend: str
+    device: str
+    dtype: str
+    threads: int
+    load_s: float
+    runs: list[RunTiming] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(getattr(r, name) for r in self.runs)
+
+    def spread(self, name: str) -> float:
+        """(max - min) / median, a fraction: how noisy the runs were."""
+        values = [getattr(r, name) for r in self.runs]
+        middle = statistics.median(values)
+        return (max(values) - min(values)) / middle if middle else 0.0
+
+    def row(self) -> dict:
+        gpu = [r.peak_gpu_bytes for r in self.runs if r.peak_gpu_bytes is not None]
+        return {"format": self.format, "backend": self.backend, "device": self.device, "dtype": self.dtype,
+                "threads": self.threads, "runs": len(self.runs), "load_s": self.load_s,
+                "prompt_tokens": self.median("prompt_tokens"), "new_tokens": self.median("new_tokens"),
+                "ttft_s": self.median("ttft_s"), "prompt_tok_s": self.median("prompt_tok_s"),
+                "decode_tok_s": self.median("decode_tok_s"), "decode_spread": self.spread("decode_tok_s"),
+                "ttft_spread": self.spread("ttft_s"),
+                "peak_rss_MiB": max(r.peak_rss_bytes for r in self.runs) / 2**20,
+                "peak_gpu_MiB": max(gpu) / 2**20 if gpu else None}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- memory ---------------------------------------------------------------------------------
+
+def peak_rss_bytes() -> int:
+    """Highest resident memory of this process (Linux VmHWM; elsewhere ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak (Linux: write 5 to /proc/self/clear_refs); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _gpu_used_by_this_process() -> int | None:
+    """GPU memory this process holds, from nvidia-smi (llama.cpp does not go through torch)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            return int(mib.strip()) * 2**20
+    return None
+
+
+# ---- one generation -------------------------------------------------------------------------
+
+class _TokenClock:
+    """A Transformers streamer that only notes when each new token arrives."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value):
+        if not self._prompt_seen:  # generate() first hands over the prompt
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def set_threads(lm: LoadedModel, threads: int) -> None:
+    """Pin the thread count of a loaded model (torch, or the llama.cpp context)."""
+    if lm.backend == "llama.cpp":
+        import llama_cpp
+
+        llama_cpp.llama_set_n_threads(lm.model.ctx, threads, threads)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def time_generation(lm: LoadedModel, prompt: str, new_tokens: int = 32) -> RunTiming:
+    """Generate exactly `new_tokens` tokens greedily after `prompt` and time each phase."""
+    if new_tokens < 2:
+        raise CourseError(f"new_tokens={new_tokens}: decode speed needs at least 2 new tokens.")
+    if lm.backend == "llama.cpp":
+        times, prompt_tokens, text, gpu = _run_llama_cpp(lm, prompt, new_tokens)
+    else:
+        times, prompt_tokens, text, gpu = _run_transformers(lm, prompt, new_tokens)
+    started, stamps = times[0], times[1:]
+    ttft = stamps[0] - started
+    decode = stamps[-1] - stamps[0]
+    return RunTiming(prompt_tokens=prompt_tokens, new_tokens=len(stamps), ttft_s=ttft,
+                     prompt_tok_s=prompt_tokens / ttft, decode_tok_s=(len(stamps) - 1) / decode,
+                     total_s=stamps[-1] - started, peak_rss_bytes=peak_rss_bytes(), peak_gpu_bytes=gpu, text=text)
+
+
+def _run_llama_cpp(lm: LoadedModel, prompt: str, new_tokens: int):
+    llm = lm.model
+    ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+    llm.reset()  # forget the previous prompt: its KV cache would skip the prompt pass
+    # Llama.generate is the bare token iterator: unlike create_completion it never stops at
+    # end-of-sequence, so counting tokens gives exactly new_tokens.
+    tokens: list[int] = []
+    times = [time.perf_counter()]
+    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=False):
+        times.append(time.perf_counter())
+        tokens.append(token)
+        if len(tokens) == new_tokens:
+            break
+    gpu = _gpu_used_by_this_process() if lm.device.startswith("cuda") else None
+    text = llm.detokenize(tokens).decode("utf-8", errors="replace")
+    return times, len(ids), text, gpu
+
+
+def _run_transformers(lm: LoadedModel, prompt: str, new_tokens: int):
+    import torch
+
+    inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
+    on_gpu = lm.model.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    clock = _TokenClock()  # put() copies each token to the CPU, which also waits for the GPU
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = lm.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,  # EOS banned
+                                do_sample=False, top_p=None, top_k=None, temperature=None,
+                                pad_token_id=pad, streamer=clock)
+    gpu = int(torch.cuda.max_memory_allocated()) if on_gpu else None
+    new = out[0][inputs["input_ids"].shape[1]:]
+    text = lm.tokenizer.decode(new, skip_special_tokens=True)
+    return [started] + clock.times, int(inputs["input_ids"].shape[1]), text, gpu
+
+
+def measure(lm: LoadedModel, prompts, new_tokens: int = 32, warmup: int = 1, repeats: int = 3,
+            threads: int | None = None, progress: bool = False) -> Timing:
+    """Warm up, then time `repeats` rounds over all prompts; returns the runs and their medians."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    threads = threads or default_threads()
+    set_threads(lm, threads)
+    for i in range(warmup):
+        time_generation(lm, prompts[i % len(prompts)], new_tokens)
+    timing = Timing(format=lm.format, backend=lm.backend, device=lm.device, dtype=lm.dtype, threads=threads,
+                    load_s=lm.load_seconds)
+    jobs = [p for _ in range(repeats) for p in prompts]
+    if progress:
+        from tqdm.auto import tqdm
+
+        jobs = tqdm(jobs, desc=f"timing {lm.format}", unit="run")
+    for prompt in jobs:
+        timing.runs.append(time_generation(lm, prompt, new_tokens))
+    return timing
+
+
+# ---- the bandwidth ceiling ------------------------------------------------------------------
+
+def copy_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a large numpy copy, counting the read and the write; best of `repeats`."""
+    import numpy as np
+
+    if mib < 1 or threads < 1:
+        raise CourseError("copy_bandwidth needs mib >= 1 and threads >= 1.")
+    n = mib * 2**20
+    src = np.ones(n, dtype=np.uint8)
+    dst = np.zeros(n, dtype=np.uint8)  # zeros() then a first copy: no page faults inside the timing
+    np.copyto(dst, src)
+    bounds = [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
+
+    def copy_all():
+        if threads == 1:
+            np.copyto(dst, src)
+            return
+        workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in bounds]
+        for w in workers:  # numpy releases the GIL while it copies
+            w.start()
+        for w in workers:
+            w.join()
+
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        copy_all()
+        best = min(best, time.perf_counter() - started)
+    return 2 * n / best
+
+
+def gpu_copy_bandwidth(mib: int = 1024, repeats: int = 5) -> float:
+    """Bytes/s of a device-to-device copy on the current CUDA GPU (read + write counted)."""
+    import torch
+
+    src = torch.ones(mib * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * src.numel() / best
+
+
+def gguf_tensor_infos(path) -> dict[str, dict]:
+    """Each tensor of a GGUF file: its quantization type, shape, elements and bytes in the file.
+
+    Reads only the header: gguf.GGUFReader would also parse the whole 262k-token vocabulary,
+    which takes seconds; the byte sizes come from gguf's own table of quantization blocks.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+    with open(path, "rb") as f:
+        def number(fmt):
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def skip_value(kind):
+            if kind == 8:  # string: length, bytes
+                f.seek(number("<Q"), os.SEEK_CUR)
+            elif kind == 9:  # array: element type, count, elements
+                inner, count = number("<I"), number("<Q")
+                if inner in fixed:
+                    f.seek(fixed[inner] * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip_value(inner)
+            else:
+                f.seek(fixed[kind], os.SEEK_CUR)
+
+        if f.read(4) != b"GGUF":
+            raise CourseError(f"{path} is not a GGUF file (it does not start with b'GGUF').")
+        number("<I")  # version
+        n_tensors, n_kv = number("<Q"), number("<Q")
+        for _ in range(n_kv):
+            f.seek(number("<Q"), os.SEEK_CUR)  # key
+            skip_value(number("<I"))
+        infos = {}
+        for _ in range(n_tensors):
+            name = f.read(number("<Q")).decode("utf-8")
+            shape = [number("<Q") for _ in range(number("<I"))]
+            kind = GGMLQuantizationType(number("<I"))
+            number("<Q")  # offset of the data
+            block, type_size = GGML_QUANT_SIZES[kind]
+            elements = 1
+            for d in shape:
+                elements *= d
+            infos[name] = {"type": kind.name, "shape": shape, "elements": elements,
+                           "bytes": elements // block * type_size}
+    return infos
+
+
+def gguf_tensor_elements(path) -> int:
+    """Number of weights in a GGUF file (what dequantizing it would have to store)."""
+    return sum(info["elements"] for info in gguf_tensor_infos(path).values())
+
+
+def gguf_bytes_per_token(path) -> int:
+    """Weight bytes llama.cpp reads per decoded token: every tensor once, except an input
+    embedding with a separate output head (output.weight), of which one row is read."""
+    infos = gguf_tensor_infos(path)
+    total = sum(info["bytes"] for info in infos.values())
+    embedding = infos.get("token_embd.weight")
+    if "output.weight" in infos and embedding:  # untied: the head is read whole, the embedding by row
+        total -= embedding["bytes"] - embedding["bytes"] // embedding["shape"][-1]
+    return total
+
+
+def torch_bytes_per_token(model) -> int:
+    """Weight bytes a Transformers model reads per decoded token: every tensor of its state dict
+    (parameters and persistent buffers; a tied tensor once), except that an input embedding not
+    tied to the output head is read only for its one looked-up row. Quantized layers count their
+    packed weights, scales and zeros (CPU kernels repack them on the first forward, to about the
+    same size)."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embedding.data_ptr()
+    seen: set[int] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        nbytes = tensor.numel() * tensor.element_size()
+        if tensor.data_ptr() == embedding.data_ptr() and not tied:
+            nbytes //= embedding.shape[0]  # one row per token
+        total += nbytes
+    return total
+
+
+def bytes_per_token(lm: LoadedModel) -> int:
+    """Weight bytes read per decoded token for any loaded model (see the two functions above)."""
+    if lm.backend == "llama.cpp":
+        return gguf_bytes_per_token(lm.path)
+    return torch_bytes_per_token(lm.model)
+
+
+def decode_ceiling(bandwidth_bytes_s: float, bytes_per_token_: int) -> float:
+    """The most tokens/s memory bandwidth allows: bandwidth / bytes read per token."""
+    return bandwidth_bytes_s / bytes_per_token_
+
+
+def machine_summary() -> dict:
+    """CPU model, cores and RAM: what a timing belongs to."""
+    import platform
+
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_GiB": round(psutil.virtual_memory().total / 2**30, 1),
+            "threads": default_threads()}

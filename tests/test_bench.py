@@ -1,0 +1,91 @@
+"""The `bench` command: a small subset writes a complete JSON; bad requests fail clearly.
+
+No duration is asserted: only that the numbers are there, positive and consistent.
+"""
+
+import json
+
+import pytest
+
+from bench import compare
+from bench.__main__ import main
+
+
+def test_unknown_format_lists_the_known_ones():
+    with pytest.raises(compare.BenchError, match="gguf, gptq, awq, hf-bf16, hf-fp32, gguf-transformers"):
+        compare.parse_formats("gguf,ggml")
+    assert compare.parse_formats("gguf, hf-bf16,gguf") == ["gguf", "hf-bf16"]
+
+
+def test_cli_bad_arguments_exit_2(capsys):
+    assert main(["--formats", "exl2"]) == 2
+    assert "Unknown format" in capsys.readouterr().err
+    assert main(["--formats", "gguf", "--source", "gguf"]) == 2
+    assert "FORMAT=PATH" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, course_cache):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    code = main(["--formats", "gguf,hf-bf16", "--new-tokens", "3", "--warmup", "1", "--repeats", "2",
+                 "--prompt", "The printing press", "--threads", "2", "--progress", "none", "--out", str(out)])
+    return code, out
+
+
+def test_small_run_writes_complete_json(small_run):
+    code, out = small_run
+    assert code == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert {"schema", "created", "machine", "versions", "settings", "bandwidth", "results", "ratios", "runs"} <= set(report)
+    assert report["settings"]["new_tokens"] == 3
+    assert report["logs"] is None and not out.with_name("results-logs").exists()  # no failure, no logs left
+    assert report["bandwidth"]["cpu_Bps"] > 0
+    rows = {r["format"]: r for r in report["results"]}
+    assert list(rows) == ["gguf", "hf-bf16"]
+    for name, row in rows.items():
+        assert "error" not in row, row.get("error")
+        for key in compare.TABLE_COLUMNS:
+            assert row[key] is not None and row[key] >= 0, (name, key)
+        assert row["new_tokens"] == 3 and row["runs"] == 2
+        assert row["peak_rss_MiB"] > row["runtime_rss_MiB"] > 0
+        assert row["ceiling_tok_s"] == pytest.approx(report["bandwidth"]["cpu_Bps"] / row["bytes_per_token"])
+        assert row["pct_of_ceiling"] == pytest.approx(100 * row["decode_tok_s"] / row["ceiling_tok_s"])
+    assert rows["gguf"]["backend"] == "llama.cpp" and rows["hf-bf16"]["backend"] == "transformers"
+    assert rows["hf-bf16"]["top1_agreement"] == 1.0  # the reference agrees with itself
+    assert 0.5 < rows["gguf"]["top1_agreement"] <= 1.0
+    assert rows["gguf"]["heldout_tokens"] == rows["hf-bf16"]["heldout_tokens"]  # same tokens, comparable
+    # hf-bf16 is a dequantized copy of the GGUF: same quality within a few percent
+    assert rows["gguf"]["perplexity"] == pytest.approx(rows["hf-bf16"]["perplexity"], rel=0.05)
+    assert rows["gguf"]["bytes_per_token"] < rows["hf-bf16"]["bytes_per_token"]
+    assert report["ratios"]["gguf"]["decode_speed"] == 1.0
+    hf = report["ratios"]["hf-bf16"]
+    assert hf["decode_speed"] == pytest.approx(rows["hf-bf16"]["decode_tok_s"] / rows["gguf"]["decode_tok_s"])
+    assert len(report["runs"]) == 2 * 2  # repeats x formats x one prompt
+    assert {r["new_tokens"] for r in report["runs"]} == {3}
+
+
+def test_rounds_alternate_the_order(small_run):
+    report = json.loads(small_run[1].read_text(encoding="utf-8"))
+    firsts = [next(r["format"] for r in report["runs"] if r["round"] == n) for n in (1, 2)]
+    assert firsts == ["gguf", "hf-bf16"]
+
+
+def test_table_shows_the_json_numbers(small_run):
+    report = compare.load_results(small_run[1])
+    table = compare.results_table(report)
+    assert list(table.index) == ["gguf", "hf-bf16"]
+    assert table.loc["gguf", "decode tok/s"] == report["results"][0]["decode_tok_s"]
+    assert any("hf-bf16" in line and "x llama.cpp's speed" in line for line in compare.ratio_sentences(report))
+
+
+def test_a_format_that_fails_to_load_is_reported_not_fatal(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["--formats", "gguf", "--source", f"gguf={tmp_path / 'missing.gguf'}", "--no-quality",
+                 "--new-tokens", "2", "--repeats", "1", "--progress", "none", "--out", str(out)])
+    assert code == 1
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert "does not exist" in report["results"][0]["error"]
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed and "r-logs" in printed
+    assert (tmp_path / "r-logs" / "gguf.log").exists()  # kept because it failed
+    assert not list(tmp_path.glob("*.partial"))
