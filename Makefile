@@ -9,7 +9,9 @@ BIN    := $(VENV)/bin
 # not needed and costs a quarter of the build), then reuses its cached wheel.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 # Tests and CI pin threads so parallel work does not oversubscribe small machines.
-TEST_ENV := QLLM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a busy 2-core machine
+# spinning threads made torch and llama.cpp 5-10x slower when started from the main thread.
+TEST_ENV := QLLM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false
 
 .PHONY: setup models course test lab clean clean-models
 

@@ -93,6 +93,11 @@ class GGUFHeader:
     data_end: int  # where the last tensor ends: the file must be at least this long
     file_size: int
     arrays: dict = field(default_factory=dict)  # long arrays, read in full only when asked for
+    header_bytes: int = 0  # where the header (metadata + tensor infos) ends
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
 
 
 class _Cursor:
@@ -193,8 +198,6 @@ def read_gguf(path, keep_arrays: bool = False) -> GGUFHeader:
 
     keep_arrays=True also returns the long arrays (vocabulary, scores, token types) in `arrays`.
     """
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
@@ -206,61 +209,74 @@ def read_gguf(path, keep_arrays: bool = False) -> GGUFHeader:
     if size == 0:
         raise NotGGUFError(f"{path} is empty (0 bytes): the download or copy failed. Download it again (notebook 01).")
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        head = bytes(buf[:64])
-        if len(head) < 4 and b"GGUF".startswith(head):
-            raise TruncatedGGUFError(f"{path} is truncated: it has only {size} bytes. Download it again (notebook 01).")
-        if head[:4] != b"GGUF":
-            raise NotGGUFError(
-                f"{path} is not a GGUF file: it starts with {head[:4]!r}, a GGUF file starts with b'GGUF'. "
-                f"It looks like {_describe_start(head)}. Download the .gguf file again (notebook 01) "
-                "or pick the right file.")
-        cur = _Cursor(buf, path, size)
-        cur.take(4)
-        version = cur.scalar("<I")
-        if version not in (2, 3):
-            hint = " (version 1 is from 2023; re-download a current file)" if version == 1 else ""
-            raise NotGGUFError(f"{path}: GGUF version {version} is not one llama.cpp reads (2 or 3){hint}.")
-        n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
-        meta: dict = {}
-        arrays: dict = {}
-        for index in range(n_kv):
-            cur.what = f"metadata entry {index + 1} of {n_kv:,}"
-            key = cur.string()
-            cur.what = f"the value of {key!r}"
-            value = _read_value(cur, cur.scalar("<I"), keep_arrays)
-            if keep_arrays and not isinstance(value, ArraySummary) and hasattr(value, "__len__") \
-                    and not isinstance(value, str) and len(value) > SMALL_ARRAY:
-                arrays[key] = value
-                value = ArraySummary(type(value).__name__, len(value))
-            meta[key] = value
-        alignment = meta.get("general.alignment", 32)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise _damaged(path, f"general.alignment is {alignment!r}, not a power of two")
-        tensors = []
-        for index in range(n_tensors):
-            cur.what = f"tensor info {index + 1} of {n_tensors:,}"
-            name = cur.string()
-            n_dims = cur.scalar("<I")
-            if n_dims > 8:
-                raise _damaged(path, f"tensor {name!r} claims {n_dims} dimensions")
-            shape = tuple(cur.scalar("<Q") for _ in range(n_dims))
-            type_code = cur.scalar("<I")
-            offset = cur.scalar("<Q")
-            try:
-                qtype = GGMLQuantizationType(type_code)
-                block, type_size = GGML_QUANT_SIZES[qtype]
-            except (ValueError, KeyError):
-                raise _damaged(path, f"tensor {name!r} has unknown type {type_code}") from None
-            n_elements = 1
-            for dim in shape:
-                n_elements *= dim
-            if shape and shape[0] % block:
-                raise _damaged(path, f"tensor {name!r} ({qtype.name}) has a row of {shape[0]}, "
-                                     f"not a multiple of its block size {block}")
-            tensors.append(TensorInfo(name, shape, qtype.name, offset, n_elements, n_elements // block * type_size))
-        data_offset = -(-cur.pos // alignment) * alignment
+        return _parse_header(buf, size, path, keep_arrays)
+
+
+def parse_gguf_bytes(data: bytes, keep_arrays: bool = False, label: str = "the GGUF data") -> GGUFHeader:
+    """The same as read_gguf for the first bytes of a file held in memory (e.g. fetched with an HTTP
+    Range request). Raises TruncatedGGUFError when `data` ends before the tensor table does."""
+    return _parse_header(data, len(data), Path(label), keep_arrays)
+
+
+def _parse_header(buf, size: int, path: Path, keep_arrays: bool) -> GGUFHeader:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    head = bytes(buf[:64])
+    if len(head) < 4 and b"GGUF".startswith(head):
+        raise TruncatedGGUFError(f"{path} is truncated: it has only {size} bytes. Download it again (notebook 01).")
+    if head[:4] != b"GGUF":
+        raise NotGGUFError(
+            f"{path} is not a GGUF file: it starts with {head[:4]!r}, a GGUF file starts with b'GGUF'. "
+            f"It looks like {_describe_start(head)}. Download the .gguf file again (notebook 01) "
+            "or pick the right file.")
+    cur = _Cursor(buf, path, size)
+    cur.take(4)
+    version = cur.scalar("<I")
+    if version not in (2, 3):
+        hint = " (version 1 is from 2023; re-download a current file)" if version == 1 else ""
+        raise NotGGUFError(f"{path}: GGUF version {version} is not one llama.cpp reads (2 or 3){hint}.")
+    n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+    meta: dict = {}
+    arrays: dict = {}
+    for index in range(n_kv):
+        cur.what = f"metadata entry {index + 1} of {n_kv:,}"
+        key = cur.string()
+        cur.what = f"the value of {key!r}"
+        value = _read_value(cur, cur.scalar("<I"), keep_arrays)
+        if keep_arrays and not isinstance(value, ArraySummary) and hasattr(value, "__len__") \
+                and not isinstance(value, str) and len(value) > SMALL_ARRAY:
+            arrays[key] = value
+            value = ArraySummary(type(value).__name__, len(value))
+        meta[key] = value
+    alignment = meta.get("general.alignment", 32)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise _damaged(path, f"general.alignment is {alignment!r}, not a power of two")
+    tensors = []
+    for index in range(n_tensors):
+        cur.what = f"tensor info {index + 1} of {n_tensors:,}"
+        name = cur.string()
+        n_dims = cur.scalar("<I")
+        if n_dims > 8:
+            raise _damaged(path, f"tensor {name!r} claims {n_dims} dimensions")
+        shape = tuple(cur.scalar("<Q") for _ in range(n_dims))
+        type_code = cur.scalar("<I")
+        offset = cur.scalar("<Q")
+        try:
+            qtype = GGMLQuantizationType(type_code)
+            block, type_size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise _damaged(path, f"tensor {name!r} has unknown type {type_code}") from None
+        n_elements = 1
+        for dim in shape:
+            n_elements *= dim
+        if shape and shape[0] % block:
+            raise _damaged(path, f"tensor {name!r} ({qtype.name}) has a row of {shape[0]}, "
+                                 f"not a multiple of its block size {block}")
+        tensors.append(TensorInfo(name, shape, qtype.name, offset, n_elements, n_elements // block * type_size))
+    data_offset = -(-cur.pos // alignment) * alignment
     data_end = data_offset + max(t.offset + t.n_bytes for t in tensors) if tensors else cur.pos
-    return GGUFHeader(path, version, meta, tensors, alignment, data_offset, data_end, size, arrays)
+    return GGUFHeader(path, version, meta, tensors, alignment, data_offset, data_end, size, arrays,
+                      header_bytes=cur.pos)
 
 
 def validate_gguf(path) -> GGUFHeader:
@@ -696,23 +712,10 @@ def _proc_status_mib(field_name: str) -> float | None:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB.
+    """Peak resident memory of this process so far, in MiB (VmHWM on Linux; see timing.peak_rss_bytes)."""
+    from .timing import peak_rss_bytes
 
-    Linux: VmHWM, the peak of this program's own memory. (getrusage's ru_maxrss would be wrong in a
-    child process: it starts from the parent's peak at fork time.)
-    """
-    peak = _proc_status_mib("VmHWM")
-    if peak is not None:
-        return peak
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS counts bytes
-    except ImportError:  # Windows
-        import psutil
-
-        return psutil.Process().memory_info().peak_wset / 2**20
+    return peak_rss_bytes() / 2**20
 
 
 def _decode_timing(run, n_tokens: int, repeats: int = 3) -> dict:

@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import os
 import shutil
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -762,71 +761,17 @@ def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = Non
 
 # ---- GGUF header, read without downloading the file -------------------------------------------
 
-class _Short(Exception):
-    pass
-
-
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-                 11: "<q", 12: "<d"}
-
-
-def parse_gguf_header(buf: bytes) -> dict:
-    """Metadata (scalars; arrays as their length) and tensor shapes from the start of a GGUF file.
-
-    Raises ValueError if `buf` is not GGUF; an internal _Short if `buf` ends before the tensor table.
-    """
-    pos = 0
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        if pos + n > len(buf):
-            raise _Short
-        pos += n
-        return buf[pos - n:pos]
-
-    def num(fmt: str):
-        return struct.unpack(fmt, take(struct.calcsize(fmt)))[0]
-
-    def text() -> str:
-        return take(num("<Q")).decode("utf-8", "replace")
-
-    def value(kind: int):
-        if kind == 8:
-            return text()
-        if kind == 9:
-            item, count = num("<I"), num("<Q")
-            if item in _GGUF_SCALARS:
-                take(count * struct.calcsize(_GGUF_SCALARS[item]))
-            else:
-                for _ in range(count):
-                    value(item)
-            return f"[{count} items]"
-        return num(_GGUF_SCALARS[kind])
-
-    if take(4) != b"GGUF":
-        raise ValueError("not a GGUF file (it does not start with b'GGUF')")
-    version, n_tensors, n_kv = num("<I"), num("<Q"), num("<Q")
-    metadata = {}
-    for _ in range(n_kv):
-        key = text()
-        metadata[key] = value(num("<I"))
-    params, shapes = 0, {}
-    for _ in range(n_tensors):
-        name = text()
-        dims = [num("<Q") for _ in range(num("<I"))]
-        num("<I"), num("<Q")  # type, offset
-        count = 1
-        for d in dims:
-            count *= d
-        params += count
-        shapes[name] = dims
-    return {"version": version, "tensor_count": n_tensors, "params": params, "metadata": metadata,
-            "shapes": shapes, "header_bytes": pos}
+def _header_dict(header) -> dict:
+    """The figures model_size needs from a parsed GGUF header (helpers.gguf_tools does the parsing)."""
+    return {"version": header.version, "tensor_count": len(header.tensors), "params": header.n_params,
+            "metadata": header.metadata, "shapes": {t.name: list(t.shape) for t in header.tensors},
+            "header_bytes": header.header_bytes}
 
 
 def gguf_header_remote(repo_id: str, filename: str, revision: str = "main",
                        first_bytes: int = 4 * 2**20, max_bytes: int = 128 * 2**20) -> dict:
     """Read a remote GGUF's header with HTTP Range requests (a few MB, not the whole file)."""
+    from .gguf_tools import TruncatedGGUFError, parse_gguf_bytes
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -841,8 +786,8 @@ def gguf_header_remote(repo_id: str, filename: str, revision: str = "main",
         more = response.content
         data = more if response.status_code == 200 else data + more  # 200: the server ignored Range
         try:
-            return parse_gguf_header(data)
-        except _Short:
+            return _header_dict(parse_gguf_bytes(data, label=f"{repo_id}/{filename}"))
+        except TruncatedGGUFError:  # the header goes on past what we fetched: fetch more
             if want >= max_bytes or len(data) < want:
                 raise DownloadFailedError(f"The GGUF header of {filename} is larger than {max_bytes} bytes "
                                           "or the file is truncated.") from None
@@ -851,14 +796,6 @@ def gguf_header_remote(repo_id: str, filename: str, revision: str = "main",
 
 def gguf_header(path) -> dict:
     """The same for a local .gguf file."""
-    size = Path(path).stat().st_size
-    want = 4 * 2**20
-    while True:
-        with open(path, "rb") as handle:
-            data = handle.read(want)
-        try:
-            return parse_gguf_header(data)
-        except _Short:
-            if want >= size:
-                raise DownloadFailedError(f"{path} is truncated: its GGUF header is incomplete.") from None
-            want *= 4
+    from .gguf_tools import read_gguf
+
+    return _header_dict(read_gguf(path))

@@ -532,6 +532,7 @@ def _load_transformers(path: Path, fmt: str, device: str, dtype: str | None, n_t
                        trust_remote_code: bool) -> LoadedModel:
     import torch
 
+    _quiet_library_noise()
     torch.set_num_threads(n_threads)
     if fmt in ("gptq", "awq"):
         _require_gptqmodel(fmt)
@@ -581,6 +582,15 @@ def _require_gptqmodel(fmt: str) -> None:
     import_gptqmodel_quietly()
 
 
+def _quiet_library_noise() -> None:
+    """Silence import-time chatter that is not about the learner's model (torchao's optional CUDA
+    extensions on a CPU machine, torch's pytree notice about GPTQModel's enums)."""
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def import_gptqmodel_quietly():
     """Import GPTQModel without its banner and INFO chatter (warnings still show)."""
     import contextlib
@@ -601,6 +611,10 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
              **kwargs) -> str:
     """Complete `prompt` and return only the new text (greedy when temperature is 0)."""
     if lm.backend == "llama.cpp":
+        # llama.cpp adds <bos> itself; a prompt rendered by a chat template already starts with one
+        bos = lm.model.detokenize([lm.model.token_bos()], special=True).decode(errors="ignore")
+        if bos and prompt.startswith(bos):
+            prompt = prompt[len(bos):]
         out = lm.model.create_completion(prompt, max_tokens=max_new_tokens, temperature=temperature,
                                          **kwargs)
         return out["choices"][0]["text"]
@@ -608,7 +622,10 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
 
     # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would count the
     # prompt too); pad_token_id given explicitly (Gemma's is 0, so no `or` shortcut: 0 is falsy).
-    inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
+    # a prompt rendered by apply_chat_template(tokenize=False) already starts with <bos>: don't add another
+    bos = lm.tokenizer.bos_token
+    inputs = lm.tokenizer(prompt, return_tensors="pt",
+                          add_special_tokens=not (bos and prompt.startswith(bos))).to(lm.model.device)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():

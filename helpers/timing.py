@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import struct
 import subprocess
 import threading
 import time
@@ -282,51 +281,12 @@ def gpu_copy_bandwidth(mib: int = 1024, repeats: int = 5) -> float:
 
 
 def gguf_tensor_infos(path) -> dict[str, dict]:
-    """Each tensor of a GGUF file: its quantization type, shape, elements and bytes in the file.
+    """Each tensor of a GGUF file: its quantization type, shape, elements and bytes in the file
+    (from the header only, via `gguf_tools.read_gguf`)."""
+    from .gguf_tools import read_gguf
 
-    Reads only the header: gguf.GGUFReader would also parse the whole 262k-token vocabulary,
-    which takes seconds; the byte sizes come from gguf's own table of quantization blocks.
-    """
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
-    with open(path, "rb") as f:
-        def number(fmt):
-            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
-
-        def skip_value(kind):
-            if kind == 8:  # string: length, bytes
-                f.seek(number("<Q"), os.SEEK_CUR)
-            elif kind == 9:  # array: element type, count, elements
-                inner, count = number("<I"), number("<Q")
-                if inner in fixed:
-                    f.seek(fixed[inner] * count, os.SEEK_CUR)
-                else:
-                    for _ in range(count):
-                        skip_value(inner)
-            else:
-                f.seek(fixed[kind], os.SEEK_CUR)
-
-        if f.read(4) != b"GGUF":
-            raise CourseError(f"{path} is not a GGUF file (it does not start with b'GGUF').")
-        number("<I")  # version
-        n_tensors, n_kv = number("<Q"), number("<Q")
-        for _ in range(n_kv):
-            f.seek(number("<Q"), os.SEEK_CUR)  # key
-            skip_value(number("<I"))
-        infos = {}
-        for _ in range(n_tensors):
-            name = f.read(number("<Q")).decode("utf-8")
-            shape = [number("<Q") for _ in range(number("<I"))]
-            kind = GGMLQuantizationType(number("<I"))
-            number("<Q")  # offset of the data
-            block, type_size = GGML_QUANT_SIZES[kind]
-            elements = 1
-            for d in shape:
-                elements *= d
-            infos[name] = {"type": kind.name, "shape": shape, "elements": elements,
-                           "bytes": elements // block * type_size}
-    return infos
+    return {t.name: {"type": t.type_name, "shape": list(t.shape), "elements": t.n_elements, "bytes": t.n_bytes}
+            for t in read_gguf(path).tensors}
 
 
 def gguf_tensor_elements(path) -> int:

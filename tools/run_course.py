@@ -28,7 +28,7 @@ def run_notebook(path: Path) -> tuple[bool, float, str]:
     for cell in skipped:  # nbclient has no tag for this; nbmake does. Same effect:
         cell["metadata"]["_skipped_source"] = cell["source"]
         cell["source"] = ""
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", coalesce_streams=True,
                             resources={"metadata": {"path": str(path.parent)}})
     started = time.time()
     ok, message = True, ""
