@@ -14,6 +14,7 @@ import pytest
 
 from helpers import course_models, loading, streaming
 from helpers.errors import CourseError
+from tests.kernel_support import kernel_stdout, run_in_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["The capital of France is", "问：人工智能的未来发展方向是什么？\n答："]
@@ -225,23 +226,6 @@ def test_clear_errors(lm):
 
 # ---- inside real kernels -------------------------------------------------------------------
 
-def _run(kc, code: str, allow_stdin: bool, timeout: float = 180) -> list[dict]:
-    """Execute code; return every iopub message up to this request's idle status."""
-    msg_id = kc.execute(code, allow_stdin=allow_stdin)
-    messages = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        messages.append(msg)
-        if (msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
-                and msg["parent_header"].get("msg_id") == msg_id):
-            return messages
-
-
-def _stdout(messages: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in messages
-                   if m["header"]["msg_type"] == "stream" and m["content"]["name"] == "stdout")
-
-
 def test_in_a_real_kernel_widget_values_flow_and_stop_button_works(course_cache):
     """ipykernel 7: values set from the reader thread reach the front end's channel while the
     kernel is idle, and a Stop click sent as the front end sends it ends generation."""
@@ -249,7 +233,7 @@ def test_in_a_real_kernel_widget_values_flow_and_stop_button_works(course_cache)
 
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
     try:
-        first = _run(kc, f"""
+        first = run_in_kernel(kc, f"""
 import threading
 from helpers import course_models, loading, streaming
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
@@ -261,7 +245,7 @@ display(sw.widget)
 sw.start({PROMPTS[0]!r})
 print("ids:", sw.text_box.model_id, sw.stop_button.model_id)
 """, allow_stdin=True)  # a human front end: Jupyter sends allow_stdin=True
-        printed = _stdout(first)
+        printed = kernel_stdout(first)
         assert "auto mode: True" in printed
         text_id, button_id = re.search(r"ids: (\w+) (\w+)", printed).groups()
         opened = [m["content"]["data"]["state"]["_model_name"] for m in first if m["header"]["msg_type"] == "comm_open"]
@@ -280,13 +264,13 @@ print("ids:", sw.text_box.model_id, sw.stop_button.model_id)
         click = kc.session.msg("comm_msg", {"comm_id": button_id,
                                             "data": {"method": "custom", "content": {"event": "click"}}})
         kc.shell_channel.send(click)  # exactly what JupyterLab sends when Stop is clicked
-        second = _run(kc, """
+        second = run_in_kernel(kc, """
 import json
 r = sw.wait(timeout=120)
 print("result:", json.dumps({"text": r.text, "new_tokens": r.new_tokens, "stopped": r.stopped_by_user,
                              "setters": sorted(set(setters)), "value": sw.text_box.value}))
 """, allow_stdin=True)
-        result = json.loads(_stdout(second).split("result:", 1)[1])
+        result = json.loads(kernel_stdout(second).split("result:", 1)[1])
         assert result["stopped"] is True and result["new_tokens"] < 2000
         assert result["setters"] == ["qllm-stream-reader"]
         on_the_wire = updates + [m["content"]["data"]["state"]["value"] for m in second
