@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 # spinning threads made torch and llama.cpp 5-10x slower when started from the main thread.
 TEST_ENV := QLLM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup models course test lab clean clean-models
+.PHONY: setup models course test browser-deps lab clean clean-models
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,12 @@ models: setup
 course: models
 	$(BIN)/python tools/run_course.py
 
-test: models
+# The browser test drives Debian's Chromium: installed here when this user may (root or sudo);
+# otherwise that test is skipped and says why (.ci/run requires it).
+browser-deps:
+	@tools/ci_system_deps.sh || echo "(no Chromium: the browser test will be skipped)"
+
+test: models browser-deps
 	$(TEST_ENV) $(BIN)/python -m pytest
 
 lab: models
