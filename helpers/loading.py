@@ -90,21 +90,13 @@ class LoadedModel:
 def check_gguf_header(path: str | os.PathLike) -> dict:
     """Read a GGUF header (magic, version, counts); raise NotAModelError if it is not a GGUF file."""
     path = Path(path)
-    with open(path, "rb") as handle:
-        head = handle.read(24)
-    if len(head) < 24 or head[:4] != GGUF_MAGIC:
-        found = head[:4]
-        raise NotAModelError(
-            f"{path} is not a GGUF file: it starts with {found!r}, a GGUF file starts with b'GGUF'. "
-            "Was the download an HTML error page or a different format? Download it again "
-            "(notebook 01) or pick the right file.")
-    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
-    if version not in (2, 3):
-        raise NotAModelError(f"{path}: GGUF version {version} is not one llama.cpp reads (2 or 3).")
-    from .gguf_tools import validate_gguf  # walks the whole header: a truncated file fails here, clearly
+    # one checker for everything: empty, not GGUF (and what it looks like instead), version, a damaged
+    # or truncated header, missing tensor data; each a clear NotAModelError subclass
+    from .gguf_tools import validate_gguf
 
-    validate_gguf(path)
-    return {"version": version, "tensor_count": n_tensors, "kv_count": n_kv, "bytes": path.stat().st_size}
+    header = validate_gguf(path)
+    return {"version": header.version, "tensor_count": len(header.tensors), "kv_count": len(header.metadata),
+            "bytes": header.file_size}
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -425,10 +417,19 @@ def load_model(source, device: str = "auto", dtype: str | None = None, n_ctx: in
     if fmt != "gguf":
         if not allow_pickle:
             _require_safetensors(path)
+        elif not any(path.glob("*.safetensors")):
+            warnings.warn(f"allow_pickle=True: loading pickle weights (*.bin/*.pt) from {path}. Unpickling can "
+                          "run any code the file's author put in it; do this only for sources you trust, and "
+                          "prefer a safetensors copy.", UserWarning, stacklevel=2)
         if fmt in ("gptq", "awq"):
             _require_gptqmodel(fmt)
         if not trust_remote_code:
             _refuse_remote_code(path)
+        else:
+            warnings.warn(f"trust_remote_code=True: Python files shipped with {path.name} (named in its "
+                          "config.json auto_map, if any) will run on this machine with your permissions. "
+                          "Do this only after reading that code; the course keeps it off.",
+                          UserWarning, stacklevel=2)
     if check_memory:
         check_memory_fit(path, fmt, device=device, dtype=dtype)
     if fmt == "gguf":
@@ -579,7 +580,14 @@ def _require_gptqmodel(fmt: str) -> None:
             "`pip install 'quantized-llms-locally[quant]'` or `pip install gptqmodel==7.6.0 optimum==2.3.0 "
             "accelerate`, then restart the kernel. (AutoGPTQ and AutoAWQ, which older tutorials use, no "
             "longer work with Transformers 5.)")
-    import_gptqmodel_quietly()
+    try:
+        import_gptqmodel_quietly()
+    except ImportError as err:  # installed but broken (e.g. built for another torch): say so, not a traceback
+        raise MissingBackendError(
+            f"This is a {fmt.upper()} checkpoint, which loads through GPTQModel; gptqmodel is installed but "
+            f"fails to import ({type(err).__name__}: {str(err)[:200]}). It usually means it was built for "
+            "another torch version: reinstall it with `pip install --force-reinstall gptqmodel==7.6.0` "
+            "(the course pins it), then restart the kernel.") from None
 
 
 def _quiet_library_noise() -> None:
@@ -615,6 +623,9 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
         bos = lm.model.detokenize([lm.model.token_bos()], special=True).decode(errors="ignore")
         if bos and prompt.startswith(bos):
             prompt = prompt[len(bos):]
+        from .gguf_tools import check_context
+
+        check_context(lm.model, prompt, max_new_tokens)  # a clear error, not llama.cpp's bare ValueError
         out = lm.model.create_completion(prompt, max_tokens=max_new_tokens, temperature=temperature,
                                          **kwargs)
         return out["choices"][0]["text"]
@@ -627,8 +638,33 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
     inputs = lm.tokenizer(prompt, return_tensors="pt",
                           add_special_tokens=not (bos and prompt.startswith(bos))).to(lm.model.device)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    max_new_tokens = _fit_context(lm, inputs["input_ids"].shape[1], max_new_tokens)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():
         output_ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad,
                                        **sampling, **kwargs)
     return lm.tokenizer.decode(output_ids[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Refuse a prompt that fills the context window; shorten max_new_tokens to what fits, with a warning.
+
+    Transformers would generate past the positions the model was trained on without a word;
+    this does what llama.cpp does (stop at the window) and says so.
+    """
+    from .gguf_tools import ContextOverflowError, ContextTruncationWarning
+
+    window = lm.context_length
+    if prompt_tokens >= window:
+        raise ContextOverflowError(
+            f"The prompt is {prompt_tokens:,} tokens but {lm.path.name} has a {window:,}-token context window "
+            "(max_position_embeddings in its config.json), so nothing is left for the answer. Shorten the "
+            "prompt (or trim the chat history), or use a model with a longer context window.")
+    room = window - prompt_tokens
+    if max_new_tokens > room:
+        warnings.warn(
+            f"prompt ({prompt_tokens:,} tokens) + max_new_tokens ({max_new_tokens:,}) exceed the {window:,}-token "
+            f"context window of {lm.path.name}: the answer will stop after {room:,} tokens. Shorten the prompt "
+            "or lower max_new_tokens to get all of it.", ContextTruncationWarning, stacklevel=3)
+        return room
+    return max_new_tokens

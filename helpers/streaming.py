@@ -120,6 +120,9 @@ class TokenStream:
         has_bos = bool(tokenizer.bos_token) and self.prompt.startswith(tokenizer.bos_token)
         inputs = tokenizer(self.prompt, return_tensors="pt", add_special_tokens=not has_bos).to(model.device)
         self.prompt_tokens = int(inputs["input_ids"].shape[1])
+        from .loading import _fit_context  # refuse / shorten at the context window, as generate() does
+
+        self.max_new_tokens = _fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         watch = _TransformersWatch(self._stop, self._count, self.prompt_tokens)
         sampling = ({"do_sample": True, "temperature": self.temperature} if self.temperature > 0
@@ -160,6 +163,9 @@ class TokenStream:
         has_bos = bool(bos) and self.prompt.startswith(bos)  # as above: no second <bos>
         prompt_ids = llm.tokenize(self.prompt.encode("utf-8"), add_bos=not has_bos, special=True)
         self.prompt_tokens = len(prompt_ids)
+        from .gguf_tools import check_context  # a clear error, not llama.cpp's bare ValueError
+
+        check_context(llm, self.prompt[len(bos):] if has_bos else self.prompt, self.max_new_tokens)
         watch = _LlamaCppWatch(self._stop, self._count)
         chunks = llm.create_completion(prompt_ids if has_bos else self.prompt, max_tokens=self.max_new_tokens,
                                        temperature=self.temperature, stream=True,

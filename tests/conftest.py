@@ -28,6 +28,20 @@ def course_cache() -> Path:
     return course_models.cache_dir()
 
 
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, course_cache) -> Path:
+    """A tiny random Gemma 3 (1 layer, safetensors, 1024-token window) with the course tokenizer: loads in seconds."""
+    import shutil
+
+    from helpers import course_models
+
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-gemma3"
+    tiny_gemma3(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(course_models.model_dir("hf") / name, folder / name)
+    return folder
+
+
 def tiny_gemma3(path: Path, vocab_size: int = 262144, layers: int = 1, seed: int = 0):
     """A random Gemma 3 text model small enough to quantize in seconds, saved to `path`."""
     import torch

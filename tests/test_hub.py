@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from helpers import hub
 from helpers.errors import CourseError
 from helpers.local_hub import LocalHub, Repo, RepoEntry
+from tests.hub_support import point_at
 
 GGUF_REPO = "qllm-course/gemma-3-270m-GGUF"
 GGUF_FILE = "gemma-3-270m-Q4_K_M.gguf"
@@ -52,22 +53,6 @@ def tiny_hub():
 def course_hub(course_cache):
     with LocalHub() as server:
         yield server
-
-
-def point_at(server, tmp_path, monkeypatch):
-    """Point the hub client at `server` exactly as a learner points it at a mirror."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # conftest blocks the internet; this server is local
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # restored after the test
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    server.clear_log()
-    return server
 
 
 @pytest.fixture
