@@ -383,12 +383,13 @@ def check_context(llm, prompt: str, max_tokens: int) -> dict:
         raise ContextOverflowError(
             f"The prompt is {prompt_tokens:,} tokens but the model was created with n_ctx={n_ctx:,}, so "
             "nothing is left for the answer (llama-cpp-python would raise 'Requested tokens exceed context "
-            f"window'). Create the Llama with n_ctx >= {report['suggested_n_ctx']:,} (prompt + "
+            f"window'). Load it with n_ctx >= {report['suggested_n_ctx']:,} (load_model(path, n_ctx=...) or "
+            f"Llama(..., n_ctx=...); prompt + "
             f"{max_tokens} new tokens), or shorten the prompt." + _rounding_note(llm, n_ctx))
     if not fits:
         warnings.warn(
             f"prompt ({prompt_tokens:,} tokens) + max_tokens ({max_tokens:,}) exceed n_ctx={n_ctx:,}: the answer "
-            f"will stop after {report['output_room']:,} tokens with finish_reason='length'. Create the Llama "
+            f"will stop after {report['output_room']:,} tokens with finish_reason='length'. Load the model "
             f"with n_ctx >= {report['suggested_n_ctx']:,} to get all of it.", ContextTruncationWarning, stacklevel=2)
     return report
 

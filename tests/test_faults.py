@@ -331,14 +331,15 @@ def test_row5_context_window_llama_cpp(gguf_lm, monkeypatch):
     monkeypatch.setattr(gguf_lm.model, "create_completion", lambda *a, **k: calls.append(k) or real(*a, **k))
     with pytest.raises(ContextOverflowError, match=r"^The prompt is \d+ tokens but the model was created with "
                                                    r"n_ctx=256, so nothing is left for the answer \(llama-cpp-python "
-                                                   r"would raise 'Requested tokens exceed context window'\)\. Create "
-                                                   r"the Llama with n_ctx >= 512 \(prompt \+ 8 new tokens\), or "
+                                                   r"would raise 'Requested tokens exceed context window'\)\. Load "
+                                                   r"it with n_ctx >= 512 \(load_model\(path, n_ctx=\.\.\.\) or "
+                                                   r"Llama\(\.\.\., n_ctx=\.\.\.\); prompt \+ 8 new tokens\), or "
                                                    r"shorten the prompt\.$"):
         loading.generate(gguf_lm, too_long, max_new_tokens=8)
     assert calls == []  # refused before llama.cpp saw it
     near = "Quantization stores each weight in fewer bits. " * 22  # ~200 tokens
     with pytest.warns(ContextTruncationWarning, match=r"exceed n_ctx=256: the answer will stop after \d+ tokens "
-                                                      r"with finish_reason='length'\. Create the Llama with "
+                                                      r"with finish_reason='length'\. Load the model with "
                                                       r"n_ctx >= 512"):
         text = loading.generate(gguf_lm, near, max_new_tokens=100)
     assert isinstance(text, str) and calls
