@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import CourseError
-from .streaming import StreamResult, TokenStream, _claim, _pick_mode, format_status, print_stream
+from .streaming import (StreamResult, TokenStream, _claim, _pick_mode, format_status, join_reader,
+                        print_stream)
 
 COURSE_TEMPLATE_FILE = Path(__file__).parent / "data" / "gemma_chat_template.jinja"
 COURSE_TEMPLATE_MARK = "written for this course"  # in the course's own Gemma template
@@ -936,12 +937,7 @@ class ChatWidget:
 
     def wait(self, timeout: float | None = None) -> ChatReply | None:
         """Block until the reply is done; return it (re-raises a generation error)."""
-        if self._reader is not None:
-            self._reader.join(timeout)
-            if self._reader.is_alive():
-                raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
-        if self.error is not None:
-            raise self.error
+        join_reader(self._reader, timeout, self.error)
         return self._turn.reply if self._turn is not None else None
 
     def reset(self) -> None:

@@ -324,6 +324,16 @@ def print_stream(tokens: TokenStream, by_line: bool = False, file=None) -> Strea
 
 # ---- widget ---------------------------------------------------------------------------------
 
+def join_reader(reader: threading.Thread | None, timeout: float | None, error: BaseException | None) -> None:
+    """Wait for a widget's reader thread; re-raise what went wrong in it (shared by the stream and chat widgets)."""
+    if reader is not None:
+        reader.join(timeout)
+        if reader.is_alive():
+            raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
+    if error is not None:
+        raise error
+
+
 class StreamWidget:
     """Stream into a notebook widget (text, status line, Stop button), or to the console headless.
 
@@ -416,12 +426,7 @@ class StreamWidget:
         """Block until generation ends; return its StreamResult (re-raises a generation error)."""
         if self._tokens is None:
             raise CourseError("Nothing to wait for: call start(prompt) first.")
-        if self._reader is not None:
-            self._reader.join(timeout)
-            if self._reader.is_alive():
-                raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
-        if self.error is not None:
-            raise self.error
+        join_reader(self._reader, timeout, self.error)
         return self.result
 
     # -- the reader thread: from start() on, it alone updates the widget values
