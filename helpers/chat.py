@@ -660,7 +660,8 @@ def save_history(path, messages: list[dict], **meta) -> Path:
             raise ChatHistoryError(f"Not saving over {path}: it exists and is not a chat history ({problem}). "
                                    "Move it away or choose another file name.")
     document = {"format": HISTORY_FORMAT, "version": 1, "saved_at": datetime.now().isoformat(timespec="seconds"),
-                **meta, "messages": messages}
+                **{k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v) for k, v in meta.items()},
+                "messages": messages}  # meta: plain values; a Path or the like is saved as its text
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -178,9 +178,10 @@ HISTORY = [SYSTEM, {"role": "user", "content": "法国的首都是哪里？"}, {
 
 
 def test_save_and_load_round_trip(tmp_path):
-    path = chat.save_history(tmp_path / "sub" / "chat.json", HISTORY, model="m")
+    path = chat.save_history(tmp_path / "sub" / "chat.json", HISTORY, model=tmp_path / "m.gguf", template="chat")
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document["format"] == chat.HISTORY_FORMAT and document["messages"] == HISTORY
+    assert document["model"] == str(tmp_path / "m.gguf") and document["template"] == "chat"  # a Path is saved as text
     assert "法国" in path.read_text(encoding="utf-8")  # readable, not \\u escapes
     messages, problem = chat.load_history(path)
     assert problem is None and messages == HISTORY
