@@ -938,7 +938,7 @@ class ChatWidget:
 
     def wait(self, timeout: float | None = None) -> ChatReply | None:
         """Block until the reply is done; return it (re-raises a generation error)."""
-        join_reader(self._reader, timeout, self.error)
+        join_reader(self, timeout)
         return self._turn.reply if self._turn is not None else None
 
     def reset(self) -> None:

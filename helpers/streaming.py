@@ -324,14 +324,14 @@ def print_stream(tokens: TokenStream, by_line: bool = False, file=None) -> Strea
 
 # ---- widget ---------------------------------------------------------------------------------
 
-def join_reader(reader: threading.Thread | None, timeout: float | None, error: BaseException | None) -> None:
-    """Wait for a widget's reader thread; re-raise what went wrong in it (shared by the stream and chat widgets)."""
-    if reader is not None:
-        reader.join(timeout)
-        if reader.is_alive():
+def join_reader(widget, timeout: float | None) -> None:
+    """Wait for a widget's reader thread, then re-raise what went wrong in it (stream and chat widgets)."""
+    if widget._reader is not None:
+        widget._reader.join(timeout)
+        if widget._reader.is_alive():
             raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
-    if error is not None:
-        raise error
+    if widget.error is not None:  # read after the join: the reader sets it on its way out
+        raise widget.error
 
 
 class StreamWidget:
@@ -426,7 +426,7 @@ class StreamWidget:
         """Block until generation ends; return its StreamResult (re-raises a generation error)."""
         if self._tokens is None:
             raise CourseError("Nothing to wait for: call start(prompt) first.")
-        join_reader(self._reader, timeout, self.error)
+        join_reader(self, timeout)
         return self.result
 
     # -- the reader thread: from start() on, it alone updates the widget values
