@@ -26,10 +26,11 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 from .errors import CourseModelError
+from .setup_check import installed_version as _version
 
 FORMATS = ("gguf", "hf", "gptq", "awq")
 GGUF_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
@@ -68,13 +69,6 @@ def model_path(fmt: str) -> Path:
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise CourseModelError(f"Unknown course model format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "missing"
 
 
 def _data_sha(name: str) -> str:

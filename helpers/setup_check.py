@@ -11,15 +11,17 @@ PACKAGES = ["torch", "transformers", "optimum", "gptqmodel", "llama-cpp-python",
             "gguf", "accelerate", "safetensors", "ipywidgets", "numpy"]
 
 
+def installed_version(name: str) -> str:
+    """The installed version of a package, or 'missing'."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
 def package_versions() -> dict[str, str]:
     """Installed version of each package the course uses ('missing' if absent)."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "missing"
-    return versions
+    return {"python": platform.python_version(), **{name: installed_version(name) for name in PACKAGES}}
 
 
 def _cpu_name() -> str:

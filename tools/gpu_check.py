@@ -24,7 +24,6 @@ import sys
 import time
 import warnings
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,13 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 PROMPT = "The capital of France is"
 # GPTQModel's pure-PyTorch kernels, forced through the quantization config's `backend`
 FALLBACK_BACKEND = {"gptq": "gptq_torch", "awq": "torch_awq"}
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "missing"
 
 
 def _sync(device: str) -> None:
@@ -153,6 +145,7 @@ def main(argv=None) -> int:
 
     from helpers import course_models
     from helpers.errors import CourseError
+    from helpers.setup_check import installed_version
 
     sources = {"gptq": args.gptq, "awq": args.awq}
     try:
@@ -172,7 +165,8 @@ def main(argv=None) -> int:
               "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "none: CPU dry run",
               "compute_capability": (".".join(map(str, torch.cuda.get_device_capability(0)))
                                      if args.device == "cuda" else "-"),
-              "versions": {name: _version(name) for name in ("torch", "transformers", "gptqmodel", "optimum")},
+              "versions": {name: installed_version(name)
+                           for name in ("torch", "transformers", "gptqmodel", "optimum")},
               "prompt": PROMPT, "rows": rows}
     print(f"\n{record['date_utc']}  {record['gpu']} (compute capability {record['compute_capability']})  "
           + "  ".join(f"{k} {v}" for k, v in record["versions"].items()))
