@@ -82,15 +82,13 @@ def _quality(lm, ids: list[int], threads: int) -> dict:
     """Perplexity on the held-out ids and the next-token argmax at every position."""
     import numpy as np
 
-    from helpers import quality
+    from helpers import loading, quality
 
     if lm.backend == "llama.cpp":
-        from llama_cpp import Llama
-
         # logits for every position need their own context (logits_all); the weights are shared (mmap)
-        llm = Llama(model_path=str(lm.path), n_ctx=len(ids) + 8, logits_all=True, n_threads=threads,
-                    n_threads_batch=threads, n_batch=512, n_gpu_layers=-1 if lm.device.startswith("cuda") else 0,
-                    verbose=False)
+        llm = loading.new_llama(lm.path, n_ctx=len(ids) + 8, logits_all=True, n_threads=threads,
+                                n_threads_batch=threads, n_batch=512,
+                                n_gpu_layers=-1 if lm.device.startswith("cuda") else 0)
         try:
             logits = quality.llama_cpp_logits(llm, ids)
         finally:

@@ -29,7 +29,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from .errors import CourseError
-from .loading import MissingBackendError, ModelNotFoundError, NotAModelError
+from .loading import MissingBackendError, ModelNotFoundError, NotAModelError, new_llama
 
 
 class NotGGUFError(NotAModelError):
@@ -686,13 +686,7 @@ def quantize_gguf(src, out_path, qtype: str, n_threads: int | None = None) -> di
 
 def gguf_token_ids(path, text: str) -> list[int]:
     """How llama.cpp tokenizes `text` with this GGUF's vocabulary (loads the vocabulary only)."""
-    import contextlib
-    import io
-
-    from llama_cpp import Llama
-
-    with contextlib.redirect_stderr(io.StringIO()):  # a context warning that means nothing for a vocabulary
-        vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    vocab = new_llama(path, vocab_only=True)
     try:
         return vocab.tokenize(text.encode("utf-8"), add_bos=True)
     finally:
@@ -728,10 +722,8 @@ def _decode_timing(run, n_tokens: int, repeats: int = 3) -> dict:
 
 
 def bench_llama_cpp(path: str, prompt_ids: list[int], n_tokens: int, threads: int) -> dict:
-    from llama_cpp import Llama
-
     started = time.perf_counter()
-    llm = Llama(model_path=path, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = new_llama(path, n_ctx=512, n_threads=threads, n_threads_batch=threads)
     load = time.perf_counter() - started
 
     def run(n):  # greedy, never stopping at end-of-text, so every run makes n tokens

@@ -492,10 +492,36 @@ def _refuse_remote_code(path: Path) -> None:
         "trust_remote_code=True.")
 
 
-def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> LoadedModel:
+# llama.cpp start-up notes that llama-cpp-python prints even with verbose=False, and that ask nothing of
+# the learner: Gemma 3's sliding-window cache kept at full size (expected), and a vocabulary-only load
+# having no training context to compare with.
+HARMLESS_LLAMA_NOTES = ("llama_kv_cache_iswa: using full-size SWA cache",
+                        "llama_context: n_ctx_seq (512) > n_ctx_train (0)")
+
+
+def new_llama(path, **kwargs):
+    """llama_cpp.Llama(model_path=path, verbose=False, **kwargs), without the harmless start-up notes above
+    (every other line llama.cpp writes still shows)."""
+    import contextlib
+    import io
+    import sys
+
+    from llama_cpp import Llama
+
+    caught = io.StringIO()
     try:
-        from llama_cpp import Llama
-    except ImportError:
+        with contextlib.redirect_stderr(caught):
+            return Llama(model_path=str(path), verbose=False, **kwargs)
+    finally:
+        for line in caught.getvalue().splitlines(keepends=True):
+            if not line.startswith(HARMLESS_LLAMA_NOTES):
+                sys.stderr.write(line)
+
+
+def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> LoadedModel:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
         raise MissingBackendError(
             "GGUF files run on llama-cpp-python, which is not installed. Run `make setup` (it builds "
             "llama-cpp-python from source, ~3-13 minutes once) or `pip install llama-cpp-python`.") from None
@@ -503,8 +529,8 @@ def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> Load
     started = time.perf_counter()
     n_gpu_layers = -1 if device.startswith("cuda") else 0
     try:
-        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                    n_gpu_layers=n_gpu_layers, verbose=False)
+        llm = new_llama(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                        n_gpu_layers=n_gpu_layers)
     except ValueError as err:  # llama.cpp says only "Failed to load model from file"
         raise NotAModelError(
             f"llama.cpp could not load {path} ({err}). The file has a GGUF header "

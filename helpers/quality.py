@@ -71,15 +71,13 @@ def transformers_perplexity(model, tokenizer, text: str | None = None) -> float:
 
 def gguf_perplexity(gguf_path, text: str | None = None, n_threads: int | None = None) -> float:
     """Perplexity of a GGUF file through llama.cpp on `text` (default: the held-out text)."""
-    from llama_cpp import Llama
+    from .gguf_tools import gguf_token_ids
+    from .loading import new_llama
 
     text = text or heldout_text()
-    probe = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
-    ids = probe.tokenize(text.encode("utf-8"), add_bos=True)
-    del probe
+    ids = gguf_token_ids(gguf_path, text)
     n_ctx = -(-(len(ids) + 8) // 256) * 256  # llama.cpp rounds n_ctx up to 256; keep Python's buffers equal
-    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True,
-                n_threads=n_threads, n_batch=512, verbose=False)
+    llm = new_llama(gguf_path, n_ctx=n_ctx, logits_all=True, n_threads=n_threads, n_batch=512)
     try:
         return perplexity_from_logits(llama_cpp_logits(llm, ids), ids)
     finally:
