@@ -5,9 +5,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# llama-cpp-python has no wheel here: pip builds it from source once (the multimodal part is
-# not needed and costs a quarter of the build), then reuses its cached wheel.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama-cpp-python has no wheel here: pip builds it from source once, then reuses its cached wheel.
+# The multimodal part is left out (a quarter of the build); on CPUs with AMX, so are llama.cpp's AMX
+# kernels, which crashed there (tools/llama_cpp_cmake_args.py says why).
+export CMAKE_ARGS ?= $(shell $(PYTHON) tools/llama_cpp_cmake_args.py)
 # Tests and CI pin threads so parallel work does not oversubscribe small machines.
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a busy 2-core machine
 # spinning threads made torch and llama.cpp 5-10x slower when started from the main thread.
@@ -20,7 +21,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "Installing (first time: ~4-15 min, most of it building llama-cpp-python; later: seconds)"
+	@$(BIN)/python tools/install_estimate.py $(BIN)/python
 	$(BIN)/python -m pip install --progress-bar off -e '.[all]'
 	@touch $@
 
@@ -49,3 +50,10 @@ clean:
 
 clean-models:
 	$(BIN)/python -m helpers.course_models clean
+
+# Mutation check of the guards (fit check, quality gate, GGUF validation, hub presence and size, history
+# trimming, context fit): every small deliberate bug in them must fail a test. No course models needed;
+# about 20 minutes on 2 cores, so it is not part of `make test` or CI. See tools/mutation_check.py.
+.PHONY: mutation
+mutation: setup
+	$(TEST_ENV) $(BIN)/python tools/mutation_check.py

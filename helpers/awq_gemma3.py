@@ -77,7 +77,7 @@ def fold_scales_into_gemma_norm(norm: torch.nn.Module, linears: list, scales: to
 
 
 @contextlib.contextmanager
-def gemma3_awq_fixes(clip_tokens: int = 64):
+def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20):
     """Patch GPTQModel 7.6.0 for a correct Gemma 3 AWQ run; everything is restored on exit."""
     import gptqmodel.looper.awq_processor as awq_processor
     import gptqmodel.models.auto as auto
@@ -97,7 +97,7 @@ def gemma3_awq_fixes(clip_tokens: int = 64):
         return original_scale_ln_fcs(ln, fcs, scales)
 
     def compute_best_clip(self, w, input_feat, n_grid=20, max_shrink=0.5, n_sample_token=512):
-        return original_clip(self, w, input_feat, n_grid=n_grid, max_shrink=max_shrink,
+        return original_clip(self, w, input_feat, n_grid=min(n_grid, clip_grid), max_shrink=max_shrink,
                              n_sample_token=min(n_sample_token, clip_tokens))
 
     saved_model_class = auto.MODEL_MAP.get("gemma3_text")

