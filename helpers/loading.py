@@ -464,8 +464,8 @@ def load_model(source, device: str = "auto", dtype: str | None = "auto", n_ctx: 
                           "config.json auto_map, if any) will run on this machine with your permissions. "
                           "Do this only after reading that code; the course keeps it off.",
                           UserWarning, stacklevel=2)
-    if check_memory:
-        check_memory_fit(path, fmt, device=device, dtype=dtype)
+    if check_memory:  # "as <dtype>" in its message only when the load really casts the checkpoint
+        check_memory_fit(path, fmt, device=device, dtype=dtype if dtype != checkpoint_dtype(path) else None)
     if fmt == "gguf":
         return _load_llama_cpp(path, device, n_ctx, n_threads or default_threads())
     lm = _load_transformers(path, fmt, device, dtype, n_threads or default_threads(), trust_remote_code)

@@ -272,7 +272,10 @@ def test_row4_too_big_for_free_ram_or_vram(course_cache, monkeypatch, fmt, devic
     monkeypatch.setattr(llama_cpp, "Llama", must_not_run("llama_cpp.Llama"))
     monkeypatch.setattr(loading, "free_memory_bytes", lambda device="cpu": 200 * 2**20)
     if device.startswith("cuda"):  # as on a GPU machine: the check uses the GPU's free memory
+        import torch
+
         monkeypatch.setattr(loading, "pick_device", lambda device="auto": "cuda:0")
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))  # for the dtype rule
     path = course_models.model_path(fmt)
     need = loading.estimate_memory_bytes(path, fmt)
     weights = loading.weights_bytes(path)
