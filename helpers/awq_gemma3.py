@@ -24,8 +24,9 @@ Three things go wrong; `gemma3_awq_fixes()` patches each one for the duration of
 
 Two settings that are not patches, chosen by the caller (see `course_models.py`):
 calibration rows of equal length (with ragged rows GPTQModel's AWQ keeps only the last
-row's activations for the scale search) and a 64-token sample for the clip search
-(`clip_tokens`; the default 512 makes the CPU build ~6x slower for ~0.2 perplexity).
+row's activations for the scale search) and a small clip search (`clip_tokens`, `clip_grid`: the
+course build uses 32 tokens and 5 thresholds, see `course_models.py`; GPTQModel's default of 512 tokens
+made the CPU build about 6x slower).
 
 Upstream-ready: (1) is a `module_tree` for `Gemma3QModel`, (2) a `Gemma3RMSNorm` branch in
 `quantization/awq/quantize/scale.py::scale_ln_fcs`, (3) `awq_preserve_explicit_position_embeddings
