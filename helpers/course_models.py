@@ -43,7 +43,7 @@ AWQ_CLIP_TOKENS = 32
 AWQ_CLIP_GRID = 10           # clip thresholds tried: 5 steps of 10% (GPTQModel's default 20 gives 10 of 5%)
 # The calibration arithmetic and the perplexities of every build run in float32, on every CPU: on a
 # CPU without native bf16 it is several times faster than bf16 (helpers/precision.py), and builds on
-# both kinds of CPU then agree (the README compares them). Checkpoints are saved in bf16.
+# the two kinds of CPU come out close, not equal (the README compares them). Checkpoints are saved in bf16.
 BUILD_DTYPE = "float32"
 
 DESCRIPTIONS = {
