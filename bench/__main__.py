@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-quality", action="store_true", help="skip perplexity and top-1 agreement")
     parser.add_argument("--source", action="append", default=[], metavar="FORMAT=PATH",
                         help="use this model file/folder/hub id for a format instead of the course model")
+    parser.add_argument("--long-prompt", help="also time reading this (long) prompt, see --long-prompt-formats")
+    parser.add_argument("--long-prompt-formats", default="hf-bf16,hf-fp32",
+                        help="formats timed on --long-prompt (default: hf-bf16,hf-fp32)")
     parser.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
     args = parser.parse_args(argv)
     try:
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
         report = run_benchmark(formats=args.formats, prompts=args.prompts or DEFAULT_PROMPTS,
                                new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
                                threads=args.threads, device=args.device, quality=not args.no_quality,
-                               sources=sources, out=args.out, progress=args.progress)
+                               sources=sources, out=args.out, progress=args.progress,
+                               long_prompt=args.long_prompt, long_prompt_formats=args.long_prompt_formats)
     except CourseError as err:
         print(f"bench: {err}", file=sys.stderr)
         return 2

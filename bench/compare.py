@@ -110,8 +110,12 @@ def _sources(formats, sources: dict | None) -> dict[str, str]:
 
 def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: int = 32, warmup: int = 1,
                   repeats: int = 3, threads: int | None = None, device: str = "cpu", quality: bool = True,
-                  sources: dict | None = None, out: str | Path | None = None, progress: str = "bar") -> dict:
+                  sources: dict | None = None, out: str | Path | None = None, progress: str = "bar",
+                  long_prompt: str | None = None, long_prompt_formats=("hf-bf16", "hf-fp32")) -> dict:
     """Run the whole comparison and return (and, with `out`, write) the results as a dict.
+
+    long_prompt: also time reading this prompt (warm-up, then `repeats` runs of 2 new tokens) on
+    `long_prompt_formats`, with the models already loaded: `long_prompt_tok_s` in their results.
 
     progress: "bar" (tqdm), "lines" (one 'PROGRESS i n label' line per step, for a parent that
     draws its own bar, e.g. notebook 08) or "none".
@@ -133,7 +137,8 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
         logs.mkdir(parents=True)
     else:
         logs = Path(tempfile.mkdtemp(prefix="qllm-bench-"))
-    steps = len(formats) * (1 + warmup + repeats * len(prompts) + 1 + int(quality)) + 2
+    long_formats = [f for f in parse_formats(long_prompt_formats) if f in formats] if long_prompt else []
+    steps = len(formats) * (1 + warmup + repeats * len(prompts) + 1 + int(quality)) + 2 + len(long_formats)
     tick = _progress(progress, steps)
 
     tick("memory bandwidth")
@@ -164,6 +169,9 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
                     run = _generate(workers.get(name), prompt, new_tokens, results)
                     if run:
                         runs.append({"format": name, "round": rep + 1, "prompt": p, **run})
+        for name in long_formats:
+            tick(f"long prompt {name}")
+            _long_prompt(workers.get(name), long_prompt, warmup, repeats, results)
         for name in list(workers):
             tick(f"memory {name}")
             try:
@@ -182,6 +190,7 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
               "versions": _versions(),
               "settings": {"formats": formats, "prompts": prompts, "new_tokens": new_tokens, "warmup": warmup,
                            "repeats": repeats, "threads": threads, "speed_reference": SPEED_REFERENCE,
+                           "long_prompt": long_prompt, "long_prompt_formats": long_formats,
                            "quality_reference": QUALITY_REFERENCE, "held_out": "helpers/data/heldout.txt"},
               "bandwidth": bandwidth,
               "results": [_summarize(results[f], [r for r in runs if r["format"] == f], bandwidth) for f in formats],
@@ -242,6 +251,19 @@ def _generate(worker, prompt: str, new_tokens: int, results: dict) -> dict | Non
         results[worker.name]["error"] = f"generated {run['new_tokens']} tokens, not {new_tokens}"
     results[worker.name]["sample_text"] = run["text"]
     return run
+
+
+def _long_prompt(worker, prompt: str, warmup: int, repeats: int, results: dict) -> None:
+    """Prompt reading speed on a long prompt: compute-bound, unlike decoding (notebook 08, bf16 vs fp32)."""
+    if worker is None or "error" in results[worker.name]:
+        return
+    try:
+        runs = [worker.ask("generate", prompt=prompt, new_tokens=2) for _ in range(warmup + repeats)][warmup:]
+    except BenchError as err:
+        results[worker.name]["error"] = str(err)
+        return
+    results[worker.name]["long_prompt_tokens"] = runs[0]["prompt_tokens"]
+    results[worker.name]["long_prompt_tok_s"] = statistics.median(r["prompt_tok_s"] for r in runs)
 
 
 def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:

@@ -98,7 +98,9 @@ def recipe(fmt: str) -> dict:
                 "chat_template": _data_sha("gemma_chat_template.jinja"), "heldout": _data_sha("heldout.txt")}
     common = {"hf": recipe("hf"), "gptqmodel": _version("gptqmodel"), "optimum": _version("optimum"),
               "calibration": _data_sha("calibration.txt"), "blocks": CALIBRATION_BLOCKS,
-              "block_tokens": BLOCK_TOKENS, "bits": 4, "group_size": 128, "calibration_dtype": BUILD_DTYPE}
+              "block_tokens": BLOCK_TOKENS, "bits": 4, "group_size": 128, "calibration_dtype": BUILD_DTYPE,
+              # the gate's perplexity: output layer in fp32 where bf16 is emulated (quality.transformers_logits)
+              "perplexity_output_layer": "2"}
     if fmt == "gptq":
         return {**common, "sym": True}
     from .awq_gemma3 import FIX_VERSION

@@ -28,7 +28,8 @@ def test_cli_bad_arguments_exit_2(capsys):
 def small_run(tmp_path_factory, course_cache):
     out = tmp_path_factory.mktemp("bench") / "results.json"
     code = main(["--formats", "gguf,hf-bf16", "--new-tokens", "3", "--warmup", "1", "--repeats", "2",
-                 "--prompt", "The printing press", "--threads", "2", "--progress", "none", "--out", str(out)])
+                 "--prompt", "The printing press", "--threads", "2", "--progress", "none", "--out", str(out),
+                 "--long-prompt", "The printing press spread across Europe in a few decades. " * 8])
     return code, out
 
 
@@ -62,6 +63,11 @@ def test_small_run_writes_complete_json(small_run):
     assert hf["decode_speed"] == pytest.approx(rows["hf-bf16"]["decode_tok_s"] / rows["gguf"]["decode_tok_s"])
     assert len(report["runs"]) == 2 * 2  # repeats x formats x one prompt
     assert {r["new_tokens"] for r in report["runs"]} == {3}
+    # the long prompt ran on the formats asked for that were in the run (hf-fp32 was not), and only there
+    assert report["settings"]["long_prompt_formats"] == ["hf-bf16"]
+    assert rows["hf-bf16"]["long_prompt_tokens"] > 8 * rows["hf-bf16"]["prompt_tokens"] / 2
+    assert rows["hf-bf16"]["long_prompt_tok_s"] > 0
+    assert "long_prompt_tok_s" not in rows["gguf"]
 
 
 def test_rounds_alternate_the_order(small_run):

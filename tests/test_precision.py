@@ -93,3 +93,37 @@ def test_load_model_reports_its_dtype_and_why(course_cache):
     lm = loading.load_model(course_models.model_path("hf"), device="cpu", work="batch")
     assert lm.dtype == precision.compute_dtype("cpu", "batch").dtype
     assert lm.dtype_reason and lm.dtype_reason in repr(lm)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_perplexity_output_layer_in_fp32_only_where_bf16_is_emulated(tmp_path, monkeypatch, native):
+    """quality.transformers_logits: a bf16 output layer computes in fp32 (in chunks) on a CPU without
+    native bf16, exactly as an fp32 copy of that layer would, and the model is left as it was."""
+    import numpy as np
+    import torch
+
+    from helpers import quality
+
+    from .conftest import tiny_gemma3
+
+    model = tiny_gemma3(tmp_path, vocab_size=1000).eval()
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (native, "faked"))
+    ids = list(range(2, 40))
+    head = model.get_output_embeddings()
+    seen = []
+    head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    with torch.inference_mode():
+        hidden = model.model(torch.tensor([ids])).last_hidden_state[0]
+        reference = (hidden.float() @ head.weight.float().T).numpy()
+    logits = quality.transformers_logits(model, ids)
+    if native:  # bf16 output layer left alone: its bf16 logits differ from the fp32 ones by rounding
+        assert seen == [torch.bfloat16]
+        assert not np.array_equal(logits, reference)
+    else:
+        assert seen == [torch.float32]
+        np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+        with torch.inference_mode(), quality._output_layer_in_fp32(model, rows=300):  # 4 chunks, one ragged
+            chunked = model(torch.tensor([ids])).logits[0].numpy()
+        np.testing.assert_allclose(chunked, reference, rtol=1e-5, atol=1e-5)
+    assert "forward" not in vars(head)  # the patch is gone
+    np.testing.assert_allclose(quality.transformers_logits(model, ids), logits)  # and repeatable
