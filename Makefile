@@ -26,10 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 models: setup
-	$(BIN)/python -m helpers.course_models build
+	$(BIN)/python -m course.models build
 	@# llama.cpp's HF->GGUF converter (notebook 04) ships only in the llama-cpp-python sdist:
 	@# take it from pip's cache, or fetch the sdist from PyPI once (76 MB, keeps 2 MB).
-	$(BIN)/python -m helpers.gguf_tools converter --download
+	$(BIN)/python -m course.gguf_convert converter --download
 
 course: models
 	$(BIN)/python tools/run_course.py
@@ -49,7 +49,7 @@ clean:
 	rm -rf build .pytest_cache
 
 clean-models:
-	$(BIN)/python -m helpers.course_models clean
+	$(BIN)/python -m course.models clean
 
 # Mutation check of the guards (fit check, quality gate, GGUF validation, hub presence and size, history
 # trimming, context fit): every small deliberate bug in them must fail a test. No course models needed;

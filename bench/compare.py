@@ -94,7 +94,7 @@ class _Worker:
 def _sources(formats, sources: dict | None) -> dict[str, str]:
     """Where each format's model comes from: the course models unless overridden. A source given
     for one format serves the formats that share its files (hf-bf16/hf-fp32, gguf/gguf-transformers)."""
-    from helpers import course_models
+    from course import models as course_models
 
     sources = dict(sources or {})
     unknown = [name for name in sources if name not in FORMATS]

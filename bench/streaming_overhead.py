@@ -20,7 +20,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from helpers import course_models, loading, streaming
+from course import models as course_models
+from helpers import loading, streaming
 
 PROMPT = "The history of the printing press begins"
 WAYS = ("bare", "console", "widget")
@@ -39,7 +40,7 @@ def run_bare(lm, prompt: str, max_new_tokens: int) -> dict:
         inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
         with torch.inference_mode():
             ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id)
+                                    pad_token_id=loading.pad_token_id(lm.tokenizer))
         new = ids.shape[1] - inputs["input_ids"].shape[1]
     return {"new_tokens": int(new), "seconds": time.perf_counter() - started}
 

@@ -2,7 +2,7 @@
 
 As shipped, AWQ on Gemma 3 produces garbage: held-out perplexity ~196,000, where the same run with
 these fixes gives ~30 and the bf16 model ~24 (measured while building this course; the build
-stamps in `course_models` hold the current figures).
+stamps of `course/models.py` hold the current figures).
 Three things go wrong; `gemma3_awq_fixes()` patches each one for the duration of a build:
 
 1. Layer map. GPTQModel's Gemma 3 definition reuses Llama's, so AWQ folds the gate/up
@@ -22,10 +22,10 @@ Three things go wrong; `gemma3_awq_fixes()` patches each one for the duration of
    re-computation calls it without `layer_type` (TypeError); we ask it to reuse the
    position embeddings the layer was called with.
 
-Two settings that are not patches, chosen by the caller (see `course_models.py`):
+Two settings that are not patches, chosen by the caller (see `course/models.py`):
 calibration rows of equal length (with ragged rows GPTQModel's AWQ keeps only the last
 row's activations for the scale search) and a small clip search (`clip_tokens`, `clip_grid`: the
-course build uses 32 tokens and 5 thresholds, see `course_models.py`; GPTQModel's default of 512 tokens
+course build uses 32 tokens and 5 thresholds, see `course/models.py`; GPTQModel's default of 512 tokens
 made the CPU build about 6x slower).
 
 Upstream-ready: (1) is a `module_tree` for `Gemma3QModel`, (2) a `Gemma3RMSNorm` branch in

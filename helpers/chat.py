@@ -1,14 +1,12 @@
-"""Multi-turn chat with any course model: history, template, trimming, streaming, save/load, a widget UI.
+"""Multi-turn chat with any course model: history, template, trimming, streaming, save/load.
 
     session = ChatSession(lm, system="You are a helpful assistant.")   # lm from loading.load_model
     reply = session.ask("What is GPTQ?")          # prints as it streams; reply.text, reply.trim, ...
     session.ask("用一句话解释一下。")                 # the history goes along with every turn
     session.save("chat.json"); session.load("chat.json")
 
-    ui = ChatWidget(lm); ui.show()                # text box, Send, Stop, transcript, token count
-    ui.send("Hello"); ui.wait(); ui.transcript    # the same UI driven from code (tests, browsers)
 
-    python -m helpers.chat gguf                   # a terminal chat (/reset /save /load /exit)
+The chat widget is `helpers.chat_widget.ChatWidget`; the terminal chat is `python -m course.chat_cli gguf`.
 
 **Which template.** `template="chat"` renders the messages with the model's chat template: the
 tokenizer's for Transformers models, `tokenizer.chat_template` from the metadata for a GGUF file
@@ -29,40 +27,25 @@ for the window raises ContextWindowError.
 
 from __future__ import annotations
 
-import argparse
-import html
 import json
 import os
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import CourseError
-from .streaming import (StreamResult, TokenStream, _claim, _pick_mode, format_status, join_reader,
-                        print_stream)
+from .errors import ChatError, ChatHistoryError, ContextWindowError  # noqa: F401
+from .loading import encode_prompt
+from .streaming import StreamResult, TokenStream, claim_model, format_status, print_stream
 
 COURSE_TEMPLATE_FILE = Path(__file__).parent / "data" / "gemma_chat_template.jinja"
 COURSE_TEMPLATE_MARK = "written for this course"  # in the course's own Gemma template
 HISTORY_FORMAT = "qllm-chat-history"
 ROLES = ("system", "user", "assistant")
 COMPLETION_LABELS = {"user": "User", "assistant": "Assistant"}
-
-
-class ChatError(CourseError):
-    """A chat problem the learner can fix."""
-
-
-class ContextWindowError(ChatError):
-    """The newest message alone (with the system prompt and the reply) does not fit the context window."""
-
-
-class ChatHistoryError(ChatError):
-    """A history file could not be read or written."""
 
 
 # ---- messages -------------------------------------------------------------------------------
@@ -211,18 +194,16 @@ def render_completion(messages: list[dict], add_generation_prompt: bool = True) 
 
 def render_jinja(template: str, messages: list[dict], bos_token: str = "", eos_token: str = "",
                  add_generation_prompt: bool = True) -> str:
-    """Run a chat template the way Transformers does (sandboxed Jinja, trim_blocks, lstrip_blocks)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """Run a chat template with llama-cpp-python's Jinja2ChatFormatter: the sandboxed Jinja, filters and
+    globals Transformers uses, so both backends render the same prompt."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    def raise_exception(message):
-        raise ChatError(f"the chat template refused these messages: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template).render(messages=check_messages(messages), bos_token=bos_token,
-                                            eos_token=eos_token, add_generation_prompt=add_generation_prompt)
+    formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token,
+                                    add_generation_prompt=add_generation_prompt)
+    try:
+        return formatter(messages=check_messages(messages)).prompt
+    except ValueError as err:  # the template's own raise_exception("...")
+        raise ChatError(f"the chat template refused these messages: {err}") from None
 
 
 def own_chat_template(lm) -> tuple[str | None, str]:
@@ -321,14 +302,7 @@ def _end_token_ids(lm, marker: str) -> list[int]:
 
 def count_prompt_tokens(lm, prompt: str) -> int:
     """Tokens `prompt` takes, counted exactly as the streaming helper feeds it (one <bos>, never two)."""
-    if lm.backend == "llama.cpp":
-        llm = lm.model
-        bos = _special_text(lm, llm.token_bos())
-        has_bos = bool(bos) and prompt.startswith(bos)
-        return len(llm.tokenize(prompt.encode("utf-8"), add_bos=not has_bos, special=True))
-    tok = lm.tokenizer
-    has_bos = bool(tok.bos_token) and prompt.startswith(tok.bos_token)
-    return len(tok(prompt, add_special_tokens=not has_bos)["input_ids"])
+    return len(encode_prompt(lm, prompt))
 
 
 # ---- one exchange ---------------------------------------------------------------------------
@@ -460,7 +434,7 @@ class ChatTurn:
                                ttft_s=r.ttft_s, seconds=r.seconds, tokens_per_s=r.tokens_per_s,
                                stopped_by_user=self._user_stop, finish=finish, trim=self.trim)
         if keep:
-            self.session._commit(self)
+            self.session.commit(self)
         else:
             self.state = "failed"
 
@@ -493,7 +467,7 @@ class ChatSession:
         self.last_trim: TrimReport | None = None
         self.last_reply: ChatReply | None = None
         self.current: ChatTurn | None = None
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # guards the history (the chat widget's reader thread writes it)
         if history:
             self.replace_history(history)
 
@@ -547,7 +521,7 @@ class ChatSession:
         """A ChatTurn for `user_text`: iterate it to generate (it joins the history when it ends)."""
         if self.current is not None:
             raise ChatError("A reply is still being generated: stop it (or wait for it) before sending another message.")
-        _claim(self.lm, check_only=True)
+        claim_model(self.lm, check_only=True)
         prompt, report = self.prepare(user_text)
         self.last_trim = report
         turn = ChatTurn(self, user_text, prompt, report)
@@ -577,7 +551,7 @@ class ChatSession:
                 out.write(f"{r.text}\n[{format_status(state, r.new_tokens, r.ttft_s, r.tokens_per_s)}]\n")
                 out.flush()
         finally:
-            self._release(turn)
+            self.release_turn(turn)
         return turn.reply
 
     def reply(self, user_text: str) -> ChatReply:
@@ -587,17 +561,17 @@ class ChatSession:
             for _piece in turn:
                 pass
         finally:
-            self._release(turn)
+            self.release_turn(turn)
         return turn.reply
 
-    def _commit(self, turn: ChatTurn) -> None:
-        with self._lock:
+    def commit(self, turn: ChatTurn) -> None:
+        with self.lock:
             self.messages.append({"role": "user", "content": turn.user_text})
             self.messages.append({"role": "assistant", "content": turn.reply.text})
             self.last_reply = turn.reply
             turn.state = "committed"
 
-    def _release(self, turn: ChatTurn) -> None:
+    def release_turn(self, turn: ChatTurn) -> None:
         if self.current is turn:
             self.current = None
 
@@ -737,446 +711,3 @@ def load_history(path) -> tuple[list[dict], str | None]:
     except OSError as err:
         kept = f"it could not be renamed ({err.strerror or err}) and stays where it is; saving over it is refused"
     return [], f"{path} is not a usable chat history ({problem}); {kept}. Starting a fresh history."
-
-
-# ---- the widget -----------------------------------------------------------------------------
-
-_ROLE_LABEL = {"system": "system", "user": "you", "assistant": "model"}
-
-
-def transcript_html(messages: list[dict], hidden: int = 0, live: str | None = None) -> str:
-    """The transcript as HTML: one div per message (class qllm-chat-message qllm-chat-<role>, data-role).
-
-    The first `hidden` user/assistant messages get the class qllm-chat-trimmed (the model no longer
-    sees them); `live` is a reply being written (class qllm-chat-live).
-    """
-    rows, seen = [], 0
-    for i, m in enumerate(messages):
-        classes = f"qllm-chat-message qllm-chat-{m['role']}"
-        if m["role"] != "system":
-            if seen < hidden:
-                classes += " qllm-chat-trimmed"
-            seen += 1
-        rows.append(_message_div(classes, m["role"], m["content"], i))
-    if live is not None:
-        rows.append(_message_div("qllm-chat-message qllm-chat-assistant qllm-chat-live", "assistant", live, len(messages)))
-    return '<div class="qllm-chat-log">' + "".join(rows) + "</div>"
-
-
-def _message_div(classes: str, role: str, content: str, index: int) -> str:
-    faded = "opacity: 0.45;" if "trimmed" in classes else ""
-    color = {"user": "#1f6feb", "assistant": "#2da44e", "system": "#8250df"}[role]
-    return (f'<div class="{classes}" data-role="{role}" data-index="{index}" style="margin: 2px 0; {faded}">'
-            f'<b style="color: {color}">{_ROLE_LABEL[role]}:</b> '
-            f'<span class="qllm-chat-content" style="white-space: pre-wrap">{html.escape(content)}</span></div>')
-
-
-class ChatWidget:
-    """A chat UI: transcript, text box, Send and Stop, token count against the context window.
-
-        ui = ChatWidget(lm, system="...", max_new_tokens=128)   # or ChatWidget(session)
-        ui.show()                        # in Jupyter/Colab/VS Code: the widget; headless: nothing
-        ui.send("Hello"); ui.wait()      # what typing + Send does; wait() returns the ChatReply
-        ui.stop()                        # what Stop does
-        ui.transcript, ui.token_count, ui.context_window, ui.status, ui.running, ui.reply_text, ui.reply_tokens
-
-    In widget mode `send` returns at once and a reader thread fills the transcript; headless
-    (console mode: terminals, nbclient/nbmake) `send` prints the exchange and returns when the
-    reply is done. Nothing calls input(). DOM hooks for browser tests: the root has the CSS class
-    `qllm-chat` (plus `qllm-chat-busy` while a reply is generated); parts: `qllm-chat-input`,
-    `qllm-chat-send`, `qllm-chat-stop`, `qllm-chat-transcript`, `qllm-chat-tokens`,
-    `qllm-chat-status`, `qllm-chat-notice`; messages inside the transcript are
-    `div.qllm-chat-message.qllm-chat-<role>[data-role]`, the reply being written `.qllm-chat-live`.
-    """
-
-    def __init__(self, lm_or_session, mode: str = "auto", refresh_s: float = 0.1, **session_kwargs):
-        if isinstance(lm_or_session, ChatSession):
-            if session_kwargs:
-                raise ChatError("Pass session settings to ChatSession, or pass a model here, not both.")
-            self.session = lm_or_session
-        else:
-            self.session = ChatSession(lm_or_session, **session_kwargs)
-        self.mode = _pick_mode(mode)
-        self.refresh_s = refresh_s
-        self.error: BaseException | None = None
-        self.notice = ""
-        self._status = "ready"
-        self._turn: ChatTurn | None = None
-        self._reader: threading.Thread | None = None
-        self.widget = self.transcript_box = self.input_box = self.send_button = self.stop_button = None
-        self.token_counter = self.status_line = self.notice_line = None
-        if self.mode == "widget":
-            self._build()
-            self._redraw()
-
-    def _build(self) -> None:
-        import ipywidgets as widgets
-
-        self.transcript_box = widgets.HTML(layout=widgets.Layout(max_height="24em", overflow_y="auto",
-                                                                 border="1px solid #ddd", padding="4px"))
-        self.input_box = widgets.Textarea(placeholder="Type a message, then Send", rows=2,
-                                          layout=widgets.Layout(width="100%"))
-        self.send_button = widgets.Button(description="Send", icon="paper-plane", button_style="primary")
-        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True,
-                                          tooltip="End the reply after the next token")
-        self.token_counter = widgets.HTML()
-        self.status_line = widgets.HTML()
-        self.notice_line = widgets.HTML()
-        self.send_button.on_click(lambda _b: self._send_from_box())
-        self.stop_button.on_click(lambda _b: self.stop())
-        self.widget = widgets.VBox([
-            self.transcript_box, self.notice_line, self.input_box,
-            widgets.HBox([self.send_button, self.stop_button, self.token_counter]), self.status_line])
-        for part, name in [(self.widget, "qllm-chat"), (self.transcript_box, "qllm-chat-transcript"),
-                           (self.input_box, "qllm-chat-input"), (self.send_button, "qllm-chat-send"),
-                           (self.stop_button, "qllm-chat-stop"), (self.token_counter, "qllm-chat-tokens"),
-                           (self.status_line, "qllm-chat-status"), (self.notice_line, "qllm-chat-notice")]:
-            part.add_class(name)
-
-    # -- what a caller reads
-    @property
-    def running(self) -> bool:
-        if self.mode == "console":
-            return False
-        return self._reader is not None and self._reader.is_alive()
-
-    @property
-    def transcript(self) -> list[dict]:
-        """The conversation as shown: the history plus the exchange being generated (system included)."""
-        with self.session._lock:
-            messages = [dict(m) for m in self.session.messages]
-            turn = self._turn
-            if turn is not None and turn.state == "running":
-                messages += [{"role": "user", "content": turn.user_text}, {"role": "assistant", "content": turn.text}]
-        return messages
-
-    @property
-    def token_count(self) -> int:
-        """Tokens in the window: the last prompt plus its reply so far."""
-        return self.session.token_count
-
-    @property
-    def context_window(self) -> int:
-        return self.session.context_window
-
-    @property
-    def status(self) -> str:
-        return self._status
-
-    @property
-    def reply_text(self) -> str:
-        """The reply being written (or the last one)."""
-        return self._turn.text if self._turn is not None else ""
-
-    @property
-    def reply_tokens(self) -> int:
-        """Tokens generated so far for the reply being written (or the last one)."""
-        return self._turn.new_tokens if self._turn is not None else 0
-
-    def token_line(self) -> str:
-        """'312 / 1024 tokens in the window (prompt 280 + reply 32; 64 kept for the reply)'."""
-        s, turn = self.session, self._turn
-        prompt = turn.prompt_tokens if turn else (s.last_reply.prompt_tokens if s.last_reply else 0)
-        reply = turn.new_tokens if turn else 0
-        return (f"{prompt + reply} / {s.context_window} tokens in the window "
-                f"(prompt {prompt} + reply {reply}; {s.max_new_tokens} kept for the reply)")
-
-    def __repr__(self) -> str:
-        return f"ChatWidget(mode={self.mode!r}, {len(self.session.turns())} messages, status={self.status!r})"
-
-    def show(self) -> None:
-        """Display the widget (widget mode); headless there is nothing to show."""
-        if self.widget is not None:
-            from IPython.display import display
-
-            display(self.widget)
-
-    def _ipython_display_(self) -> None:
-        if self.widget is not None:
-            self.show()
-        else:
-            print(repr(self))
-
-    # -- what a caller does
-    def send(self, text: str) -> "ChatWidget":
-        """Send a message (what typing it and pressing Send does). Widget mode: returns at once."""
-        if self.running:
-            raise ChatError("The model is still answering: press Stop (stop()) or wait() before sending again.")
-        self.error = None
-        try:
-            turn = self.session.start_turn(text)
-        except CourseError as err:
-            self._set_status(f"not sent: {err}")
-            raise
-        self._turn = turn
-        self.notice = str(turn.trim) if turn.trim.trimmed else ""
-        if self.mode == "console":
-            out = sys.stdout
-            out.write(f"you: {text}\n")
-            if self.notice:
-                out.write(f"[{self.notice}]\n")
-            out.write("model: ")
-            try:
-                print_stream(turn, file=out)
-            except BaseException as err:
-                self.error = err
-                self._set_status(f"error: {type(err).__name__}: {err}")
-                raise
-            finally:
-                self.session._release(turn)
-            self._finished(turn)
-            return self
-        self._reader = threading.Thread(target=self._read, args=(turn,), name="qllm-chat-reader", daemon=True)
-        self._busy(True)
-        self._reader.start()
-        return self
-
-    def stop(self) -> None:
-        """End the reply after at most one more token (what the Stop button does)."""
-        if self._turn is not None and self._turn.state == "running":
-            self._turn.stop()
-
-    def wait(self, timeout: float | None = None) -> ChatReply | None:
-        """Block until the reply is done; return it (re-raises a generation error)."""
-        join_reader(self, timeout)
-        return self._turn.reply if self._turn is not None else None
-
-    def reset(self) -> None:
-        """Start a fresh conversation (the system prompt stays)."""
-        self._idle_or_refuse("reset")
-        self.session.reset()
-        self._turn, self.notice = None, ""
-        self._set_status("ready")
-        self._redraw()
-
-    def save(self, path) -> Path:
-        """Save the history as JSON."""
-        saved = self.session.save(path)
-        self._set_status(f"saved {len(self.session.turns())} messages to {saved}")
-        return saved
-
-    def load(self, path) -> str:
-        """Continue a saved history (a damaged file: a fresh history and a message saying so)."""
-        self._idle_or_refuse("load")
-        message = self.session.load(path)
-        self._turn = None
-        self.notice = message if "fresh history" in message else ""
-        self._set_status(message)
-        self._redraw()
-        if self.mode == "console":
-            print(message)
-        return message
-
-    def _idle_or_refuse(self, what: str) -> None:
-        if self.running:
-            raise ChatError(f"Cannot {what} while the model is answering: stop() or wait() first.")
-
-    # -- the reader thread (widget mode): from send() on, it alone updates the widget values
-    def _send_from_box(self) -> None:
-        text = self.input_box.value
-        if not text.strip() or self.running:
-            return
-        try:
-            self.send(text)
-        except CourseError:
-            return  # the status line says why; a click handler has nowhere to raise to
-        self.input_box.value = ""
-
-    def _read(self, turn: ChatTurn) -> None:
-        try:
-            self._set_status("generating")
-            self._redraw(turn)
-            last = float("-inf")
-            for _piece in turn:
-                now = time.perf_counter()
-                if now - last >= self.refresh_s:
-                    self._redraw(turn)
-                    self._set_status("generating", turn)
-                    last = now
-            self._finished(turn)
-        except BaseException as err:
-            self.error = err
-            self._set_status(f"error: {type(err).__name__}: {err}")
-        finally:
-            self.session._release(turn)
-            self._redraw()
-            self._busy(False)
-
-    def _finished(self, turn: ChatTurn) -> None:
-        r = turn.reply
-        state = "stopped" if r.stopped_by_user else ("done (max_new_tokens reached)" if r.finish == "length"
-                                                     else "done (end of turn)")
-        self._set_status(format_status(state, r.new_tokens, r.ttft_s, r.tokens_per_s))
-
-    def _busy(self, busy: bool) -> None:
-        if self.widget is None:
-            return
-        self.send_button.disabled = busy
-        self.stop_button.disabled = not busy
-        (self.widget.add_class if busy else self.widget.remove_class)("qllm-chat-busy")
-
-    def _redraw(self, turn: ChatTurn | None = None) -> None:
-        if self.widget is None:
-            return
-        with self.session._lock:
-            messages = list(self.session.messages)
-            live = None
-            if turn is not None and turn.state == "running":
-                messages.append({"role": "user", "content": turn.user_text})
-                live = turn.text
-        hidden = 2 * self.session.last_trim.dropped_pairs if self.session.last_trim else 0
-        self.transcript_box.value = transcript_html(messages, hidden=hidden, live=live)
-        self.token_counter.value = html.escape(self.token_line())
-        self.notice_line.value = (f'<span style="color: #9a6700">{html.escape(self.notice)}</span>'
-                                  if self.notice else "")
-
-    def _set_status(self, state: str, turn: ChatTurn | None = None) -> None:
-        if turn is not None:
-            state = format_status(state, turn.new_tokens, turn.ttft_s, turn.tokens_per_s())
-        self._status = state
-        if self.status_line is not None:
-            self.status_line.value = html.escape(state)
-
-
-# ---- the terminal chat ----------------------------------------------------------------------
-
-HELP = """commands: /reset (forget the conversation), /save PATH, /load PATH, /help, /exit (or Ctrl-D)
-Ctrl-C while the model writes stops the reply."""
-
-
-def resolve_model(name: str, gguf_file: str | None = None):
-    """A course format name (gguf, hf, gptq, awq; 'course' = gguf) -> its path; anything else unchanged."""
-    from . import course_models
-
-    key = name.strip().lower()
-    if key == "course":
-        key = "gguf"
-    if key in course_models.FORMATS:
-        path = course_models.model_path(key)
-        if not path.exists():
-            raise ChatError(f"The course's {key} model is not built yet ({path}). Build it with "
-                            "`python -m helpers.course_models build` (a few minutes, offline).")
-        return path
-    if gguf_file:
-        from .hub import download_model
-
-        return download_model(name, gguf_file=gguf_file)
-    return name
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m helpers.chat MODEL: a terminal chat; reads lines from stdin (a pipe works too)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m helpers.chat",
-        description="Chat with a local model in the terminal. Commands: /reset, /save PATH, /load PATH, /help, /exit.")
-    parser.add_argument("model", help="a .gguf file, a model folder, a hub id (owner/name), or a course model: "
-                                      "gguf, hf, gptq, awq (course = gguf)")
-    parser.add_argument("--system", default="You are a helpful assistant. Answer briefly.",
-                        help="the system prompt (default: %(default)r; '' for none)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default 256)")
-    parser.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
-    parser.add_argument("--template", choices=["auto", "chat", "completion"], default="auto",
-                        help="how the conversation becomes a prompt (default auto: the model's own chat template, "
-                             "else a completion transcript for base models)")
-    parser.add_argument("--n-ctx", type=int, default=4096, help="context window in tokens (default 4096)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--load", metavar="PATH", help="continue a saved history")
-    parser.add_argument("--gguf-file", metavar="PATTERN", help="with a hub id: which .gguf file, e.g. '*Q4_K_M.gguf'")
-    parser.add_argument("--threads", type=int, help="CPU threads (default $QLLM_THREADS or all cores)")
-    args = parser.parse_args(argv)
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")  # never die printing a character the terminal lacks
-    from .loading import load_model
-
-    try:
-        source = resolve_model(args.model, args.gguf_file)
-        print(f"loading {source} ...", flush=True)
-        lm = load_model(source, n_ctx=args.n_ctx, n_threads=args.threads)
-        session = ChatSession(lm, system=args.system or None, template=args.template,
-                              max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              context_window=min(args.n_ctx, lm.context_length))
-    except CourseError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        return _chat_loop(session, args)
-    finally:
-        if lm.backend == "llama.cpp":
-            lm.model.close()  # free it now, not in a destructor at interpreter exit
-
-
-def _chat_loop(session: ChatSession, args) -> int:
-    interactive = sys.stdin.isatty()
-    lm = session.lm
-    print(f"{lm.format} model via {lm.backend}: {lm.path.name}")
-    print(session.template.describe())
-    print(f"window {session.context_window} tokens, replies up to {session.max_new_tokens} tokens, "
-          f"streaming {'off' if args.no_stream else 'on'}")
-    print(HELP, flush=True)
-    if args.load:
-        _try(lambda: print(session.load(args.load)))
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        try:
-            line = sys.stdin.readline()
-        except KeyboardInterrupt:
-            print()
-            break
-        if not line:  # end of input: Ctrl-D, or the end of a pipe
-            if interactive:
-                print()
-            break
-        text = line.rstrip("\r\n")
-        if not text.strip():
-            continue
-        if not interactive:
-            print(f"you> {text}")  # a piped conversation reads like a transcript
-        if text.startswith("/"):
-            if not _command(session, text):
-                break
-            continue
-        print("model> ", end="", flush=True)
-        try:
-            session.ask(text, stream=not args.no_stream)
-        except KeyboardInterrupt:
-            print("\n[stopped]")
-        except CourseError as err:
-            print(f"\n[{err}]")
-    print("bye", flush=True)
-    return 0
-
-
-def _try(action) -> None:
-    try:
-        action()
-    except CourseError as err:
-        print(f"[{err}]")
-
-
-def _command(session: ChatSession, text: str) -> bool:
-    """Run a /command; False means exit."""
-    name, _, arg = text.partition(" ")
-    name, arg = name.lower(), arg.strip()
-    if name in ("/exit", "/quit", "/bye"):
-        return False
-    if name == "/reset":
-        session.reset()
-        print("[history cleared; the system prompt stays]")
-    elif name in ("/save", "/load"):
-        if not arg:
-            print(f"[{name} needs a file name: {name} chat.json]")
-        elif name == "/save":
-            _try(lambda: print(f"[saved {len(session.turns())} messages to {session.save(arg)}]"))
-        else:
-            _try(lambda: print(f"[{session.load(arg)}]"))
-    elif name == "/help":
-        print(HELP)
-    else:
-        print(f"[unknown command {name}] {HELP}")
-    return True
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,45 +25,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CourseError
+from .errors import (AmbiguousFilesError, CourseError, DownloadFailedError, HubError, HubUnreachableError,  # noqa: F401
+                     NoMatchingFilesError, NotEnoughDiskError, RepoNotFoundError, RevisionNotFoundError)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # What a model folder needs: config, weights (safetensors), tokenizer and chat template files.
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
-
-
-class HubError(CourseError):
-    """Downloading from the hub (or a mirror) failed; the message says what to do."""
-
-
-class RepoNotFoundError(HubError):
-    """No such repo at this endpoint (or it is private/gated and the token does not open it)."""
-
-
-class RevisionNotFoundError(HubError):
-    """The repo exists but not that branch, tag or commit."""
-
-
-class NoMatchingFilesError(HubError):
-    """A file name or pattern matches nothing in the repo."""
-
-
-class AmbiguousFilesError(HubError):
-    """A pattern picks several files where exactly one is needed (e.g. one GGUF out of a repo)."""
-
-
-class HubUnreachableError(HubError):
-    """The endpoint (hub or mirror) cannot be reached."""
-
-
-class NotEnoughDiskError(HubError):
-    """The chosen files do not fit in the free disk at the destination."""
-
-
-class DownloadFailedError(HubError):
-    """A transfer broke, or a file did not match its size/sha256; nothing incomplete was kept."""
 
 
 # ---- settings ---------------------------------------------------------------------------------
@@ -498,8 +467,10 @@ def _local_first(repo_id, revision, filename, include, exclude, local_dir):
         found = _local_file_record(repo_id, filename, revision, local_dir)
         if found is not None:
             info = RepoFileInfo(filename, found.stat().st_size)
-            base = found.parent if local_dir is None else Path(local_dir).expanduser().resolve()
-            commit = found.parent.name if local_dir is None else ""
+            # in the cache: snapshots/<commit>/<filename>, and the filename may sit in a repo folder
+            base = found.parents[len(Path(filename).parts) - 1] if local_dir is None else \
+                Path(local_dir).expanduser().resolve()
+            commit = base.name if local_dir is None else ""
             return _Listing(repo_id, revision, commit, [info]), [info], base
     return None
 
@@ -543,6 +514,12 @@ def _download(repo_id, filename, include, exclude, local_dir, revision, force, v
                 f"({_human(plan.free_bytes)} free)")
     from huggingface_hub import hf_hub_download, snapshot_download
 
+    # A chosen file already on disk at the wrong size (cut short, or changed) would be returned as it
+    # is: for a commit hash huggingface_hub trusts a cached snapshot file. Remove it, so it is fetched.
+    base = _base_dir(repo_id, listing.commit, local_dir)
+    for f in chosen:
+        if ((base / f.path).is_file() or (base / f.path).is_symlink()) and not _present(base, f):
+            _remove(base / f.path)
     # by commit hash: exactly the files listed and size-checked above, even if the branch moves meanwhile
     common = dict(revision=listing.commit, endpoint=endpoint(), cache_dir=hub_cache_dir(), force_download=force)
     if local_dir is not None:
@@ -555,7 +532,6 @@ def _download(repo_id, filename, include, exclude, local_dir, revision, force, v
             snapshot_download(repo_id, allow_patterns=[f.path for f in chosen], **common)
         if revision != listing.commit:
             _record_ref(repo_id, revision, listing.commit)
-    base = _base_dir(repo_id, listing.commit, local_dir)
     _check_files(base, chosen, verify)
     seconds = time.perf_counter() - started
     orphans = find_incomplete(base if local_dir is not None else _storage_folder(repo_id))

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CourseError
+from .env import default_threads  # noqa: F401  (notebooks call loading.default_threads)
+from .errors import (CourseError, MissingBackendError, ModelNotFoundError, NotAModelError,  # noqa: F401
+                     NotEnoughMemoryError, UnsupportedFormatError)
 
 GGUF_MAGIC = b"GGUF"
 # What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
@@ -37,31 +39,11 @@ GGUF_OVERHEAD_FRACTION = 0.20
 GGUF_OVERHEAD_BYTES = 300 * 2**20
 
 
-class ModelNotFoundError(CourseError):
-    """The path or hub id does not point at a model."""
-
-
-class NotAModelError(CourseError):
-    """The path exists but holds no model we can load."""
-
-
-class UnsupportedFormatError(NotAModelError):
-    """A model folder quantized with a method this course does not load (bitsandbytes, FP8, ...)."""
-
-
 _METHOD_HINTS = {
     "bitsandbytes": " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)",
     "compressed-tensors": " (`pip install compressed-tensors`; vLLM serves these)",
     "fp8": " (FP8 needs a recent NVIDIA GPU)",
 }
-
-
-class MissingBackendError(CourseError):
-    """A library the format needs is not installed."""
-
-
-class NotEnoughMemoryError(CourseError):
-    """The model would not fit in the free memory."""
 
 
 @dataclass
@@ -106,7 +88,7 @@ def detect_format(path: str | os.PathLike) -> str:
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
-            f"{path} does not exist. Build the course models with `python -m helpers.course_models build`, "
+            f"{path} does not exist. Build the course models with `python -m course.models build`, "
             "download a model (notebook 01), or check the spelling of the path.")
     if path.is_file():
         with open(path, "rb") as handle:
@@ -346,11 +328,6 @@ def print_kernel_report(report: dict) -> None:
 
 
 # ---- loading --------------------------------------------------------------------------------
-
-def default_threads() -> int:
-    """Threads for CPU inference: $QLLM_THREADS, else all cores (tests pin it to avoid oversubscription)."""
-    return int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1)
-
 
 def pick_device(device: str = "auto") -> str:
     """Where to run: "auto" means CUDA when torch sees a GPU, else the CPU.
@@ -677,12 +654,29 @@ def import_gptqmodel_quietly():
 
 # ---- one generate for every backend ---------------------------------------------------------
 
+def bos_text(lm: LoadedModel) -> str:
+    """The text of the model's <bos> token ('' when it has none)."""
+    if lm.backend == "llama.cpp":
+        return lm.model.detokenize([lm.model.token_bos()], special=True).decode("utf-8", errors="ignore")
+    return lm.tokenizer.bos_token or ""
+
+
+def encode_prompt(lm: LoadedModel, prompt: str) -> list[int]:
+    """The token ids the course feeds for `prompt`, on either backend, with exactly one <bos>: a prompt
+    rendered by a chat template already starts with one, and a second would change the model's answer."""
+    bos = bos_text(lm)
+    has_bos = bool(bos) and prompt.startswith(bos)
+    if lm.backend == "llama.cpp":
+        return lm.model.tokenize(prompt.encode("utf-8"), add_bos=not has_bos, special=True)
+    return lm.tokenizer(prompt, add_special_tokens=not has_bos)["input_ids"]
+
+
 def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
              **kwargs) -> str:
     """Complete `prompt` and return only the new text (greedy when temperature is 0)."""
     if lm.backend == "llama.cpp":
         # llama.cpp adds <bos> itself; a prompt rendered by a chat template already starts with one
-        bos = lm.model.detokenize([lm.model.token_bos()], special=True).decode(errors="ignore")
+        bos = bos_text(lm)
         if bos and prompt.startswith(bos):
             prompt = prompt[len(bos):]
         from .gguf_tools import check_context
@@ -695,12 +689,10 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
 
     # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would count the
     # prompt too); pad_token_id given explicitly (Gemma's is 0, so no `or` shortcut: 0 is falsy).
-    # a prompt rendered by apply_chat_template(tokenize=False) already starts with <bos>: don't add another
-    bos = lm.tokenizer.bos_token
-    inputs = lm.tokenizer(prompt, return_tensors="pt",
-                          add_special_tokens=not (bos and prompt.startswith(bos))).to(lm.model.device)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
-    max_new_tokens = _fit_context(lm, inputs["input_ids"].shape[1], max_new_tokens)
+    ids = torch.tensor([encode_prompt(lm, prompt)], device=lm.model.device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    pad = pad_token_id(lm.tokenizer)
+    max_new_tokens = fit_context(lm, inputs["input_ids"].shape[1], max_new_tokens)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():
         output_ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad,
@@ -708,7 +700,14 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
     return lm.tokenizer.decode(output_ids[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def _fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
+def pad_token_id(tokenizer) -> int | None:
+    """The pad id to give generate(): the tokenizer's own, else its end-of-sequence id.
+
+    Never `pad_token_id or eos_token_id`: Gemma's pad id is 0, which `or` would throw away."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
     """Refuse a prompt that fills the context window; shorten max_new_tokens to what fits, with a warning.
 
     Transformers would generate past the positions the model was trained on without a word;

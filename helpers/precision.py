@@ -32,6 +32,8 @@ import os
 import platform
 from dataclasses import dataclass
 
+from .env import cpu_flags
+
 WORKS = ("batch", "decode")
 
 
@@ -44,17 +46,6 @@ class DtypeChoice:
 
     def __str__(self) -> str:
         return f"{self.dtype} ({self.reason})"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_bf16() -> tuple[bool, str]:
@@ -70,7 +61,7 @@ def cpu_bf16() -> tuple[bool, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     machine = platform.machine().lower()
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if machine in ("x86_64", "amd64", "i686", "x86"):
         hardware = sorted(flags & {"avx512_bf16", "amx_bf16"})
         native = onednn and bool(hardware)

@@ -103,7 +103,6 @@ def transformers_perplexity(model, tokenizer, text: str | None = None) -> float:
 
 def gguf_perplexity(gguf_path, text: str | None = None, n_threads: int | None = None) -> float:
     """Perplexity of a GGUF file through llama.cpp on `text` (default: the held-out text)."""
-    from .gguf_tools import gguf_token_ids
     from .loading import new_llama
 
     text = text or heldout_text()
@@ -114,3 +113,14 @@ def gguf_perplexity(gguf_path, text: str | None = None, n_threads: int | None = 
         return perplexity_from_logits(llama_cpp_logits(llm, ids), ids)
     finally:
         llm.close()
+
+
+def gguf_token_ids(path, text: str) -> list[int]:
+    """How llama.cpp tokenizes `text` with this GGUF's vocabulary (loads the vocabulary only)."""
+    from .loading import new_llama
+
+    vocab = new_llama(path, vocab_only=True)
+    try:
+        return vocab.tokenize(text.encode("utf-8"), add_bos=True)
+    finally:
+        vocab.close()

@@ -5,18 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from importlib import metadata
+
+from .env import cache_dir, cpu_name, installed_version  # noqa: F401
 
 PACKAGES = ["torch", "transformers", "optimum", "gptqmodel", "llama-cpp-python", "huggingface_hub",
             "gguf", "accelerate", "safetensors", "ipywidgets", "numpy"]
-
-
-def installed_version(name: str) -> str:
-    """The installed version of a package, or 'missing'."""
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "missing"
 
 
 def package_versions() -> dict[str, str]:
@@ -24,22 +17,9 @@ def package_versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: installed_version(name) for name in PACKAGES}}
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware() -> dict:
     """CPU, RAM, disk at the course cache, and which accelerators torch sees."""
     import psutil
-
-    from .course_models import cache_dir
 
     where = cache_dir()
     probe = where if where.exists() else where.parent if where.parent.exists() else os.path.expanduser("~")
@@ -91,7 +71,7 @@ def verdict(versions: dict, hw: dict, llama: dict, models: list[dict], kernels: 
     not_ready = [m["format"] for m in models if m["status"] != "ready"]
     if not_ready:
         problems.append(f"course models not built: {', '.join(not_ready)}. Run "
-                        "`python -m helpers.course_models build`.")
+                        "`python -m course.models build`.")
     if hw.get("cuda") and llama.get("installed") and not llama.get("gpu_offload"):
         problems.append("a GPU is present but llama-cpp-python was built for the CPU only: reinstall with "
                         "CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-cache-dir "

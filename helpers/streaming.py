@@ -88,7 +88,7 @@ class TokenStream:
     def __iter__(self) -> Iterator[str]:
         if self._started is not None:
             raise CourseError("A TokenStream runs once; make a new one (or call StreamWidget.start again).")
-        _claim(self.lm)
+        claim_model(self.lm)
         self._started = time.perf_counter()
         pieces = self._llama_cpp() if self.lm.backend == "llama.cpp" else self._transformers()
         try:
@@ -98,7 +98,7 @@ class TokenStream:
                     yield piece
         finally:
             pieces.close()  # if the reader left early (Ctrl-C, break), this stops the generation
-            _release(self.lm)
+            release_model(self.lm)
             ended = time.perf_counter()
             self.result = StreamResult(
                 text=self.text, prompt_tokens=self.prompt_tokens, new_tokens=self.new_tokens,
@@ -115,22 +115,21 @@ class TokenStream:
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        tokenizer, model = self.lm.tokenizer, self.lm.model
-        # a prompt rendered by a chat template already starts with <bos>: do not add a second one
-        has_bos = bool(tokenizer.bos_token) and self.prompt.startswith(tokenizer.bos_token)
-        inputs = tokenizer(self.prompt, return_tensors="pt", add_special_tokens=not has_bos).to(model.device)
-        self.prompt_tokens = int(inputs["input_ids"].shape[1])
-        from .loading import _fit_context  # refuse / shorten at the context window, as generate() does
+        from .loading import encode_prompt, fit_context, pad_token_id
 
-        self.max_new_tokens = _fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
+        tokenizer, model = self.lm.tokenizer, self.lm.model
+        ids = torch.tensor([encode_prompt(self.lm, self.prompt)], device=model.device)  # one <bos>, never two
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        self.prompt_tokens = int(ids.shape[1])
+        # refuse / shorten at the context window, as generate() does
+        self.max_new_tokens = fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         watch = _TransformersWatch(self._stop, self._count, self.prompt_tokens)
         sampling = ({"do_sample": True, "temperature": self.temperature} if self.temperature > 0
                     else {"do_sample": False})
         kwargs = dict(**inputs, max_new_tokens=self.max_new_tokens, streamer=streamer,
                       stopping_criteria=StoppingCriteriaList([watch]),
-                      pad_token_id=(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                    else tokenizer.eos_token_id),
+                      pad_token_id=pad_token_id(tokenizer),
                       **sampling, **self.generate_kwargs)
         failure: list[BaseException] = []
 
@@ -158,12 +157,14 @@ class TokenStream:
     def _llama_cpp(self) -> Iterator[str]:
         from llama_cpp import StoppingCriteriaList
 
-        llm = self.lm.model
-        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", errors="ignore")
-        has_bos = bool(bos) and self.prompt.startswith(bos)  # as above: no second <bos>
-        prompt_ids = llm.tokenize(self.prompt.encode("utf-8"), add_bos=not has_bos, special=True)
-        self.prompt_tokens = len(prompt_ids)
         from .gguf_tools import check_context  # a clear error, not llama.cpp's bare ValueError
+        from .loading import bos_text, encode_prompt
+
+        llm = self.lm.model
+        bos = bos_text(self.lm)
+        has_bos = bool(bos) and self.prompt.startswith(bos)
+        prompt_ids = encode_prompt(self.lm, self.prompt)  # one <bos>, never two
+        self.prompt_tokens = len(prompt_ids)
 
         check_context(llm, self.prompt[len(bos):] if has_bos else self.prompt, self.max_new_tokens)
         watch = _LlamaCppWatch(self._stop, self._count)
@@ -186,7 +187,7 @@ _busy_models: set[int] = set()
 _busy_lock = threading.Lock()
 
 
-def _claim(lm, check_only: bool = False) -> None:
+def claim_model(lm, check_only: bool = False) -> None:
     """One stream per model at a time: a second generation on the same llama.cpp model corrupts it."""
     with _busy_lock:
         if id(lm.model) in _busy_models:
@@ -196,7 +197,7 @@ def _claim(lm, check_only: bool = False) -> None:
             _busy_models.add(id(lm.model))
 
 
-def _release(lm) -> None:
+def release_model(lm) -> None:
     with _busy_lock:
         _busy_models.discard(id(lm.model))
 
@@ -261,7 +262,7 @@ def has_widget_frontend() -> bool:
     return bool(getattr(kernel, "_allow_stdin", False))
 
 
-def _pick_mode(mode: str) -> str:
+def pick_mode(mode: str) -> str:
     if mode == "auto":
         return "widget" if has_widget_frontend() else "console"
     if mode not in ("widget", "console"):
@@ -326,9 +327,9 @@ def print_stream(tokens: TokenStream, by_line: bool = False, file=None) -> Strea
 
 def join_reader(widget, timeout: float | None) -> None:
     """Wait for a widget's reader thread, then re-raise what went wrong in it (stream and chat widgets)."""
-    if widget._reader is not None:
-        widget._reader.join(timeout)
-        if widget._reader.is_alive():
+    if widget.reader_thread is not None:
+        widget.reader_thread.join(timeout)
+        if widget.reader_thread.is_alive():
             raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
     if widget.error is not None:  # read after the join: the reader sets it on its way out
         raise widget.error
@@ -356,11 +357,11 @@ class StreamWidget:
         self.refresh_s = refresh_s  # the widget is redrawn at most this often (0: after every piece)
         self.generate_kwargs = generate_kwargs
         self.on_done = on_done
-        self.mode = _pick_mode(mode)
+        self.mode = pick_mode(mode)
         self.result: StreamResult | None = None
         self.error: BaseException | None = None
         self._tokens: TokenStream | None = None
-        self._reader: threading.Thread | None = None
+        self.reader_thread: threading.Thread | None = None
         self._status = "ready"
         self.update_seconds = 0.0  # time the reader spent updating the widget during the last run
         self.widget = self.text_box = self.status_line = self.stop_button = None
@@ -377,7 +378,7 @@ class StreamWidget:
     # -- what a caller reads
     @property
     def running(self) -> bool:
-        return self._reader is not None and self._reader.is_alive()
+        return self.reader_thread is not None and self.reader_thread.is_alive()
 
     @property
     def text(self) -> str:
@@ -401,7 +402,7 @@ class StreamWidget:
         """Begin generating from `prompt` (widget mode: returns at once; console mode: when done)."""
         if self.running:
             raise CourseError("This stream is still generating: call stop() and wait() before starting again.")
-        _claim(self.lm, check_only=True)  # fail here, in the caller, rather than in the reader thread
+        claim_model(self.lm, check_only=True)  # fail here, in the caller, rather than in the reader thread
         self.result, self.error = None, None
         self.update_seconds = 0.0
         self._tokens = TokenStream(self.lm, prompt, self.max_new_tokens, self.temperature,
@@ -413,8 +414,8 @@ class StreamWidget:
                 self.error = err
                 raise
             return self
-        self._reader = threading.Thread(target=self._read, name="qllm-stream-reader", daemon=True)
-        self._reader.start()
+        self.reader_thread = threading.Thread(target=self._read, name="qllm-stream-reader", daemon=True)
+        self.reader_thread.start()
         return self
 
     def stop(self) -> None:

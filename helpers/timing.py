@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import CourseError
-from .loading import LoadedModel, default_threads
+from .loading import LoadedModel, default_threads, pad_token_id
 
 
 @dataclass
@@ -156,8 +156,11 @@ def set_threads(lm: LoadedModel, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def time_generation(lm: LoadedModel, prompt: str, new_tokens: int = 32) -> RunTiming:
-    """Generate exactly `new_tokens` tokens greedily after `prompt` and time each phase."""
+def time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int = 32) -> RunTiming:
+    """Generate exactly `new_tokens` tokens greedily after `prompt` (text, or token ids) and time each phase.
+
+    The course's one definition of the figures: TTFT from the call to the first new token (reading
+    the prompt included); decode tokens/s = tokens after the first / time from the first to the last."""
     if new_tokens < 2:
         raise CourseError(f"new_tokens={new_tokens}: decode speed needs at least 2 new tokens.")
     if lm.backend == "llama.cpp":
@@ -174,7 +177,7 @@ def time_generation(lm: LoadedModel, prompt: str, new_tokens: int = 32) -> RunTi
 
 def _run_llama_cpp(lm: LoadedModel, prompt: str, new_tokens: int):
     llm = lm.model
-    ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+    ids = list(prompt) if isinstance(prompt, list) else llm.tokenize(prompt.encode("utf-8"), add_bos=True)
     llm.reset()  # forget the previous prompt: its KV cache would skip the prompt pass
     # Llama.generate is the bare token iterator: unlike create_completion it never stops at
     # end-of-sequence, so counting tokens gives exactly new_tokens.
@@ -193,13 +196,17 @@ def _run_llama_cpp(lm: LoadedModel, prompt: str, new_tokens: int):
 def _run_transformers(lm: LoadedModel, prompt: str, new_tokens: int):
     import torch
 
-    inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
+    if isinstance(prompt, list):  # token ids: no tokenizer needed
+        ids = torch.tensor([prompt], device=lm.model.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    else:
+        inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
     on_gpu = lm.model.device.type == "cuda"
     if on_gpu:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     clock = _TokenClock()  # put() copies each token to the CPU, which also waits for the GPU
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    pad = pad_token_id(lm.tokenizer) if lm.tokenizer is not None else lm.model.generation_config.pad_token_id
     started = time.perf_counter()
     with torch.inference_mode():
         out = lm.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,  # EOS banned
@@ -207,7 +214,7 @@ def _run_transformers(lm: LoadedModel, prompt: str, new_tokens: int):
                                 pad_token_id=pad, streamer=clock)
     gpu = int(torch.cuda.max_memory_allocated()) if on_gpu else None
     new = out[0][inputs["input_ids"].shape[1]:]
-    text = lm.tokenizer.decode(new, skip_special_tokens=True)
+    text = lm.tokenizer.decode(new, skip_special_tokens=True) if lm.tokenizer is not None else ""
     return [started] + clock.times, int(inputs["input_ids"].shape[1]), text, gpu
 
 

@@ -22,7 +22,7 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def course_cache() -> Path:
     """The real course models (built by `make models` before the tests run)."""
-    from helpers import course_models
+    from course import models as course_models
 
     course_models.ensure(quiet=True)
     return course_models.cache_dir()
@@ -33,7 +33,7 @@ def tiny_folder(tmp_path_factory, course_cache) -> Path:
     """A tiny random Gemma 3 (1 layer, safetensors, 1024-token window) with the course tokenizer: loads in seconds."""
     import shutil
 
-    from helpers import course_models
+    from course import models as course_models
 
     folder = tmp_path_factory.mktemp("tiny") / "tiny-gemma3"
     tiny_gemma3(folder)

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import chat, course_models, loading
+from course import models as course_models
+from helpers import chat, chat_widget, loading
 from tests.kernel_support import kernel_stdout, run_in_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ class FakeSession:
     max_new_tokens = 50
     committed = []
 
-    def _commit(self, turn):
+    def commit(self, turn):
         self.committed.append(turn.reply.text)
         turn.state = "committed"
 
@@ -321,7 +322,7 @@ def test_session_load_of_a_damaged_file_starts_fresh(gguf, tmp_path):
 
 
 def test_chat_widget_driven_from_code(gguf, tmp_path):
-    ui = chat.ChatWidget(gguf, mode="widget", system="Be brief.", max_new_tokens=32, context_window=512)
+    ui = chat_widget.ChatWidget(gguf, mode="widget", system="Be brief.", max_new_tokens=32, context_window=512)
     assert ui.widget is not None and "qllm-chat" in ui.widget._dom_classes
     assert "qllm-chat-send" in ui.send_button._dom_classes and "qllm-chat-input" in ui.input_box._dom_classes
     first = ui.send("What is the capital of France?").wait(timeout=120)
@@ -337,7 +338,7 @@ def test_chat_widget_driven_from_code(gguf, tmp_path):
     assert ui.status.startswith("done") and not ui.running and "qllm-chat-busy" not in ui.widget._dom_classes
     assert ui.transcript_box.value.count('data-role="assistant"') == 2 and "法国的首都是哪里" in ui.transcript_box.value
 
-    long = chat.ChatWidget(gguf, mode="widget", template="chat", max_new_tokens=400)  # the base model rambles
+    long = chat_widget.ChatWidget(gguf, mode="widget", template="chat", max_new_tokens=400)  # the base model rambles
     long.send("Tell me a story.")
     deadline = time.time() + 120
     while long.reply_tokens < 4 and long.running and time.time() < deadline:
@@ -360,7 +361,7 @@ def test_chat_widget_driven_from_code(gguf, tmp_path):
 
 def test_chat_widget_falls_back_to_the_console_headless(gguf, capsys, monkeypatch):
     monkeypatch.delenv("QLLM_STREAM_MODE", raising=False)
-    ui = chat.ChatWidget(gguf, max_new_tokens=16)
+    ui = chat_widget.ChatWidget(gguf, max_new_tokens=16)
     assert ui.mode == "console" and ui.widget is None
     reply = ui.send("Hello!").wait()
     printed = capsys.readouterr().out
@@ -372,7 +373,7 @@ def test_chat_widget_falls_back_to_the_console_headless(gguf, capsys, monkeypatc
 
 def run_chat(args, stdin: str, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "QLLM_THREADS": "2", "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-m", "helpers.chat", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "course.chat_cli", *args], input=stdin, capture_output=True,
                           text=True, encoding="utf-8", cwd=ROOT, env=env, timeout=300)
 
 
@@ -420,9 +421,10 @@ def test_in_a_real_kernel_typing_and_clicking_send_streams_into_the_transcript(c
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
     try:
         first = run_in_kernel(kc, """
-from helpers import chat, course_models, loading
+from course import models as course_models
+from helpers import chat, chat_widget, loading
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
-ui = chat.ChatWidget(lm, system="Be brief.", max_new_tokens=24)
+ui = chat_widget.ChatWidget(lm, system="Be brief.", max_new_tokens=24)
 ui.show()
 print("mode:", ui.mode, "ids:", ui.input_box.model_id, ui.send_button.model_id, ui.transcript_box.model_id)
 """, allow_stdin=True)

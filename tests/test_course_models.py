@@ -2,15 +2,15 @@
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import course_models
+from course import models as course_models
 from helpers.errors import CourseModelError
 
 from .conftest import tiny_gemma3
@@ -46,22 +46,46 @@ def test_gguf_builds_checks_sha_and_goes_stale_when_recipe_changes(tmp_cache):
 
 
 def test_killed_build_is_detected_and_never_used(tmp_cache):
-    proc = subprocess.Popen([sys.executable, "-m", "helpers.course_models", "build", "--formats", "gguf"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    partial = tmp_cache / "gguf.partial"
-    deadline = time.time() + 60
-    while not (partial / course_models.GGUF_FILENAME).exists() and time.time() < deadline:
-        time.sleep(0.05)
-    import os
+    """kill -9 of the builder alone, mid-build: its child dies with it, the half-made folder is never
+    used, and the next build writes into a folder of its own."""
+    import psutil
 
-    os.killpg(proc.pid, signal.SIGKILL)  # the builder and its child, mid-build
+    proc = subprocess.Popen([sys.executable, "-m", "course.models", "build", "--formats", "gguf"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while not list(tmp_cache.glob(f"gguf.partial-*/{course_models.GGUF_FILENAME}")) and time.time() < deadline:
+        time.sleep(0.05)
+    [first] = tmp_cache.glob("gguf.partial-*")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the build runs in a child process"
+    proc.kill()  # SIGKILL to the builder only, as `kill -9 PID` does
     proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"the build's child outlived its parent: {alive}"
     assert not (tmp_cache / "gguf").exists(), "a half-made model must never be in place"
     assert course_models.status("gguf") == "interrupted"
     assert course_models.info_rows()[0]["status"] == "interrupted"
     course_models.ensure(["gguf"], quiet=True)
     assert course_models.status("gguf") == "ready"
-    assert not partial.exists()
+    assert not first.exists() and not list(tmp_cache.glob("gguf.partial*"))
+
+
+def test_each_build_gets_its_own_folder(tmp_cache, monkeypatch):
+    """Two builds of one format never share a folder, so a stray writer cannot mix files into a build."""
+    folders = []
+
+    def fake_child(argv, stdout, stderr, env):
+        out = Path(argv[-1])
+        folders.append(out)
+        (out / "build-result.json").write_text(json.dumps({"perplexity": 20.0}))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(course_models.subprocess, "run", fake_child)
+    course_models._build("gguf")
+    course_models._build("gguf")
+    assert len(folders) == 2 and folders[0] != folders[1]
+    assert all(f.name.startswith("gguf.partial-") for f in folders)
+    assert course_models.read_stamp("gguf")["perplexity"] == 20.0 and not list(tmp_cache.glob("gguf.partial*"))
 
 
 def test_calibration_rows_are_equal_length_and_start_with_bos(course_cache):
@@ -97,7 +121,7 @@ def test_built_models_record_recipe_and_pass_quality_gate(course_cache):
 
 
 def test_info_command_lists_all_formats_with_measured_figures(course_cache):
-    out = subprocess.run([sys.executable, "-m", "helpers.course_models", "info"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "course.models", "info"], capture_output=True,
                          text=True, check=True).stdout
     for fmt in course_models.FORMATS:
         line = next(row for row in out.splitlines() if row.startswith(fmt + " "))
@@ -117,7 +141,7 @@ def test_quality_gate_rejects_a_bad_checkpoint_and_installs_nothing(tmp_cache, c
     message = str(err.value)
     assert "gptq" in message and "quality gate" in message
     assert not (tmp_cache / "gptq").exists()
-    assert not (tmp_cache / "gptq.partial").exists()
+    assert not list(tmp_cache.glob("gptq.partial*"))
 
 
 def test_awq_norm_fold_is_exact_even_for_extreme_scales():

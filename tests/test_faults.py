@@ -49,7 +49,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import chat, course_models, gguf_tools, hub, loading, serving, streaming
+from course import models as course_models
+from course import serving
+from helpers import chat, gguf_tools, hub, loading, streaming
 from helpers.errors import CourseError
 from helpers.gguf_tools import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
 from helpers.loading import MissingBackendError, ModelNotFoundError, NotAModelError, NotEnoughMemoryError
@@ -124,7 +126,7 @@ WEIGHTS = os.urandom(12 * 2**20)  # > huggingface_hub's first write chunk
 
 @pytest.fixture(scope="module")
 def tiny_hub():
-    from helpers.local_hub import LocalHub, Repo, RepoEntry
+    from course.local_hub import LocalHub, Repo, RepoEntry
 
     def repo(repo_id, files):
         return Repo(repo_id, {name: RepoEntry(name, data) for name, data in files.items()})
@@ -154,7 +156,7 @@ def test_row1_a_path_that_does_not_exist(tmp_path, monkeypatch):
         with pytest.raises(ModelNotFoundError) as err:
             loading.load_model(missing)
         assert str(err.value).endswith(
-            "does not exist. Build the course models with `python -m helpers.course_models build`, download a "
+            "does not exist. Build the course models with `python -m course.models build`, download a "
             "model (notebook 01), or check the spelling of the path.")
     assert files_under(tmp_path) == []
 
@@ -373,7 +375,7 @@ def test_row6_a_download_cut_mid_file(hub_env, tmp_path):
 
 
 def test_row6_a_corrupted_download_is_deleted(tmp_path, monkeypatch):
-    from helpers.local_hub import LocalHub, Repo, RepoEntry
+    from course.local_hub import LocalHub, Repo, RepoEntry
 
     bad = RepoEntry("model.safetensors", WEIGHTS[: 2**20], _sha256="0" * 64)  # bytes and listed sha disagree
     with LocalHub({"me/corrupt": Repo("me/corrupt", {"model.safetensors": bad})}) as server:
@@ -500,15 +502,15 @@ def test_row8_an_interrupted_build_is_detected_and_rebuilt(tmp_cache, monkeypatc
     course_models.print_info()
     assert "gptq   interrupted" in capsys.readouterr().out
     with pytest.raises(ModelNotFoundError, match=r"gptq does not exist\. Build the course models with "
-                                                 r"`python -m helpers\.course_models build`"):
+                                                 r"`python -m course\.models build`"):
         loading.load_model(course_models.model_path("gptq"))  # the half-made one is never used
 
     built = []
 
     def fake_child(cmd, **kwargs):  # stands in for the minutes-long quantization child process
         fmt, out = cmd[-2], Path(cmd[-1])
-        assert not out.exists(), "the interrupted build's leftovers must be cleared before building again"
-        out.mkdir(parents=True)
+        assert fmt != "gptq" or not partial.exists(), "the interrupted build's leftovers must be cleared first"
+        assert out.is_dir() and not any(out.iterdir()), "each build starts in an empty folder of its own"
         (out / (course_models.GGUF_FILENAME if fmt == "gguf" else "config.json")).write_text("{}")
         (out / "build-result.json").write_text(json.dumps({"perplexity": 20.0}))
         built.append(fmt)
@@ -662,7 +664,8 @@ def test_row10_server_stops_when_the_with_body_raises(course_cache):
 
 OWNER = """
 import sys, time
-from helpers import course_models, serving
+from course import models as course_models
+from course import serving
 server = serving.start_llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1, log_path=sys.argv[2])
 print(server.pid, server.port, flush=True)
 if sys.argv[1] == "raise":

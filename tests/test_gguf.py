@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import gguf_tools, loading
+from course import gguf_convert
+from helpers import gguf_tools, loading, quality
 from helpers.errors import CourseError
 from helpers.gguf_tools import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
 from helpers.loading import ModelNotFoundError, NotAModelError
@@ -15,7 +16,7 @@ from helpers.loading import ModelNotFoundError, NotAModelError
 
 @pytest.fixture(scope="module")
 def course_gguf(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     return course_models.model_path("gguf")
 
@@ -257,11 +258,11 @@ def test_suggest_n_ctx():
 
 def test_quantize_refuses_a_bad_type_and_a_bad_source(tmp_path, course_gguf):
     with pytest.raises(CourseError, match="Unknown quantization type 'Q3_X'"):
-        gguf_tools.quantize_gguf(course_gguf, tmp_path / "x.gguf", "Q3_X")
+        gguf_convert.quantize_gguf(course_gguf, tmp_path / "x.gguf", "Q3_X")
     html = tmp_path / "page.gguf"
     html.write_text("<html>")
     with pytest.raises(NotGGUFError):
-        gguf_tools.quantize_gguf(html, tmp_path / "y.gguf", "Q4_0")
+        gguf_convert.quantize_gguf(html, tmp_path / "y.gguf", "Q4_0")
     assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "y.gguf").exists()
 
 
@@ -269,11 +270,11 @@ def test_sentencepiece_vocabulary_round_trips(tmp_path, course_gguf):
     """tokenizer.model rebuilt from the GGUF tokenizes like llama.cpp does with the GGUF itself."""
     import sentencepiece
 
-    gguf_tools.write_sentencepiece_files(course_gguf, tmp_path)
+    gguf_convert.write_sentencepiece_files(course_gguf, tmp_path)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
     assert sp.vocab_size() == 262144
     text = "Quantization keeps 4 bits per weight. 量化模型可以在本地运行。"
-    assert [2] + sp.encode(text) == gguf_tools.gguf_token_ids(course_gguf, text)
+    assert [2] + sp.encode(text) == quality.gguf_token_ids(course_gguf, text)
     import json
 
     added = json.loads((tmp_path / "added_tokens.json").read_text())
@@ -281,10 +282,10 @@ def test_sentencepiece_vocabulary_round_trips(tmp_path, course_gguf):
 
 
 def test_converter_missing_says_how_to_get_it(tmp_cache, monkeypatch):
-    monkeypatch.setattr(gguf_tools, "find_sdist", lambda extra_dirs=(): None)
-    with pytest.raises(gguf_tools.ConverterNotFoundError, match=r"not installed.*pip download --no-deps "
+    monkeypatch.setattr(gguf_convert, "find_sdist", lambda extra_dirs=(): None)
+    with pytest.raises(gguf_convert.ConverterNotFoundError, match=r"not installed.*pip download --no-deps "
                                                                  r"--no-binary :all: llama-cpp-python=="):
-        gguf_tools.find_converter(download=False)
+        gguf_convert.find_converter(download=False)
 
 
 def test_the_sdist_is_found_in_pips_http_cache(tmp_path, monkeypatch):
@@ -292,7 +293,7 @@ def test_the_sdist_is_found_in_pips_http_cache(tmp_path, monkeypatch):
     import io
     import tarfile
 
-    version = gguf_tools.llama_cpp_version()
+    version = gguf_convert.llama_cpp_version()
     body = tmp_path / "pip" / "http-v2" / "a" / "b" / "c" / "d" / "e" / "0123abcd.body"
     body.parent.mkdir(parents=True)
     with tarfile.open(body, "w:gz") as tar:
@@ -301,6 +302,6 @@ def test_the_sdist_is_found_in_pips_http_cache(tmp_path, monkeypatch):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    monkeypatch.setattr(gguf_tools, "_pip_cache_dirs", lambda: [tmp_path / "pip"])
-    assert gguf_tools.find_sdist() == body
+    monkeypatch.setattr(gguf_convert, "_pip_cache_dirs", lambda: [tmp_path / "pip"])
+    assert gguf_convert.find_sdist() == body
 

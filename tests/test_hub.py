@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from helpers import hub
 from helpers.errors import CourseError
-from helpers.local_hub import LocalHub, Repo, RepoEntry
+from course.local_hub import LocalHub, Repo, RepoEntry
 from tests.hub_support import point_at
 
 GGUF_REPO = "qllm-course/gemma-3-270m-GGUF"
@@ -170,7 +170,7 @@ def test_estimate_equals_bytes_actually_downloaded_and_the_gguf_is_the_real_one(
 
 
 def test_how_big_is_a_model_from_config_and_from_the_gguf_header(course, course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     exact = safetensors_params(course_models.model_dir("hf") / "model.safetensors")
     size = hub.model_size("qllm-course/gemma-3-270m")

@@ -25,14 +25,14 @@ GIB = 2**30
 
 @pytest.fixture(scope="module")
 def gptq_lm(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     return loading.load_model(course_models.model_path("gptq"), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def awq_lm(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     return loading.load_model(course_models.model_path("awq"), device="cpu")
 
@@ -60,13 +60,13 @@ def _fake_safetensors(path, tensors):
 
 @pytest.mark.parametrize("fmt", ["gguf", "hf", "gptq", "awq"])
 def test_detect_format_of_every_course_model(course_cache, fmt):
-    from helpers import course_models
+    from course import models as course_models
 
     assert loading.detect_format(course_models.model_path(fmt)) == fmt
 
 
 def test_a_folder_holding_one_gguf_is_gguf_and_two_must_be_chosen(course_cache, tmp_path):
-    from helpers import course_models
+    from course import models as course_models
 
     one = tmp_path / "one"
     one.mkdir()
@@ -78,7 +78,7 @@ def test_a_folder_holding_one_gguf_is_gguf_and_two_must_be_chosen(course_cache, 
 
 
 def test_missing_path_says_how_to_get_a_model(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="does not exist.*course_models build"):
+    with pytest.raises(ModelNotFoundError, match="does not exist.*python -m course.models build"):
         loading.detect_format(tmp_path / "nope")
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         loading.load_model(tmp_path / "nope")  # an absolute path is never taken for a hub id
@@ -118,7 +118,7 @@ def test_unsupported_quant_method(tmp_path, method):
 
 @pytest.mark.parametrize("fmt", ["gptq", "awq"])
 def test_gptqmodel_missing_is_named_before_transformers_gets_confused(course_cache, monkeypatch, fmt):
-    from helpers import course_models
+    from course import models as course_models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gptqmodel" else real(name, *a))
@@ -128,7 +128,7 @@ def test_gptqmodel_missing_is_named_before_transformers_gets_confused(course_cac
 
 
 def test_gptq_without_optimum(course_cache, monkeypatch):
-    from helpers import course_models
+    from course import models as course_models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -285,7 +285,7 @@ def test_weight_files_follow_the_index_and_skip_consolidated(tmp_path):
 
 
 def test_memory_fit_refuses_with_the_numbers(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     path = course_models.model_path("gptq")
     need = loading.estimate_memory_bytes(path, "gptq")
@@ -300,7 +300,7 @@ def test_memory_fit_refuses_with_the_numbers(course_cache):
 
 
 def test_memory_fit_passes_and_reports(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     path = course_models.model_path("awq")
     figures = loading.check_memory_fit(path, "awq", free_bytes=64 * GIB)
@@ -313,7 +313,7 @@ def test_memory_fit_passes_and_reports(course_cache):
 
 
 def test_fp32_needs_more_than_the_checkpoint_dtype(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     hf = course_models.model_path("hf")
     bf16 = loading.weights_in_memory_bytes(hf, "bfloat16")
@@ -326,7 +326,7 @@ def test_fp32_needs_more_than_the_checkpoint_dtype(course_cache):
 def test_load_model_refuses_before_loading_anything(course_cache, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from helpers import course_models
+    from course import models as course_models
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("from_pretrained was called although the model does not fit")

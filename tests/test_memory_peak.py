@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import course_models, loading
+from course import models as course_models
+from helpers import loading
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOSEST = 4  # the estimate may be at most this many times the measured growth

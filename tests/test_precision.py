@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import loading, precision
+from helpers import env, loading, precision
 
 EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 PROBE = ("import json; from helpers import precision; native, found = precision.cpu_bf16(); "
@@ -33,7 +33,7 @@ def test_detection_on_this_cpu_follows_its_flags():
     import torch
 
     result = _probe({})
-    flags = precision._cpu_flags()
+    flags = env.cpu_flags()
     if torch.backends.cpu.get_cpu_capability().startswith("AVX"):  # x86
         assert result["native"] == bool(flags & {"avx512_bf16", "amx_bf16"}), result
     assert result["batch"] == ("bfloat16" if result["native"] else "float32")
@@ -88,7 +88,7 @@ def test_resolve_dtype(tmp_path, monkeypatch):
 
 
 def test_load_model_reports_its_dtype_and_why(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     lm = loading.load_model(course_models.model_path("hf"), device="cpu", work="batch")
     assert lm.dtype == precision.compute_dtype("cpu", "batch").dtype

@@ -82,7 +82,8 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers import course_models, loading
+    from course import models as course_models
+    from helpers import loading
     from helpers.awq_gemma3 import gemma3_awq_fixes
 
     from .conftest import tiny_gemma3

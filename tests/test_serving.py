@@ -1,4 +1,4 @@
-"""helpers.serving: llama-cpp-python's OpenAI-compatible server as a managed process that never outlives
+"""course.serving: llama-cpp-python's OpenAI-compatible server as a managed process that never outlives
 its owner (with-block exit, a raising body, atexit, a killed parent), and clear errors when it cannot start."""
 
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import course_models, serving
+from course import models as course_models
+from course import serving
 from helpers.loading import NotAModelError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,8 @@ def test_a_busy_port_is_refused(course_cache):
 
 OWNER = """
 import sys, time
-from helpers import course_models, serving
+from course import models as course_models
+from course import serving
 server = serving.start_llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1,
                                    log_path=sys.argv[2])
 print(server.pid, server.port, flush=True)
@@ -141,7 +143,8 @@ def test_a_notebook_whose_cell_fails_leaves_no_server_behind(course_cache, tmp_p
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell(f"""
 from pathlib import Path
-from helpers import course_models, serving
+from course import models as course_models
+from course import serving
 server = serving.start_llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1)
 Path({str(pid_file)!r}).write_text(f"{{server.pid}} {{server.port}}")
 """),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import course_models, loading, streaming
+from course import models as course_models
+from helpers import loading, streaming
 from helpers.errors import CourseError
 from tests.kernel_support import kernel_stdout, run_in_kernel
 
@@ -235,7 +236,8 @@ def test_in_a_real_kernel_widget_values_flow_and_stop_button_works(course_cache)
     try:
         first = run_in_kernel(kc, f"""
 import threading
-from helpers import course_models, loading, streaming
+from course import models as course_models
+from helpers import loading, streaming
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
 print("auto mode:", streaming.has_widget_frontend())
 sw = streaming.StreamWidget(lm, max_new_tokens=2000)
@@ -288,7 +290,8 @@ def test_headless_notebook_run_falls_back_to_console(course_cache, tmp_path):
     from nbclient import NotebookClient
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"""
-from helpers import course_models, loading, streaming
+from course import models as course_models
+from helpers import loading, streaming
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
 run = streaming.stream(lm, {PROMPTS[0]!r}, max_new_tokens=12)
 result = run.wait()

@@ -15,7 +15,7 @@ PROMPTS = ["The history of the printing press", "印刷术的历史"]
 
 @pytest.fixture(scope="module")
 def gguf_lm(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     lm = loading.load_model(course_models.model_path("gguf"), n_ctx=512)
     yield lm
@@ -70,7 +70,7 @@ def tiny_lm(tmp_path_factory, course_cache):
     import torch
     from transformers import AutoTokenizer
 
-    from helpers import course_models
+    from course import models as course_models
 
     path = tmp_path_factory.mktemp("tiny")
     model = tiny_gemma3(path, layers=1).eval()
@@ -199,7 +199,7 @@ def test_not_a_gguf_is_refused(tmp_path):
 
 
 def test_course_gguf_bytes_per_token(course_cache):
-    from helpers import course_models
+    from course import models as course_models
 
     path = course_models.model_path("gguf")
     infos = timing.gguf_tensor_infos(path)

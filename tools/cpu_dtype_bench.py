@@ -69,7 +69,8 @@ def model_timings(threads: int, new_tokens: int = 32) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers import course_models, quality, timing
+    from course import models as course_models
+    from helpers import quality, timing
     from helpers.loading import LoadedModel
 
     path = course_models.model_path("hf")

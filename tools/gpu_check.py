@@ -18,6 +18,7 @@ On a machine without a CUDA GPU it says so and exits 0: nothing is measured, not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -31,13 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 PROMPT = "The capital of France is"
 # GPTQModel's pure-PyTorch kernels, forced through the quantization config's `backend`
 FALLBACK_BACKEND = {"gptq": "gptq_torch", "awq": "torch_awq"}
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _peak_gib(device: str):
@@ -54,28 +48,14 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def decode_tokens_per_second(model, tokenizer, new_tokens: int) -> dict:
-    """Greedy decode speed, prefill excluded (an N-token run minus a 1-token run)."""
-    import torch
+def decode_speed(lm, new_tokens: int) -> dict:
+    """Decode speed by the course's one definition (helpers.timing, as notebooks 04 and 08 report it):
+    a warm-up (kernel compilation, autotuning, allocator), then the median of 3 timed runs."""
+    from helpers import timing
 
-    device = str(model.device)
-
-    inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    def run(n: int) -> float:
-        _sync(device)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
-        _sync(device)
-        return time.perf_counter() - started
-
-    run(8)  # warm-up: kernel compilation / autotuning, CUDA graphs, allocator
-    one = min(run(1) for _ in range(3))
-    many = run(new_tokens)
-    return {"decode_tok_s": round((new_tokens - 1) / max(many - one, 1e-9), 1),
-            "prefill_plus_first_token_s": round(one, 4), "new_tokens": new_tokens}
+    t = timing.measure(lm, PROMPT, new_tokens=new_tokens, warmup=1, repeats=3)
+    return {"decode_tok_s": round(t.median("decode_tok_s"), 1), "ttft_s": round(t.median("ttft_s"), 4),
+            "new_tokens": new_tokens}
 
 
 def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: str = "cuda") -> list[dict]:
@@ -92,12 +72,12 @@ def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: st
     report = loading.kernel_report(lm)
     print(f"\n== {fmt.upper()} {source} (kernel GPTQModel picked) ==")
     loading.print_kernel_report(report)
-    speed = decode_tokens_per_second(lm.model, lm.tokenizer, new_tokens)
+    speed = decode_speed(lm, new_tokens)
     rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
                  "dtype": lm.dtype, "load_s": round(lm.load_seconds, 1), **speed,
                  "peak_gpu_GiB": _peak_gib(device),
                  "warning": report["warning"], "sample": loading.generate(lm, PROMPT, max_new_tokens=16)})
-    path, tokenizer = lm.path, lm.tokenizer
+    path, base = lm.path, dataclasses.replace(lm, model=None)
     del lm
     if fallback:
         warnings.filterwarnings("ignore", message=".*already has a `quantization_config`.*")  # intended here
@@ -110,7 +90,7 @@ def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: st
         report = loading.kernel_report(model)
         print(f"\n== {fmt.upper()} {source} (forced backend={FALLBACK_BACKEND[fmt]!r}: the slow-fallback trap) ==")
         loading.print_kernel_report(report)
-        speed = decode_tokens_per_second(model, tokenizer, new_tokens)
+        speed = decode_speed(dataclasses.replace(base, model=model), new_tokens)
         rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
                      "dtype": str(model.dtype).replace("torch.", ""), "load_s": round(load_s, 1), **speed,
                      "peak_gpu_GiB": _peak_gib(device),
@@ -143,7 +123,7 @@ def main(argv=None) -> int:
               "CUDA build of torch and gptqmodel installed; notebooks 02 and 03 explain what to look for.")
         return 0
 
-    from helpers import course_models
+    from course import models as course_models
     from helpers.errors import CourseError
     from helpers.setup_check import installed_version
 

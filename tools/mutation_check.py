@@ -8,7 +8,7 @@
 The guards are the functions that stop a learner from loading a model that does not fit, using a
 broken checkpoint, trusting a cut-short file or overflowing a context window (issue 15). For each
 one, this script makes mutants of its source, one small change each, and runs that guard's tests
-against every mutant in a scratch copy of the repository (helpers/, tests/, bench/, pyproject.toml;
+against every mutant in a scratch copy of the repository (helpers/, course/, tests/, bench/, pyproject.toml;
 the working tree is never touched). A mutant is "caught" when a test fails or times out.
 
 Mutations (one at a time, found with `ast`, written back as source):
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ["helpers", "tests", "bench", "pyproject.toml"]
+COPIED = ["helpers", "course", "tests", "bench", "pyproject.toml"]
 GUARDS = "tests/test_guards.py"
 
 
@@ -61,8 +61,8 @@ def _guards(keyword: str, *extra: str) -> list[str]:
 
 TARGETS = [
     # the quality gate of the course-model build
-    Target("quality gate", "helpers/course_models.py", "passes_quality_gate", _guards("quality_gate")),
-    Target("quality gate", "helpers/course_models.py", "QUALITY_GATE", _guards("quality_gate")),
+    Target("quality gate", "course/models.py", "passes_quality_gate", _guards("quality_gate")),
+    Target("quality gate", "course/models.py", "QUALITY_GATE", _guards("quality_gate")),
     # the memory-fit check before loading
     Target("fit check", "helpers/loading.py", "free_memory_bytes", _guards("memory")),
     Target("fit check", "helpers/loading.py", "memory_overhead", _guards("memory")),
@@ -93,7 +93,7 @@ TARGETS = [
                    "tests/test_chat.py::test_trimming_properties",
                    "tests/test_faults.py::test_property_trim_history")),
     # context fit: Transformers (loading) and llama.cpp (gguf_tools)
-    Target("context fit", "helpers/loading.py", "_fit_context", _guards("context")),
+    Target("context fit", "helpers/loading.py", "fit_context", _guards("context")),
     Target("context fit", "helpers/gguf_tools.py", "check_context", _guards("context")),
     Target("context fit", "helpers/gguf_tools.py", "effective_n_ctx", _guards("context")),
     Target("context fit", "helpers/gguf_tools.py", "suggest_n_ctx",

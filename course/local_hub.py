@@ -4,7 +4,7 @@
         os.environ["HF_ENDPOINT"] = hub.url      # exactly how you point the client at a mirror
         ...                                      # hf_hub_download / snapshot_download / `hf download`
 
-    python -m helpers.local_hub                  # the same from a terminal, until Ctrl-C
+    python -m course.local_hub                  # the same from a terminal, until Ctrl-C
 
 It answers what `huggingface_hub` (2.x) and the `hf` CLI ask a hub for: repo info with file sizes and
 sha256 (`/api/models/{repo}[/revision/{rev}]?blobs=true`), the file tree, paths-info, and
@@ -175,12 +175,12 @@ def _readme(repo_id: str, fmt: str) -> bytes:
 
 def course_repos() -> dict[str, Repo]:
     """The course models (those built) as hub repos, named like the original tutorial's."""
-    from . import course_models
+    from . import models as course_models
 
     repos = {}
     for repo_id, fmt in COURSE_REPOS.items():
         if course_models.read_stamp(fmt) is None:
-            continue  # not built: `python -m helpers.course_models build`
+            continue  # not built: `python -m course.models build`
         extra = {".gitattributes": _GITATTRIBUTES, "README.md": _readme(repo_id, fmt)}
         repos[repo_id] = repo_from_folder(repo_id, course_models.model_dir(fmt), extra)
     return repos

@@ -1,0 +1,40 @@
+"""One way to start a Python child process that never outlives the process that started it.
+
+    argv, env = child_command("course.models", "_build-one", "gptq", str(folder))
+    subprocess.run(argv, env=env)          # or Popen: the course's model build, GGUF bench and server
+
+The child runs the module exactly as `python -m MODULE ARGS` would, after asking Linux to send it
+`on_parent_death` (SIGKILL unless told otherwise) when its parent dies (prctl PR_SET_PDEATHSIG), and
+after checking the parent did not die before that request took effect. Without this, `kill -9` of a
+course command left its child running for minutes, still writing. (Linux ties the signal to the
+parent *thread*: start children from a thread that lives as long as they should.) Elsewhere the child
+runs without the guard.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+_BOOT = """
+import ctypes, os, runpy, sys
+if sys.platform.startswith("linux"):
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(os.environ["QLLM_PARENT_DEATH_SIGNAL"]))
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != int(os.environ["QLLM_PARENT_PID"]):
+        sys.exit("the process that started this one is gone")
+module = sys.argv[1]
+sys.argv = [module, *sys.argv[2:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def child_command(module: str, *args: str, on_parent_death: int = signal.SIGKILL,
+                  env: dict | None = None) -> tuple[list[str], dict]:
+    """(argv, env) that run `python -m module args` as a child that dies with this process."""
+    env = {**(os.environ if env is None else env), "QLLM_PARENT_PID": str(os.getpid()),
+           "QLLM_PARENT_DEATH_SIGNAL": str(int(on_parent_death))}
+    return [sys.executable, "-c", _BOOT, module, *map(str, args)], env

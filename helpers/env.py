@@ -1,0 +1,58 @@
+"""Facts about this machine and this install, each read in one place.
+
+    cache_dir()              # where the course keeps its models ($QLLM_CACHE_DIR to move it)
+    default_threads()        # CPU threads for inference ($QLLM_THREADS, else every core)
+    installed_version("torch"), cpu_name(), cpu_flags()
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where the course models live: $QLLM_CACHE_DIR, else <user cache>/quantized-llms-locally."""
+    if os.environ.get("QLLM_CACHE_DIR"):
+        return Path(os.environ["QLLM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "quantized-llms-locally"
+
+
+def default_threads() -> int:
+    """Threads for CPU inference: $QLLM_THREADS, else all cores (tests pin it to avoid oversubscription)."""
+    return int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1)
+
+
+def installed_version(name: str) -> str:
+    """The installed version of a package, or 'missing'."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel lists them (x86 "flags", Arm "Features"); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

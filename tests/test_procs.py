@@ -1,0 +1,52 @@
+"""course.procs: a child started through the harness dies with its parent, even on kill -9 of the parent."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from course.procs import child_command
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+
+
+def test_the_child_runs_the_module_with_its_arguments(tmp_path):
+    (tmp_path / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\n")
+    argv, env = child_command("echo_args", "a", "b c")
+    done = subprocess.run(argv, env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['a', 'b c']"
+
+
+def test_a_child_dies_with_its_parent_on_kill_9(tmp_path):
+    (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(120)\n")
+    parent_code = textwrap.dedent(f"""
+        import subprocess, sys
+        from course.procs import child_command
+        argv, env = child_command("sleeper", env={{**__import__("os").environ, "PYTHONPATH": {str(tmp_path)!r}}})
+        child = subprocess.Popen(argv, env=env)
+        print(child.pid, flush=True)
+        child.wait()
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(0.5)  # the child has asked for the signal by now
+    assert child.is_running()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive, "the child outlived its parent"
+
+
+def test_a_child_whose_parent_is_already_gone_does_not_start(tmp_path):
+    (tmp_path / "never.py").write_text("print('ran')\n")
+    argv, env = child_command("never", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    env["QLLM_PARENT_PID"] = "1"  # not our parent: as if the real one had died before the child started
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "ran" not in done.stdout
+    assert "is gone" in done.stderr
