@@ -27,6 +27,8 @@ from typing import Any
 from .env import default_threads  # noqa: F401  (notebooks call loading.default_threads)
 from .errors import (CourseError, MissingBackendError, ModelNotFoundError, NotAModelError,  # noqa: F401
                      NotEnoughMemoryError, UnsupportedFormatError)
+from .errors import ContextOverflowError, ContextTruncationWarning
+from .gguf_tools import check_context, file_type_name, validate_gguf
 
 GGUF_MAGIC = b"GGUF"
 # What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
@@ -76,8 +78,6 @@ def check_gguf_header(path: str | os.PathLike) -> dict:
     path = Path(path)
     # one checker for everything: empty, not GGUF (and what it looks like instead), version, a damaged
     # or truncated header, missing tensor data; each a clear NotAModelError subclass
-    from .gguf_tools import validate_gguf
-
     header = validate_gguf(path)
     return {"version": header.version, "tensor_count": len(header.tensors), "kv_count": len(header.metadata),
             "bytes": header.file_size}
@@ -557,15 +557,8 @@ def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> Load
             llm.chat_format = "gemma"
             notes.append("GGUF has no chat template; using chat_format='gemma'")
     return LoadedModel(model=llm, tokenizer=None, format="gguf", backend="llama.cpp", path=path,
-                       device="cuda" if n_gpu_layers else "cpu", dtype=_gguf_type_name(llm),
+                       device="cuda" if n_gpu_layers else "cpu", dtype=file_type_name(llm.metadata.get("general.file_type")) or "GGUF",
                        load_seconds=time.perf_counter() - started, context_length=llm.n_ctx(), notes=notes)
-
-
-def _gguf_type_name(llm) -> str:
-    ftype = llm.metadata.get("general.file_type")
-    names = {"0": "F32", "1": "F16", "2": "Q4_0", "7": "Q8_0", "15": "Q4_K_M", "17": "Q5_K_M", "18": "Q6_K",
-             "32": "BF16"}
-    return names.get(str(ftype), f"file_type {ftype}")
 
 
 def _load_transformers(path: Path, fmt: str, device: str, dtype: str | None, n_threads: int,
@@ -679,8 +672,6 @@ def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature
         bos = bos_text(lm)
         if bos and prompt.startswith(bos):
             prompt = prompt[len(bos):]
-        from .gguf_tools import check_context
-
         check_context(lm.model, prompt, max_new_tokens)  # a clear error, not llama.cpp's bare ValueError
         out = lm.model.create_completion(prompt, max_tokens=max_new_tokens, temperature=temperature,
                                          **kwargs)
@@ -713,8 +704,6 @@ def fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int
     Transformers would generate past the positions the model was trained on without a word;
     this does what llama.cpp does (stop at the window) and says so.
     """
-    from .gguf_tools import ContextOverflowError, ContextTruncationWarning
-
     window = lm.context_length
     if prompt_tokens >= window:
         raise ContextOverflowError(

@@ -60,3 +60,23 @@ def tiny_gemma3(path: Path, vocab_size: int = 262144, layers: int = 1, seed: int
             layer.pre_feedforward_layernorm.weight[3] = -1.0
     model.save_pretrained(path)
     return model
+
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory) -> bytes:
+    """A complete 2-tensor GGUF file (an empty string value included), written with the gguf package."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("llama.context_length", 64)
+    writer.add_string("general.name", "small")
+    writer.add_key_value("general.description", "", gguf.GGUFValueType.STRING)  # add_string skips ""
+    writer.add_tensor("t0", np.arange(32, dtype=np.float32))
+    writer.add_tensor("t1", np.ones((4, 8), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()

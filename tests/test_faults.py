@@ -102,25 +102,6 @@ def gguf_header_bytes(course_cache) -> bytes:
         return handle.read(gguf_tools.read_gguf(path).data_offset)
 
 
-@pytest.fixture(scope="module")
-def small_gguf(tmp_path_factory) -> bytes:
-    """A complete, valid, 2-tensor GGUF file (a few hundred bytes), written with the gguf package."""
-    import gguf
-    import numpy as np
-
-    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_uint32("llama.context_length", 64)
-    writer.add_string("general.name", "small")
-    writer.add_tensor("t0", np.arange(32, dtype=np.float32))
-    writer.add_tensor("t1", np.ones((4, 8), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path.read_bytes()
-
-
 WEIGHTS = os.urandom(12 * 2**20)  # > huggingface_hub's first write chunk
 
 

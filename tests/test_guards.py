@@ -212,26 +212,6 @@ def test_memory_refusal_gives_the_figures(folder, gguf_file):
 
 # ---- GGUF validation ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def small_gguf(tmp_path_factory) -> bytes:
-    """A complete 2-tensor GGUF file (an empty string value included), written with the gguf package."""
-    import gguf
-    import numpy as np
-
-    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_uint32("llama.context_length", 64)
-    writer.add_string("general.name", "small")
-    writer.add_key_value("general.description", "", gguf.GGUFValueType.STRING)  # add_string skips ""
-    writer.add_tensor("t0", np.arange(32, dtype=np.float32))
-    writer.add_tensor("t1", np.ones((4, 8), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path.read_bytes()
-
-
 def test_gguf_validation_at_the_end_of_the_data(tmp_path, small_gguf):
     """A file that ends exactly where its last tensor ends is whole; one byte less is truncated."""
     path = tmp_path / "m.gguf"
