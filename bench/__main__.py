@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", action="append", dest="prompts",
                         help="a prompt (repeat for several; default: one English, one Chinese)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per format first (default 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed short runs (8 new tokens) per format first (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds over all prompts (default 3)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: $QLLM_THREADS or all cores)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")

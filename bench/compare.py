@@ -5,31 +5,37 @@ How it is fair on a noisy machine:
 - one worker process per format (bench/worker.py), loaded one after another, so each has its own
   load time and its own peak memory;
 - greedy decoding of exactly `new_tokens` tokens everywhere; threads fixed;
-- one warm-up per format, then `repeats` rounds in which the order of the formats rotates,
-  so a burst of load elsewhere hits every format alike; medians and spreads are reported;
+- a short warm-up per format (first-call costs: pages faulted in, 4-bit weights repacked, are paid
+  by the first forward pass), then `repeats` rounds in which the order of the formats rotates, so
+  a burst of load elsewhere hits every format alike; medians and spreads are reported;
 - ratios against llama.cpp GGUF (the reference) are computed from this run only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import multiprocessing
 import shutil
+import socket
+import subprocess
 import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+from course.procs import child_command
 from helpers import timing
 from helpers.errors import CourseError
 from helpers.loading import default_threads
 
-from .worker import FORMATS, serve
+from .worker import FORMATS
 
 DEFAULT_PROMPTS = ("The history of the printing press begins", "印刷术的历史可以追溯到")
 SPEED_REFERENCE = "gguf"  # llama.cpp: ratios are against it
 QUALITY_REFERENCE = "hf-bf16"  # full precision: top-1 agreement is against it
+WARMUP_TOKENS = 8  # a warm-up run's length: the one-off costs fall in its first forward pass
 
 
 class BenchError(CourseError):
@@ -51,20 +57,21 @@ class _Worker:
     """The parent's handle on one worker process."""
 
     def __init__(self, name: str, source: str, device: str, threads: int, log_path: Path):
-        context = multiprocessing.get_context("spawn")  # a clean interpreter: no memory shared with us
+        # a fresh interpreter (no memory shared with us) that dies with us; one socket carries the requests
         self.name, self.log_path = name, log_path
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child, name, source, device, threads, str(log_path)),
-                                       daemon=True)
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        argv, env = child_command("bench.worker", name, source, device, threads, log_path, theirs.fileno())
+        self.process = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
 
     def receive(self):
         try:
             status, payload = self.conn.recv()
         except (EOFError, OSError):
-            self.process.join(5)
-            raise BenchError(f"The {self.name} worker died (exit code {self.process.exitcode}): "
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+            raise BenchError(f"The {self.name} worker died (exit code {self.process.returncode}): "
                              f"{self._log_tail()}") from None
         if status != "ok":
             raise BenchError(f"{self.name}: {payload}")
@@ -75,13 +82,14 @@ class _Worker:
         return self.receive()
 
     def close(self):
-        try:
+        with contextlib.suppress(OSError):
             self.conn.send(("close", {}))
-        except (OSError, BrokenPipeError):
-            pass
-        self.process.join(30)
-        if self.process.is_alive():
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        self.conn.close()
 
     def _log_tail(self, lines: int = 8) -> str:
         try:
@@ -159,7 +167,7 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
         for name, worker in workers.items():
             for i in range(warmup):
                 tick(f"warm-up {name}")
-                _generate(worker, prompts[i % len(prompts)], new_tokens, results)
+                _generate(worker, prompts[i % len(prompts)], min(new_tokens, WARMUP_TOKENS), results)
         order = list(workers)
         for rep in range(repeats):
             shift = rep % max(len(order), 1)

@@ -1,9 +1,11 @@
-"""One model format in its own process, driven by `bench.compare` through a pipe.
+"""One model format in its own process, driven by `bench.compare` through a socket.
+
+    python -m bench.worker FORMAT SOURCE DEVICE THREADS LOG_PATH SOCKET_FD   (bench.compare starts it)
 
 Each format gets a fresh process so that its peak resident memory is its own: the runtime it
 imports (torch, GPTQModel, llama.cpp) plus its weights, nothing left over from another format.
 All workers stay loaded while the parent asks them, one at a time, to generate; an idle worker
-waits on its pipe and takes no CPU.
+waits on its socket and takes no CPU.
 """
 
 from __future__ import annotations
@@ -162,3 +164,11 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
             conn.send(("error", f"{type(err).__name__}: {err}"))
     if lm is not None and lm.backend == "llama.cpp":
         lm.model.close()  # else llama.cpp's destructor fails noisily at interpreter exit
+
+
+if __name__ == "__main__":
+    import sys
+    from multiprocessing.connection import Connection
+
+    fmt, src, dev, n_threads, log_file, fd = sys.argv[1:7]
+    serve(Connection(int(fd)), fmt, src, dev, int(n_threads), log_file)

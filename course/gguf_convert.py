@@ -25,6 +25,8 @@ from helpers.env import cache_dir, default_threads
 from helpers.errors import ConverterNotFoundError, CourseError, MissingBackendError, NotAModelError
 from helpers.gguf_tools import read_gguf, summary, validate_gguf
 
+from .procs import child_command
+
 
 # ---- obtaining llama.cpp's converter (it is not in the wheel) ---------------------------------
 
@@ -236,11 +238,12 @@ def convert_hf_to_gguf(hf_dir, out_path, outtype: str = "f16", vocab_from=None, 
         if vocab_from is not None:
             write_sentencepiece_files(vocab_from, staging)
             model_name = model_name or read_gguf(vocab_from).metadata.get("general.name")
-        cmd = [sys.executable, str(converter), str(staging), "--outtype", outtype, "--outfile", str(partial),
-               "--model-name", model_name or hf_dir.name]
+        args = [str(staging), "--outtype", outtype, "--outfile", str(partial), "--model-name", model_name or hf_dir.name]
         if vocab_only:
-            cmd.append("--vocab-only")
-        env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # use its own gguf-py
+            args.append("--vocab-only")
+        # its own gguf-py; a child that dies with us, so no converter goes on writing after a Ctrl-C or kill
+        cmd, env = child_command(str(converter), *args,
+                                 env={k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"})
         started = time.perf_counter()
         with open(log_path, "w") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

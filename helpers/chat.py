@@ -300,9 +300,10 @@ def _end_token_ids(lm, marker: str) -> list[int]:
 
 # ---- token counting -------------------------------------------------------------------------
 
-def count_prompt_tokens(lm, prompt: str) -> int:
-    """Tokens `prompt` takes, counted exactly as the streaming helper feeds it (one <bos>, never two)."""
-    return len(encode_prompt(lm, prompt))
+def count_prompt_tokens(lm, prompt: str, plain=()) -> int:
+    """Tokens `prompt` takes, counted exactly as the streaming helper feeds it (one <bos>, never two;
+    the typed texts in `plain` as text)."""
+    return len(encode_prompt(lm, prompt, plain))
 
 
 # ---- one exchange ---------------------------------------------------------------------------
@@ -322,6 +323,8 @@ class ChatReply:
     trim: TrimReport
 
 
+# Stop strings are cut here, for both backends, rather than by llama.cpp's create_completion(stop=...):
+# Transformers' TextIteratorStreamer would show a stop string before generate() stops at it.
 def _stop_position(text: str, stops: list[str]) -> int | None:
     hits = [text.find(s) for s in stops if s and s in text]
     return min(hits) if hits else None
@@ -354,7 +357,11 @@ class ChatTurn:
             eos = session.lm.model.generation_config.eos_token_id
             eos = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
             extra["eos_token_id"] = eos + [i for i in template.end_token_ids if i not in eos]
-        self.tokens = TokenStream(session.lm, prompt, session.max_new_tokens, session.temperature, **extra)
+        # what was typed, in the prompt's order (trimming drops the oldest pairs): kept as text, never as markers
+        system, pairs, _ = split_turns(session.messages + [{"role": "user", "content": user_text}])
+        kept = ([system] if system else []) + [m for pair in pairs[trim.dropped_pairs:] for m in pair]
+        self.tokens = TokenStream(session.lm, prompt, session.max_new_tokens, session.temperature,
+                                  plain_texts=[m["content"] for m in kept] + [user_text], **extra)
         self.stops = list(template.stop_strings)
         self._text = ""
         self._user_stop = False
@@ -497,7 +504,7 @@ class ChatSession:
 
     def count_tokens(self, messages: list[dict]) -> int:
         """Tokens of the rendered prompt for `messages`."""
-        return count_prompt_tokens(self.lm, self.render(messages))
+        return count_prompt_tokens(self.lm, self.render(messages), [m["content"] for m in messages])
 
     def prepare(self, user_text: str) -> tuple[str, TrimReport]:
         """The prompt for the next turn (history + user_text), trimmed to fit, and what trimming did."""

@@ -354,8 +354,12 @@ def check_context(llm, prompt: str, max_tokens: int) -> dict:
     llama-cpp-python itself raises a bare ValueError when the prompt alone fills n_ctx, and
     silently shortens max_tokens (finish_reason "length") when prompt + output do not fit.
     """
+    return context_report(llm, len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)), max_tokens)
+
+
+def context_report(llm, prompt_tokens: int, max_tokens: int) -> dict:
+    """check_context for a prompt already counted in tokens (helpers.loading.fit_context uses it)."""
     n_ctx = effective_n_ctx(llm)
-    prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
     fits = prompt_tokens + max_tokens <= n_ctx
     report = {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "n_ctx": n_ctx,
               "output_room": max(n_ctx - prompt_tokens, 0), "fits": fits,

@@ -7,19 +7,23 @@
 
 Formats are detected from the files: a `.gguf` file goes to llama.cpp (llama-cpp-python);
 a folder with `config.json` goes to Transformers, and its
-`quantization_config.quant_method` says whether it is GPTQ, AWQ (both through GPTQModel) or
-plain ("hf"). Before loading, `check_memory_fit` compares what the weights will need with
-the free RAM (or GPU memory) and refuses with the numbers instead of letting the kernel die.
+`quantization_config.quant_method` says whether it is GPTQ, AWQ (both through GPTQModel),
+compressed-tensors (llm-compressor's format: decompressed to dense layers on a CPU) or plain
+("hf"). Before loading, `check_memory_fit` compares what the weights will need with the free RAM
+(or GPU memory) and refuses with the numbers instead of letting the kernel die.
 Anything that is not a local path but looks like `owner/name` is fetched with `helpers.hub`.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import math
 import os
-import struct
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from .env import default_threads  # noqa: F401  (notebooks call loading.default_
 from .errors import (CourseError, MissingBackendError, ModelNotFoundError, NotAModelError,  # noqa: F401
                      NotEnoughMemoryError, UnsupportedFormatError)
 from .errors import ContextOverflowError, ContextTruncationWarning
-from .gguf_tools import check_context, file_type_name, validate_gguf
+from .gguf_tools import context_report, file_type_name, validate_gguf
 
 GGUF_MAGIC = b"GGUF"
 # What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
@@ -43,7 +47,6 @@ GGUF_OVERHEAD_BYTES = 300 * 2**20
 
 _METHOD_HINTS = {
     "bitsandbytes": " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)",
-    "compressed-tensors": " (`pip install compressed-tensors`; vLLM serves these)",
     "fp8": " (FP8 needs a recent NVIDIA GPU)",
 }
 
@@ -84,7 +87,7 @@ def check_gguf_header(path: str | os.PathLike) -> dict:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'gguf', 'gptq', 'awq' or 'hf' for a local file or folder (see the module docstring)."""
+    """'gguf', 'gptq', 'awq', 'compressed-tensors' or 'hf' for a local file or folder (module docstring)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
@@ -116,12 +119,12 @@ def detect_format(path: str | os.PathLike) -> str:
     method = str(quant.get("quant_method") or "").lower()
     if not method:
         return "hf"
-    if method in ("gptq", "awq"):
+    if method in ("gptq", "awq", "compressed-tensors"):
         return method
     raise UnsupportedFormatError(
         f"{path} is quantized with {method!r} (config.json: quantization_config.quant_method). This course "
-        "loads GPTQ and AWQ folders and GGUF files. Look for a -GPTQ, -AWQ or -GGUF version of the same "
-        f"model on the hub, or load this one with the library its model card names{_METHOD_HINTS.get(method, '')}.")
+        "loads GPTQ, AWQ and compressed-tensors folders and GGUF files. Look for a -GPTQ, -AWQ or -GGUF version "
+        f"of the same model on the hub, or load this one with the library its model card names{_METHOD_HINTS.get(method, '')}.")
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:
@@ -155,31 +158,46 @@ def weights_bytes(path: str | os.PathLike) -> int:
 
 
 _FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+_TENSOR_BYTES = {**_FLOAT_BYTES, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1,
+                 "BOOL": 1}
 _DTYPE_ALIASES = {"auto": None, "float32": "float32", "fp32": "float32", "float": "float32",
                   "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
                   "half": "float16"}
 
 
-def _safetensors_tensors(file: Path) -> list[tuple[str, int]]:
-    """(dtype, bytes) of every tensor in a safetensors file, read from its JSON header only."""
-    with open(file, "rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    return [(t["dtype"], t["data_offsets"][1] - t["data_offsets"][0])
-            for name, t in header.items() if name != "__metadata__"]
+def _safetensors_tensors(file: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) of every tensor in a safetensors file (safe_open reads only the header),
+    and for compressed-tensors' `*.weight_shape` tensors (a few bytes each) their values."""
+    from safetensors import safe_open
+
+    with safe_open(file, framework="numpy") as handle:
+        return {name: (handle.get_slice(name).get_dtype(),
+                       handle.get_tensor(name).tolist() if name.endswith(".weight_shape")
+                       else handle.get_slice(name).get_shape())
+                for name in handle.keys()}
 
 
 def weights_in_memory_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
-    """Bytes the weights take once loaded: float tensors cast to `dtype` (None keeps them), packed ints as is."""
+    """Bytes the weights take once loaded: float tensors cast to `dtype` (None keeps them), packed ints as is,
+    except compressed-tensors' `*.weight_packed`, which the course decompresses on load to dense weights
+    of their `*.weight_shape` (in `dtype`, else in the dtype of their scales)."""
     dtype = normalize_dtype(dtype)
     files = weight_files(path)
-    if dtype is None or not all(f.suffix == ".safetensors" for f in files):
+    if not all(f.suffix == ".safetensors" for f in files):
         return sum(f.stat().st_size for f in files)
-    width = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    tensors = {name: kind_shape for f in files for name, kind_shape in _safetensors_tensors(f).items()}
+    packed = {name[:-len(".weight_packed")] for name in tensors if name.endswith(".weight_packed")}
+    if dtype is None and not packed:
+        return sum(f.stat().st_size for f in files)
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
     total = 0
-    for f in files:
-        for kind, nbytes in _safetensors_tensors(f):
-            total += nbytes // _FLOAT_BYTES[kind] * width if kind in _FLOAT_BYTES else nbytes
+    for name, (kind, shape) in tensors.items():
+        module = name.rsplit(".", 1)[0]
+        if module in packed and name.endswith(".weight_packed"):  # dense: its original shape, as a float
+            dense_shape = tensors[module + ".weight_shape"][1]
+            total += math.prod(dense_shape) * (width or _TENSOR_BYTES[tensors[module + ".weight_scale"][0]])
+        elif module not in packed:  # a packed module's scales, zero points and shape are gone once dense
+            total += math.prod(shape) * (width if width and kind in _FLOAT_BYTES else _TENSOR_BYTES[kind])
     return total
 
 
@@ -292,6 +310,7 @@ def kernel_report(model) -> dict:
     `classify_kernels`). On the CPU, TorchAten* is the expected kernel. `plain_linear` counts
     ordinary nn.Linear layers left unquantized (usually lm_head).
     """
+    decompressed = isinstance(model, LoadedModel) and model.format == "compressed-tensors"
     if isinstance(model, LoadedModel):
         if model.backend != "transformers":
             raise CourseError(
@@ -307,7 +326,10 @@ def kernel_report(model) -> dict:
             layers.append((name, str(tensor.device) if tensor is not None else "meta"))
         elif name == "Linear":
             plain += 1
-    return {**classify_kernels(layers), "plain_linear": plain}
+    report = {**classify_kernels(layers), "plain_linear": plain}
+    if decompressed:
+        report["expected"] = "none: compressed-tensors weights are decompressed to dense nn.Linear on load"
+    return report
 
 
 def _is_quant_linear(module) -> bool:
@@ -316,13 +338,17 @@ def _is_quant_linear(module) -> bool:
 
 def print_kernel_report(report: dict) -> None:
     """The kernel report as a few readable lines, the warning (if any) loud and last."""
-    kernels = ", ".join(f"{name} x{n}" for name, n in report["quantized_linear"].items()) or "none (not quantized)"
-    print(f"quantized layers : {kernels}")
-    print(f"plain nn.Linear  : {report.get('plain_linear', 0)} (left in full precision; usually lm_head)")
+    dense = report["expected"].startswith("none:")  # compressed-tensors, decompressed on load
+    kernels = ", ".join(f"{name} x{n}" for name, n in report["quantized_linear"].items())
+    print(f"quantized layers : {kernels or ('none (decompressed on load)' if dense else 'none (not quantized)')}")
+    print(f"plain nn.Linear  : {report.get('plain_linear', 0)} "
+          + ("(all of them: 4-bit weights decompressed on load)" if dense else "(left in full precision; usually lm_head)"))
     print(f"device(s)        : {', '.join(report['devices']) or '-'}")
     print(f"expected here    : {report['expected']}")
     if report["warning"]:
         print("\n" + "!" * 80 + "\n" + report["warning"] + "\n" + "!" * 80)
+    elif dense:
+        print("verdict          : no 4-bit kernel here: it runs (and takes memory) like the full-precision model")
     else:
         print("verdict          : OK, the expected kernel for this device")
 
@@ -434,6 +460,8 @@ def load_model(source, device: str = "auto", dtype: str | None = "auto", n_ctx: 
                           "prefer a safetensors copy.", UserWarning, stacklevel=2)
         if fmt in ("gptq", "awq"):
             _require_gptqmodel(fmt)
+        if fmt == "compressed-tensors":
+            _require_compressed_tensors()
         if not trust_remote_code:
             _refuse_remote_code(path)
         else:
@@ -512,10 +540,22 @@ HARMLESS_LLAMA_NOTES = ("llama_kv_cache_iswa: using full-size SWA cache",
                         "llama_context: n_ctx_seq (512) > n_ctx_train (0)")
 
 
+# A Llama still open when Python exits is freed by its __del__ after llama_cpp's module globals are gone,
+# which prints "Exception ignored in: <function Llama.__del__ ...> TypeError: 'NoneType' object is not
+# callable". Closing the ones new_llama made, while the interpreter is still whole, prevents it.
+_open_llamas: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_llamas() -> None:
+    for llm in list(_open_llamas):
+        with contextlib.suppress(Exception):
+            llm.close()
+
+
 def new_llama(path, **kwargs):
     """llama_cpp.Llama(model_path=path, verbose=False, **kwargs), without the harmless start-up notes above
     (every other line llama.cpp writes still shows)."""
-    import contextlib
     import io
     import sys
 
@@ -524,7 +564,9 @@ def new_llama(path, **kwargs):
     caught = io.StringIO()
     try:
         with contextlib.redirect_stderr(caught):
-            return Llama(model_path=str(path), verbose=False, **kwargs)
+            llm = Llama(model_path=str(path), verbose=False, **kwargs)
+        _open_llamas.add(llm)
+        return llm
     finally:
         for line in caught.getvalue().splitlines(keepends=True):
             if not line.startswith(HARMLESS_LLAMA_NOTES):
@@ -574,10 +616,17 @@ def _load_transformers(path: Path, fmt: str, device: str, dtype: str | None, n_t
     # "auto" = the dtype config.json records; on CUDA, Transformers turns bf16 AWQ into fp16 itself.
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # GPTQModel calls a deprecated API
+    extra = {}
+    if fmt == "compressed-tensors":  # dense nn.Linear from the start: no kernel here runs its packed 4-bit layout
+        from transformers import CompressedTensorsConfig
+
+        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device,
-                                                 trust_remote_code=trust_remote_code)
+    with warnings.catch_warnings():  # "You passed `quantization_config` ...": we did, to set dequantize
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device,
+                                                     trust_remote_code=trust_remote_code, **extra)
     model.eval()
     seconds = time.perf_counter() - started
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -585,6 +634,10 @@ def _load_transformers(path: Path, fmt: str, device: str, dtype: str | None, n_t
     lm = LoadedModel(model=model, tokenizer=tokenizer, format=fmt, backend="transformers", path=path,
                      device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
                      load_seconds=seconds, context_length=context)
+    if fmt == "compressed-tensors":
+        lm.notes.append(f"compressed-tensors: the 4-bit weights were decompressed to dense {lm.dtype} layers on "
+                        "load, so it computes and takes memory like the full-precision model (vLLM runs them "
+                        "packed, on a GPU)")
     if fmt in ("gptq", "awq"):
         report = kernel_report(model)
         lm.notes.append("kernel: " + ", ".join(report["quantized_linear"]))
@@ -622,6 +675,17 @@ def _require_gptqmodel(fmt: str) -> None:
             "(the course pins it), then restart the kernel.") from None
 
 
+def _require_compressed_tensors() -> None:
+    """Fail early and clearly if the compressed-tensors package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("compressed_tensors") is None:
+        raise MissingBackendError(
+            "This is a compressed-tensors checkpoint (llm-compressor's format); Transformers reads it with the "
+            "compressed-tensors package, which is not installed. Install it: `pip install "
+            "'quantized-llms-locally[quant]'` or `pip install compressed-tensors==0.20.1`, then restart the kernel.")
+
+
 def _quiet_library_noise() -> None:
     """Silence import-time chatter that is not about the learner's model (torchao's optional CUDA
     extensions on a CPU machine, torch's pytree notice about GPTQModel's enums)."""
@@ -633,7 +697,6 @@ def _quiet_library_noise() -> None:
 
 def import_gptqmodel_quietly():
     """Import GPTQModel without its banner and INFO chatter (warnings still show)."""
-    import contextlib
     import io
     import logging
 
@@ -654,41 +717,63 @@ def bos_text(lm: LoadedModel) -> str:
     return lm.tokenizer.bos_token or ""
 
 
-def encode_prompt(lm: LoadedModel, prompt: str) -> list[int]:
+def encode_prompt(lm: LoadedModel, prompt: str, plain=()) -> list[int]:
     """The token ids the course feeds for `prompt`, on either backend, with exactly one <bos>: a prompt
-    rendered by a chat template already starts with one, and a second would change the model's answer."""
+    rendered by a chat template already starts with one, and a second would change the model's answer.
+
+    `plain`: the texts inside `prompt` that a person typed (chat messages). A control token's text in
+    them, such as a typed "<end_of_turn>", stays text. The libraries' defaults (Transformers'
+    split_special_tokens=False, llama.cpp's special=True, both needed for the template's own markers)
+    would turn it into the real token, and a user could end their turn and write the model's.
+    """
     bos = bos_text(lm)
     has_bos = bool(bos) and prompt.startswith(bos)
+    spans, at = [], 0
+    for text in plain:  # in the order the template renders them
+        text = text.strip()  # templates commonly trim
+        start = prompt.find(text, at) if text else -1
+        if start >= 0 and _tokenize(lm, text, special=True) != _tokenize(lm, text, special=False):
+            spans.append((start, start + len(text)))
+            at = start + len(text)
+    if not spans:  # the usual case: one call
+        if lm.backend == "llama.cpp":
+            return lm.model.tokenize(prompt.encode("utf-8"), add_bos=not has_bos, special=True)
+        return lm.tokenizer(prompt, add_special_tokens=not has_bos)["input_ids"]
+    ids, at = _tokenize(lm, "", special=True, bos=not has_bos), 0
+    for start, end in spans + [(len(prompt), len(prompt))]:
+        ids += _tokenize(lm, prompt[at:start], special=True) + _tokenize(lm, prompt[start:end], special=False)
+        at = end
+    return ids
+
+
+def _tokenize(lm: LoadedModel, text: str, special: bool, bos: bool = False) -> list[int]:
+    """Ids of `text` alone; special=False keeps control-token text as text. bos: just the <bos> id, if any."""
     if lm.backend == "llama.cpp":
-        return lm.model.tokenize(prompt.encode("utf-8"), add_bos=not has_bos, special=True)
-    return lm.tokenizer(prompt, add_special_tokens=not has_bos)["input_ids"]
+        return lm.model.tokenize(text.encode("utf-8"), add_bos=bos, special=special) if text or bos else []
+    tok = lm.tokenizer
+    ids = tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"] if text else []
+    return ([tok.bos_token_id] if bos and tok("")["input_ids"][:1] == [tok.bos_token_id] else []) + ids
 
 
 def generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
              **kwargs) -> str:
     """Complete `prompt` and return only the new text (greedy when temperature is 0)."""
+    ids = encode_prompt(lm, prompt)  # one <bos>, never two
+    max_new_tokens = fit_context(lm, len(ids), max_new_tokens)  # a clear error, not a bare ValueError
     if lm.backend == "llama.cpp":
-        # llama.cpp adds <bos> itself; a prompt rendered by a chat template already starts with one
-        bos = bos_text(lm)
-        if bos and prompt.startswith(bos):
-            prompt = prompt[len(bos):]
-        check_context(lm.model, prompt, max_new_tokens)  # a clear error, not llama.cpp's bare ValueError
-        out = lm.model.create_completion(prompt, max_tokens=max_new_tokens, temperature=temperature,
-                                         **kwargs)
+        out = lm.model.create_completion(ids, max_tokens=max_new_tokens, temperature=temperature, **kwargs)
         return out["choices"][0]["text"]
     import torch
 
     # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would count the
     # prompt too); pad_token_id given explicitly (Gemma's is 0, so no `or` shortcut: 0 is falsy).
-    ids = torch.tensor([encode_prompt(lm, prompt)], device=lm.model.device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    pad = pad_token_id(lm.tokenizer)
-    max_new_tokens = fit_context(lm, inputs["input_ids"].shape[1], max_new_tokens)
+    inputs = {"input_ids": torch.tensor([ids], device=lm.model.device)}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():
-        output_ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                       **sampling, **kwargs)
-    return lm.tokenizer.decode(output_ids[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        output_ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                       pad_token_id=pad_token_id(lm.tokenizer), **sampling, **kwargs)
+    return lm.tokenizer.decode(output_ids[0][len(ids):], skip_special_tokens=True)
 
 
 def pad_token_id(tokenizer) -> int | None:
@@ -701,9 +786,12 @@ def pad_token_id(tokenizer) -> int | None:
 def fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
     """Refuse a prompt that fills the context window; shorten max_new_tokens to what fits, with a warning.
 
-    Transformers would generate past the positions the model was trained on without a word;
-    this does what llama.cpp does (stop at the window) and says so.
+    One rule for both backends. llama.cpp: the n_ctx the model was created with (gguf_tools.context_report;
+    llama-cpp-python itself raises a bare ValueError). Transformers would generate past the positions the
+    model was trained on without a word; this stops at the window, as llama.cpp does, and says so.
     """
+    if lm.backend == "llama.cpp":
+        return min(max_new_tokens, context_report(lm.model, prompt_tokens, max_new_tokens)["output_room"])
     window = lm.context_length
     if prompt_tokens >= window:
         raise ContextOverflowError(

@@ -49,11 +49,12 @@ class TokenStream:
 
     Iterate it (in any one thread) to run the generation; call `stop()` from any thread.
     `new_tokens`, `ttft_s` and `text` are live; `result` is set when the iteration ends.
+    `plain_texts`: what a person typed into `prompt`, kept as text (helpers.loading.encode_prompt).
     """
 
     def __init__(self, lm, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
-                 **generate_kwargs):
-        self.lm, self.prompt = lm, prompt
+                 plain_texts=(), **generate_kwargs):
+        self.lm, self.prompt, self.plain_texts = lm, prompt, list(plain_texts)
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.generate_kwargs = generate_kwargs
         self.prompt_tokens = 0
@@ -111,18 +112,24 @@ class TokenStream:
             self._first_token_at = time.perf_counter()
         self.new_tokens += n
 
+    def _prompt_ids(self) -> list[int]:
+        """The prompt's ids (one <bos>, never two); refuse it, or shorten max_new_tokens, at the context window."""
+        from .loading import encode_prompt, fit_context
+
+        ids = encode_prompt(self.lm, self.prompt, self.plain_texts)
+        self.prompt_tokens = len(ids)
+        self.max_new_tokens = fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
+        return ids
+
     def _transformers(self) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        from .loading import encode_prompt, fit_context, pad_token_id
+        from .loading import pad_token_id
 
         tokenizer, model = self.lm.tokenizer, self.lm.model
-        ids = torch.tensor([encode_prompt(self.lm, self.prompt)], device=model.device)  # one <bos>, never two
+        ids = torch.tensor([self._prompt_ids()], device=model.device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        self.prompt_tokens = int(ids.shape[1])
-        # refuse / shorten at the context window, as generate() does
-        self.max_new_tokens = fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         watch = _TransformersWatch(self._stop, self._count, self.prompt_tokens)
         sampling = ({"do_sample": True, "temperature": self.temperature} if self.temperature > 0
@@ -157,21 +164,12 @@ class TokenStream:
     def _llama_cpp(self) -> Iterator[str]:
         from llama_cpp import StoppingCriteriaList
 
-        from .gguf_tools import check_context  # a clear error, not llama.cpp's bare ValueError
-        from .loading import bos_text, encode_prompt
-
-        llm = self.lm.model
-        bos = bos_text(self.lm)
-        has_bos = bool(bos) and self.prompt.startswith(bos)
-        prompt_ids = encode_prompt(self.lm, self.prompt)  # one <bos>, never two
-        self.prompt_tokens = len(prompt_ids)
-
-        check_context(llm, self.prompt[len(bos):] if has_bos else self.prompt, self.max_new_tokens)
+        prompt_ids = self._prompt_ids()
         watch = _LlamaCppWatch(self._stop, self._count)
-        chunks = llm.create_completion(prompt_ids if has_bos else self.prompt, max_tokens=self.max_new_tokens,
-                                       temperature=self.temperature, stream=True,
-                                       stopping_criteria=StoppingCriteriaList([watch]),
-                                       **self.generate_kwargs)
+        chunks = self.lm.model.create_completion(prompt_ids, max_tokens=self.max_new_tokens,
+                                                 temperature=self.temperature, stream=True,
+                                                 stopping_criteria=StoppingCriteriaList([watch]),
+                                                 **self.generate_kwargs)
         finished = False
         try:
             for chunk in chunks:

@@ -80,3 +80,36 @@ def small_gguf(tmp_path_factory) -> bytes:
     writer.write_tensors_to_file()
     writer.close()
     return path.read_bytes()
+
+
+def tiny_compressed_tensors(source: Path, out: Path, group_size: int = 128) -> Path:
+    """A W4A16 compressed-tensors checkpoint of the model in `source`, made the way llm-compressor saves one,
+    with round-to-nearest scales (compressed-tensors' own `calculate_qparams`) instead of its GPTQ pass."""
+    import shutil
+
+    import torch
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 apply_quantization_config)
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size)
+    scheme = QuantizationScheme(targets=["Linear"], weights=weights)
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"]))
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "weight_scale"):
+                groups = module.weight.float().reshape(module.weight.shape[0], -1, group_size)
+                scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), weights)
+                module.weight_scale.copy_(scale.reshape(module.weight_scale.shape))
+                module.weight_zero_point.copy_(zero.reshape(module.weight_zero_point.shape))
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
+    compressor.compress_model(model)
+    model.save_pretrained(out)
+    compressor.update_config(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, out / name)
+    return out

@@ -45,6 +45,19 @@ def test_gguf_builds_checks_sha_and_goes_stale_when_recipe_changes(tmp_cache):
     assert course_models.status("gguf") == "ready"
 
 
+def test_a_build_says_first_what_it_builds_and_about_how_long(tmp_cache, capsys, monkeypatch):
+    monkeypatch.setenv("QLLM_THREADS", "2")
+    line = course_models.build_estimate(["hf", "gptq"])
+    reference = course_models.REFERENCE_BUILD_SECONDS["hf"] + course_models.REFERENCE_BUILD_SECONDS["gptq"]
+    assert "hf, gptq" in line and f"({reference} s on the course's 2-core reference CPU)" in line
+    monkeypatch.setenv("QLLM_THREADS", "1")  # half the cores, twice the time
+    assert f"roughly {round(2 * reference / 60)} min with 1 core " in course_models.build_estimate(["hf", "gptq"])
+    course_models.ensure(["gguf"])
+    assert capsys.readouterr().out.startswith("Building the course model gguf (once per machine")
+    course_models.ensure(["gguf"])  # nothing to build: nothing said
+    assert "Building" not in capsys.readouterr().out
+
+
 def test_killed_build_is_detected_and_never_used(tmp_cache):
     """kill -9 of the builder alone, mid-build: its child dies with it, the half-made folder is never
     used, and the next build writes into a folder of its own."""

@@ -13,6 +13,7 @@ row | fault                                        | test                       
 2   | truncated .gguf                              | test_row2_a_truncated_gguf                        | "<path> is truncated: ... download the file again ..."
 3   | GPTQ/AWQ without gptqmodel                   | test_row3_gptq_awq_without_gptqmodel              | "This is a GPTQ checkpoint; Transformers 5 loads GPTQ through GPTQModel ..."
 3   | gptqmodel installed but broken               | test_row3_gptqmodel_that_fails_to_import          | "... gptqmodel is installed but fails to import ..."
+3   | compressed-tensors without its package       | test_loading.py::test_compressed_tensors_without_its_package_is_one_clear_line | "This is a compressed-tensors checkpoint (llm-compressor's format); ... pip install compressed-tensors==0.20.1 ..."
 4   | model larger than free RAM / VRAM            | test_row4_too_big_for_free_ram_or_vram            | "Not loading <name>: it needs about X GiB of RAM (...), and only Y GiB is free on cpu. ..."
 5   | prompt + max_new_tokens > window (both)      | test_row5_context_window_transformers / _llama_cpp / _streaming | "The prompt is N tokens but ..."
 6   | download cut mid-file                        | test_row6_a_download_cut_mid_file                 | "The transfer from <endpoint> broke and did not recover ..."

@@ -108,12 +108,52 @@ def test_a_file_that_is_not_gguf(tmp_path):
         loading.load_model(html)
 
 
-@pytest.mark.parametrize("method", ["bitsandbytes", "fp8", "compressed-tensors", "hqq"])
+@pytest.mark.parametrize("method", ["bitsandbytes", "fp8", "hqq"])
 def test_unsupported_quant_method(tmp_path, method):
     folder = _config_folder(tmp_path / method, {"model_type": "llama",
                                                  "quantization_config": {"quant_method": method}})
-    with pytest.raises(UnsupportedFormatError, match=f"quantized with '{method}'.*GPTQ and AWQ"):
+    with pytest.raises(UnsupportedFormatError, match=f"quantized with '{method}'.*GPTQ, AWQ and compressed-tensors"):
         loading.detect_format(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_ct(tiny_folder, tmp_path_factory):
+    from .conftest import tiny_compressed_tensors
+
+    return tiny_compressed_tensors(tiny_folder, tmp_path_factory.mktemp("ct") / "tiny-gemma3-W4A16")
+
+
+def test_a_compressed_tensors_checkpoint_loads_decompressed_and_generates_on_the_cpu(tiny_ct, tiny_folder):
+    from safetensors import safe_open
+
+    assert loading.detect_format(tiny_ct) == "compressed-tensors"
+    with safe_open(tiny_ct / "model.safetensors", framework="numpy") as f:  # what llm-compressor writes
+        names = set(f.keys())
+    q = "model.layers.0.self_attn.q_proj"
+    assert {f"{q}.weight_packed", f"{q}.weight_scale", f"{q}.weight_shape"} <= names and f"{q}.weight" not in names
+    # the memory check counts the dense weights it will hold, not the packed file
+    assert loading.weights_in_memory_bytes(tiny_ct) == loading.weights_in_memory_bytes(tiny_folder, "bfloat16")
+    assert loading.weights_in_memory_bytes(tiny_ct, "float32") == loading.weights_in_memory_bytes(tiny_folder, "float32")
+    assert loading.weights_bytes(tiny_ct) < loading.weights_bytes(tiny_folder)
+    lm = loading.load_model(tiny_ct, device="cpu", dtype="bfloat16")
+    assert lm.format == "compressed-tensors" and lm.backend == "transformers"
+    assert any("decompressed to dense bfloat16 layers" in note for note in lm.notes)
+    layer = lm.model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "Linear" and layer.weight.shape == (128, 128)
+    fp = loading.load_model(tiny_folder, device="cpu", dtype="bfloat16")
+    error = (layer.weight.float() - fp.model.model.layers[0].self_attn.q_proj.weight.float()).abs()
+    assert 0 < error.max() < 0.05  # 4-bit rounding: close to the source, not equal
+    report = loading.kernel_report(lm)
+    assert report["quantized_linear"] == {} and report["expected"].startswith("none: compressed-tensors")
+    assert isinstance(loading.generate(lm, "The capital of France is", max_new_tokens=4), str)
+
+
+def test_compressed_tensors_without_its_package_is_one_clear_line(tiny_ct, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "compressed_tensors" else real(name, *a))
+    with pytest.raises(MissingBackendError, match=r"^This is a compressed-tensors checkpoint .*pip install "
+                                                  r"compressed-tensors==0\.20\.1`, then restart the kernel\.$"):
+        loading.load_model(tiny_ct, device="cpu")
 
 
 @pytest.mark.parametrize("fmt", ["gptq", "awq"])
@@ -360,6 +400,30 @@ def test_classify_slow_fallback_on_gpu_is_loud(kernel):
     assert report["slow_fallback"]
     assert report["warning"].startswith("SLOW KERNEL") and kernel in report["warning"]
     assert "model.device says cuda" in report["warning"]
+
+
+def test_slow_kernel_names_are_gptqmodels_real_gpu_fallbacks():
+    """The classes the SLOW KERNEL warning and the README name are GPTQModel's own: the pure-PyTorch kernels
+    that may run on a GPU. Its CPU kernels (TorchAten*) are CPU-only, so they can never be the GPU's fallback."""
+    loading.import_gptqmodel_quietly()
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    from gptqmodel.nn_modules.qlinear.torch_aten_kernel import TorchAtenLinear
+    from gptqmodel.nn_modules.qlinear.torch_aten_kernel_awq import TorchAtenAwqLinear
+    from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
+    from gptqmodel.models._const import DEVICE
+
+    for cpu_only in (TorchAtenLinear, TorchAtenAwqLinear):
+        assert cpu_only.SUPPORTS_DEVICES == [DEVICE.CPU]
+    for fallback in (TorchLinear, AwqTorchLinear):
+        assert {DEVICE.ALL, DEVICE.CUDA} & set(fallback.SUPPORTS_DEVICES), fallback
+        report = loading.classify_kernels([(fallback.__name__, "cuda:0")])
+        assert report["slow_fallback"] and fallback.__name__ in report["warning"]
+    from pathlib import Path
+
+    for readme in ("README.md", "README.zh-CN.md"):
+        row = next(line for line in (Path(__file__).parent.parent / readme).read_text().splitlines()
+                   if line.startswith("| `SLOW KERNEL"))
+        assert "but TorchLinear runs" in row and "AwqTorchLinear" in row, readme
 
 
 def test_classify_same_class_on_cpu_is_not_flagged():

@@ -1,11 +1,13 @@
 """course.procs: a child started through the harness dies with its parent, even on kill -9 of the parent."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -50,3 +52,25 @@ def test_a_child_whose_parent_is_already_gone_does_not_start(tmp_path):
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "ran" not in done.stdout
     assert "is gone" in done.stderr
+
+
+def test_a_script_runs_as_python_script_py_would(tmp_path):
+    (tmp_path / "helper_mod.py").write_text("VALUE = 'found beside the script'\n")
+    (tmp_path / "script.py").write_text("import sys, helper_mod\nprint(helper_mod.VALUE, sys.argv[1:], __name__)\n")
+    argv, env = child_command(str(tmp_path / "script.py"), "x")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "found beside the script ['x'] __main__"
+
+
+def test_the_course_machinery_starts_python_children_only_through_the_harness():
+    """The model build, the GGUF bench and converter, bench's workers and the servers: one harness."""
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted([*(root / "course").glob("*.py"), *(root / "bench").glob("*.py")]):
+        if path.name == "procs.py":
+            continue
+        text = path.read_text()
+        assert not re.search(r"^\s*(import multiprocessing\b(?!\.connection)|from multiprocessing import)", text, re.M), path
+        for line in text.splitlines():  # sys.executable only for pip itself, never for a Python child of ours
+            if "sys.executable" in line and "subprocess" not in line and "[sys.executable" in line:
+                assert '"-m", "pip"' in line, f"{path.name}: {line.strip()}"

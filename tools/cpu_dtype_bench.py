@@ -87,7 +87,7 @@ def model_timings(threads: int, new_tokens: int = 32) -> dict:
         short = [timing.time_generation(lm, "The history of the printing press begins", new_tokens)
                  for _ in range(3)]
         long = [timing.time_generation(lm, long_prompt, 2) for _ in range(2)]
-        ppl_s = _best_time(lambda: quality.transformers_logits(model, heldout_ids), 2)
+        ppl_s = _best_time(lambda m=model: quality.transformers_logits(m, heldout_ids), 2)
         out[dtype] = {"decode_tok_s": statistics.median(r.decode_tok_s for r in short),
                       "long_prompt_tokens": long[0].prompt_tokens,
                       "long_prompt_tok_s": statistics.median(r.prompt_tok_s for r in long),

@@ -7,7 +7,9 @@ Cells tagged `skip-execution` (GPU-only cells) are shown but not run, exactly as
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 from tqdm.auto import tqdm
+from traitlets.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -28,14 +31,20 @@ def run_notebook(path: Path) -> tuple[bool, float, str]:
     for cell in skipped:  # nbclient has no tag for this; nbmake does. Same effect:
         cell["metadata"]["_skipped_source"] = cell["source"]
         cell["source"] = ""
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", coalesce_streams=True,
-                            resources={"metadata": {"path": str(path.parent)}})
     started = time.time()
     ok, message = True, ""
-    try:
-        client.execute()
-    except CellExecutionError as err:
-        ok, message = False, str(err).splitlines()[-1] if str(err) else "cell failed"
+    # The kernel talks over Unix sockets (IPC) rather than TCP: a channel no other user can open, and
+    # ipykernel no longer warns "Kernel is running over TCP without encryption" once per notebook.
+    with tempfile.TemporaryDirectory(prefix="qllm-kernel-") as sockets:
+        config = Config()
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(sockets, "kernel")
+        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", coalesce_streams=True,
+                                resources={"metadata": {"path": str(path.parent)}}, config=config)
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            ok, message = False, str(err).splitlines()[-1] if str(err) else "cell failed"
     for cell in skipped:
         cell["source"] = cell["metadata"].pop("_skipped_source")
     seconds = time.time() - started
