@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the system prompt (default: %(default)r; '' for none)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default 256)")
     parser.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
-    parser.add_argument("--template", choices=["auto", "chat", "completion"], default="auto",
+    parser.add_argument("--template", choices=["auto", "chat", "few-shot", "completion"], default="auto",
                         help="how the conversation becomes a prompt (default auto: the model's own chat template, "
-                             "else a completion transcript for base models)")
+                             "else a few-shot transcript for base models)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context window in tokens (default 4096)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--load", metavar="PATH", help="continue a saved history")

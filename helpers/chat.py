@@ -13,10 +13,11 @@ tokenizer's for Transformers models, `tokenizer.chat_template` from the metadata
 and, for a Gemma GGUF that carries none (the course model), the course's copy of Gemma's turn
 format, the very template the course's Transformers folders carry. Both backends thus render the
 prompt here, as text, and stream it as a plain completion: one code path. `template="completion"`
-writes a transcript ("User: ...\\nAssistant:") that a *base* model can continue. `"auto"` takes the
-model's own chat template when it has one and the completion template otherwise; the course
-model's template was written by the course, not learned by the model, so "auto" picks completion
-for it. `session.template.describe()` says which one is in use and why.
+writes a transcript ("User: ...\\nAssistant:") that a *base* model can continue; `"few-shot"` opens
+that transcript with a few answered questions (FEW_SHOT_EXAMPLES, never part of the history).
+`"auto"` takes the model's own chat template when it has one and the few-shot transcript otherwise;
+the course model's template was written by the course, not learned by the model, so "auto" picks
+few-shot for it. `session.template.describe()` says which one is in use and why.
 
 **Trimming.** Before every turn the prompt is counted in tokens. If prompt + `max_new_tokens`
 would not fit the context window, the oldest user/assistant exchanges are left out of the prompt,
@@ -46,6 +47,12 @@ COURSE_TEMPLATE_MARK = "written for this course"  # in the course's own Gemma te
 HISTORY_FORMAT = "qllm-chat-history"
 ROLES = ("system", "user", "assistant")
 COMPLETION_LABELS = {"user": "User", "assistant": "Assistant"}
+# A base model continues documents; a transcript that opens with a few answered questions shows it the
+# pattern (short answers, English and Chinese). On the course model it answers more of notebook 07's fixed
+# questions this way than with a bare transcript or the Gemma chat template (the notebook measures all three).
+FEW_SHOT_EXAMPLES = [("What is the capital of Japan?", "Tokyo."), ("How many legs does a spider have?", "Eight."),
+                     ("日本的首都是哪里？", "东京。"), ("一年有几个月？", "十二个月。")]
+TEMPLATES = ("auto", "chat", "few-shot", "completion")
 
 
 # ---- messages -------------------------------------------------------------------------------
@@ -164,9 +171,9 @@ def trim_history(messages: list[dict], count_tokens: Callable[[list[dict]], int]
 
 @dataclass
 class ChatTemplate:
-    """How messages become a prompt: kind "chat" (a Jinja chat template) or "completion" (a transcript)."""
+    """How messages become a prompt: kind "chat" (a Jinja chat template), "few-shot" or "completion" (a transcript)."""
 
-    kind: str                     # "chat" | "completion"
+    kind: str                     # "chat" | "few-shot" | "completion"
     source: str                   # where it comes from, in words
     render: Callable[..., str]    # render(messages, add_generation_prompt=True) -> prompt text
     stop_strings: list[str] = field(default_factory=list)   # the reply ends before any of these
@@ -178,13 +185,17 @@ class ChatTemplate:
         return f"{self.kind} template: {self.source}{why}"
 
 
-def render_completion(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """A transcript a base model can continue: system text, then "User: ..." / "Assistant: ..." lines."""
+def render_completion(messages: list[dict], add_generation_prompt: bool = True, examples=()) -> str:
+    """A transcript a base model can continue: system text, then "User: ..." / "Assistant: ..." lines.
+
+    `examples`: (question, answer) pairs written first, after the system text: a few-shot transcript."""
     messages = check_messages(messages)
     parts = []
     if messages and messages[0]["role"] == "system":
         parts.append(messages[0]["content"].strip() + "\n\n")
         messages = messages[1:]
+    for question, answer in examples:
+        parts.append(f"{COMPLETION_LABELS['user']}: {question}\n{COMPLETION_LABELS['assistant']}: {answer}\n")
     for m in messages:
         parts.append(f"{COMPLETION_LABELS[m['role']]}: {m['content'].strip()}\n")
     if add_generation_prompt:
@@ -218,29 +229,37 @@ def _special_text(lm, token_id: int) -> str:
 
 
 def choose_template(lm, template: str = "auto", chat_template: str | None = None) -> ChatTemplate:
-    """Pick how to render prompts for `lm`: "auto", "chat" or "completion" (see the module docstring).
+    """Pick how to render prompts for `lm`: "auto", "chat", "few-shot" or "completion" (module docstring).
 
     `chat_template` (Jinja text) overrides the model's own template.
     """
-    if template not in ("auto", "chat", "completion"):
-        raise ChatError(f"template must be 'auto', 'chat' or 'completion', not {template!r}.")
+    if template not in TEMPLATES:
+        raise ChatError(f"template must be one of {', '.join(repr(t) for t in TEMPLATES)}, not {template!r}.")
     own, where = own_chat_template(lm)
     if chat_template:
         own, where, template = chat_template, "the chat_template you passed", "chat"
     course_written = bool(own) and COURSE_TEMPLATE_MARK in own
-    completion = ChatTemplate(kind="completion", source='a "User: ... / Assistant:" transcript',
-                              render=render_completion,
-                              stop_strings=[f"\n{label}:" for label in COMPLETION_LABELS.values()])
+    stops = [f"\n{label}:" for label in COMPLETION_LABELS.values()]
     if template == "completion":
-        return completion
+        return ChatTemplate(kind="completion", source='a "User: ... / Assistant:" transcript',
+                            render=render_completion, stop_strings=stops)
+    few_shot = ChatTemplate(
+        kind="few-shot", source=f'a "User: ... / Assistant:" transcript opened by {len(FEW_SHOT_EXAMPLES)} '
+                                "answered examples (chat.FEW_SHOT_EXAMPLES)",
+        render=lambda messages, add_generation_prompt=True: render_completion(messages, add_generation_prompt,
+                                                                              FEW_SHOT_EXAMPLES),
+        stop_strings=stops)
+    if template == "few-shot":
+        return few_shot
     if template == "auto":
         if not own:
-            completion.reason = f"auto: no chat template in {where}, so a base model: completion works best"
-            return completion
+            few_shot.reason = f"auto: no chat template in {where}, so a base model: a few-shot transcript works best"
+            return few_shot
         if course_written:
-            completion.reason = ("auto: the model's only chat template was written by this course for a base "
-                                 "model that never learned it; pass template='chat' to use it anyway")
-            return completion
+            few_shot.reason = ("auto: the model's only chat template was written by this course for a base "
+                               "model that never learned it (a few-shot transcript answers better: notebook 07); "
+                               "pass template='chat' to use it anyway")
+            return few_shot
     arch = lm.model.metadata.get("general.architecture", "") if lm.backend == "llama.cpp" else ""
     if not own:
         if not arch.startswith("gemma"):

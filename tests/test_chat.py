@@ -265,7 +265,7 @@ def test_template_choice_is_explicit(gguf, course_cache):
     from transformers import AutoTokenizer
 
     auto = chat.ChatSession(gguf)
-    assert auto.template.kind == "completion" and "no chat template" in auto.template.describe()
+    assert auto.template.kind == "few-shot" and "no chat template" in auto.template.describe()
     chat_kind = chat.ChatSession(gguf, template="chat")
     assert chat_kind.template.kind == "chat" and "gemma_chat_template.jinja" in chat_kind.template.describe()
     assert chat_kind.template.end_token_ids == [106]  # <end_of_turn>
@@ -274,7 +274,11 @@ def test_template_choice_is_explicit(gguf, course_cache):
         # GGUF (rendered here) and Transformers (apply_chat_template) make the same prompt
         assert chat_kind.render(messages) == tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                                           tokenize=False)
-    assert auto.render(HISTORY[:2]) == "Be brief.\n\nUser: 法国的首都是哪里？\nAssistant:"
+    examples = "".join(f"User: {q}\nAssistant: {a}\n" for q, a in chat.FEW_SHOT_EXAMPLES)
+    assert auto.render(HISTORY[:2]) == "Be brief.\n\n" + examples + "User: 法国的首都是哪里？\nAssistant:"
+    plain = chat.ChatSession(gguf, template="completion")
+    assert plain.template.kind == "completion" and plain.render(HISTORY[:2]) == "Be brief.\n\nUser: 法国的首都是哪里？\nAssistant:"
+    assert chat.ChatSession(gguf, template="few-shot").render(HISTORY[:2]) == auto.render(HISTORY[:2])
     with pytest.raises(chat.ChatError, match="template must be"):
         chat.ChatSession(gguf, template="fancy")
 
@@ -303,7 +307,7 @@ def test_a_session_trims_to_its_window_and_counts_like_the_stream(gguf):
 def test_the_same_session_code_runs_on_transformers(course_cache):
     hf = loading.load_model(course_models.model_path("hf"))
     auto = chat.ChatSession(hf, system="Be brief.", max_new_tokens=12)
-    assert auto.template.kind == "completion" and "written by this course" in auto.template.reason
+    assert auto.template.kind == "few-shot" and "written by this course" in auto.template.reason
     reply = auto.reply("What is the capital of France?")
     assert reply.prompt_tokens == chat.count_prompt_tokens(hf, auto.render(auto.messages[:2]))
     turn = chat.ChatSession(hf, template="chat", max_new_tokens=4).start_turn("Hi")
@@ -414,7 +418,7 @@ def test_terminal_chat_through_a_pipe(course_cache, tmp_path):
                      f"What is the capital of France?\n法国的首都是哪里？\n/save {saved}\n/exit\nnever read\n", tmp_path)
     assert first.returncode == 0, first.stderr
     out = first.stdout
-    assert "completion template" in out and "you> 法国的首都是哪里？" in out
+    assert "few-shot template" in out and "you> 法国的首都是哪里？" in out
     assert out.count("[done · first token") == 2 and f"[saved 4 messages to {saved}]" in out
     assert "never read" not in out and out.rstrip().endswith("bye")
     history = json.loads(saved.read_text(encoding="utf-8"))["messages"]
