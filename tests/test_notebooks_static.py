@@ -129,3 +129,12 @@ def test_outputs_cleared(notebook):
     path, nb = notebook
     dirty = [where(path, nb, c) for c in code_cells(nb) if c.outputs or c.execution_count is not None]
     assert not dirty, f"commit notebooks with outputs cleared; these have outputs or counts: {', '.join(dirty)}"
+
+
+def test_lessons_use_no_private_names(notebook):
+    """A lesson shows calls a learner would type: no `obj._private` attribute (issue 18)."""
+    path, nb = notebook
+    for cell in code_cells(nb):
+        for line in cell.source.splitlines():
+            code = line.split("#", 1)[0]
+            assert not re.search(r"\w\._[a-z]", code), f"{path.name}: a private name in a lesson cell: {line.strip()!r}"
