@@ -53,6 +53,15 @@ COMPLETION_LABELS = {"user": "User", "assistant": "Assistant"}
 FEW_SHOT_EXAMPLES = [("What is the capital of Japan?", "Tokyo."), ("How many legs does a spider have?", "Eight."),
                      ("日本的首都是哪里？", "东京。"), ("一年有几个月？", "十二个月。")]
 TEMPLATES = ("auto", "chat", "few-shot", "completion")
+# Fixed questions (none among the examples) and what a right reply contains, a regular expression: the
+# templates are scored on them in notebooks 07 and 09.
+SCORED_QUESTIONS = [
+    ("What is the capital of France?", r"Paris"), ("Who wrote Romeo and Juliet?", r"Shakespeare"),
+    ("What is the boiling point of water in degrees Celsius?", r"(?<!\d)100(?!\d)"),
+    ("How many days are in a week?", r"(?<!\d)7(?!\d)|seven"), ("What colour is the sky on a clear day?", r"blue"),
+    ("What is 2 + 3?", r"(?<!\d)5(?!\d)|five"), ("法国的首都是哪里？", r"巴黎"),
+    ("水的沸点是多少摄氏度？", r"(?<!\d)100(?!\d)|一百"), ("一个星期有几天？", r"(?<!\d)7(?!\d)|七"), ("中国的首都是哪里？", r"北京"),
+]
 
 
 # ---- messages -------------------------------------------------------------------------------
