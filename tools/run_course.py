@@ -57,7 +57,7 @@ def run_notebook(path: Path) -> tuple[bool, float, str]:
 
 
 def main(argv: list[str]) -> int:
-    paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))  # 03, 03b, ...
     results = []
     started = time.time()
     for path in tqdm(paths, desc="notebooks", unit="nb"):
