@@ -17,8 +17,8 @@ import contextlib
 import json
 import shutil
 import socket
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
