@@ -76,7 +76,7 @@ def dry_run(requirement: str = f"{ROOT}[colab]") -> dict:
 
 def main() -> int:
     result = dry_run()
-    if not result.get("would_replace") and not result.get("would_add"):
+    if "would_replace" not in result:  # pip itself refused
         print("pip could not resolve the Colab install:\n" + result["reason"])
         return 1
     print(f"On a Colab-like runtime ({PREINSTALLED.name}), the install cell would replace:")
