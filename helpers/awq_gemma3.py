@@ -22,11 +22,12 @@ Three things go wrong; `gemma3_awq_fixes()` patches each one for the duration of
    re-computation calls it without `layer_type` (TypeError); we ask it to reuse the
    position embeddings the layer was called with.
 
-Two settings that are not patches, chosen by the caller (see `course/models.py`):
+Settings that are not patches, chosen by the caller (see `course/models.py`):
 calibration rows of equal length (with ragged rows GPTQModel's AWQ keeps only the last
-row's activations for the scale search) and a small clip search (`clip_tokens`, `clip_grid`: the
-course build uses 32 tokens and 5 thresholds, see `course/models.py`; GPTQModel's default of 512 tokens
-made the CPU build about 6x slower).
+row's activations for the scale search), a small clip search (`clip_tokens`, `clip_grid`: the
+course build uses 32 tokens and 5 thresholds; GPTQModel's default of 512 tokens made the CPU build
+about 6x slower) and a scale search scored on fewer rows (`scale_rows`: the course build scores its 20
+candidate scales on 1 of its 4 rows; the activation means that shape the candidates still use all 4).
 
 Upstream-ready: (1) is a `module_tree` for `Gemma3QModel`, (2) a `Gemma3RMSNorm` branch in
 `quantization/awq/quantize/scale.py::scale_ln_fcs`, (3) `awq_preserve_explicit_position_embeddings
@@ -39,7 +40,7 @@ import contextlib
 
 import torch
 
-FIX_VERSION = "1"  # bump when the patch changes, so course models rebuild
+FIX_VERSION = "2"  # bump when the patch changes, so course models rebuild
 
 GEMMA3_AWQ_MODULE_TREE = [
     "model",
@@ -78,8 +79,11 @@ def fold_scales_into_gemma_norm(norm: torch.nn.Module, linears: list, scales: to
 
 
 @contextlib.contextmanager
-def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20):
-    """Patch GPTQModel 7.6.0 for a correct Gemma 3 AWQ run; everything is restored on exit."""
+def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20, scale_rows: int | None = None):
+    """Patch GPTQModel 7.6.0 for a correct Gemma 3 AWQ run; everything is restored on exit.
+
+    `scale_rows`: score each candidate scale on this many calibration rows (spread over them), not all.
+    """
     import gptqmodel.looper.awq_processor as awq_processor
     import gptqmodel.models.auto as auto
     import gptqmodel.quantization.awq.quantize.scale as scale
@@ -91,6 +95,7 @@ def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20):
 
     original_scale_ln_fcs = scale.scale_ln_fcs
     original_clip = awq_processor.AWQProcessor._compute_best_clip
+    original_best_scale = awq_processor.AWQProcessor._compute_best_scale
 
     def scale_ln_fcs(ln, fcs, scales):
         if type(ln).__name__ == "Gemma3RMSNorm":
@@ -101,13 +106,23 @@ def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20):
         return original_clip(self, w, input_feat, n_grid=min(n_grid, clip_grid), max_shrink=max_shrink,
                              n_sample_token=min(n_sample_token, clip_tokens))
 
+    def compute_best_scale(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
+        # x holds one calibration row per entry of dim 0; the reference output matches it row for row
+        # (a tensor, or a list of per-row chunks when GPTQModel runs one row at a time)
+        if scale_rows and x.dim() == 3 and x.shape[0] > scale_rows:
+            step = x.shape[0] // scale_rows
+            x, fp16_output = x[::step][:scale_rows], fp16_output[::step][:scale_rows]
+        return original_best_scale(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs)
+
     saved_model_class = auto.MODEL_MAP.get("gemma3_text")
     auto.MODEL_MAP["gemma3_text"] = CourseGemma3QModel
     scale.scale_ln_fcs = scale_ln_fcs
     awq_processor.AWQProcessor._compute_best_clip = compute_best_clip
+    awq_processor.AWQProcessor._compute_best_scale = compute_best_scale
     try:
         yield
     finally:
         auto.MODEL_MAP["gemma3_text"] = saved_model_class
         scale.scale_ln_fcs = original_scale_ln_fcs
         awq_processor.AWQProcessor._compute_best_clip = original_clip
+        awq_processor.AWQProcessor._compute_best_scale = original_best_scale

@@ -194,3 +194,19 @@ def test_awq_fixes_are_undone_on_exit():
         assert auto.MODEL_MAP["gemma3_text"] is not before[0]
         assert "pre_feedforward_layernorm" in str(auto.MODEL_MAP["gemma3_text"].module_tree)
     assert (auto.MODEL_MAP["gemma3_text"], scale.scale_ln_fcs) == before
+
+
+def test_hf_build_parses_the_gguf_once(tmp_path, small_gguf):
+    """Transformers opens a new gguf.GGUFReader for the config, the tokenizer and the weights; inside
+    the hf build they share one (each parse walks a 262k vocabulary), and GGUFReader is itself again after."""
+    import gguf
+
+    path = tmp_path / "small.gguf"
+    path.write_bytes(small_gguf)
+    original = gguf.GGUFReader
+    with course_models._gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first
+        assert isinstance(first, original) and first.fields
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not first

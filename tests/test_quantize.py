@@ -100,7 +100,7 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
 
     config = QuantizeConfig(bits=4, group_size=128, sym=False, quant_method="awq", format="gemm")
-    with gemma3_awq_fixes(clip_tokens=32, clip_grid=10), quantize.awq_search_in_fp32():
+    with gemma3_awq_fixes(clip_tokens=32, clip_grid=10, scale_rows=1), quantize.awq_search_in_fp32():
         model = quantize.run_quietly(lambda: GPTQModel.load(str(hf), config, dtype=torch.bfloat16), tmp_path / "l.log")
         quantize.run_quietly(lambda: model.quantize(rows, batch_size=1, backend=BACKEND.AWQ_TORCH), tmp_path / "q.log")
     out = tmp_path / "awq"
@@ -117,3 +117,26 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
         got = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)(**ids).logits.float()
     # bf16 search: 0.27 on this model when this was written; the broken float32-model route: 1.16
     assert float((got - ref).norm() / ref.norm()) < 0.5
+
+
+def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
+    """scale_rows=N hands AWQ's scale search N calibration rows spread over all of them, with the
+    reference output cut the same way (a tensor, or GPTQModel's list of per-row chunks); restored after."""
+    import torch
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    from helpers.awq_gemma3 import gemma3_awq_fixes
+
+    seen = []
+
+    def recorder(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
+        seen.append((x[:, 0, 0].tolist(), [float(chunk[0, 0, 0]) for chunk in fp16_output]))
+        return "scales", 0.0
+
+    monkeypatch.setattr(AWQProcessor, "_compute_best_scale", recorder)
+    x = torch.arange(4.0).view(4, 1, 1).expand(4, 3, 2)
+    chunks = [x[i:i + 1] * 10 for i in range(4)]
+    with gemma3_awq_fixes(scale_rows=2):
+        assert AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks) == ("scales", 0.0)
+    AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks)  # the original again: all rows
+    assert seen == [([0.0, 2.0], [0.0, 20.0]), ([0.0, 1.0, 2.0, 3.0], [0.0, 10.0, 20.0, 30.0])]
