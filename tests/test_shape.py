@@ -20,7 +20,7 @@ TIERS = {
     "top": ["streaming", "chat", "chat_widget"],                         # what a learner drives
 }
 ORDER = [name for tier in TIERS.values() for name in tier]
-MACHINERY = ("course", "bench", "tools", "tests")
+MACHINERY = ("course", "bench", "tools", "tests", "exercises")
 MODULE_LINES = 300     # a learner-facing module, read in a minute
 PACKAGE_LINES = 2600   # all of helpers/
 

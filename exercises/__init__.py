@@ -1,0 +1,25 @@
+"""Checks for the exercises at the end of the lessons: one module per notebook, `exercises.ch02` for 02.
+
+    from exercises import ch02
+    ch02.check_1(your_answer)     # prints ✓ or ✗ with the reason, and returns True or False
+
+A check computes the right answer itself, from the course's own files or from the libraries' constants,
+and never prints it: a wrong answer gets a hint. Worked solutions: `solutions/<notebook>.ipynb`, which CI
+runs, so every solution is known to pass its check.
+"""
+
+from __future__ import annotations
+
+
+def verdict(ok: bool, right: str, hint: str) -> bool:
+    """Print the outcome of a check; `hint` says what to look at again, never the answer."""
+    print(("✓ right: " + right) if ok else ("✗ not yet: " + hint))
+    return bool(ok)
+
+
+def close(answer, truth: float, rel: float) -> bool:
+    """Is `answer` a number within `rel` (relative) of `truth`?"""
+    try:
+        return abs(float(answer) - truth) <= rel * abs(truth)
+    except (TypeError, ValueError):
+        return False

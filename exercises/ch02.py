@@ -1,0 +1,74 @@
+"""Exercises of notebook 02 (GPTQ), checked on layer 0's `mlp.down_proj` of the course's GPTQ model."""
+
+from __future__ import annotations
+
+from . import close, verdict
+
+LAYER = "model.layers.0.mlp.down_proj"
+
+
+def _tensors(path=None) -> dict:
+    from safetensors import safe_open
+
+    from course import models as course_models
+
+    folder = course_models.model_path("gptq") if path is None else path
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            if f"{LAYER}.qweight" in f.keys():
+                return {kind: f.get_tensor(f"{LAYER}.{kind}") for kind in ("qweight", "qzeros", "scales", "g_idx")}
+    raise FileNotFoundError(f"{LAYER}.qweight is not in {folder}")
+
+
+def _bytes(in_features: int, out_features: int, group_size: int) -> int:
+    groups = in_features // group_size
+    return (in_features * out_features // 2      # qweight: 4 bits per weight
+            + groups * out_features // 2         # qzeros: 4 bits per group and output
+            + groups * out_features * 2          # scales: bf16
+            + in_features * 4)                   # g_idx: int32 per input
+
+
+def check_1(answer_bytes, path=None) -> bool:
+    """Exercise 1: bytes of `LAYER`'s four tensors if it were quantized with group size 64."""
+    qweight = _tensors(path)["qweight"]
+    truth = _bytes(qweight.shape[0] * 8, qweight.shape[1], 64)
+    return verdict(close(answer_bytes, truth, 0.001), "four tensors, counted at group size 64.",
+                   "count all four tensors: qweight (4 bits per weight), qzeros (4 bits per group and output), "
+                   "scales (16 bits per group and output) and g_idx (one int32 per input). Which of them "
+                   "depend on the group size?")
+
+
+def check_2(answer_bits, path=None) -> bool:
+    """Exercise 2: bits per weight of `LAYER` as stored (all four tensors), from the file."""
+    t = _tensors(path)
+    stored = sum(x.numel() * x.element_size() for x in t.values()) * 8
+    truth = stored / (t["qweight"].shape[0] * 8 * t["qweight"].shape[1])
+    return verdict(close(answer_bits, truth, 0.002), f"the extra {truth - 4:.3f} bits are the price of the groups.",
+                   "divide the bits of all four tensors (numel x element size x 8) by the number of weights "
+                   "(inputs x outputs); the answer is a little above 4.")
+
+
+def check_3(dequantize, path=None) -> bool:
+    """Exercise 3: `dequantize(qweight, qzeros, scales, group_size)` -> float weight [in, out]."""
+    import torch
+
+    from helpers.quantize import unpack_int4
+
+    t = _tensors(path)
+    q = unpack_int4(t["qweight"], dim=0).float()
+    zeros = unpack_int4(t["qzeros"], dim=1).float() + 1  # the gptq layout stores zero - 1
+    groups = torch.arange(q.shape[0]) // 128
+    truth = (q - zeros[groups]) * t["scales"].float()[groups]
+    try:
+        got = torch.as_tensor(dequantize(t["qweight"], t["qzeros"], t["scales"], 128)).float()
+    except Exception as err:  # a learner's function: report its error, not a traceback from here
+        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    if tuple(got.shape) != tuple(truth.shape):
+        return verdict(False, "", f"the weight has shape {tuple(got.shape)}; expected [in, out] = "
+                                  f"{tuple(truth.shape)} (qweight packs 8 inputs per int32)")
+    ok = torch.allclose(got, truth, rtol=1e-3, atol=1e-6)
+    off_by_one = not ok and torch.allclose(got, truth + t["scales"].float()[groups], rtol=1e-3, atol=1e-6)
+    return verdict(ok, "scale x (q - (stored zero + 1)), group by group.",
+                   "your zero points are off by one: the gptq layout stores zero - 1 (section 2)." if off_by_one
+                   else "unpack qweight along the inputs and qzeros along the outputs, pick each input's "
+                        "group (input // group_size), then scale x (q - zero).")
