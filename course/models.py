@@ -55,7 +55,7 @@ BUILD_DTYPE = "float32"
 
 # Build times measured by `make models` on the README's reference machine (2 cores, the AVX2 emulation,
 # the slower of its two CPU kinds): the basis of the estimate `ensure` prints before it builds.
-REFERENCE_BUILD_SECONDS = {"gguf": 7, "hf": 75, "gptq": 86, "awq": 149}
+REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94}
 
 DESCRIPTIONS = {
     "gguf": "llama.cpp file, Q4_K_M (as shipped on PyPI)",

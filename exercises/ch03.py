@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import close, verdict
+from . import verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # storage slot k of an int32 holds output column AWQ_ORDER[k]
