@@ -1,4 +1,4 @@
-"""Making GGUF files with llama.cpp's own tools: course machinery behind notebook 04, section 5.
+"""Making GGUF files with llama.cpp's own tools: course machinery behind notebook 04b.
 
     find_converter()                                             # convert_hf_to_gguf.py, from the sdist
     convert_hf_to_gguf(hf_dir, out, vocab_from=gguf)             # HF folder -> f16 GGUF

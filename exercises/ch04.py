@@ -1,4 +1,4 @@
-"""Exercises of notebook 04 (GGUF), checked against the `gguf` package's constants and the course's file."""
+"""Exercises of notebook 04 (the GGUF file and llama.cpp), checked against `gguf`'s constants and the course's file."""
 
 from __future__ import annotations
 
@@ -37,15 +37,12 @@ def check_2(answer: dict, path=None) -> bool:
                    f"check {', '.join(wrong)}: every tensor type in the header, with its bytes over all tensor bytes.")
 
 
-def check_3(k_quant_fits) -> bool:
-    """Exercise 3: `k_quant_fits(row_width)` -> can a row of this many weights be stored in a K-quant type?"""
-    import gguf
-
-    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K][0]
-    widths = [640, 2048, 256, 1152, 4096, 5120, 14336, 896, 3072]
+def check_3(allocated_n_ctx) -> bool:
+    """Exercise 3: `allocated_n_ctx(requested)` -> the context llama.cpp allocates when asked for `requested`."""
+    cases = [200, 256, 257, 512, 1000, 2048, 2049, 4095]
     try:
-        wrong = [w for w in widths if bool(k_quant_fits(w)) != (w % block == 0)]
+        wrong = [n for n in cases if allocated_n_ctx(n) != -(-n // 256) * 256]
     except Exception as err:
         return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
-    return verdict(not wrong, "K-quants pack whole super-blocks; a row must be a multiple of their size.",
-                   f"wrong for row widths {wrong}: how many weights does one Q4_K block hold?")
+    return verdict(not wrong, "llama.cpp pads the window up to the next multiple of 256 (and n_ctx() reports that).",
+                   f"wrong for {wrong}: section 3 shows what n_ctx() reports for a window of 200.")

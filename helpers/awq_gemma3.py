@@ -108,10 +108,20 @@ def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20, scale_rows: int
 
     def compute_best_scale(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
         # x holds one calibration row per entry of dim 0; the reference output matches it row for row
-        # (a tensor, or a list of per-row chunks when GPTQModel runs one row at a time)
+        # (a tensor, or a list of per-row chunks when GPTQModel runs one row at a time), and so does any
+        # per-row argument such as an attention mask
         if scale_rows and x.dim() == 3 and x.shape[0] > scale_rows:
-            step = x.shape[0] // scale_rows
+            rows, step = x.shape[0], x.shape[0] // scale_rows
+
+            def pick(value):
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows:
+                    return value[::step][:scale_rows]
+                if isinstance(value, dict):
+                    return {k: pick(v) for k, v in value.items()}
+                return value
+
             x, fp16_output = x[::step][:scale_rows], fp16_output[::step][:scale_rows]
+            kwargs = {k: pick(v) for k, v in kwargs.items()}
         return original_best_scale(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs)
 
     saved_model_class = auto.MODEL_MAP.get("gemma3_text")

@@ -121,7 +121,8 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
 
 def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
     """scale_rows=N hands AWQ's scale search N calibration rows spread over all of them, with the
-    reference output cut the same way (a tensor, or GPTQModel's list of per-row chunks); restored after."""
+    reference output (a tensor, or GPTQModel's list of per-row chunks) and per-row arguments such as the
+    attention mask cut the same way, shared ones left whole; restored after."""
     import torch
     from gptqmodel.looper.awq_processor import AWQProcessor
 
@@ -130,13 +131,17 @@ def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
     seen = []
 
     def recorder(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
-        seen.append((x[:, 0, 0].tolist(), [float(chunk[0, 0, 0]) for chunk in fp16_output]))
+        seen.append((x[:, 0, 0].tolist(), [float(chunk[0, 0, 0]) for chunk in fp16_output],
+                     kwargs["attention_mask"][:, 0, 0, 0].tolist(), tuple(kwargs["position_embeddings"][0].shape)))
         return "scales", 0.0
 
     monkeypatch.setattr(AWQProcessor, "_compute_best_scale", recorder)
     x = torch.arange(4.0).view(4, 1, 1).expand(4, 3, 2)
     chunks = [x[i:i + 1] * 10 for i in range(4)]
+    kwargs = {"attention_mask": torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 3, 3) * 100,  # per row
+              "position_embeddings": (torch.zeros(1, 3, 2), torch.zeros(1, 3, 2))}          # shared by all
     with gemma3_awq_fixes(scale_rows=2):
-        assert AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks) == ("scales", 0.0)
-    AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks)  # the original again: all rows
-    assert seen == [([0.0, 2.0], [0.0, 20.0]), ([0.0, 1.0, 2.0, 3.0], [0.0, 10.0, 20.0, 30.0])]
+        assert AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks, kwargs) == ("scales", 0.0)
+    AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks, kwargs)  # the original again: all rows
+    assert seen == [([0.0, 2.0], [0.0, 20.0], [0.0, 200.0], (1, 3, 2)),
+                    ([0.0, 1.0, 2.0, 3.0], [0.0, 10.0, 20.0, 30.0], [0.0, 100.0, 200.0, 300.0], (1, 3, 2))]
