@@ -17,6 +17,15 @@ def verdict(ok: bool, right: str, hint: str) -> bool:
     return bool(ok)
 
 
+def attempt(fn, *args):
+    """(fn(*args), None), or (None, a one-line message) when a learner's function raises: the check reports
+    the error instead of a traceback from inside the check."""
+    try:
+        return fn(*args), None
+    except Exception as err:
+        return None, f"your function raised {type(err).__name__}: {err}"
+
+
 def close(answer, truth: float, rel: float) -> bool:
     """Is `answer` a number within `rel` (relative) of `truth`?"""
     try:

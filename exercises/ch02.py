@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import close, verdict
+from . import attempt, close, verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 
@@ -59,10 +59,10 @@ def check_3(dequantize, path=None) -> bool:
     zeros = unpack_int4(t["qzeros"], dim=1).float() + 1  # the gptq layout stores zero - 1
     groups = torch.arange(q.shape[0]) // 128
     truth = (q - zeros[groups]) * t["scales"].float()[groups]
-    try:
-        got = torch.as_tensor(dequantize(t["qweight"], t["qzeros"], t["scales"], 128)).float()
-    except Exception as err:  # a learner's function: report its error, not a traceback from here
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    got, error = attempt(dequantize, t["qweight"], t["qzeros"], t["scales"], 128)
+    if error:
+        return verdict(False, "", error)
+    got = torch.as_tensor(got).float()
     if tuple(got.shape) != tuple(truth.shape):
         return verdict(False, "", f"the weight has shape {tuple(got.shape)}; expected [in, out] = "
                                   f"{tuple(truth.shape)} (qweight packs 8 inputs per int32)")

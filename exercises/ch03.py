@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import verdict
+from . import attempt, verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # storage slot k of an int32 holds output column AWQ_ORDER[k]
@@ -54,10 +54,10 @@ def check_2(dequantize, path=None) -> bool:
         return (q - z[groups]) * t["scales"].float()[groups]
 
     truth = weight(AWQ_ORDER)
-    try:
-        got = torch.as_tensor(dequantize(t["qweight"], t["qzeros"], t["scales"], 128)).float()
-    except Exception as err:  # a learner's function: report its error, not a traceback from here
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    got, error = attempt(dequantize, t["qweight"], t["qzeros"], t["scales"], 128)
+    if error:
+        return verdict(False, "", error)
+    got = torch.as_tensor(got).float()
     if tuple(got.shape) != tuple(truth.shape):
         return verdict(False, "", f"the weight has shape {tuple(got.shape)}; expected [in, out] = {tuple(truth.shape)} "
                                   "(AWQ packs 8 outputs per int32)")
@@ -78,10 +78,10 @@ def check_3(fold) -> bool:
     w = torch.randn(64, generator=generator) * 0.5
     s = torch.rand(64, generator=generator) * 3 + 0.2
     x = torch.randn(5, 64, generator=generator)
-    try:
-        new_w = torch.as_tensor(fold(w.clone(), s.clone())).float()
-    except Exception as err:
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    new_w, error = attempt(fold, w.clone(), s.clone())
+    if error:
+        return verdict(False, "", error)
+    new_w = torch.as_tensor(new_w).float()
     ok = new_w.shape == w.shape and torch.allclose(x * (1 + new_w), x * (1 + w) / s, rtol=1e-4, atol=1e-5)
     llama_fold = new_w.shape == w.shape and torch.allclose(new_w, w / s, rtol=1e-4, atol=1e-6)
     return verdict(ok, "the norm's output is now divided by s, so the next linears may be multiplied by it.",

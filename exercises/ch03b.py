@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import close, verdict
+from . import attempt, close, verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 
@@ -51,13 +51,10 @@ def check_2(loader_for) -> bool:
         folder = Path(tempfile.mkdtemp(prefix="qllm-ex03b-"))
         (folder / "config.json").write_text(json.dumps(config))
         want = loading.detect_format(folder)
-        try:
-            got = loader_for(json.loads(json.dumps(config)))
-        except Exception as err:
-            return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
-        if got != want:
-            return verdict(False, "", f"wrong for {config}: read quantization_config.quant_method, lower-case; "
-                                      "no method means a plain Transformers model.")
+        got, error = attempt(loader_for, json.loads(json.dumps(config)))
+        if error or got != want:
+            return verdict(False, "", error or f"wrong for {config}: read quantization_config.quant_method, "
+                                               "lower-case; no method means a plain Transformers model.")
     return verdict(True, "one field of config.json decides which library loads a folder.", "")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from . import verdict
+from . import attempt, verdict
 
 
 def check_1(speeds) -> bool:
@@ -14,10 +14,10 @@ def check_1(speeds) -> bool:
     cases = [(10.0, [10.5, 10.6, 10.7, 10.9], 8), (0.0, [2.0, 2.25, 2.5], 300), (5.0, [5.1] + [5.1 + 0.05 * i for i in range(1, 33)], 12)]
     for call, times, prompt in cases:
         ttft, decode = times[0] - call, (len(times) - 1) / (times[-1] - times[0])
-        try:
-            got = tuple(speeds(call, list(times), prompt))
-        except Exception as err:
-            return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+        got, error = attempt(speeds, call, list(times), prompt)
+        if error:
+            return verdict(False, "", error)
+        got = tuple(got)
         if len(got) != 2 or not all(math.isclose(g, t, rel_tol=1e-6) for g, t in zip(got, (ttft, decode))):
             counted_all = len(got) == 2 and math.isclose(got[1], len(times) / (times[-1] - call), rel_tol=1e-6)
             return verdict(False, "", "your decode speed includes the wait for the first token: that is prompt "
@@ -36,10 +36,10 @@ def check_2(pieces, path=None) -> bool:
     tok = AutoTokenizer.from_pretrained(path or course_models.model_path("hf"))
     for text in ("印刷术的历史始于中国。𠀀𪚥 ꙮ 🙂 Then English.", "Quantization: 4 bits, not 16."):  # 𠀀𪚥 ꙮ: byte tokens
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        try:
-            got = list(pieces(list(ids)))
-        except Exception as err:
-            return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+        got, error = attempt(pieces, list(ids))
+        if error:
+            return verdict(False, "", error)
+        got = list(got)
         if "".join(got) != tok.decode(ids):
             return verdict(False, "", "the pieces do not join to the decoded text: decoding ids one by one "
                                       "loses the spaces and splits characters that take several tokens.")
@@ -56,11 +56,8 @@ def check_3(cut_at_stop) -> bool:
     for text, stops in cases:
         found = [text.find(s) for s in stops if s in text]
         want = text[: min(found)] if found else text
-        try:
-            got = cut_at_stop(text, list(stops))
-        except Exception as err:
-            return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
-        if got != want:
-            return verdict(False, "", f"wrong for {text!r} with stops {stops}: cut at the earliest stop "
-                                      "string of any of them, and keep everything when none occurs.")
+        got, error = attempt(cut_at_stop, text, list(stops))
+        if error or got != want:
+            return verdict(False, "", error or f"wrong for {text!r} with stops {stops}: cut at the earliest "
+                                               "stop string of any of them, and keep everything when none occurs.")
     return verdict(True, "what create_completion(stop=...) does for you in llama-cpp-python.", "")
