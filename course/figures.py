@@ -21,12 +21,14 @@ def _show():
     plt.show()
 
 
-def _axes(width: float, height: float):
+def _axes(width: float, height: float, columns: int = 1):
+    """One blank drawing area (columns=1), or `columns` plotting areas side by side."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(width, height))
-    ax.set_axis_off()
-    return fig, ax
+    fig, axes = plt.subplots(1, columns, figsize=(width, height))
+    if columns == 1:
+        axes.set_axis_off()
+    return fig, axes
 
 
 def _box(ax, x, y, w, h, fill, text="", **text_kw):
@@ -39,7 +41,7 @@ def _box(ax, x, y, w, h, fill, text="", **text_kw):
 
 def gptq_update(columns: int = 16, current: int = 5, block: int = 8, group: int = 4):
     """The weight matrix seen column by column (input channels left to right)."""
-    fig, ax = _axes(9, 3.2)
+    _, ax = _axes(9, 3.2)
     for c in range(columns):
         color = GREEN if c < current else ORANGE if c == current else BLUE if c // block == current // block else GREY
         for r in range(6):
@@ -67,16 +69,17 @@ def awq_scaling(channels: int = 12, salient=(3, 8)):
     """Activation magnitude per input channel, the scale AWQ picks from it, and where 1/s goes."""
     import numpy as np
 
-    fig, (left, right) = _subplots(10, 3)
+    fig, (left, right) = _axes(10, 3, columns=2)
     mean_x = np.full(channels, 1.0)
     for c in salient:
         mean_x[c] = 6.0
     scale = mean_x ** 0.5
     idx = np.arange(channels)
-    left.bar(idx, mean_x, color=[ORANGE if c in salient else BLUE for c in idx])
+    colors = [ORANGE if c in salient else BLUE for c in idx]
+    left.bar(idx, mean_x, color=colors)
     left.set_title("mean |x| per input channel (calibration text)", fontsize=9)
     left.set_xticks([])
-    right.bar(idx, scale, color=[ORANGE if c in salient else BLUE for c in idx])
+    right.bar(idx, scale, color=colors)
     right.set_title("s = mean|x|^α / mean|w|^(1-α), here α = 0.5", fontsize=9)
     right.set_xticks([])
     fig.text(0.5, -0.06, "W·x = (W·diag(s)) · (diag(s)⁻¹·x):   the weights of salient channels are scaled up before "
@@ -88,16 +91,9 @@ def awq_scaling(channels: int = 12, salient=(3, 8)):
     _show()
 
 
-def _subplots(width: float, height: float):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(width, height))
-    return fig, axes
-
-
 def gguf_layout(header=None):
     """A GGUF file from start to end; with a header (helpers.gguf_tools.read_gguf), its real counts and sizes."""
-    fig, ax = _axes(9, 2.6)
+    _, ax = _axes(9, 2.6)
     if header is not None:
         n_kv, n_tensors = len(header.metadata), len(header.tensors)
         data_bytes = sum(t.n_bytes for t in header.tensors)
@@ -125,7 +121,7 @@ def gguf_layout(header=None):
 
 def prefill_decode(prompt_tokens: int = 8, new_tokens: int = 6):
     """The timeline of one generation call, with the course's two speed definitions."""
-    fig, ax = _axes(9, 2.4)
+    _, ax = _axes(9, 2.4)
     prefill = 2.0
     step = 0.8
     _box(ax, 0, 0, prefill, 1, BLUE, f"prefill: all {prompt_tokens} prompt tokens\nat once (compute-bound)", fontsize=8, color="white")

@@ -26,6 +26,20 @@ def attempt(fn, *args):
         return None, f"your function raised {type(err).__name__}: {err}"
 
 
+def learner_weight(dequantize, tensors: dict, shape, layout: str):
+    """Call a learner's `dequantize(qweight, qzeros, scales, 128)`: (the weight as a float tensor, None), or
+    (None, what is wrong: the error it raised, or a shape other than `shape`, [in, out])."""
+    import torch
+
+    got, error = attempt(dequantize, tensors["qweight"], tensors["qzeros"], tensors["scales"], 128)
+    if error:
+        return None, error
+    got = torch.as_tensor(got).float()
+    if tuple(got.shape) != tuple(shape):
+        return None, f"the weight has shape {tuple(got.shape)}; expected [in, out] = {tuple(shape)} ({layout})"
+    return got, None
+
+
 def close(answer, truth: float, rel: float) -> bool:
     """Is `answer` a number within `rel` (relative) of `truth`?"""
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import attempt, close, verdict
+from . import close, learner_weight, verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 
@@ -59,13 +59,9 @@ def check_3(dequantize, path=None) -> bool:
     zeros = unpack_int4(t["qzeros"], dim=1).float() + 1  # the gptq layout stores zero - 1
     groups = torch.arange(q.shape[0]) // 128
     truth = (q - zeros[groups]) * t["scales"].float()[groups]
-    got, error = attempt(dequantize, t["qweight"], t["qzeros"], t["scales"], 128)
-    if error:
-        return verdict(False, "", error)
-    got = torch.as_tensor(got).float()
-    if tuple(got.shape) != tuple(truth.shape):
-        return verdict(False, "", f"the weight has shape {tuple(got.shape)}; expected [in, out] = "
-                                  f"{tuple(truth.shape)} (qweight packs 8 inputs per int32)")
+    got, problem = learner_weight(dequantize, t, truth.shape, "qweight packs 8 inputs per int32")
+    if problem:
+        return verdict(False, "", problem)
     ok = torch.allclose(got, truth, rtol=1e-3, atol=1e-6)
     off_by_one = not ok and torch.allclose(got, truth + t["scales"].float()[groups], rtol=1e-3, atol=1e-6)
     return verdict(ok, "scale x (q - (stored zero + 1)), group by group.",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import attempt, verdict
+from . import attempt, learner_weight, verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # storage slot k of an int32 holds output column AWQ_ORDER[k]
@@ -54,13 +54,9 @@ def check_2(dequantize, path=None) -> bool:
         return (q - z[groups]) * t["scales"].float()[groups]
 
     truth = weight(AWQ_ORDER)
-    got, error = attempt(dequantize, t["qweight"], t["qzeros"], t["scales"], 128)
-    if error:
-        return verdict(False, "", error)
-    got = torch.as_tensor(got).float()
-    if tuple(got.shape) != tuple(truth.shape):
-        return verdict(False, "", f"the weight has shape {tuple(got.shape)}; expected [in, out] = {tuple(truth.shape)} "
-                                  "(AWQ packs 8 outputs per int32)")
+    got, problem = learner_weight(dequantize, t, truth.shape, "AWQ packs 8 outputs per int32")
+    if problem:
+        return verdict(False, "", problem)
     ok = torch.allclose(got, truth, rtol=1e-3, atol=1e-6)
     in_order = not ok and torch.allclose(got, weight(list(range(8))), rtol=1e-3, atol=1e-6)
     return verdict(ok, "unpacked in AWQ's interleaved order, zero points per group, scaled.",
