@@ -153,13 +153,23 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
     bandwidth = _bandwidth(threads, device)
     results = {f: {"format": f, "what": FORMATS[f][2], "source": sources[f]} for f in formats}
     workers: dict[str, _Worker] = {}
+    starting: dict[str, _Worker] = {}
     runs: list[dict] = []
     try:
-        for name in formats:  # one at a time: load times are not shared with another load
-            tick(f"load {name}")
-            worker = _Worker(name, sources[name], device, threads, logs / f"{name}.log")
+        # Every worker imports its libraries at the same time (about 10 s saved on 2 cores), then
+        # each loads alone, after all imports are done: a load's time is never shared with other work.
+        starting.update({name: _Worker(name, sources[name], device, threads, logs / f"{name}.log") for name in formats})
+        for name, worker in list(starting.items()):
             try:
-                results[name].update(worker.receive())
+                worker.receive()  # "imported"
+            except BenchError as err:
+                results[name]["error"] = str(err)
+                worker.close()
+                del starting[name]
+        for name, worker in starting.items():
+            tick(f"load {name}")
+            try:
+                results[name].update(worker.ask("load"))
                 workers[name] = worker
             except BenchError as err:
                 results[name]["error"] = str(err)
@@ -189,7 +199,7 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
         if quality:
             _quality(workers, formats, results, tick)
     finally:
-        for worker in workers.values():
+        for worker in starting.values():  # every worker started, loaded or not
             worker.close()
     tick("done")
 

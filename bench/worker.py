@@ -102,7 +102,7 @@ def _quality(lm, ids: list[int], threads: int) -> dict:
 
 
 def serve(conn, name: str, source: str, device: str, threads: int, log_path: str) -> None:
-    """The worker's life: import, load, then answer requests until 'close'."""
+    """The worker's life: import, wait for 'load', load, then answer requests until 'close'."""
     # Library chatter goes to a log file, not into the benchmark's table.
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
@@ -114,9 +114,11 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
 
     lm = None
     try:
-        started = time.perf_counter()
         _import_backend(name)
-        import_s = time.perf_counter() - started
+        # The parent starts every worker at once, so imports overlap; loads are timed one at a time.
+        conn.send(("ok", "imported"))
+        if conn.recv()[0] != "load":
+            return
         rss_before = timing.rss_bytes()
         lm = load(name, source, device, threads)
         timing.set_threads(lm, threads)
@@ -127,7 +129,7 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
                 lm.device = "cpu"
                 lm.notes.append("llama-cpp-python was built without GPU support: it ran on the CPU "
                                 "(rebuild with CMAKE_ARGS=-DGGML_CUDA=on)")
-        conn.send(("ok", {"import_s": import_s, "load_s": lm.load_seconds, "rss_before_load_bytes": rss_before,
+        conn.send(("ok", {"load_s": lm.load_seconds, "rss_before_load_bytes": rss_before,
                           "backend": lm.backend, "device": lm.device, "dtype": lm.dtype, "path": str(lm.path),
                           "size_bytes": loading.weights_bytes(lm.path), "notes": list(lm.notes)}))
     except Exception as err:  # report, do not crash the benchmark
