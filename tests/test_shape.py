@@ -16,8 +16,9 @@ HELPERS = ROOT / "helpers"
 # it in its own tier. So every import points down this list, and no cycle is possible.
 TIERS = {
     "bottom": ["errors", "env", "precision", "gguf_tools"],              # facts, files, errors
-    "middle": ["hub", "loading", "quality", "timing", "quantize", "awq_gemma3", "setup_check"],
-    "top": ["streaming", "chat", "chat_widget"],                         # what a learner drives
+    "middle": ["hub", "model_info", "memory", "loading", "kernels", "generation",  # get, fit, load, run
+               "quality", "timing", "setup_check"],                      # measure
+    "top": ["streaming", "templates", "chat"],                           # what a learner drives
 }
 ORDER = [name for tier in TIERS.values() for name in tier]
 MACHINERY = ("course", "bench", "tools", "tests", "exercises")
