@@ -28,8 +28,9 @@ from pathlib import Path
 from course.procs import child_command
 from helpers import timing
 from helpers.errors import CourseError
-from helpers.loading import default_threads
+from helpers.env import default_threads
 
+from .machine import gpu_copy_bandwidth, machine_summary
 from .worker import FORMATS
 
 DEFAULT_PROMPTS = ("The history of the printing press begins", "印刷术的历史可以追溯到")
@@ -134,7 +135,7 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
         raise BenchError("Need new_tokens >= 2, repeats >= 1, warmup >= 0 and at least one prompt.")
     threads = threads or default_threads()
     if device == "auto":
-        from helpers.loading import pick_device
+        from helpers.memory import pick_device
 
         device = pick_device("auto")
     sources = _sources(formats, sources)
@@ -204,7 +205,7 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
     tick("done")
 
     report = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": {**timing.machine_summary(), "threads": threads, "device": device},
+              "machine": {**machine_summary(), "threads": threads, "device": device},
               "versions": _versions(),
               "settings": {"formats": formats, "prompts": prompts, "new_tokens": new_tokens, "warmup": warmup,
                            "repeats": repeats, "threads": threads, "speed_reference": SPEED_REFERENCE,
@@ -253,7 +254,7 @@ def _bandwidth(threads: int, device: str) -> dict:
     many = timing.copy_bandwidth(threads=threads) if threads > 1 else one
     result = {"copy_1_thread_Bps": one, f"copy_{threads}_threads_Bps": many, "cpu_Bps": max(one, many)}
     if device.startswith("cuda"):
-        result["gpu_Bps"] = timing.gpu_copy_bandwidth()
+        result["gpu_Bps"] = gpu_copy_bandwidth()
     return result
 
 
@@ -286,7 +287,7 @@ def _long_prompt(worker, prompt: str, warmup: int, repeats: int, results: dict) 
 
 def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
     """Perplexity on the held-out text and top-1 agreement with hf-bf16, on the same token ids."""
-    from helpers.quality import heldout_text
+    from helpers.quality import heldout_text, top1_agreement
 
     alive = [f for f in formats if f in workers and "error" not in results[f]]
     if not alive:
@@ -314,8 +315,7 @@ def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
     reference = argmax.get(QUALITY_REFERENCE)
     for name, predicted in argmax.items():
         if reference is not None:
-            same = sum(a == b for a, b in zip(predicted, reference))
-            results[name]["top1_agreement"] = same / len(reference)
+            results[name]["top1_agreement"] = top1_agreement(predicted, reference)
 
 
 def _summarize(result: dict, runs: list[dict], bandwidth: dict) -> dict:

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from course import models as course_models
-from helpers import loading, streaming
+from helpers import env, generation, loading, streaming
 
 PROMPT = "The history of the printing press begins"
 WAYS = ("bare", "console", "widget")
@@ -40,14 +40,14 @@ def run_bare(lm, prompt: str, max_new_tokens: int) -> dict:
         inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
         with torch.inference_mode():
             ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=loading.pad_token_id(lm.tokenizer))
+                                    pad_token_id=generation.pad_token_id(lm.tokenizer))
         new = ids.shape[1] - inputs["input_ids"].shape[1]
     return {"new_tokens": int(new), "seconds": time.perf_counter() - started}
 
 
 def run_console(lm, prompt: str, max_new_tokens: int) -> dict:
     with open(os.devnull, "w") as sink:
-        result = streaming.stream_to_console(lm, prompt, max_new_tokens, file=sink)
+        result = streaming.print_stream(streaming.TokenStream(lm, prompt, max_new_tokens), file=sink)
     return {"new_tokens": result.new_tokens, "seconds": result.seconds}
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_kernel:
         return run_in_kernel([a for a in (argv if argv is not None else sys.argv[1:]) if a != "--in-kernel"])
     course_models.ensure(args.formats, quiet=True)
-    print(f"prompt {args.prompt!r}, {args.tokens} new tokens, {loading.default_threads()} threads, "
+    print(f"prompt {args.prompt!r}, {args.tokens} new tokens, {env.default_threads()} threads, "
           f"widget refresh_s={args.refresh}")
     for fmt in args.formats:
         lm = loading.load_model(course_models.model_path(fmt))

@@ -15,6 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
+import psutil
+
 # name -> (course model, how to load it, what it is)
 FORMATS = {
     "gguf": ("gguf", {}, "llama.cpp, GGUF Q4_K_M"),
@@ -42,16 +44,17 @@ def load_gguf_in_transformers(path, device: str, dtype: str | None, threads: int
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers import loading
-    from helpers.timing import gguf_tensor_elements
+    from helpers import loading, memory
+    from helpers.errors import NotEnoughMemoryError
+    from helpers.gguf_tools import read_gguf
 
     path = Path(path)
     loading.check_gguf_header(path)
-    device = loading.pick_device(device)
-    need = gguf_tensor_elements(path) * (2 if dtype in ("bfloat16", "float16") else 4)
-    free = loading.free_memory_bytes(device)
+    device = memory.pick_device(device)
+    need = read_gguf(path).n_params * (2 if dtype in ("bfloat16", "float16") else 4)
+    free = memory.free_memory_bytes(device)
     if need * 1.2 + 300 * 2**20 > free:
-        raise loading.NotEnoughMemoryError(
+        raise NotEnoughMemoryError(
             f"Dequantizing {path.name} in Transformers needs about {need / 2**30:.1f} GiB for the weights alone "
             f"and {free / 2**30:.1f} GiB is free. Use llama.cpp (format 'gguf') for this file.")
     torch.set_num_threads(threads)
@@ -68,37 +71,28 @@ def load_gguf_in_transformers(path, device: str, dtype: str | None, threads: int
 
 def _import_backend(name: str) -> None:
     """Import the libraries a format needs before the load clock starts (timed separately)."""
-    if name == "gguf":
-        import llama_cpp  # noqa: F401
-        return
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
+    import importlib
 
+    for module in ("llama_cpp",) if name == "gguf" else ("torch", "transformers"):
+        importlib.import_module(module)
     if name in ("gptq", "awq"):
-        from helpers.loading import import_gptqmodel_quietly
+        from helpers.kernels import import_gptqmodel_quietly
 
         import_gptqmodel_quietly()
 
 
 def _quality(lm, ids: list[int], threads: int) -> dict:
     """Perplexity on the held-out ids and the next-token argmax at every position."""
-    import numpy as np
-
-    from helpers import loading, quality
+    from helpers import quality
 
     if lm.backend == "llama.cpp":
         # logits for every position need their own context (logits_all); the weights are shared (mmap)
-        llm = loading.new_llama(lm.path, n_ctx=len(ids) + 8, logits_all=True, n_threads=threads,
-                                n_threads_batch=threads, n_batch=512,
-                                n_gpu_layers=-1 if lm.device.startswith("cuda") else 0)
-        try:
-            logits = quality.llama_cpp_logits(llm, ids)
-        finally:
-            llm.close()
+        logits = quality.gguf_logits(lm.path, ids, n_threads=threads, n_threads_batch=threads,
+                                     n_gpu_layers=-1 if lm.device.startswith("cuda") else 0)
     else:
         logits = quality.transformers_logits(lm.model, ids)
-    ppl = quality.perplexity_from_logits(logits, ids)
-    return {"perplexity": ppl, "argmax": np.asarray(logits[: len(ids) - 1].argmax(-1)).tolist()}
+    return {"perplexity": quality.perplexity_from_logits(logits, ids),
+            "argmax": logits[: len(ids) - 1].argmax(-1).tolist()}
 
 
 def serve(conn, name: str, source: str, device: str, threads: int, log_path: str) -> None:
@@ -110,7 +104,7 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
     for var in ("QLLM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from helpers import loading, timing
+    from helpers import memory, timing
 
     lm = None
     try:
@@ -119,7 +113,7 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
         conn.send(("ok", "imported"))
         if conn.recv()[0] != "load":
             return
-        rss_before = timing.rss_bytes()
+        rss_before = psutil.Process().memory_info().rss
         lm = load(name, source, device, threads)
         timing.set_threads(lm, threads)
         if lm.backend == "llama.cpp" and lm.device.startswith("cuda"):
@@ -131,7 +125,7 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
                                 "(rebuild with CMAKE_ARGS=-DGGML_CUDA=on)")
         conn.send(("ok", {"load_s": lm.load_seconds, "rss_before_load_bytes": rss_before,
                           "backend": lm.backend, "device": lm.device, "dtype": lm.dtype, "path": str(lm.path),
-                          "size_bytes": loading.weights_bytes(lm.path), "notes": list(lm.notes)}))
+                          "size_bytes": memory.weights_bytes(lm.path), "notes": list(lm.notes)}))
     except Exception as err:  # report, do not crash the benchmark
         traceback.print_exc()
         conn.send(("error", f"{type(err).__name__}: {err}"))

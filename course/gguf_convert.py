@@ -22,10 +22,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from helpers.env import cache_dir, default_threads
-from helpers.errors import ConverterNotFoundError, CourseError, MissingBackendError, NotAModelError
+from helpers.errors import CourseError, MissingBackendError, NotAModelError
 from helpers.gguf_tools import read_gguf, summary, validate_gguf
 
 from .procs import child_command
+
+
+class ConverterNotFoundError(MissingBackendError):
+    """llama.cpp's HF-to-GGUF converter is not on this machine."""
 
 
 # ---- obtaining llama.cpp's converter (it is not in the wheel) ---------------------------------

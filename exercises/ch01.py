@@ -12,9 +12,9 @@ QWEN25_05B_CONFIG = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size":
 
 def check_1(answer_params, config: dict = QWEN25_05B_CONFIG) -> bool:
     """Exercise 1: the parameter count of a model with this config.json."""
-    from helpers import hub
+    from helpers import model_info
 
-    truth = hub.param_count(config)
+    truth = model_info.param_count(config)
     try:
         off = abs(int(answer_params) - truth) / truth
     except (TypeError, ValueError):

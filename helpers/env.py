@@ -17,8 +17,7 @@ def cache_dir() -> Path:
     """Where the course models live: $QLLM_CACHE_DIR, else <user cache>/quantized-llms-locally."""
     if os.environ.get("QLLM_CACHE_DIR"):
         return Path(os.environ["QLLM_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "quantized-llms-locally"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantized-llms-locally"
 
 
 def default_threads() -> int:
@@ -34,25 +33,20 @@ def installed_version(name: str) -> str:
         return "missing"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+def _cpuinfo(*keys: str) -> str | None:
+    """The first /proc/cpuinfo value whose line starts with one of `keys` (Linux; None elsewhere)."""
     try:
         with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith(keys)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name, else what `platform` knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as the kernel lists them (x86 "flags", Arm "Features"); empty elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((_cpuinfo("flags", "Features") or "").split())

@@ -1,18 +1,14 @@
-"""Every error the course raises on purpose, in one place: each says what went wrong and what to do.
+"""Every error the helpers raise on purpose, in one place: each says what went wrong and what to do.
 
     from helpers.errors import CourseError          # catch any of them
     except NotEnoughMemoryError as err: print(err)  # or one kind
 
-The modules that raise them import them from here (so `loading.NotEnoughMemoryError` works too).
+The modules that raise them import them from here; course/ defines its own machinery's errors.
 """
 
 
 class CourseError(Exception):
     """Base class: a problem the learner can fix; the message says how."""
-
-
-class CourseModelError(CourseError):
-    """A course model could not be built, or failed its quality gate."""
 
 
 # ---- models on disk: is this a model we can load? -------------------------------------------
@@ -39,10 +35,6 @@ class TruncatedGGUFError(NotAModelError):
 
 class MissingBackendError(CourseError):
     """A library the format needs is not installed."""
-
-
-class ConverterNotFoundError(MissingBackendError):
-    """llama.cpp's HF-to-GGUF converter is not on this machine."""
 
 
 class NotEnoughMemoryError(CourseError):
@@ -93,7 +85,7 @@ class DownloadFailedError(HubError):
     """A transfer broke, or a file did not match its size/sha256; nothing incomplete was kept."""
 
 
-# ---- chat and serving -----------------------------------------------------------------------
+# ---- chat -----------------------------------------------------------------------------------
 
 class ChatError(CourseError):
     """A chat problem the learner can fix."""
@@ -105,7 +97,3 @@ class ContextWindowError(ChatError):
 
 class ChatHistoryError(ChatError):
     """A history file could not be read or written."""
-
-
-class ServerError(CourseError):
-    """The server did not start, or did not stop."""

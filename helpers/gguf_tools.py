@@ -1,34 +1,26 @@
-"""GGUF files: what is inside, whether they are whole, and whether a prompt fits the context.
+"""GGUF files: what is inside, and whether they are whole.
 
     header = validate_gguf(path)              # clear CourseError if missing, not GGUF, or truncated
     summary(header)                           # architecture, context, layers, chat template, file type
     quant_type_rows(header)                   # which quantization type each tensor group uses
-    check_context(llm, prompt, max_tokens)    # refuse a prompt that cannot fit n_ctx, say how to size it
 
 Making GGUF files (llama.cpp's converter and quantizer) is course machinery: `course.gguf_convert`.
 
-The header parser walks the file's own layout (magic, counts, key/values, tensor infos) with the
-gguf package's type tables and names. It reads no tensor data, so checking a file costs ~0.1-0.3 s;
-the gguf package's GGUFReader builds an object per vocabulary entry and takes many seconds on Gemma's
-262k tokens (measured: about 100x slower on the course file).
+Our own header parser, with the gguf package's type tables: it skips tensor data and the vocabulary
+(~0.15 s per file; gguf.GGUFReader builds an object per vocabulary entry, ~100x slower on Gemma's 262k).
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
-import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import (ContextOverflowError, ContextTruncationWarning, ModelNotFoundError, NotAModelError,  # noqa: F401
-                     NotGGUFError, TruncatedGGUFError)
+from .errors import ModelNotFoundError, NotAModelError, NotGGUFError, TruncatedGGUFError
 
-
-# ---- reading the header ----------------------------------------------------------------------
-
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
 SMALL_ARRAY = 16  # arrays up to this length are kept in the metadata; longer ones are summarised
 
 
@@ -38,6 +30,7 @@ class ArraySummary:
 
     item_type: str
     length: int
+    values: object = None  # the array itself, only with read_gguf(keep_arrays=True)
 
     def __repr__(self) -> str:
         return f"<array of {self.length:,} {self.item_type}>"
@@ -77,8 +70,7 @@ class _Cursor:
     """Bounds-checked little-endian reads over a memory-mapped file."""
 
     def __init__(self, buf, path: Path, size: int):
-        self.buf, self.path, self.size, self.pos = buf, path, size, 0
-        self.what = "the header"
+        self.buf, self.path, self.size, self.pos, self.what = buf, path, size, 0, "the header"
 
     def take(self, n: int) -> int:
         start = self.pos
@@ -93,20 +85,19 @@ class _Cursor:
     def scalar(self, fmt: str):
         return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
 
-    def raw_string(self) -> bytes:
-        n = self.scalar("<Q")
-        start = self.take(n)
-        return bytes(self.buf[start:start + n])
-
-    def string(self) -> str:
-        raw = self.raw_string()
+    def string(self, errors: str = "strict") -> str:
+        start = self.take(self.scalar("<Q"))
         try:
-            return raw.decode("utf-8")
+            return bytes(self.buf[start:self.pos]).decode("utf-8", errors)
         except UnicodeDecodeError:
             raise _damaged(self.path, f"{self.what} is not valid UTF-8 text") from None
 
-    def skip_string(self) -> None:
-        self.take(self.scalar("<Q"))
+    def enum(self, kind, code: int, what: str):
+        """kind(code) from the gguf package's tables, or a clear error for a code they do not know."""
+        try:
+            return kind(code)
+        except ValueError:
+            raise _damaged(self.path, f"unknown {what} {code} in {self.what}") from None
 
 
 def _damaged(path: Path, why: str) -> NotGGUFError:
@@ -114,40 +105,37 @@ def _damaged(path: Path, why: str) -> NotGGUFError:
                         "Download the file again (notebook 01), or re-export it.")
 
 
-def _value_type_name(code: int) -> str:
+def _read_value(cur: _Cursor, code: int, keep_arrays: bool, depth: int = 0):
+    """One metadata value; an array longer than SMALL_ARRAY is an ArraySummary (its values only if kept)."""
     from gguf import GGUFValueType
 
-    return GGUFValueType(code).name
+    vtype = cur.enum(GGUFValueType, code, "value type")
+    if vtype != GGUFValueType.ARRAY:
+        return cur.string() if vtype == GGUFValueType.STRING else _items(cur, vtype, 1, read=True)[0]
+    if depth > 2:
+        raise _damaged(cur.path, f"arrays nested too deep in {cur.what}")
+    item, length = cur.enum(GGUFValueType, cur.scalar("<I"), "array item type"), cur.scalar("<Q")
+    if item == GGUFValueType.ARRAY:
+        return [_read_value(cur, item, keep_arrays, depth + 1) for _ in range(length)]
+    values = _items(cur, item, length, read=length <= SMALL_ARRAY or keep_arrays)
+    return values if length <= SMALL_ARRAY else ArraySummary(item.name, length, values)
 
 
-def _read_value(cur: _Cursor, vtype: int, keep_arrays: bool, depth: int = 0):
-    if vtype in _SCALARS:
-        return cur.scalar(_SCALARS[vtype])
-    if vtype == _STRING:
-        return cur.string()
-    if vtype != _ARRAY or depth > 2:
-        raise _damaged(cur.path, f"unknown value type {vtype} in {cur.what}")
-    item_type = cur.scalar("<I")
-    length = cur.scalar("<Q")
-    if item_type in _SCALARS:
-        fmt = _SCALARS[item_type]
-        size = struct.calcsize(fmt)
-        start = cur.take(size * length)  # raises before a huge bogus length allocates anything
-        if length <= SMALL_ARRAY or keep_arrays:
-            import numpy as np
+def _items(cur: _Cursor, vtype, n: int, read: bool):
+    """n values of one type: a list (n <= SMALL_ARRAY), a numpy array, or None when not `read`."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType
 
-            values = np.frombuffer(bytes(cur.buf[start:start + size * length]), dtype=fmt)
-            return values.tolist() if length <= SMALL_ARRAY else values
-        return ArraySummary(_value_type_name(item_type), length)
-    if item_type == _STRING:
-        if length <= SMALL_ARRAY or keep_arrays:
-            return [cur.raw_string().decode("utf-8", errors="replace") for _ in range(length)]
-        for _ in range(length):
-            cur.skip_string()
-        return ArraySummary("STRING", length)
-    if item_type == _ARRAY:
-        return [_read_value(cur, _ARRAY, keep_arrays, depth + 1) for _ in range(length)]
-    raise _damaged(cur.path, f"unknown array item type {item_type} in {cur.what}")
+    if vtype == GGUFValueType.STRING:
+        if read:
+            return [cur.string(errors="replace") for _ in range(n)]
+        for _ in range(n):  # skipped, not decoded: what makes a 262k-token vocabulary quick to pass
+            cur.take(cur.scalar("<Q"))
+        return None
+    dtype = np.dtype(GGUFReader.gguf_scalar_to_np[vtype]).newbyteorder("<")
+    start = cur.take(dtype.itemsize * n)  # raises before a huge bogus length allocates anything
+    values = np.frombuffer(cur.buf[start:cur.pos], dtype) if read else None
+    return values.tolist() if read and n <= SMALL_ARRAY else values
 
 
 def _describe_start(head: bytes) -> str:
@@ -168,9 +156,7 @@ def _describe_start(head: bytes) -> str:
 
 def read_gguf(path, keep_arrays: bool = False) -> GGUFHeader:
     """Parse a GGUF header without reading tensor data; raise a clear CourseError if it cannot.
-
-    keep_arrays=True also returns the long arrays (vocabulary, scores, token types) in `arrays`.
-    """
+    keep_arrays=True also returns the long arrays (vocabulary, scores, token types) in `arrays`."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
@@ -186,8 +172,8 @@ def read_gguf(path, keep_arrays: bool = False) -> GGUFHeader:
 
 
 def parse_gguf_bytes(data: bytes, keep_arrays: bool = False, label: str = "the GGUF data") -> GGUFHeader:
-    """The same as read_gguf for the first bytes of a file held in memory (e.g. fetched with an HTTP
-    Range request). Raises TruncatedGGUFError when `data` ends before the tensor table does."""
+    """read_gguf for the first bytes of a file held in memory (e.g. from an HTTP Range request).
+    Raises TruncatedGGUFError when `data` ends before the tensor table does."""
     return _parse_header(data, len(data), Path(label), keep_arrays)
 
 
@@ -210,17 +196,11 @@ def _parse_header(buf, size: int, path: Path, keep_arrays: bool) -> GGUFHeader:
         raise NotGGUFError(f"{path}: GGUF version {version} is not one llama.cpp reads (2 or 3){hint}.")
     n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
     meta: dict = {}
-    arrays: dict = {}
     for index in range(n_kv):
         cur.what = f"metadata entry {index + 1} of {n_kv:,}"
         key = cur.string()
         cur.what = f"the value of {key!r}"
-        value = _read_value(cur, cur.scalar("<I"), keep_arrays)
-        if keep_arrays and not isinstance(value, ArraySummary) and hasattr(value, "__len__") \
-                and not isinstance(value, str) and len(value) > SMALL_ARRAY:
-            arrays[key] = value
-            value = ArraySummary(type(value).__name__, len(value))
-        meta[key] = value
+        meta[key] = _read_value(cur, cur.scalar("<I"), keep_arrays)
     alignment = meta.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise _damaged(path, f"general.alignment is {alignment!r}, not a power of two")
@@ -232,24 +212,17 @@ def _parse_header(buf, size: int, path: Path, keep_arrays: bool) -> GGUFHeader:
         if n_dims > 8:
             raise _damaged(path, f"tensor {name!r} claims {n_dims} dimensions")
         shape = tuple(cur.scalar("<Q") for _ in range(n_dims))
-        type_code = cur.scalar("<I")
-        offset = cur.scalar("<Q")
-        try:
-            qtype = GGMLQuantizationType(type_code)
-            block, type_size = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
-            raise _damaged(path, f"tensor {name!r} has unknown type {type_code}") from None
-        n_elements = 1
-        for dim in shape:
-            n_elements *= dim
+        qtype, offset = cur.enum(GGMLQuantizationType, cur.scalar("<I"), "tensor type"), cur.scalar("<Q")
+        block, type_size = GGML_QUANT_SIZES[qtype]  # the gguf package has a size for each of its types
+        n_elements = math.prod(shape)
         if shape and shape[0] % block:
             raise _damaged(path, f"tensor {name!r} ({qtype.name}) has a row of {shape[0]}, "
                                  f"not a multiple of its block size {block}")
         tensors.append(TensorInfo(name, shape, qtype.name, offset, n_elements, n_elements // block * type_size))
     data_offset = -(-cur.pos // alignment) * alignment
     data_end = data_offset + max(t.offset + t.n_bytes for t in tensors) if tensors else cur.pos
-    return GGUFHeader(path, version, meta, tensors, alignment, data_offset, data_end, size, arrays,
-                      header_bytes=cur.pos)
+    arrays = {k: v.values for k, v in meta.items() if isinstance(v, ArraySummary) and v.values is not None}
+    return GGUFHeader(path, version, meta, tensors, alignment, data_offset, data_end, size, arrays, cur.pos)
 
 
 def validate_gguf(path) -> GGUFHeader:
@@ -272,14 +245,12 @@ def validate_gguf(path) -> GGUFHeader:
 def file_type_name(code) -> str | None:
     """general.file_type as llama.cpp names it ("Q4_K_M", "F16", ...), from gguf.LlamaFileType."""
     from gguf import LlamaFileType
-
     if code is None:
         return None
     try:
-        name = LlamaFileType(int(code)).name
+        return LlamaFileType(int(code)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except ValueError:
         return f"file_type {code} (unknown to gguf-py)"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
 def summary(header: GGUFHeader) -> dict:
@@ -287,123 +258,43 @@ def summary(header: GGUFHeader) -> dict:
     meta = header.metadata
     arch = meta.get("general.architecture", "?")
     tokens = meta.get("tokenizer.ggml.tokens")
-    template = meta.get("tokenizer.chat_template")
-    params = sum(t.n_elements for t in header.tensors)
-    return {
-        "file": header.path.name,
-        "size_MB": round(header.file_size / 1e6, 1),
-        "GGUF version": header.version,
-        "architecture": arch,
-        "name": meta.get("general.name"),
-        "parameters": params,
-        "file type": file_type_name(meta.get("general.file_type")),
-        "bits per weight": round(8 * (header.data_end - header.data_offset) / max(params, 1), 2),
-        "tensor count": len(header.tensors),
-        "metadata entries": len(meta),
-        "layers (block_count)": meta.get(f"{arch}.block_count"),
-        "context length": meta.get(f"{arch}.context_length"),
-        "embedding length": meta.get(f"{arch}.embedding_length"),
-        "sliding window": meta.get(f"{arch}.attention.sliding_window"),
-        "tokenizer": meta.get("tokenizer.ggml.model"),
-        "pre-tokenizer": meta.get("tokenizer.ggml.pre"),
-        "vocabulary size": tokens.length if isinstance(tokens, ArraySummary) else len(tokens or []),
-        "chat template": "yes" if template else "none (base model)",
-    }
+    return {"file": header.path.name, "size_MB": round(header.file_size / 1e6, 1), "GGUF version": header.version,
+            "architecture": arch, "name": meta.get("general.name"), "parameters": header.n_params,
+            "file type": file_type_name(meta.get("general.file_type")),
+            "bits per weight": round(8 * (header.data_end - header.data_offset) / max(header.n_params, 1), 2),
+            "tensor count": len(header.tensors), "metadata entries": len(meta),
+            "layers (block_count)": meta.get(f"{arch}.block_count"),
+            "context length": meta.get(f"{arch}.context_length"),
+            "embedding length": meta.get(f"{arch}.embedding_length"),
+            "sliding window": meta.get(f"{arch}.attention.sliding_window"),
+            "tokenizer": meta.get("tokenizer.ggml.model"), "pre-tokenizer": meta.get("tokenizer.ggml.pre"),
+            "vocabulary size": tokens.length if isinstance(tokens, ArraySummary) else len(tokens or []),
+            "chat template": "yes" if meta.get("tokenizer.chat_template") else "none (base model)"}
 
 
 def tensor_group(name: str) -> str:
     """'blk.7.attn_q.weight' -> 'attn_q'; 'token_embd.weight' -> 'token_embd'."""
     parts = name.split(".")
-    if parts[0] == "blk" and len(parts) > 2:
-        return parts[2]
-    return parts[0]
+    return parts[2] if parts[0] == "blk" and len(parts) > 2 else parts[0]
 
 
 def quant_type_rows(header: GGUFHeader) -> list[dict]:
     """One row per tensor group: how many tensors of each type, parameters, bytes, bits per weight."""
     groups: dict[str, dict] = {}
     for t in header.tensors:
-        row = groups.setdefault(tensor_group(t.name), {"group": tensor_group(t.name), "types": {},
-                                                       "tensors": 0, "parameters": 0, "bytes": 0})
-        row["types"][t.type_name] = row["types"].get(t.type_name, 0) + 1
-        row["tensors"] += 1
+        row = groups.setdefault(tensor_group(t.name), {"types": Counter(), "parameters": 0, "bytes": 0})
+        row["types"][t.type_name] += 1
         row["parameters"] += t.n_elements
         row["bytes"] += t.n_bytes
-    rows = []
-    for row in sorted(groups.values(), key=lambda r: -r["bytes"]):
-        types = ", ".join(f"{name} x{n}" for name, n in sorted(row["types"].items(), key=lambda kv: -kv[1]))
-        rows.append({"group": row["group"], "types": types, "tensors": row["tensors"],
-                     "parameters": row["parameters"], "MB": round(row["bytes"] / 1e6, 2),
-                     "bits/weight": round(8 * row["bytes"] / row["parameters"], 2)})
-    return rows
+    return [{"group": group, "types": ", ".join(f"{name} x{n}" for name, n in row["types"].most_common()),
+             "tensors": row["types"].total(), "parameters": row["parameters"], "MB": round(row["bytes"] / 1e6, 2),
+             "bits/weight": round(8 * row["bytes"] / row["parameters"], 2)}
+            for group, row in sorted(groups.items(), key=lambda kv: -kv[1]["bytes"])]
 
 
 def bytes_by_type(header: GGUFHeader) -> dict[str, int]:
-    """Bytes of tensor data per quantization type."""
-    out: dict[str, int] = {}
+    """Bytes of tensor data per quantization type, largest first."""
+    out: Counter = Counter()
     for t in header.tensors:
-        out[t.type_name] = out.get(t.type_name, 0) + t.n_bytes
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
-
-# ---- the context window --------------------------------------------------------------------
-
-def check_context(llm, prompt: str, max_tokens: int) -> dict:
-    """Will `prompt` plus `max_tokens` of output fit the Llama's n_ctx? Raise if the prompt cannot.
-
-    llama-cpp-python itself raises a bare ValueError when the prompt alone fills n_ctx, and
-    silently shortens max_tokens (finish_reason "length") when prompt + output do not fit.
-    """
-    return context_report(llm, len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)), max_tokens)
-
-
-def context_report(llm, prompt_tokens: int, max_tokens: int) -> dict:
-    """check_context for a prompt already counted in tokens (helpers.loading.fit_context uses it)."""
-    n_ctx = effective_n_ctx(llm)
-    fits = prompt_tokens + max_tokens <= n_ctx
-    report = {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "n_ctx": n_ctx,
-              "output_room": max(n_ctx - prompt_tokens, 0), "fits": fits,
-              "suggested_n_ctx": suggest_n_ctx(prompt_tokens, max_tokens)}
-    if prompt_tokens >= n_ctx:
-        raise ContextOverflowError(
-            f"The prompt is {prompt_tokens:,} tokens but the model was created with n_ctx={n_ctx:,}, so "
-            "nothing is left for the answer (llama-cpp-python would raise 'Requested tokens exceed context "
-            f"window'). Load it with n_ctx >= {report['suggested_n_ctx']:,} (load_model(path, n_ctx=...) or "
-            f"Llama(..., n_ctx=...); prompt + "
-            f"{max_tokens} new tokens), or shorten the prompt." + _rounding_note(llm, n_ctx))
-    if not fits:
-        warnings.warn(
-            f"prompt ({prompt_tokens:,} tokens) + max_tokens ({max_tokens:,}) exceed n_ctx={n_ctx:,}: the answer "
-            f"will stop after {report['output_room']:,} tokens with finish_reason='length'. Load the model "
-            f"with n_ctx >= {report['suggested_n_ctx']:,} to get all of it.", ContextTruncationWarning, stacklevel=2)
-    return report
-
-
-def _rounding_note(llm, n_ctx: int) -> str:
-    if llm.n_ctx() == n_ctx:
-        return ""
-    return (f" (llm.n_ctx() says {llm.n_ctx()}: llama.cpp rounds up to a multiple of 256, but llama-cpp-python "
-            f"keeps buffers for the {n_ctx} you asked for, and fails with 'could not broadcast' in between: "
-            "ask for a multiple of 256.)")
-
-
-def effective_n_ctx(llm) -> int:
-    """The context the Llama can really use.
-
-    llama.cpp rounds n_ctx up to a multiple of 256 and reports that from n_ctx(), but
-    llama-cpp-python 0.3.36 sizes its own token buffer with the n_ctx you asked for; a prompt
-    between the two fails with a numpy "could not broadcast" error. Ask for multiples of 256.
-    """
-    buffer = getattr(llm, "input_ids", None)
-    return min(llm.n_ctx(), len(buffer)) if buffer is not None else llm.n_ctx()
-
-
-def suggest_n_ctx(prompt_tokens: int, max_tokens: int, trained_context: int | None = None,
-                  multiple: int = 256) -> int:
-    """Smallest n_ctx (rounded up to `multiple`) that holds prompt + output; never above the trained length."""
-    need = -(-(prompt_tokens + max_tokens) // multiple) * multiple
-    if trained_context and need > trained_context:
-        raise ContextOverflowError(
-            f"prompt ({prompt_tokens:,}) + output ({max_tokens:,}) tokens exceed the model's trained context "
-            f"of {trained_context:,} tokens. Shorten the prompt or summarise earlier turns.")
-    return need
+        out[t.type_name] += t.n_bytes
+    return dict(out.most_common())

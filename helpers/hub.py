@@ -4,46 +4,42 @@
     plan = estimate(repo, include="*Q4_K_M.gguf", local_dir="models/gguf")  # bytes vs free disk
     got = download(repo, include="*Q4_K_M.gguf", local_dir="models/gguf")   # progress bar, sha256 checked
     print(got.cli)                                                          # the same as an `hf download` line
-    model_size("neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit")            # params -> fp32/bf16/8/4-bit vs files
 
-A thin layer over `huggingface_hub` (its `snapshot_download` / `hf_hub_download` do the transfer).
-Settings are read from the environment at each call, like the `hf` CLI does: HF_ENDPOINT (a mirror),
-HF_HOME / HF_HUB_CACHE (where the cache lives) and HF_TOKEN (sent with each request, never printed).
-Local-first: files already in place (same sizes) are not fetched again, and no request is made.
-Failures raise a `HubError` subclass that says what to do; a file whose size or sha256 does not
-match is deleted, so nothing half-written is ever left looking complete.
+A thin layer over `huggingface_hub` (`snapshot_download` / `hf_hub_download` do the transfer). Settings are read
+from the environment at each call, like the `hf` CLI: HF_ENDPOINT (a mirror), HF_HOME / HF_HUB_CACHE (the cache),
+HF_TOKEN (sent with each request, never printed). Files already in place at their listed size are not fetched
+again, and no request is made. Failures raise a `HubError` that says what to do; a file whose size or sha256
+does not match is deleted, so nothing half-written is ever left looking complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (AmbiguousFilesError, CourseError, DownloadFailedError, HubError, HubUnreachableError,  # noqa: F401
-                     NoMatchingFilesError, NotEnoughDiskError, RepoNotFoundError, RevisionNotFoundError)
+from .errors import (AmbiguousFilesError, CourseError, DownloadFailedError, HubUnreachableError, NoMatchingFilesError,
+                     NotEnoughDiskError, RepoNotFoundError, RevisionNotFoundError)
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 # What a model folder needs: config, weights (safetensors), tokenizer and chat template files.
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
-WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
 
 
 # ---- settings ---------------------------------------------------------------------------------
 
 def endpoint() -> str:
     """The hub to talk to: $HF_ENDPOINT (a mirror, or the course's local hub), else huggingface.co."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 def hub_cache_dir() -> Path:
-    """Where `huggingface_hub` caches downloads: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    """Where downloads are cached: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    # not huggingface_hub.constants.HF_HUB_CACHE: fixed at its import, while HF_HOME may change later (each test sets it)
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
@@ -52,21 +48,17 @@ def hub_cache_dir() -> Path:
 
 def settings() -> dict:
     """The settings a download will use; the token is only reported as set or not, never shown."""
-    token_set = bool(os.environ.get("HF_TOKEN"))
-    if not token_set:
-        with contextlib.suppress(Exception):
-            from huggingface_hub import get_token
+    from huggingface_hub import constants, get_token
 
-            token_set = get_token() is not None
-    xet_off = _env_true("HF_HUB_DISABLE_XET")
-    return {
-        "endpoint (HF_ENDPOINT)": endpoint(),
-        "cache (HF_HOME/hub)": str(hub_cache_dir()),
-        "token": "set (hidden)" if token_set else "not set (public repos only)",
-        "Xet transfers (HF_HUB_DISABLE_XET)": "off: plain HTTP via the endpoint" if xet_off
-        else "on where the repo uses Xet (bypasses a mirror)",
-        "offline (HF_HUB_OFFLINE)": os.environ.get("HF_HUB_OFFLINE", "0"),
-    }
+    _sync_env_flags()
+    token_set = bool(os.environ.get("HF_TOKEN"))
+    with contextlib.suppress(Exception):  # get_token also finds `hf auth login`'s token; an OIDC exchange may raise
+        token_set = token_set or get_token() is not None
+    return {"endpoint (HF_ENDPOINT)": endpoint(), "cache (HF_HOME/hub)": str(hub_cache_dir()),
+            "token": "set (hidden)" if token_set else "not set (public repos only)",
+            "Xet transfers (HF_HUB_DISABLE_XET)": "off: plain HTTP via the endpoint" if constants.HF_HUB_DISABLE_XET
+            else "on where the repo uses Xet (bypasses a mirror)",
+            "offline (HF_HUB_OFFLINE)": os.environ.get("HF_HUB_OFFLINE", "0")}
 
 
 @contextlib.contextmanager
@@ -86,16 +78,12 @@ def use_endpoint(url: str, disable_xet: bool = True):
                 os.environ[key] = value
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
-
-
 def _sync_env_flags() -> None:
     """huggingface_hub reads HF_HUB_OFFLINE and HF_HUB_DISABLE_XET once, at import; follow the environment now."""
     from huggingface_hub import constants
 
-    constants.HF_HUB_OFFLINE = _env_true("HF_HUB_OFFLINE")
-    constants.HF_HUB_DISABLE_XET = _env_true("HF_HUB_DISABLE_XET")
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_XET"):
+        setattr(constants, name, os.environ.get(name, "").lower() in ("1", "true", "yes", "on"))
 
 
 # ---- what is in a repo ------------------------------------------------------------------------
@@ -130,9 +118,7 @@ def _human(n: float) -> str:
 
 
 def _as_list(patterns) -> list[str] | None:
-    if patterns is None:
-        return None
-    return [patterns] if isinstance(patterns, str) else list(patterns)
+    return [patterns] if isinstance(patterns, str) else None if patterns is None else list(patterns)
 
 
 def pick(files: list[RepoFileInfo], include=None, exclude=None, repo_id: str = "") -> list[RepoFileInfo]:
@@ -147,100 +133,77 @@ def pick(files: list[RepoFileInfo], include=None, exclude=None, repo_id: str = "
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
         raise NoMatchingFilesError(
-            f"Nothing in {repo_id or 'the repo'} matches include={include} exclude={exclude}.{hint} "
-            f"The repo has: {shown}. Patterns are shell globs matched against the whole path "
-            "(e.g. '*Q4_K_M.gguf', '*.safetensors'); names are case-sensitive.")
+            f"Nothing in {repo_id or 'the repo'} matches include={include} exclude={exclude}.{hint} The repo has: "
+            f"{shown}. Patterns are shell globs matched against the whole path (e.g. '*Q4_K_M.gguf', "
+            "'*.safetensors'); names are case-sensitive.")
     return chosen
 
 
 @contextlib.contextmanager
-def _hub_errors(repo_id: str, revision: str = "main", filename: str | None = None):
-    """Turn huggingface_hub / network exceptions into HubErrors that say what to do."""
+def hub_errors(repo_id: str, revision: str = "main", filename: str | None = None):
+    """Around a huggingface_hub call: follow HF_HUB_OFFLINE / HF_HUB_DISABLE_XET as set now, and turn its
+    exceptions (and the network's) into HubErrors that say what to do."""
     import httpx2
-    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import errors as hf
 
+    _sync_env_flags()
     where = endpoint()
     try:
         yield
-    except HubError:
-        raise
-    except hf_errors.GatedRepoError:
+    except hf.GatedRepoError:
         raise RepoNotFoundError(
-            f"{repo_id} is a gated repo at {where}: accept its licence on {where}/{repo_id} while logged in, "
-            "then make a token (Settings > Access Tokens) and set HF_TOKEN before starting Python "
-            "(or run `hf auth login`).") from None
-    except hf_errors.RepositoryNotFoundError:
+            f"{repo_id} is a gated repo at {where}: accept its licence on {where}/{repo_id} while logged in, then "
+            "make a token (Settings > Access Tokens) and set HF_TOKEN before starting Python (or run `hf auth "
+            "login`).") from None
+    except hf.RepositoryNotFoundError:
         raise RepoNotFoundError(
-            f"No repo {repo_id!r} at {where} (or it is private and your token does not open it). "
-            f"Check the spelling (owner/name, case-sensitive) on {where}/{repo_id}; for a private repo "
-            "set HF_TOKEN to a token that can read it.") from None
-    except hf_errors.RevisionNotFoundError:
-        raise RevisionNotFoundError(
-            f"{repo_id} has no revision {revision!r} at {where}. Use 'main', a tag, or a full commit hash "
-            f"from {where}/{repo_id}/commits/main.") from None
-    except hf_errors.RemoteEntryNotFoundError:
-        raise NoMatchingFilesError(
-            f"{repo_id} has no file {filename!r} at revision {revision!r}. List its files with "
-            f"hub.list_files({repo_id!r}) and copy the exact name (case-sensitive).") from None
-    except hf_errors.HFValidationError as err:
-        raise RepoNotFoundError(
-            f"{repo_id!r} is not a valid repo id ({str(err).splitlines()[0]}). A repo id looks like "
-            "'owner/name', e.g. 'bartowski/Mistral-7B-Instruct-v0.3-GGUF'.") from None
-    except hf_errors.OfflineModeIsEnabled:
+            f"No repo {repo_id!r} at {where} (or it is private and your token does not open it). Check the spelling "
+            f"(owner/name, case-sensitive) on {where}/{repo_id}; for a private repo set HF_TOKEN to a token that "
+            "can read it.") from None
+    except hf.RevisionNotFoundError:
+        raise RevisionNotFoundError(f"{repo_id} has no revision {revision!r} at {where}. Use 'main', a tag, or a "
+                                    f"full commit hash from {where}/{repo_id}/commits/main.") from None
+    except hf.RemoteEntryNotFoundError:
+        raise NoMatchingFilesError(f"{repo_id} has no file {filename!r} at revision {revision!r}. List its files "
+                                   f"with hub.list_files({repo_id!r}) and copy the exact name (case-sensitive).") from None
+    except hf.HFValidationError as err:
+        raise RepoNotFoundError(f"{repo_id!r} is not a valid repo id ({str(err).splitlines()[0]}). A repo id looks "
+                                "like 'owner/name', e.g. 'bartowski/Mistral-7B-Instruct-v0.3-GGUF'.") from None
+    except hf.OfflineModeIsEnabled:
         raise HubUnreachableError(
-            "HF_HUB_OFFLINE=1 is set, so no request leaves this machine (not even to a local mirror). "
-            "Files you already downloaded still load; to download, set HF_HUB_OFFLINE=0.") from None
-    except (httpx2.ConnectError, httpx2.TimeoutException, hf_errors.LocalEntryNotFoundError) as err:
+            "HF_HUB_OFFLINE=1 is set, so no request leaves this machine (not even to a local mirror). Files you "
+            "already downloaded still load; to download, set HF_HUB_OFFLINE=0.") from None
+    except (httpx2.ConnectError, httpx2.TimeoutException, hf.LocalEntryNotFoundError) as err:
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        mirror = "HF_ENDPOINT" in os.environ
         raise HubUnreachableError(
             f"Cannot reach {where} ({reason}). "
-            + (f"HF_ENDPOINT is set to {where}: is that mirror up, and are its scheme and port right? "
-               "Unset HF_ENDPOINT to use huggingface.co itself. " if mirror else
-               "Check your internet connection, proxy (HTTPS_PROXY) or firewall; where huggingface.co "
-               "is blocked, use a mirror: HF_ENDPOINT=https://hf-mirror.com with HF_HUB_DISABLE_XET=1. ")
+            + (f"HF_ENDPOINT is set to {where}: is that mirror up, and are its scheme and port right? Unset "
+               "HF_ENDPOINT to use huggingface.co itself. " if "HF_ENDPOINT" in os.environ else
+               "Check your internet connection, proxy (HTTPS_PROXY) or firewall; where huggingface.co is blocked, "
+               "use a mirror: HF_ENDPOINT=https://hf-mirror.com with HF_HUB_DISABLE_XET=1. ")
             + "Files already downloaded keep working offline.") from None
     except (httpx2.RemoteProtocolError, httpx2.ReadError) as err:
         raise DownloadFailedError(
-            f"The transfer from {where} broke and did not recover ({str(err)[:160]}). Nothing incomplete "
-            "was kept as if complete; run the download again.") from None
-    except hf_errors.HfHubHTTPError as err:
+            f"The transfer from {where} broke and did not recover ({str(err)[:160]}). Nothing incomplete was kept "
+            "as if complete; run the download again.") from None
+    except hf.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
         raise HubUnreachableError(
-            f"{where} answered HTTP {status} for {repo_id}{'/' + filename if filename else ''}. "
-            "If it is a 5xx the hub or mirror is having trouble: retry later. A 401/403 means the "
-            "token is missing or lacks access: set HF_TOKEN.") from None
+            f"{where} answered HTTP {status} for {repo_id}{'/' + filename if filename else ''}. If it is a 5xx the "
+            "hub or mirror is having trouble: retry later. A 401/403 means the token is missing or lacks access: "
+            "set HF_TOKEN.") from None
     except OSError as err:
         if "Consistency check failed" in str(err):
-            raise DownloadFailedError(
-                f"A file from {repo_id} arrived with the wrong size (the connection broke). Nothing "
-                "incomplete was kept; run the download again.") from None
+            raise DownloadFailedError(f"A file from {repo_id} arrived with the wrong size (the connection broke). "
+                                      "Nothing incomplete was kept; run the download again.") from None
         raise
 
 
-@contextlib.contextmanager
-def _no_progress_bars():
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    already = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not already:
-            enable_progress_bars()
-
-
-def _api():
+def _remote_listing(repo_id: str, revision: str = "main") -> _Listing:
     from huggingface_hub import HfApi
 
-    return HfApi(endpoint=endpoint())
-
-
-def _remote_listing(repo_id: str, revision: str = "main") -> _Listing:
-    _sync_env_flags()
-    with _hub_errors(repo_id, revision):
-        info = _api().model_info(repo_id, revision=revision, files_metadata=True)
+    with hub_errors(repo_id, revision):  # one request: sizes, sha256, blob ids and the commit (list_repo_tree lacks it)
+        info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision, files_metadata=True)
     files = [RepoFileInfo(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, s.blob_id)
              for s in info.siblings or []]
     return _Listing(repo_id, revision, info.sha, sorted(files, key=lambda f: f.path))
@@ -259,9 +222,8 @@ def _storage_folder(repo_id: str) -> Path:
 
 def _base_dir(repo_id: str, commit: str, local_dir) -> Path:
     """Where the repo's files end up: the local folder, or the cache's snapshot folder for that commit."""
-    if local_dir is not None:
-        return Path(local_dir).expanduser().resolve()
-    return _storage_folder(repo_id) / "snapshots" / commit
+    return Path(local_dir).expanduser().resolve() if local_dir is not None else \
+        _storage_folder(repo_id) / "snapshots" / commit
 
 
 def _present(base: Path, file: RepoFileInfo) -> bool:
@@ -271,13 +233,12 @@ def _present(base: Path, file: RepoFileInfo) -> bool:
 
 def _cached_listing(repo_id: str, revision: str, local_dir) -> _Listing | None:
     """The listing huggingface_hub stored at the last download (no network), or None."""
-    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import errors as hf
     from huggingface_hub import get_cached_repo_tree
 
     try:
-        entries = get_cached_repo_tree(repo_id, revision=revision, cache_dir=hub_cache_dir(),
-                                       local_dir=local_dir)
-    except (hf_errors.CachedRepoTreeNotFoundError, hf_errors.HFValidationError, OSError, ValueError):
+        entries = get_cached_repo_tree(repo_id, revision=revision, cache_dir=hub_cache_dir(), local_dir=local_dir)
+    except (hf.CachedRepoTreeNotFoundError, hf.HFValidationError, OSError, ValueError):
         return None
     refs = _storage_folder(repo_id) / "refs" / revision
     commit = refs.read_text().strip() if refs.is_file() else revision
@@ -291,7 +252,14 @@ def _local_file_record(repo_id: str, filename: str, revision: str, local_dir) ->
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir(), revision=revision)
-        return Path(found) if isinstance(found, str) else None
+        if not isinstance(found, str):
+            return None
+        # The snapshot link is made once its blob is complete: a blob changed after that (cut short,
+        # overwritten) does not count. The same rule as the local_dir record below.
+        path = Path(found)
+        with contextlib.suppress(OSError):
+            return path if path.stat().st_mtime - 1 <= path.lstat().st_mtime else None
+        return None
     # huggingface_hub writes .cache/huggingface/download/<file>.metadata (commit, etag, time) only
     # after a complete download; a file changed since then does not count. Read-only: no lock, no mkdir.
     local_dir = Path(local_dir).expanduser().resolve()
@@ -313,8 +281,8 @@ def find_incomplete(path) -> list[Path]:
 def clean_incomplete(path, older_than_s: float = 60.0) -> tuple[int, int]:
     """Delete `*.incomplete` files under `path` untouched for `older_than_s` (a live download is spared).
 
-    huggingface_hub 2.x names each partial file uniquely per process, so a rerun never resumes one
-    left by a killed process: these files are dead weight. Returns (files, bytes) removed.
+    huggingface_hub 2.x names each partial file uniquely per process, so a rerun never resumes one left by a
+    killed process: these files are dead weight. Returns (files, bytes) removed.
     """
     count = size = 0
     for part in find_incomplete(path):
@@ -338,17 +306,12 @@ def free_disk_bytes(path) -> int:
 def cli_command(repo_id: str, filename: str | None = None, include=None, exclude=None, local_dir=None,
                 revision: str = "main") -> str:
     """The `hf download` command line that does what the helper call does."""
-    parts = ["hf", "download", repo_id]
-    if filename:
-        parts.append(filename)
+    parts = ["hf", "download", repo_id] + ([filename] if filename else [])
     for flag, patterns in (("--include", _as_list(include)), ("--exclude", _as_list(exclude))):
         for pattern in patterns or []:
             parts += [flag, f'"{pattern}"']
-    if revision != "main":
-        parts += ["--revision", revision]
-    if local_dir is not None:
-        parts += ["--local-dir", str(local_dir)]
-    return " ".join(parts)
+    parts += ["--revision", revision] if revision != "main" else []
+    return " ".join(parts + (["--local-dir", str(local_dir)] if local_dir is not None else []))
 
 
 @dataclass
@@ -377,10 +340,10 @@ class DownloadPlan:
         """Raise NotEnoughDiskError (before anything is written) if the files do not fit."""
         if not self.fits:
             raise NotEnoughDiskError(
-                f"Not downloading {self.repo_id}: the {len(self.files)} chosen file(s) need "
-                f"{_human(self.need_bytes)} and only {_human(self.free_bytes)} is free at {self.dest}. "
-                "Free some space, download to another disk (local_dir=..., or HF_HOME for the cache), or "
-                "take fewer files with include=... (one GGUF quantization instead of the whole repo).")
+                f"Not downloading {self.repo_id}: the {len(self.files)} chosen file(s) need {_human(self.need_bytes)} "
+                f"and only {_human(self.free_bytes)} is free at {self.dest}. Free some space, download to another "
+                "disk (local_dir=..., or HF_HOME for the cache), or take fewer files with include=... (one GGUF "
+                "quantization instead of the whole repo).")
         return self
 
     def __repr__(self) -> str:
@@ -402,8 +365,7 @@ def estimate(repo_id: str, include=None, exclude=None, local_dir=None, revision:
              filename: str | None = None, free_bytes: int | None = None) -> DownloadPlan:
     """Bytes of the chosen files vs free disk at the destination (asks the hub; downloads nothing)."""
     listing = _remote_listing(repo_id, revision)
-    chosen = _choose(listing, filename, include, exclude)
-    return _plan(listing, chosen, local_dir, free_bytes,
+    return _plan(listing, _choose(listing, filename, include, exclude), local_dir, free_bytes,
                  cli_command(repo_id, filename, include, exclude, local_dir, revision))
 
 
@@ -438,18 +400,13 @@ class DownloadResult:
     already_local: bool
     verified: bool
     cli: str
-    orphans: list[Path] = field(default_factory=list)
+    orphans: list[Path]  # *.incomplete files left by an interrupted download
 
     def __repr__(self) -> str:
         how = "already there, not fetched" if self.already_local else (
             f"fetched {_human(self.fetched_bytes)} in {self.seconds:.1f} s")
         return (f"DownloadResult({self.repo_id}: {len(self.files)} files, {_human(self.total_bytes)}, {how}, "
                 f"verified={self.verified}, path='{self.path}')")
-
-
-def _say(quiet: bool, text: str) -> None:
-    if not quiet:
-        print(text)
 
 
 def _local_first(repo_id, revision, filename, include, exclude, local_dir):
@@ -475,99 +432,75 @@ def _local_first(repo_id, revision, filename, include, exclude, local_dir):
     return None
 
 
-def download(repo_id: str, include=None, exclude=None, local_dir=None, revision: str = "main",
-             force: bool = False, verify: bool = True, free_bytes: int | None = None,
-             quiet: bool = False) -> DownloadResult:
-    """Download the repo's files that match `include`/`exclude` (all by default), local-first.
+def download(repo_id: str, include=None, exclude=None, local_dir=None, revision: str = "main", force: bool = False,
+             verify: bool = True, free_bytes: int | None = None, quiet: bool = False,
+             filename: str | None = None) -> DownloadResult:
+    """Download the repo's files that match `include`/`exclude` (all by default), or one `filename`, local-first.
 
-    local_dir=None keeps them in the hub cache (HF_HOME), shared by every library; a folder puts
-    plain files there. The disk check runs before anything is written; sizes and sha256 are checked
-    after. `force=True` fetches again even if the files are there.
+    local_dir=None keeps them in the hub cache (HF_HOME), shared by every library; a folder gets plain files.
+    Free disk is checked before anything is written, sizes and sha256 after; `force=True` fetches again.
     """
-    return _download(repo_id, None, include, exclude, local_dir, revision, force, verify, free_bytes, quiet)
+    say = print if not quiet else (lambda text: None)
+    cli, started = cli_command(repo_id, filename, include, exclude, local_dir, revision), time.perf_counter()
+    found = None if force else _local_first(repo_id, revision, filename, include, exclude, local_dir)
+    if found is not None:
+        listing, chosen, base = found
+        total = sum(f.size for f in chosen)
+        say(f"{repo_id}: {len(chosen)} file(s), {_human(total)}, already in {base}; not fetching (force=True "
+            "fetches again).")
+        return DownloadResult(repo_id, listing.commit, base / filename if filename else base, chosen, total, 0,
+                              time.perf_counter() - started, True, False, cli, find_incomplete(base))
+    plan = estimate(repo_id, include, exclude, local_dir, revision, filename, free_bytes).check()
+    say(f"{repo_id}: {len(plan.files)} file(s), {_human(plan.total_bytes)} ({_human(plan.need_bytes)} to fetch) "
+        f"from {endpoint()} into {plan.dest} ({_human(plan.free_bytes)} free)")
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    # For a commit hash huggingface_hub trusts a cached snapshot file as it is: remove one of the wrong size.
+    base = _base_dir(repo_id, plan.commit, local_dir)
+    for f in plan.files:
+        if ((base / f.path).is_file() or (base / f.path).is_symlink()) and not _present(base, f):
+            _remove(base / f.path)
+    # by commit hash: exactly the files listed and size-checked above, even if the branch moves meanwhile
+    common = dict(revision=plan.commit, endpoint=endpoint(), cache_dir=hub_cache_dir(), force_download=force)
+    if local_dir is not None:
+        common["local_dir"] = plan.dest
+    with hub_errors(repo_id, revision, filename):
+        if filename:
+            hf_hub_download(repo_id, filename, **common)
+        else:
+            snapshot_download(repo_id, allow_patterns=[f.path for f in plan.files], **common)
+    refs = _storage_folder(repo_id) / "refs" / revision  # where huggingface_hub records a branch it resolved itself:
+    if revision != plan.commit and (not refs.is_file() or refs.read_text().strip() != plan.commit):  # local-first
+        refs.parent.mkdir(parents=True, exist_ok=True)  # (no network) reads it to find this branch's files
+        refs.write_text(plan.commit)
+    _check_files(base, plan.files, verify)
+    seconds = time.perf_counter() - started
+    orphans = find_incomplete(base if local_dir is not None else _storage_folder(repo_id))
+    say(f"  done: {_human(plan.need_bytes)} in {seconds:.1f} s" + (", sizes and checksums verified" if verify
+        else ", sizes checked") + (f"; {len(orphans)} orphan *.incomplete file(s) from an interrupted download "
+                                   "(hub.clean_incomplete deletes them)" if orphans else ""))
+    return DownloadResult(repo_id, plan.commit, base / filename if filename else base, plan.files, plan.total_bytes,
+                          plan.need_bytes, seconds, False, verify, cli, orphans)
 
 
 def download_file(repo_id: str, filename: str, local_dir=None, revision: str = "main", force: bool = False,
                   verify: bool = True, free_bytes: int | None = None, quiet: bool = False) -> DownloadResult:
     """Download one file by its exact name (`hf_hub_download`), local-first; result.path is the file."""
-    return _download(repo_id, filename, None, None, local_dir, revision, force, verify, free_bytes, quiet)
-
-
-def _download(repo_id, filename, include, exclude, local_dir, revision, force, verify, free_bytes, quiet):
-    cli = cli_command(repo_id, filename, include, exclude, local_dir, revision)
-    started = time.perf_counter()
-    if not force:
-        found = _local_first(repo_id, revision, filename, include, exclude, local_dir)
-        if found is not None:
-            listing, chosen, base = found
-            total = sum(f.size for f in chosen)
-            _say(quiet, f"{repo_id}: {len(chosen)} file(s), {_human(total)}, already in {base}; "
-                        "not fetching (force=True fetches again).")
-            path = base / filename if filename else base
-            return DownloadResult(repo_id, listing.commit, path, chosen, total, 0,
-                                  time.perf_counter() - started, True, False, cli, find_incomplete(base))
-    listing = _remote_listing(repo_id, revision)
-    chosen = _choose(listing, filename, include, exclude)
-    plan = _plan(listing, chosen, local_dir, free_bytes, cli).check()
-    _say(quiet, f"{repo_id}: {len(chosen)} file(s), {_human(plan.total_bytes)} "
-                f"({_human(plan.need_bytes)} to fetch) from {endpoint()} into {plan.dest} "
-                f"({_human(plan.free_bytes)} free)")
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    # A chosen file already on disk at the wrong size (cut short, or changed) would be returned as it
-    # is: for a commit hash huggingface_hub trusts a cached snapshot file. Remove it, so it is fetched.
-    base = _base_dir(repo_id, listing.commit, local_dir)
-    for f in chosen:
-        if ((base / f.path).is_file() or (base / f.path).is_symlink()) and not _present(base, f):
-            _remove(base / f.path)
-    # by commit hash: exactly the files listed and size-checked above, even if the branch moves meanwhile
-    common = dict(revision=listing.commit, endpoint=endpoint(), cache_dir=hub_cache_dir(), force_download=force)
-    if local_dir is not None:
-        common["local_dir"] = plan.dest
-    with _hub_errors(repo_id, revision, filename):
-        if filename:
-            hf_hub_download(repo_id, filename, **common)
-        else:
-            # exact names: the listing we checked is exactly what gets fetched
-            snapshot_download(repo_id, allow_patterns=[f.path for f in chosen], **common)
-        if revision != listing.commit:
-            _record_ref(repo_id, revision, listing.commit)
-    _check_files(base, chosen, verify)
-    seconds = time.perf_counter() - started
-    orphans = find_incomplete(base if local_dir is not None else _storage_folder(repo_id))
-    _say(quiet, f"  done: {_human(plan.need_bytes)} in {seconds:.1f} s"
-                + (", sizes and checksums verified" if verify else ", sizes checked")
-                + (f"; {len(orphans)} orphan *.incomplete file(s) from an interrupted download "
-                   "(hub.clean_incomplete deletes them)" if orphans else ""))
-    path = base / filename if filename else base
-    return DownloadResult(repo_id, listing.commit, path, chosen, plan.total_bytes, plan.need_bytes, seconds,
-                          False, verify, cli, orphans)
-
-
-def _record_ref(repo_id: str, revision: str, commit: str) -> None:
-    # what huggingface_hub records when it resolves a branch itself; the next local-first look-up
-    # (no network) reads it to find the snapshot / tree listing of that branch
-    refs = _storage_folder(repo_id) / "refs" / revision
-    if not refs.is_file() or refs.read_text().strip() != commit:
-        refs.parent.mkdir(parents=True, exist_ok=True)
-        refs.write_text(commit)
+    return download(repo_id, None, None, local_dir, revision, force, verify, free_bytes, quiet, filename)
 
 
 def sha256_file(path) -> str:
-    digest = hashlib.sha256()
+    """The hex sha256 of a file, read in pieces: what the hub lists for a large (LFS) file."""
+    from huggingface_hub.utils.sha import sha_fileobj
+
     with open(path, "rb") as handle:
-        while block := handle.read(8 * 2**20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _git_blob_id(path: Path) -> str:
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        return sha_fileobj(handle, 8 * 2**20).hex()
 
 
 def _check_files(base: Path, files: list[RepoFileInfo], verify: bool) -> None:
     """Sizes always, sha256 (or git blob id) if `verify`; a bad file is deleted, never left looking complete."""
+    from huggingface_hub.utils.sha import git_hash
+
     for f in files:
         path = base / f.path
         problem = None
@@ -577,23 +510,20 @@ def _check_files(base: Path, files: list[RepoFileInfo], verify: bool) -> None:
             problem = f"has {path.stat().st_size:,} bytes, expected {f.size:,}"
         elif verify and f.sha256 and sha256_file(path) != f.sha256:
             problem = f"has the wrong sha256 (expected {f.sha256[:16]}…)"
-        elif verify and not f.sha256 and f.blob_id and f.size < 10 * 2**20 and _git_blob_id(path) != f.blob_id:
+        elif verify and not f.sha256 and f.blob_id and f.size < 10 * 2**20 and git_hash(path.read_bytes()) != f.blob_id:
             problem = "does not match its git blob id"
         if problem:
             _remove(path)
             raise DownloadFailedError(
-                f"{f.path} {problem}; it was deleted so that nothing broken looks complete. The transfer "
-                "was probably corrupted (a flaky network, proxy or mirror): run the download again; if it "
-                "repeats, try another endpoint (HF_ENDPOINT) or unset it.")
+                f"{f.path} {problem}; it was deleted so that nothing broken looks complete. The transfer was probably "
+                "corrupted (a flaky network, proxy or mirror): run the download again; if it repeats, try another "
+                "endpoint (HF_ENDPOINT) or unset it.")
 
 
 def _remove(path: Path) -> None:
     if path.is_symlink():  # a cache snapshot entry: remove the blob it points to as well
-        target = path.resolve()
-        path.unlink()
-        target.unlink(missing_ok=True)
-    else:
-        path.unlink(missing_ok=True)
+        path.resolve().unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 # ---- a model, for load_model -----------------------------------------------------------------
@@ -612,22 +542,20 @@ def choose_model_files(files: list[RepoFileInfo], allow_pickle: bool = False, gg
         if len(chosen) > 1:
             listed = ", ".join(f"{f.path} ({_human(f.size)})" for f in chosen[:10])
             raise AmbiguousFilesError(
-                f"{repo_id} holds {len(chosen)} GGUF files; choose one with gguf_file='*Q4_K_M.gguf' "
-                f"(a pattern or the exact name), or download it with hub.download_file and pass its path "
-                f"to load_model. Candidates: {listed}{' ...' if len(chosen) > 10 else ''}.")
+                f"{repo_id} holds {len(chosen)} GGUF files; choose one with gguf_file='*Q4_K_M.gguf' (a pattern or "
+                f"the exact name), or download it with hub.download_file and pass its path to load_model. "
+                f"Candidates: {listed}{' ...' if len(chosen) > 10 else ''}.")
         return chosen
     if "config.json" not in names:
-        raise NoMatchingFilesError(
-            f"{repo_id} has neither config.json nor a .gguf file, so it is not a model repo the course can "
-            f"load. Files: {', '.join(sorted(names)[:12])}.")
+        raise NoMatchingFilesError(f"{repo_id} has neither config.json nor a .gguf file, so it is not a model repo "
+                                   f"the course can load. Files: {', '.join(sorted(names)[:12])}.")
     if not has_weights and has_pickle and not allow_pickle:
         raise CourseError(
-            f"{repo_id} has only pickle weights (*.bin/*.pt), which can run code when loaded. Prefer a "
-            "safetensors copy of the model; to load these anyway, pass allow_pickle=True (only for sources "
-            "you trust).")
-    patterns = MODEL_FILE_PATTERNS + (PICKLE_PATTERNS if allow_pickle and not has_weights else [])
-    chosen = pick(files, include=patterns, repo_id=repo_id)
-    if not any(f.path.endswith(WEIGHT_SUFFIXES) for f in chosen):
+            f"{repo_id} has only pickle weights (*.bin/*.pt), which can run code when loaded. Prefer a safetensors "
+            "copy of the model; to load these anyway, pass allow_pickle=True (only for sources you trust).")
+    chosen = pick(files, include=MODEL_FILE_PATTERNS + (PICKLE_PATTERNS if allow_pickle and not has_weights else []),
+                  repo_id=repo_id)
+    if not any(f.path.endswith((".safetensors", ".bin", ".pt", ".pth")) for f in chosen):
         raise NoMatchingFilesError(f"{repo_id} has a config.json but no weights (*.safetensors).")
     return chosen
 
@@ -635,143 +563,8 @@ def choose_model_files(files: list[RepoFileInfo], allow_pickle: bool = False, gg
 def download_model(repo_id: str, allow_pickle: bool = False, gguf_file: str | None = None,
                    local_dir=None, revision: str = "main", **kw) -> Path:
     """Fetch (or reuse) what load_model needs from a hub id: a model folder, or the chosen .gguf file."""
-    found = None if kw.get("force") else _cached_listing(repo_id, revision, local_dir)
-    listing = found or _remote_listing(repo_id, revision)
+    listing = (None if kw.get("force") else _cached_listing(repo_id, revision, local_dir)) or \
+        _remote_listing(repo_id, revision)
     chosen = choose_model_files(listing.files, allow_pickle, gguf_file, repo_id)
-    include = [f.path for f in chosen]
-    result = download(repo_id, include=include, local_dir=local_dir, revision=revision, **kw)
-    if len(chosen) == 1 and chosen[0].path.endswith(".gguf"):
-        return result.path / chosen[0].path
-    return result.path
-
-
-# ---- how big is a model? ----------------------------------------------------------------------
-
-def param_count(config: dict) -> int:
-    """Parameters of a Llama-style decoder (Llama, Mistral, Qwen2/3, Gemma 1-3) from its config.json.
-
-    Embedding + per layer (attention q/k/v/o, gated MLP, norms) + final norm + output head (unless
-    tied to the embedding). Exact for these families; MoE configs count every expert.
-    """
-    cfg = config.get("text_config") or config
-    hidden, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    heads = cfg["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or hidden // heads
-    kind = str(cfg.get("model_type", ""))
-    attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
-    if cfg.get("attention_bias"):
-        attention += heads * head_dim + 2 * kv_heads * head_dim + hidden
-    elif kind.startswith("qwen2"):  # Qwen2 has q/k/v biases without saying so in its config
-        attention += heads * head_dim + 2 * kv_heads * head_dim
-    experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 1
-    inter = cfg.get("moe_intermediate_size") if experts > 1 and cfg.get("moe_intermediate_size") else cfg["intermediate_size"]
-    mlp = 3 * hidden * inter * experts + (hidden * experts if experts > 1 else 0)
-    norms = (4 if kind.startswith(("gemma2", "gemma3")) else 2) * hidden
-    if kind.startswith(("gemma3", "qwen3")):
-        norms += 2 * head_dim  # q_norm and k_norm
-    tied = cfg.get("tie_word_embeddings", config.get("tie_word_embeddings", True))
-    return vocab * hidden + layers * (attention + mlp + norms) + hidden + (0 if tied else vocab * hidden)
-
-
-BYTES_PER_PARAM = {"fp32": 4.0, "bf16 / fp16": 2.0, "8-bit": 1.0, "4-bit": 0.5}
-
-
-@dataclass
-class ModelSize:
-    """A model's parameter count, what that weighs at each precision, and its actual weight files."""
-
-    repo_id: str
-    params: int
-    source: str  # "config.json" or "GGUF header"
-    weight_files: dict[str, int]
-
-    @property
-    def theory_bytes(self) -> dict[str, int]:
-        return {name: int(self.params * b) for name, b in BYTES_PER_PARAM.items()}
-
-    @property
-    def files_bytes(self) -> int:
-        return sum(self.weight_files.values())
-
-    def rows(self) -> list[dict]:
-        """One row per precision plus the real files: bytes, GB and bits per parameter."""
-        rows = [{"model": self.repo_id, "what": f"{name} (arithmetic)", "bytes": b}
-                for name, b in self.theory_bytes.items()]
-        rows.append({"model": self.repo_id, "what": "actual weight files", "bytes": self.files_bytes})
-        for row in rows:
-            row["GB"] = round(row["bytes"] / 1e9, 3)
-            row["bits/param"] = round(8 * row["bytes"] / self.params, 2)
-        return rows
-
-    def __repr__(self) -> str:
-        return (f"ModelSize({self.repo_id}: {self.params / 1e9:.3f} B params from {self.source}; "
-                f"bf16 {_human(2 * self.params)}, 4-bit {_human(self.params / 2)}, files {_human(self.files_bytes)})")
-
-
-def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = None) -> ModelSize:
-    """Parameter count from the repo's config.json (or, for a GGUF repo, from the GGUF header via a Range
-    request) next to the actual size of its weight files. Downloads only config.json / the header."""
-    import json
-
-    listing = _remote_listing(repo_id, revision)
-    names = {f.path: f for f in listing.files}
-    ggufs = [f for f in listing.files if f.path.endswith(".gguf")]
-    if "config.json" in names and not gguf_file:
-        from huggingface_hub import hf_hub_download
-
-        with _hub_errors(repo_id, revision, "config.json"), _no_progress_bars():  # a few KB: no bar
-            config_path = hf_hub_download(repo_id, "config.json", revision=listing.commit, endpoint=endpoint(),
-                                          cache_dir=hub_cache_dir())
-        config = json.loads(Path(config_path).read_text())
-        weights = {f.path: f.size for f in listing.files if f.path.endswith(".safetensors")}
-        if not weights:
-            weights = {f.path: f.size for f in listing.files if f.path.endswith((".bin", ".pt", ".pth"))}
-        return ModelSize(repo_id, param_count(config), "config.json", weights)
-    if ggufs:
-        chosen = choose_model_files(ggufs, gguf_file=gguf_file, repo_id=repo_id)[0]
-        header = gguf_header_remote(repo_id, chosen.path, revision=listing.commit)
-        return ModelSize(repo_id, header["params"], "GGUF header", {chosen.path: chosen.size})
-    raise NoMatchingFilesError(f"{repo_id} has neither config.json nor a .gguf file: cannot size it.")
-
-
-# ---- GGUF header, read without downloading the file -------------------------------------------
-
-def _header_dict(header) -> dict:
-    """The figures model_size needs from a parsed GGUF header (helpers.gguf_tools does the parsing)."""
-    return {"version": header.version, "tensor_count": len(header.tensors), "params": header.n_params,
-            "metadata": header.metadata, "shapes": {t.name: list(t.shape) for t in header.tensors},
-            "header_bytes": header.header_bytes}
-
-
-def gguf_header_remote(repo_id: str, filename: str, revision: str = "main",
-                       first_bytes: int = 4 * 2**20, max_bytes: int = 128 * 2**20) -> dict:
-    """Read a remote GGUF's header with HTTP Range requests (a few MB, not the whole file)."""
-    from .gguf_tools import TruncatedGGUFError, parse_gguf_bytes
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    _sync_env_flags()
-    url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint())
-    data, want = b"", first_bytes
-    while True:
-        with _hub_errors(repo_id, revision, filename):  # fetch only the part not read yet
-            response = get_session().get(url, follow_redirects=True, headers={
-                **build_hf_headers(), "Range": f"bytes={len(data)}-{want - 1}"})
-            hf_raise_for_status(response)
-        more = response.content
-        data = more if response.status_code == 200 else data + more  # 200: the server ignored Range
-        try:
-            return _header_dict(parse_gguf_bytes(data, label=f"{repo_id}/{filename}"))
-        except TruncatedGGUFError:  # the header goes on past what we fetched: fetch more
-            if want >= max_bytes or len(data) < want:
-                raise DownloadFailedError(f"The GGUF header of {filename} is larger than {max_bytes} bytes "
-                                          "or the file is truncated.") from None
-            want *= 2
-
-
-def gguf_header(path) -> dict:
-    """The same for a local .gguf file."""
-    from .gguf_tools import read_gguf
-
-    return _header_dict(read_gguf(path))
+    result = download(repo_id, include=[f.path for f in chosen], local_dir=local_dir, revision=revision, **kw)
+    return result.path / chosen[0].path if len(chosen) == 1 and chosen[0].path.endswith(".gguf") else result.path

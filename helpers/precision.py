@@ -18,12 +18,9 @@ extension) do that arithmetic fast; the others (AVX2 laptops, AMD before Zen 4) 
 | CPU with native bf16 | bfloat16 | bfloat16 |
 | other CPU | float32 | bfloat16 |
 
-The figures behind this rule are measured by `python tools/cpu_dtype_bench.py` (README, "Speed on
-your CPU"). Checkpoints on disk are not affected: they stay bf16; only what is loaded changes.
-
-Test the slow path on a fast machine: `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
-MKL_ENABLE_INSTRUCTIONS=AVX2` make a native-bf16 CPU compute the way an AVX2-only one does (and
-`cpu_bf16()` then says so); `tools/cpu_dtype_bench.py --both` measures that it does.
+Measured by `python tools/cpu_dtype_bench.py` (README, "Speed on your CPU"); `--both` also runs it
+under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`, which makes a
+native-bf16 CPU compute (and `cpu_bf16()` report) like an AVX2-only one. Checkpoints on disk stay bf16.
 """
 
 from __future__ import annotations
@@ -51,28 +48,23 @@ class DtypeChoice:
 def cpu_bf16() -> tuple[bool, str]:
     """(native bf16 on this CPU?, what was found).
 
-    Asks the library that runs bf16 matrix products on the CPU: oneDNN, through torch
-    (`torch.ops.mkldnn._is_mkldnn_bf16_supported`, which honours ONEDNN_MAX_CPU_ISA). oneDNN also
-    says yes on AVX-512 CPUs without bf16 instructions, where it converts in software, so on x86 the
-    CPU must list avx512_bf16 or amx_bf16 as well.
-    """
+    Asks oneDNN, which runs torch's bf16 matrix products on the CPU (and honours ONEDNN_MAX_CPU_ISA).
+    oneDNN also says yes on AVX-512 CPUs without bf16 instructions, where it converts in software,
+    so on x86 the CPU must list avx512_bf16 or amx_bf16 as well."""
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     machine = platform.machine().lower()
-    flags = cpu_flags()
     if machine in ("x86_64", "amd64", "i686", "x86"):
-        hardware = sorted(flags & {"avx512_bf16", "amx_bf16"})
+        hardware = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
         native = onednn and bool(hardware)
         found = f"{capability}; CPU flags: {', '.join(hardware) or 'no avx512_bf16/amx_bf16'}"
     else:  # Arm and others: oneDNN's own check is the CPU's BF16 extension
         native = onednn
         found = f"{capability} ({machine}); oneDNN bf16: {'yes' if onednn else 'no'}"
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    if limit:
-        found += f"; ONEDNN_MAX_CPU_ISA={limit}"
-    return native, found
+    return native, found + (f"; ONEDNN_MAX_CPU_ISA={limit}" if limit else "")
 
 
 def compute_dtype(device: str = "cpu", work: str = "decode") -> DtypeChoice:

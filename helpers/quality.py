@@ -1,4 +1,8 @@
-"""Quality of a quantized model: perplexity on a held-out text, and agreement with full precision."""
+"""Quality of a quantized model: perplexity on a held-out text, and agreement with full precision.
+
+    quality.transformers_perplexity(lm.model, lm.tokenizer)   # on the course's held-out text
+    quality.gguf_perplexity(path)                             # the same through llama.cpp
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,19 @@ from importlib import resources
 
 import numpy as np
 
-
-def heldout_text() -> str:
-    """The course's held-out evaluation text (never used for calibration)."""
-    return resources.files("helpers").joinpath("data/heldout.txt").read_text(encoding="utf-8")
-
-
-def calibration_text() -> str:
-    """The course's calibration text (used only to quantize)."""
-    return resources.files("helpers").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+from .generation import suggest_n_ctx
+from .loading import new_llama
+from .precision import compute_dtype
 
 
-def _nll_from_logits(logits: np.ndarray, token_ids: list[int], chunk: int = 64) -> np.ndarray:
-    """Negative log-likelihood of token_ids[1:] given logits[:-1].
+def heldout_text(language: str = "en") -> str:
+    """The course's held-out evaluation text, "en" or "zh" (never used for calibration: course/models.py reads that)."""
+    name = {"en": "heldout.txt", "zh": "heldout_zh.txt"}[language]
+    return resources.files("helpers").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def perplexity_from_logits(logits: np.ndarray, token_ids: list[int], chunk: int = 64) -> float:
+    """exp(mean negative log-likelihood of token_ids[1:] given logits[:-1]).
 
     Worked in chunks of rows: a 262k-token vocabulary makes each row 1 MB, and a float64 copy of
     all of them would cost gigabytes."""
@@ -30,9 +34,16 @@ def _nll_from_logits(logits: np.ndarray, token_ids: list[int], chunk: int = 64) 
         rows = logits[start:start + chunk].astype(np.float32)[: len(targets) - start]
         peak = rows.max(axis=-1, keepdims=True)
         log_norm = peak[:, 0].astype(np.float64) + np.log(np.exp(rows - peak).sum(axis=-1, dtype=np.float64))
-        picked = rows[np.arange(len(rows)), targets[start:start + len(rows)]]
-        nll[start:start + len(rows)] = log_norm - picked
-    return nll
+        nll[start:start + len(rows)] = log_norm - rows[np.arange(len(rows)), targets[start:start + len(rows)]]
+    return float(math.exp(nll.mean()))
+
+
+def top1_agreement(predicted, reference) -> float:
+    """Fraction of positions where two models pick the same next token (from logits, or argmax ids)."""
+    predicted, reference = (np.asarray(x) for x in (predicted, reference))
+    predicted, reference = (x.argmax(-1) if x.ndim == 2 else x for x in (predicted, reference))
+    n = min(len(predicted), len(reference))
+    return float((predicted[:n] == reference[:n]).mean())
 
 
 def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
@@ -52,8 +63,6 @@ def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
 def _output_layer_in_fp32(model, rows: int = 32768):
     """Temporarily compute the output layer in float32, `rows` vocabulary rows at a time (84 MB each)."""
     import torch
-
-    from .precision import compute_dtype
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if (not isinstance(head, torch.nn.Linear) or head.weight.device.type != "cpu"
@@ -75,24 +84,15 @@ def _output_layer_in_fp32(model, rows: int = 32768):
         del head.forward
 
 
-def llama_cpp_logits(llm, token_ids: list[int]) -> np.ndarray:
-    """Next-token logits of a llama_cpp.Llama created with logits_all=True."""
-    if len(token_ids) > llm.n_ctx():
-        raise ValueError(f"{len(token_ids)} tokens do not fit n_ctx={llm.n_ctx()}; create Llama with a larger n_ctx")
-    llm.reset()
-    llm.eval(token_ids)
-    return np.array(llm.scores[: len(token_ids)], dtype=np.float32)  # a copy: the next eval overwrites scores
-
-
-def perplexity_from_logits(logits: np.ndarray, token_ids: list[int]) -> float:
-    """exp(mean negative log-likelihood) of the sequence."""
-    return float(math.exp(_nll_from_logits(logits, token_ids).mean()))
-
-
-def top1_agreement(logits: np.ndarray, reference_logits: np.ndarray) -> float:
-    """Fraction of positions where both models would pick the same next token."""
-    n = min(len(logits), len(reference_logits))
-    return float((logits[:n].argmax(-1) == reference_logits[:n].argmax(-1)).mean())
+def gguf_logits(path, token_ids: list[int], **llama_kwargs) -> np.ndarray:
+    """Next-token logits of a GGUF file through llama.cpp at every position of `token_ids`."""
+    # n_ctx a multiple of 256: llama.cpp rounds it up, and llama-cpp-python's buffers must match
+    llm = new_llama(path, n_ctx=suggest_n_ctx(len(token_ids), 8), logits_all=True, n_batch=512, **llama_kwargs)
+    try:
+        llm.eval(token_ids)
+        return np.array(llm.scores[: len(token_ids)], dtype=np.float32)  # a copy: scores dies with llm
+    finally:
+        llm.close()
 
 
 def transformers_perplexity(model, tokenizer, text: str | None = None) -> float:
@@ -103,22 +103,12 @@ def transformers_perplexity(model, tokenizer, text: str | None = None) -> float:
 
 def gguf_perplexity(gguf_path, text: str | None = None, n_threads: int | None = None) -> float:
     """Perplexity of a GGUF file through llama.cpp on `text` (default: the held-out text)."""
-    from .loading import new_llama
-
-    text = text or heldout_text()
-    ids = gguf_token_ids(gguf_path, text)
-    n_ctx = -(-(len(ids) + 8) // 256) * 256  # llama.cpp rounds n_ctx up to 256; keep Python's buffers equal
-    llm = new_llama(gguf_path, n_ctx=n_ctx, logits_all=True, n_threads=n_threads, n_batch=512)
-    try:
-        return perplexity_from_logits(llama_cpp_logits(llm, ids), ids)
-    finally:
-        llm.close()
+    ids = gguf_token_ids(gguf_path, text or heldout_text())
+    return perplexity_from_logits(gguf_logits(gguf_path, ids, n_threads=n_threads), ids)
 
 
 def gguf_token_ids(path, text: str) -> list[int]:
     """How llama.cpp tokenizes `text` with this GGUF's vocabulary (loads the vocabulary only)."""
-    from .loading import new_llama
-
     vocab = new_llama(path, vocab_only=True)
     try:
         return vocab.tokenize(text.encode("utf-8"), add_bos=True)

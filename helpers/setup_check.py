@@ -1,4 +1,7 @@
-"""Notebook 00's environment check: versions, hardware, kernels, course models, and a verdict."""
+"""Notebook 00's environment check: versions, hardware, kernels, course models, and a verdict.
+
+    verdict(package_versions(), hardware(), llama_cpp_build(), course_models.info_rows(), kernel_reports)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import os
 import platform
 import shutil
 
-from .env import cache_dir, cpu_name, installed_version  # noqa: F401
+from .env import cache_dir, cpu_name, installed_version
 
 PACKAGES = ["torch", "transformers", "optimum", "gptqmodel", "llama-cpp-python", "huggingface_hub",
             "gguf", "accelerate", "safetensors", "ipywidgets", "numpy"]
@@ -23,25 +26,17 @@ def hardware() -> dict:
 
     where = cache_dir()
     probe = where if where.exists() else where.parent if where.parent.exists() else os.path.expanduser("~")
-    info = {
-        "cpu": cpu_name(),
-        "cores (logical)": os.cpu_count(),
-        "cores (physical)": psutil.cpu_count(logical=False),
-        "RAM total (GiB)": round(psutil.virtual_memory().total / 2**30, 1),
-        "RAM available (GiB)": round(psutil.virtual_memory().available / 2**30, 1),
-        "disk free at cache (GiB)": round(shutil.disk_usage(probe).free / 2**30, 1),
-        "cuda": False,
-        "mps": False,
-    }
+    ram = psutil.virtual_memory()
+    info = {"cpu": cpu_name(), "cores (logical)": os.cpu_count(), "cores (physical)": psutil.cpu_count(logical=False),
+            "RAM total (GiB)": round(ram.total / 2**30, 1), "RAM available (GiB)": round(ram.available / 2**30, 1),
+            "disk free at cache (GiB)": round(shutil.disk_usage(probe).free / 2**30, 1), "cuda": False, "mps": False}
     try:
         import torch
 
         info["torch build"] = "CUDA " + torch.version.cuda if torch.version.cuda else "CPU only"
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            info["cuda"] = True
-            info["gpu"] = props.name
-            info["GPU memory (GiB)"] = round(props.total_memory / 2**30, 1)
+            info.update({"cuda": True, "gpu": props.name, "GPU memory (GiB)": round(props.total_memory / 2**30, 1)})
         info["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     except ImportError:
         info["torch build"] = "missing"
@@ -54,31 +49,26 @@ def llama_cpp_build() -> dict:
         import llama_cpp
     except ImportError:
         return {"installed": False}
-    system = llama_cpp.llama_print_system_info().decode(errors="replace")
     return {"installed": True, "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-            "system_info": system.strip()}
+            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
 
 
 def verdict(versions: dict, hw: dict, llama: dict, models: list[dict], kernels: dict) -> list[str]:
     """Problems with what to do about each; an empty list means ready."""
-    problems = []
-    for name in ("torch", "transformers", "optimum", "gptqmodel", "llama-cpp-python", "gguf"):
-        if versions.get(name) == "missing":
-            problems.append(f"{name} is not installed: run `make setup` (or the Colab install cell).")
+    problems = [f"{name} is not installed: run `make setup` (or the Colab install cell)."
+                for name in ("torch", "transformers", "optimum", "gptqmodel", "llama-cpp-python", "gguf")
+                if versions.get(name) == "missing"]
     if versions.get("gptqmodel", "missing") not in ("missing", "7.6.0"):
         problems.append(f"gptqmodel {versions['gptqmodel']} is untested here; the course pins 7.6.0 "
                         "(7.7.0 pulls a CUDA torch).")
     not_ready = [m["format"] for m in models if m["status"] != "ready"]
     if not_ready:
-        problems.append(f"course models not built: {', '.join(not_ready)}. Run "
-                        "`python -m course.models build`.")
+        problems.append(f"course models not built: {', '.join(not_ready)}. Run `python -m course.models build`.")
     if hw.get("cuda") and llama.get("installed") and not llama.get("gpu_offload"):
         problems.append("a GPU is present but llama-cpp-python was built for the CPU only: reinstall with "
                         "CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-cache-dir "
                         "llama-cpp-python==0.3.36")
-    for fmt, report in kernels.items():
-        if report.get("warning"):
-            problems.append(f"{fmt}: {report['warning']}")
+    problems += [f"{fmt}: {report['warning']}" for fmt, report in kernels.items() if report.get("warning")]
     if hw.get("RAM available (GiB)", 99) < 2:
         problems.append(f"only {hw['RAM available (GiB)']} GiB RAM free: close other programs or notebooks.")
     if hw.get("disk free at cache (GiB)", 99) < 3:

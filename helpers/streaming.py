@@ -2,33 +2,22 @@
 
     run = stream(lm, "The capital of France is", max_new_tokens=64)  # lm from helpers.loading.load_model
     result = run.wait()   # StreamResult(text, prompt_tokens, new_tokens, ttft_s, seconds, tokens_per_s, stopped_by_user)
-
-`stream` draws a widget in Jupyter, Colab and VS Code (text as it is generated, a status line with
-time to first token, tokens and live tokens/s, a Stop button) and returns at once, so the kernel
-stays free to hear the button. Where nobody can click (a terminal, plain Python, nbclient/nbmake/
-papermill) the same call prints the text as it comes and returns when generation ends.
-
-The same code serves both backends. Transformers generates in a thread and hands text over through
-a `TextIteratorStreamer`; llama.cpp yields chunks from `create_completion(stream=True)`. Stop sets
-an event that a stopping criterion checks after every token, so generation ends cleanly within one
-token; no thread is ever killed.
-
-Widgets are updated by setting their *values* from the thread that reads the stream. Nothing is
-printed into an `ipywidgets.Output` from a background thread: under ipykernel 7 that output can be
-lost (ipywidgets issue 4020).
+    print_stream(TokenStream(lm, prompt))   # the console; a TokenStream is a plain iterator of text pieces
 """
 
-from __future__ import annotations
-
 import html
+import itertools
 import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from .errors import CourseError
+from .generation import encode_prompt, fit_context, pad_token_id
+
+PRE = '<pre style="white-space: pre-wrap; margin: 0; font-family: var(--jp-code-font-family, monospace)">{}</pre>'
 
 
 @dataclass
@@ -45,290 +34,166 @@ class StreamResult:
 
 
 class TokenStream:
-    """One generation as an iterator of text pieces, for Transformers and llama.cpp alike.
-
-    Iterate it (in any one thread) to run the generation; call `stop()` from any thread.
-    `new_tokens`, `ttft_s` and `text` are live; `result` is set when the iteration ends.
-    `plain_texts`: what a person typed into `prompt`, kept as text (helpers.loading.encode_prompt).
-    """
+    """One generation as an iterator of text pieces, for Transformers and llama.cpp alike: iterate it once,
+    `stop()` it from any thread (a stopping criterion checks after every token: no thread is killed). `text`,
+    `new_tokens`, `ttft_s`, `tokens_per_s` are live, `result` is set at the end; `plain_texts`, what a person
+    typed into `prompt`, stay text (generation.encode_prompt)."""
 
     def __init__(self, lm, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
-                 plain_texts=(), **generate_kwargs):
-        self.lm, self.prompt, self.plain_texts = lm, prompt, list(plain_texts)
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self.generate_kwargs = generate_kwargs
-        self.prompt_tokens = 0
-        self.new_tokens = 0
-        self.result: StreamResult | None = None
-        self._parts: list[str] = []
-        self._stop = threading.Event()
-        self._started: float | None = None
-        self._first_token_at: float | None = None
+                 plain_texts=(), stop_strings=(), **generate_kwargs):
+        self.lm, self.prompt, self.plain_texts, self.stop_strings = lm, prompt, list(plain_texts), list(stop_strings)
+        self.max_new_tokens, self.temperature, self.generate_kwargs = max_new_tokens, temperature, generate_kwargs
+        self.text, self.prompt_tokens, self.new_tokens, self.ttft_s = "", 0, 0, None
+        self.stopped_by_user, self.hit_stop_string, self.result = False, False, None
+        self._stop, self._started = threading.Event(), None
 
     def stop(self) -> None:
-        """Ask the generation to end; it does so after at most one more token."""
+        """End the generation after at most one more token; what was written is kept."""
+        self.stopped_by_user = True
         self._stop.set()
 
     @property
-    def text(self) -> str:
-        return "".join(self._parts)
+    def tokens_per_s(self) -> float:  # decode speed: tokens after the first over the time since it came
+        elapsed = time.perf_counter() - self._started - self.ttft_s if self.ttft_s is not None else 0
+        return (self.new_tokens - 1) / elapsed if self.new_tokens > 1 and elapsed > 0 else 0.0
 
-    @property
-    def ttft_s(self) -> float | None:
-        if self._first_token_at is None:
-            return None
-        return self._first_token_at - self._started
+    def visible(self, raw: str, final: bool = False) -> str:
+        """What of `raw` may show: up to the first stop string, less a tail that may begin one (until `final`).
+        Not the libraries' stop strings: Transformers' streamer shows one before generate(stop_strings=) ends."""
+        cut = min((raw.find(s) for s in self.stop_strings if s in raw), default=-1)
+        if cut >= 0 or final:
+            return raw[:cut] if cut >= 0 else raw
+        return raw[:len(raw) - max((n for s in self.stop_strings for n in range(1, len(s)) if raw.endswith(s[:n])),
+                                   default=0)]
 
-    def tokens_per_s(self, now: float | None = None) -> float:
-        """Decode speed so far (or at `now`): tokens after the first over the time since it came."""
-        if self._first_token_at is None or self.new_tokens < 2:
-            return 0.0
-        elapsed = (now or time.perf_counter()) - self._first_token_at
-        return (self.new_tokens - 1) / elapsed if elapsed > 0 else 0.0
-
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self):
         if self._started is not None:
             raise CourseError("A TokenStream runs once; make a new one (or call StreamWidget.start again).")
         claim_model(self.lm)
-        self._started = time.perf_counter()
+        self._started, raw, ended = time.perf_counter(), "", False
         pieces = self._llama_cpp() if self.lm.backend == "llama.cpp" else self._transformers()
         try:
-            for piece in pieces:
-                if piece:
-                    self._parts.append(piece)
+            for piece in itertools.chain(pieces, [None]):  # None: the end, which shows what was held back
+                raw += piece or ""
+                if not self.hit_stop_string and any(s in raw for s in self.stop_strings):
+                    self.hit_stop_string = True
+                    self._stop.set()  # the generation ends within one token; visible() cuts before the stop
+                shown = self.visible(raw, final=piece is None)
+                if len(shown) > len(self.text):
+                    piece, self.text = shown[len(self.text):], shown
                     yield piece
+            ended = True
         finally:
-            pieces.close()  # if the reader left early (Ctrl-C, break), this stops the generation
-            release_model(self.lm)
-            ended = time.perf_counter()
-            self.result = StreamResult(
-                text=self.text, prompt_tokens=self.prompt_tokens, new_tokens=self.new_tokens,
-                ttft_s=self.ttft_s, seconds=ended - self._started,
-                tokens_per_s=self.tokens_per_s(ended), stopped_by_user=self._stop.is_set())
+            self.stopped_by_user |= not ended  # the reader left early (Ctrl-C, break) or it failed
+            pieces.close()  # which ends the generation
+            _busy.discard(id(self.lm.model))
+            self.result = StreamResult(self.text, self.prompt_tokens, self.new_tokens, self.ttft_s,
+                                       time.perf_counter() - self._started, self.tokens_per_s, self.stopped_by_user)
 
-    def _count(self, n: int = 1) -> None:
-        """Called by the generating side for every new token."""
-        if self._first_token_at is None:
-            self._first_token_at = time.perf_counter()
-        self.new_tokens += n
+    def _count(self, new_tokens: int) -> None:
+        self.ttft_s, self.new_tokens = self.ttft_s or time.perf_counter() - self._started, new_tokens
 
-    def _prompt_ids(self) -> list[int]:
-        """The prompt's ids (one <bos>, never two); refuse it, or shorten max_new_tokens, at the context window."""
-        from .loading import encode_prompt, fit_context
-
+    def _prompt_ids(self) -> list[int]:  # one <bos>, never two; refused, or max_new_tokens shortened, at the window
         ids = encode_prompt(self.lm, self.prompt, self.plain_texts)
         self.prompt_tokens = len(ids)
         self.max_new_tokens = fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
         return ids
 
-    def _transformers(self) -> Iterator[str]:
+    def _transformers(self):
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import TextIteratorStreamer
 
-        from .loading import pad_token_id
-
-        tokenizer, model = self.lm.tokenizer, self.lm.model
+        model, tokenizer = self.lm.model, self.lm.tokenizer
         ids = torch.tensor([self._prompt_ids()], device=model.device)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        def watch(input_ids, scores, **kwargs):  # after every token, which is kept (so counted) even after Stop
+            self._count(input_ids.shape[1] - self.prompt_tokens)
+            return torch.full((input_ids.shape[0],), self._stop.is_set(), dtype=torch.bool, device=input_ids.device)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        watch = _TransformersWatch(self._stop, self._count, self.prompt_tokens)
-        sampling = ({"do_sample": True, "temperature": self.temperature} if self.temperature > 0
-                    else {"do_sample": False})
-        kwargs = dict(**inputs, max_new_tokens=self.max_new_tokens, streamer=streamer,
-                      stopping_criteria=StoppingCriteriaList([watch]),
-                      pad_token_id=pad_token_id(tokenizer),
-                      **sampling, **self.generate_kwargs)
-        failure: list[BaseException] = []
-
-        def generate():
+        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        with ThreadPoolExecutor(1, thread_name_prefix="qllm-generate") as pool:
+            job = pool.submit(torch.inference_mode()(model.generate), input_ids=ids, attention_mask=torch.ones_like(ids),
+                              streamer=streamer, max_new_tokens=self.max_new_tokens, stopping_criteria=[watch],
+                              pad_token_id=pad_token_id(tokenizer), **sampling, **self.generate_kwargs)
+            job.add_done_callback(lambda job: job.exception() and streamer.end())  # an error unblocks the reader
             try:
-                with torch.inference_mode():
-                    model.generate(**kwargs)
-            except BaseException as err:  # hand it to the reader, and unblock it
-                failure.append(err)
-                streamer.end()
+                yield from streamer
+            finally:
+                self._stop.set()  # ends the generation if the reader left early
+        job.result()  # re-raises the generation's error
 
-        thread = threading.Thread(target=generate, name="qllm-generate", daemon=True)
-        thread.start()
-        finished = False
-        try:
-            yield from streamer
-            finished = True
-        finally:
-            if not finished:  # the reader left early: end the generation, then wait for its thread
-                self._stop.set()
-            thread.join()
-        if failure:
-            raise failure[0]
-
-    def _llama_cpp(self) -> Iterator[str]:
-        from llama_cpp import StoppingCriteriaList
-
-        prompt_ids = self._prompt_ids()
-        watch = _LlamaCppWatch(self._stop, self._count)
-        chunks = self.lm.model.create_completion(prompt_ids, max_tokens=self.max_new_tokens,
-                                                 temperature=self.temperature, stream=True,
-                                                 stopping_criteria=StoppingCriteriaList([watch]),
+    def _llama_cpp(self):
+        def watch(input_ids, logits) -> bool:  # per sampled token, given the ids before it; then once more
+            stop = self._stop.is_set()         # at the end, with no new one. A token sampled after Stop is dropped.
+            if not stop:
+                self._count(len(input_ids) + 1 - self.prompt_tokens)
+            return stop
+        chunks = self.lm.model.create_completion(self._prompt_ids(), max_tokens=self.max_new_tokens, stream=True,
+                                                 temperature=self.temperature, stopping_criteria=watch,
                                                  **self.generate_kwargs)
-        finished = False
         try:
-            for chunk in chunks:
-                yield chunk["choices"][0]["text"]
-            finished = True
+            yield from (chunk["choices"][0]["text"] for chunk in chunks)
         finally:
-            if not finished:
-                self._stop.set()
-            chunks.close()
+            chunks.close()  # now, not when collected: the model is free for the next stream
 
 
-_busy_models: set[int] = set()
-_busy_lock = threading.Lock()
+_busy, _busy_lock = set(), threading.Lock()  # id(lm.model) of the models generating now
 
 
 def claim_model(lm, check_only: bool = False) -> None:
     """One stream per model at a time: a second generation on the same llama.cpp model corrupts it."""
     with _busy_lock:
-        if id(lm.model) in _busy_models:
+        if id(lm.model) in _busy:
             raise CourseError("This model is still generating (a stream started earlier runs in the background). "
                               "Call .wait() on that stream, or .stop() it, before starting another.")
-        if not check_only:
-            _busy_models.add(id(lm.model))
+        _busy.update([] if check_only else [id(lm.model)])
 
 
-def release_model(lm) -> None:
-    with _busy_lock:
-        _busy_models.discard(id(lm.model))
-
-
-class _TransformersWatch:
-    """A Transformers stopping criterion, called after every generated token: counts it, honours Stop.
-
-    A token that arrives with Stop already set is still kept (it is in the output), so it counts.
-    """
-
-    def __init__(self, event: threading.Event, on_token: Callable[[int], None], prompt_tokens: int):
-        self.event, self.on_token, self.seen = event, on_token, prompt_tokens
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        self.on_token(input_ids.shape[1] - self.seen)
-        self.seen = input_ids.shape[1]
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _LlamaCppWatch:
-    """llama.cpp's stopping_criteria hook: counts sampled tokens, honours Stop.
-
-    llama-cpp-python calls it once per sampled token with the ids so far (one longer each time),
-    then once after its loop with the same length as the call before, which is no new token.
-    A token it samples while Stop is set is dropped, so it is not counted.
-    """
-
-    def __init__(self, event: threading.Event, on_token: Callable[[int], None]):
-        self.event, self.on_token = event, on_token
-        self.seen = -1
-
-    def __call__(self, input_ids, logits) -> bool:
-        if self.event.is_set():
-            return True
-        if len(input_ids) > self.seen:
-            self.seen = len(input_ids)
-            self.on_token(1)
-        return False
-
-
-# ---- where are we running? ------------------------------------------------------------------
-
-def has_widget_frontend() -> bool:
+def has_widget_frontend(mode: str = "auto") -> bool:
     """True in Jupyter, Colab or VS Code; False in a terminal, plain Python, nbclient/nbmake/papermill.
-
-    Set QLLM_STREAM_MODE=widget or =console to override.
-    """
-    forced = os.environ.get("QLLM_STREAM_MODE", "").strip().lower()
-    if forced in ("widget", "console"):
-        return forced == "widget"
-    if "google.colab" in sys.modules:
-        return True
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython else None
-    kernel = getattr(shell, "kernel", None)
-    if kernel is None:
-        return False  # plain Python or terminal IPython
-    # Headless runners (nbclient, so nbmake and papermill too) execute with allow_stdin=False: nobody
-    # is there to type, or to click Stop. Jupyter, Colab and VS Code let input() ask.
-    return bool(getattr(kernel, "_allow_stdin", False))
-
-
-def pick_mode(mode: str) -> str:
-    if mode == "auto":
-        return "widget" if has_widget_frontend() else "console"
-    if mode not in ("widget", "console"):
+    mode="widget" or "console" (else QLLM_STREAM_MODE=widget|console) decides instead."""
+    if mode not in ("auto", "widget", "console"):
         raise CourseError(f"mode must be 'auto', 'widget' or 'console', not {mode!r}.")
-    return mode
+    forced = mode if mode != "auto" else os.environ.get("QLLM_STREAM_MODE", "").strip().lower()
+    if forced in ("widget", "console") or "google.colab" in sys.modules:
+        return forced != "console"
+    ipython = sys.modules.get("IPython")
+    kernel = getattr(ipython.get_ipython() if ipython else None, "kernel", None)  # None: plain or terminal Python
+    return bool(getattr(kernel, "_allow_stdin", False))  # False under nbclient (nbmake, papermill): nobody to click
 
 
-def format_status(state: str, new_tokens: int, ttft_s: float | None, tokens_per_s: float) -> str:
-    """The status line: 'generating · first token 0.12 s · 15 tokens · 48.1 tokens/s'."""
-    first = f"first token {ttft_s:.2f} s" if ttft_s is not None else "waiting for the first token"
-    return f"{state} · {first} · {new_tokens} tokens · {tokens_per_s:.1f} tokens/s"
+def format_status(run, state: str | None = None) -> str:
+    """'done · first token 0.12 s · 15 tokens · 48.1 tokens/s' for a TokenStream (live) or a StreamResult."""
+    first = f"first token {run.ttft_s:.2f} s" if run.ttft_s is not None else "waiting for the first token"
+    state = state or ("stopped" if run.stopped_by_user else "done")
+    return f"{state} · {first} · {run.new_tokens} tokens · {run.tokens_per_s:.1f} tokens/s"
 
 
-def text_to_html(text: str) -> str:
-    """Generated text as HTML that keeps its line breaks and shows markup literally."""
-    return ('<pre style="white-space: pre-wrap; margin: 0; font-family: var(--jp-code-font-family, monospace)">'
-            f"{html.escape(text)}</pre>")
-
-
-# ---- console --------------------------------------------------------------------------------
-
-def stream_to_console(lm, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
-                      by_line: bool = False, file=None, **generate_kwargs) -> StreamResult:
-    """Print the answer as it is generated, then a status line; return the StreamResult.
-
-    Ctrl-C (or the notebook's interrupt button) acts as Stop. by_line prints whole lines only.
-    """
-    tokens = TokenStream(lm, prompt, max_new_tokens, temperature, **generate_kwargs)
-    return print_stream(tokens, by_line=by_line, file=file)
-
-
-def print_stream(tokens: TokenStream, by_line: bool = False, file=None) -> StreamResult:
-    """Run a TokenStream, printing its text as it comes (or line by line) and a final status line."""
-    out = file or sys.stdout
-    # A Jupyter kernel's stdout sends what it holds every 0.2 s by itself; flushing after every piece
-    # would make one message (and one output in a saved notebook) per piece. Terminals need the flush.
-    flush_each = not type(out).__module__.startswith("ipykernel")
-    pieces = iter(tokens)
-    pending = ""
+def print_stream(tokens: TokenStream, by_line: bool = False, file=None, live: bool = True) -> StreamResult:
+    """Run a TokenStream, printing its text as it comes (by_line: whole lines; live=False: at the end), then a
+    status line. Ctrl-C (or the notebook's interrupt button) acts as Stop."""
+    out, pieces, shown = file or sys.stdout, iter(tokens), 0
+    flush_each = not type(out).__module__.startswith("ipykernel")  # a kernel's stdout sends by itself every 0.2 s
     try:
-        for piece in pieces:
-            if by_line:
-                pending += piece
-                if "\n" not in pending:
-                    continue
-                piece, pending = pending.rsplit("\n", 1)
-                piece += "\n"
-            out.write(piece)
-            if flush_each:
-                out.flush()
+        for _piece in pieces:
+            text = tokens.text[: tokens.text.rfind("\n") + 1] if by_line else tokens.text
+            if live and len(text) > shown:
+                out.write(text[shown:])
+                shown = len(text)
+                if flush_each:
+                    out.flush()
     except KeyboardInterrupt:
         tokens.stop()
         pieces.close()
-    result = tokens.result
-    state = "stopped" if result.stopped_by_user else "done"
-    out.write(f"{pending}\n[{format_status(state, result.new_tokens, result.ttft_s, result.tokens_per_s)}]\n")
+    out.write(f"{tokens.result.text[shown:]}\n[{format_status(tokens.result)}]\n")
     out.flush()
-    return result
+    return tokens.result
 
-
-# ---- widget ---------------------------------------------------------------------------------
 
 def join_reader(widget, timeout: float | None) -> None:
     """Wait for a widget's reader thread, then re-raise what went wrong in it (stream and chat widgets)."""
-    if widget.reader_thread is not None:
-        widget.reader_thread.join(timeout)
-        if widget.reader_thread.is_alive():
-            raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
+    thread = widget.reader_thread
+    if thread is not None and (thread.join(timeout) or thread.is_alive()):  # join() returns None
+        raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
     if widget.error is not None:  # read after the join: the reader sets it on its way out
         raise widget.error
 
@@ -338,117 +203,75 @@ class StreamWidget:
 
         sw = StreamWidget(lm, max_new_tokens=200)   # mode="auto" | "widget" | "console"
         display(sw.widget); sw.start(prompt)        # or simply: sw = stream(lm, prompt)
-        sw.stop(); result = sw.wait()               # sw.text and sw.status are live
+        sw.stop(); result = sw.wait()               # sw.text, sw.new_tokens and sw.status are live
 
-    In widget mode `start` returns at once and a reader thread fills the widget, redrawing it at
-    most every `refresh_s` seconds (by_line=True: complete lines only); in console mode `start`
-    prints and returns when generation ends. `on_done(result)` runs when a generation ends (in the
-    reader thread; not after an error, which `wait()` re-raises and `status` shows). The parts
-    (`text_box`, `status_line`, `stop_button`, `widget`) are public so a chat UI can lay them out.
-    """
+    Widget mode: `start` returns at once; a reader thread sets the widget values at most every `refresh_s` s
+    (never prints into an ipywidgets.Output: ipykernel 7 can lose that, ipywidgets issue 4020). Console mode:
+    `start` prints and returns at the end. `on_done(result)` runs after each generation."""
 
     def __init__(self, lm, max_new_tokens: int = 256, temperature: float = 0.0, by_line: bool = False,
-                 mode: str = "auto", on_done: Callable[[StreamResult], None] | None = None,
-                 refresh_s: float = 0.1, **generate_kwargs):
-        self.lm = lm
-        self.max_new_tokens, self.temperature, self.by_line = max_new_tokens, temperature, by_line
-        self.refresh_s = refresh_s  # the widget is redrawn at most this often (0: after every piece)
-        self.generate_kwargs = generate_kwargs
-        self.on_done = on_done
-        self.mode = pick_mode(mode)
-        self.result: StreamResult | None = None
-        self.error: BaseException | None = None
-        self._tokens: TokenStream | None = None
-        self.reader_thread: threading.Thread | None = None
-        self._status = "ready"
-        self.update_seconds = 0.0  # time the reader spent updating the widget during the last run
+                 mode: str = "auto", on_done=None, refresh_s: float = 0.1, **generate_kwargs):
+        self.lm, self.by_line, self.refresh_s, self.on_done = lm, by_line, refresh_s, on_done
+        self.mode = "widget" if has_widget_frontend(mode) else "console"
+        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, **generate_kwargs)
+        self.status, self.update_seconds = "ready", 0.0  # update_seconds: the reader's time on the widget
+        self.tokens = self.error = self.reader_thread = None
         self.widget = self.text_box = self.status_line = self.stop_button = None
         if self.mode == "widget":
             import ipywidgets as widgets
 
-            self.text_box = widgets.HTML(value=text_to_html(""))
-            self.status_line = widgets.HTML(value=html.escape(self._status))
+            self.text_box, self.status_line = widgets.HTML(PRE.format("")), widgets.HTML(self.status)
             self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger",
                                               disabled=True, tooltip="End generation after the next token")
             self.stop_button.on_click(lambda _button: self.stop())
             self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status_line]), self.text_box])
 
-    # -- what a caller reads
-    @property
-    def running(self) -> bool:
-        return self.reader_thread is not None and self.reader_thread.is_alive()
+    running = property(lambda self: self.reader_thread is not None and self.reader_thread.is_alive())
+    text = property(lambda self: self.tokens.text if self.tokens else "")
+    new_tokens = property(lambda self: self.tokens.new_tokens if self.tokens else 0)
 
-    @property
-    def text(self) -> str:
-        """The text generated so far (all of it, whatever the refresh mode)."""
-        return self._tokens.text if self._tokens else ""
-
-    @property
-    def new_tokens(self) -> int:
-        return self._tokens.new_tokens if self._tokens else 0
-
-    @property
-    def status(self) -> str:
-        """The status line as plain text."""
-        return self._status
-
-    def __repr__(self) -> str:
-        return f"StreamWidget(mode={self.mode!r}, status={self.status!r})"
-
-    # -- what a caller does
     def start(self, prompt: str) -> "StreamWidget":
         """Begin generating from `prompt` (widget mode: returns at once; console mode: when done)."""
         if self.running:
             raise CourseError("This stream is still generating: call stop() and wait() before starting again.")
         claim_model(self.lm, check_only=True)  # fail here, in the caller, rather than in the reader thread
-        self.result, self.error = None, None
-        self.update_seconds = 0.0
-        self._tokens = TokenStream(self.lm, prompt, self.max_new_tokens, self.temperature,
-                                   **self.generate_kwargs)
+        self.error, self.update_seconds = None, 0.0
+        self.tokens = TokenStream(self.lm, prompt, **self.settings)
         if self.mode == "console":
-            try:
-                self._finish(print_stream(self._tokens, self.by_line))
-            except BaseException as err:
-                self.error = err
-                raise
-            return self
-        self.reader_thread = threading.Thread(target=self._read, name="qllm-stream-reader", daemon=True)
-        self.reader_thread.start()
+            self._finish(print_stream(self.tokens, self.by_line))
+        else:
+            self.reader_thread = threading.Thread(target=self._read, name="qllm-stream-reader", daemon=True)
+            self.reader_thread.start()
         return self
 
     def stop(self) -> None:
         """End generation after at most one more token (what the Stop button does)."""
-        if self._tokens is not None:
-            self._tokens.stop()
+        if self.tokens is not None:
+            self.tokens.stop()
 
     def wait(self, timeout: float | None = None) -> StreamResult:
         """Block until generation ends; return its StreamResult (re-raises a generation error)."""
-        if self._tokens is None:
+        if self.tokens is None:
             raise CourseError("Nothing to wait for: call start(prompt) first.")
         join_reader(self, timeout)
-        return self.result
+        return self.tokens.result
 
-    # -- the reader thread: from start() on, it alone updates the widget values
-    def _read(self) -> None:
-        tokens = self._tokens
+    def _read(self) -> None:  # the reader thread: from start() on, it alone sets the widget values
+        tokens = self.tokens
         try:
-            self.text_box.value = text_to_html("")
+            self.text_box.value = PRE.format("")
             self._set_status("generating")
             self.stop_button.disabled = False
-            shown, last_refresh = 0, float("-inf")  # the first piece shows at once
+            last = float("-inf")  # the first piece shows at once
             for _piece in tokens:
                 began = time.perf_counter()
-                if began - last_refresh >= self.refresh_s:  # redraw at most once per refresh_s
-                    text = tokens.text
-                    if self.by_line:
-                        text = text[: text.rfind("\n") + 1]  # complete lines only
-                    if len(text) != shown:
-                        self.text_box.value = text_to_html(text)
-                        shown = len(text)
-                    self._set_status("generating", tokens)
-                    last_refresh = began
+                if began - last >= self.refresh_s:  # an unchanged value sends nothing
+                    text = tokens.text[: tokens.text.rfind("\n") + 1] if self.by_line else tokens.text
+                    self.text_box.value = PRE.format(html.escape(text))
+                    self._set_status(format_status(tokens, "generating"))
+                    last = began
                 self.update_seconds += time.perf_counter() - began
-            self.text_box.value = text_to_html(tokens.text)
+            self.text_box.value = PRE.format(html.escape(tokens.text))
             self._finish(tokens.result)
         except BaseException as err:
             self.error = err
@@ -457,30 +280,21 @@ class StreamWidget:
             self.stop_button.disabled = True
 
     def _finish(self, result: StreamResult) -> None:
-        self.result = result
-        state = "stopped" if result.stopped_by_user else "done"
-        self._set_status(format_status(state, result.new_tokens, result.ttft_s, result.tokens_per_s))
+        self._set_status(format_status(result))
         if self.on_done is not None:
             self.on_done(result)
 
-    def _set_status(self, state: str, tokens: TokenStream | None = None) -> None:
-        if tokens is not None:  # live figures
-            state = format_status(state, tokens.new_tokens, tokens.ttft_s, tokens.tokens_per_s())
-        self._status = state
+    def _set_status(self, state: str) -> None:
+        self.status = state
         if self.status_line is not None:
             self.status_line.value = html.escape(state)
 
 
-def stream(lm, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0, by_line: bool = False,
-           mode: str = "auto", refresh_s: float = 0.1, **generate_kwargs) -> StreamWidget:
-    """Stream `prompt`'s completion: a widget with Stop where a front end can show it, else the console.
-
-    Returns the StreamWidget; `.wait()` gives the StreamResult.
-    """
-    sw = StreamWidget(lm, max_new_tokens=max_new_tokens, temperature=temperature, by_line=by_line,
-                      mode=mode, refresh_s=refresh_s, **generate_kwargs)
+def stream(lm, prompt: str, **settings) -> StreamWidget:
+    """Stream `prompt`'s completion into a StreamWidget (a widget with Stop where a front end can show it, else
+    the console; `settings` as StreamWidget's) and return it; `.wait()` gives the StreamResult."""
+    sw = StreamWidget(lm, **settings)
     if sw.mode == "widget":
         from IPython.display import display
-
         display(sw.widget)
     return sw.start(prompt)

@@ -2,13 +2,12 @@
 
     lm = load_model(course_models.model_path("gguf"))
     t = measure(lm, ["The printing press", "印刷术的历史"], new_tokens=32, warmup=1, repeats=3)
-    t.row()                    # one pandas-ready dict: medians, spreads, peak memory
-    pd.DataFrame([t.row()])
+    pd.DataFrame([t.row()])    # medians, spreads, peak memory
 
 Every run decodes greedily and exactly `new_tokens` tokens (end-of-sequence cannot stop it
 early), so formats are compared on equal work. Thread counts are fixed (QLLM_THREADS).
 The speed ceiling of decoding is memory bandwidth: each new token reads every weight once, so
-`copy_bandwidth() / bytes_per_token(lm)` is the most tokens/s this machine could give.
+`decode_ceiling(copy_bandwidth(), bytes_per_token(lm))` is the most tokens/s this machine could give.
 """
 
 from __future__ import annotations
@@ -18,11 +17,13 @@ import statistics
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+from .env import default_threads
 from .errors import CourseError
-from .loading import LoadedModel, default_threads, pad_token_id
+from .generation import pad_token_id
+from .gguf_tools import read_gguf
+from .loading import LoadedModel
 
 
 @dataclass
@@ -65,15 +66,11 @@ class Timing:
         gpu = [r.peak_gpu_bytes for r in self.runs if r.peak_gpu_bytes is not None]
         return {"format": self.format, "backend": self.backend, "device": self.device, "dtype": self.dtype,
                 "threads": self.threads, "runs": len(self.runs), "load_s": self.load_s,
-                "prompt_tokens": self.median("prompt_tokens"), "new_tokens": self.median("new_tokens"),
-                "ttft_s": self.median("ttft_s"), "prompt_tok_s": self.median("prompt_tok_s"),
-                "decode_tok_s": self.median("decode_tok_s"), "decode_spread": self.spread("decode_tok_s"),
-                "ttft_spread": self.spread("ttft_s"),
+                **{name: self.median(name) for name in ("prompt_tokens", "new_tokens", "ttft_s", "prompt_tok_s",
+                                                        "decode_tok_s")},
+                "decode_spread": self.spread("decode_tok_s"), "ttft_spread": self.spread("ttft_s"),
                 "peak_rss_MiB": max(r.peak_rss_bytes for r in self.runs) / 2**20,
                 "peak_gpu_MiB": max(gpu) / 2**20 if gpu else None}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -92,13 +89,6 @@ def peak_rss_bytes() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process now."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def reset_peak_rss() -> bool:
@@ -135,10 +125,9 @@ class _TokenClock:
         self._prompt_seen = False
 
     def put(self, value):
-        if not self._prompt_seen:  # generate() first hands over the prompt
-            self._prompt_seen = True
-            return
-        self.times.append(time.perf_counter())
+        if self._prompt_seen:  # generate() first hands over the prompt
+            self.times.append(time.perf_counter())
+        self._prompt_seen = True
 
     def end(self):
         pass
@@ -163,19 +152,16 @@ def time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int = 
     the prompt included); decode tokens/s = tokens after the first / time from the first to the last."""
     if new_tokens < 2:
         raise CourseError(f"new_tokens={new_tokens}: decode speed needs at least 2 new tokens.")
-    if lm.backend == "llama.cpp":
-        times, prompt_tokens, text, gpu = _run_llama_cpp(lm, prompt, new_tokens)
-    else:
-        times, prompt_tokens, text, gpu = _run_transformers(lm, prompt, new_tokens)
+    run = _run_llama_cpp if lm.backend == "llama.cpp" else _run_transformers
+    times, prompt_tokens, text, gpu = run(lm, prompt, new_tokens)
     started, stamps = times[0], times[1:]
     ttft = stamps[0] - started
-    decode = stamps[-1] - stamps[0]
     return RunTiming(prompt_tokens=prompt_tokens, new_tokens=len(stamps), ttft_s=ttft,
-                     prompt_tok_s=prompt_tokens / ttft, decode_tok_s=(len(stamps) - 1) / decode,
+                     prompt_tok_s=prompt_tokens / ttft, decode_tok_s=(len(stamps) - 1) / (stamps[-1] - stamps[0]),
                      total_s=stamps[-1] - started, peak_rss_bytes=peak_rss_bytes(), peak_gpu_bytes=gpu, text=text)
 
 
-def _run_llama_cpp(lm: LoadedModel, prompt: str, new_tokens: int):
+def _run_llama_cpp(lm: LoadedModel, prompt, new_tokens: int):
     llm = lm.model
     ids = list(prompt) if isinstance(prompt, list) else llm.tokenize(prompt.encode("utf-8"), add_bos=True)
     llm.reset()  # forget the previous prompt: its KV cache would skip the prompt pass
@@ -189,11 +175,10 @@ def _run_llama_cpp(lm: LoadedModel, prompt: str, new_tokens: int):
         if len(tokens) == new_tokens:
             break
     gpu = _gpu_used_by_this_process() if lm.device.startswith("cuda") else None
-    text = llm.detokenize(tokens).decode("utf-8", errors="replace")
-    return times, len(ids), text, gpu
+    return times, len(ids), llm.detokenize(tokens).decode("utf-8", errors="replace"), gpu
 
 
-def _run_transformers(lm: LoadedModel, prompt: str, new_tokens: int):
+def _run_transformers(lm: LoadedModel, prompt, new_tokens: int):
     import torch
 
     if isinstance(prompt, list):  # token ids: no tokenizer needed
@@ -219,7 +204,7 @@ def _run_transformers(lm: LoadedModel, prompt: str, new_tokens: int):
 
 
 def measure(lm: LoadedModel, prompts, new_tokens: int = 32, warmup: int = 1, repeats: int = 3,
-            threads: int | None = None, progress: bool = False) -> Timing:
+            threads: int | None = None) -> Timing:
     """Warm up, then time `repeats` rounds over all prompts; returns the runs and their medians."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     threads = threads or default_threads()
@@ -228,13 +213,7 @@ def measure(lm: LoadedModel, prompts, new_tokens: int = 32, warmup: int = 1, rep
         time_generation(lm, prompts[i % len(prompts)], new_tokens)
     timing = Timing(format=lm.format, backend=lm.backend, device=lm.device, dtype=lm.dtype, threads=threads,
                     load_s=lm.load_seconds)
-    jobs = [p for _ in range(repeats) for p in prompts]
-    if progress:
-        from tqdm.auto import tqdm
-
-        jobs = tqdm(jobs, desc=f"timing {lm.format}", unit="run")
-    for prompt in jobs:
-        timing.runs.append(time_generation(lm, prompt, new_tokens))
+    timing.runs = [time_generation(lm, prompt, new_tokens) for _ in range(repeats) for prompt in prompts]
     return timing
 
 
@@ -251,113 +230,51 @@ def copy_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5) -> float:
     dst = np.zeros(n, dtype=np.uint8)  # zeros() then a first copy: no page faults inside the timing
     np.copyto(dst, src)
     bounds = [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
-
-    def copy_all():
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
         if threads == 1:
             np.copyto(dst, src)
-            return
-        workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in bounds]
-        for w in workers:  # numpy releases the GIL while it copies
-            w.start()
-        for w in workers:
-            w.join()
-
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        copy_all()
+        else:
+            workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in bounds]
+            for w in workers:  # numpy releases the GIL while it copies
+                w.start()
+            for w in workers:
+                w.join()
         best = min(best, time.perf_counter() - started)
     return 2 * n / best
-
-
-def gpu_copy_bandwidth(mib: int = 1024, repeats: int = 5) -> float:
-    """Bytes/s of a device-to-device copy on the current CUDA GPU (read + write counted)."""
-    import torch
-
-    src = torch.ones(mib * 2**20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        dst.copy_(src)
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return 2 * src.numel() / best
-
-
-def gguf_tensor_infos(path) -> dict[str, dict]:
-    """Each tensor of a GGUF file: its quantization type, shape, elements and bytes in the file
-    (from the header only, via `gguf_tools.read_gguf`)."""
-    from .gguf_tools import read_gguf
-
-    return {t.name: {"type": t.type_name, "shape": list(t.shape), "elements": t.n_elements, "bytes": t.n_bytes}
-            for t in read_gguf(path).tensors}
-
-
-def gguf_tensor_elements(path) -> int:
-    """Number of weights in a GGUF file (what dequantizing it would have to store)."""
-    return sum(info["elements"] for info in gguf_tensor_infos(path).values())
 
 
 def gguf_bytes_per_token(path) -> int:
     """Weight bytes llama.cpp reads per decoded token: every tensor once, except an input
     embedding with a separate output head (output.weight), of which one row is read."""
-    infos = gguf_tensor_infos(path)
-    total = sum(info["bytes"] for info in infos.values())
-    embedding = infos.get("token_embd.weight")
-    if "output.weight" in infos and embedding:  # untied: the head is read whole, the embedding by row
-        total -= embedding["bytes"] - embedding["bytes"] // embedding["shape"][-1]
+    tensors = {t.name: t for t in read_gguf(path).tensors}
+    total = sum(t.n_bytes for t in tensors.values())
+    embedding = tensors.get("token_embd.weight")
+    if "output.weight" in tensors and embedding:  # untied: the head is read whole, the embedding by row
+        total -= embedding.n_bytes - embedding.n_bytes // embedding.shape[-1]
     return total
 
 
 def torch_bytes_per_token(model) -> int:
-    """Weight bytes a Transformers model reads per decoded token: every tensor of its state dict
-    (parameters and persistent buffers; a tied tensor once), except that an input embedding not
-    tied to the output head is read only for its one looked-up row. Quantized layers count their
-    packed weights, scales and zeros (CPU kernels repack them on the first forward, to about the
-    same size)."""
+    """Weight bytes a Transformers model reads per decoded token: every tensor of its state dict once
+    (a tied one once), but only one row of an input embedding not tied to the output head. Quantized
+    layers count their packed weights, scales and zeros (CPU kernels repack them to about that size)."""
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
-    tied = head is not None and head.weight.data_ptr() == embedding.data_ptr()
-    seen: set[int] = set()
-    total = 0
+    sizes = {}  # by storage: a tied tensor counts once
     for tensor in model.state_dict().values():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        nbytes = tensor.numel() * tensor.element_size()
-        if tensor.data_ptr() == embedding.data_ptr() and not tied:
-            nbytes //= embedding.shape[0]  # one row per token
-        total += nbytes
-    return total
+        sizes.setdefault(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+    if head is None or head.weight.data_ptr() != embedding.data_ptr():  # untied: one row per token
+        sizes[embedding.data_ptr()] //= embedding.shape[0]
+    return sum(sizes.values())
 
 
 def bytes_per_token(lm: LoadedModel) -> int:
-    """Weight bytes read per decoded token for any loaded model (see the two functions above)."""
-    if lm.backend == "llama.cpp":
-        return gguf_bytes_per_token(lm.path)
-    return torch_bytes_per_token(lm.model)
+    """Weight bytes read per decoded token for any loaded model."""
+    return gguf_bytes_per_token(lm.path) if lm.backend == "llama.cpp" else torch_bytes_per_token(lm.model)
 
 
 def decode_ceiling(bandwidth_bytes_s: float, bytes_per_token_: int) -> float:
     """The most tokens/s memory bandwidth allows: bandwidth / bytes read per token."""
     return bandwidth_bytes_s / bytes_per_token_
-
-
-def machine_summary() -> dict:
-    """CPU model, cores and RAM: what a timing belongs to."""
-    import platform
-
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_GiB": round(psutil.virtual_memory().total / 2**30, 1),
-            "threads": default_threads()}

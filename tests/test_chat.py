@@ -1,5 +1,5 @@
-"""helpers.chat: trimming (unit + property), templates, save/load safety, the ChatWidget driven from code,
-and the terminal chat driven through a pipe."""
+"""helpers.chat and helpers.templates: trimming (unit + property), templates, stop strings, save/load
+safety, the course's ChatWidget driven from code, and the terminal chat driven through a pipe."""
 
 import html
 import json
@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course import models as course_models
-from helpers import chat, chat_widget, loading
+from course.chat_widget import ChatWidget
+from helpers import chat, generation, loading, streaming, templates
 from tests.kernel_support import kernel_stdout, run_in_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +48,12 @@ def test_oldest_pairs_go_first_and_the_system_prompt_stays():
     messages = conversation(6)
     budget = word_count(messages) - 1  # one token too many: exactly one pair must go
     result = chat.trim_history(messages, word_count, budget)
-    assert result.dropped_pairs == 1
+    assert result.dropped_pairs == 1 and result.kept_pairs == 5
     assert result.messages[0] == SYSTEM
     assert result.messages[1:] == messages[3:]  # pair 0 (messages 1 and 2) is gone, the rest intact
     assert result.prompt_tokens <= budget
     tighter = chat.trim_history(messages, word_count, word_count([SYSTEM] + messages[-3:]))
-    assert tighter.messages == [SYSTEM] + messages[-3:] and tighter.dropped_pairs == 5
+    assert tighter.messages == [SYSTEM] + messages[-3:] and (tighter.dropped_pairs, tighter.kept_pairs) == (5, 1)
 
 
 def test_a_message_too_long_for_the_window_is_a_clear_error():
@@ -68,10 +69,13 @@ def test_bad_message_lists_are_refused_clearly():
         chat.check_messages([{"role": "robot", "content": "hi"}])
     with pytest.raises(chat.ChatError, match="alternate"):
         chat.check_messages([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
-    with pytest.raises(chat.ChatError, match="end with a user message"):
-        chat.trim_history(conversation(1)[:-1], word_count, 100)
     with pytest.raises(chat.ChatError, match="not a"):
         chat.check_messages([{"role": "user", "content": 3}])
+
+
+def test_trim_history_needs_the_question_last():
+    with pytest.raises(chat.ChatError, match="end with a user message"):
+        chat.trim_history(conversation(1)[:-1], word_count, 100)  # it ends with a reply: nothing to answer
 
 
 @st.composite
@@ -104,72 +108,33 @@ def test_trimming_properties(messages, budget):
     kept_turns = kept[1:] if system else kept
     assert kept_turns == turns[len(turns) - len(kept_turns):]                  # a suffix of the turns
     assert len(kept_turns) % 2 == 1 and kept_turns[0]["role"] == "user"        # whole pairs, then the question
-    assert result.dropped_pairs == (len(turns) - len(kept_turns)) // 2
+    assert result.dropped_pairs == (len(turns) - len(kept_turns)) // 2 and result.kept_pairs == len(kept_turns) // 2
     if result.dropped_pairs:                                                    # and no more than needed
         one_more = turns[len(turns) - len(kept_turns) - 2:]
         assert word_count(([system] if system else []) + one_more) > budget
 
 
-# ---- the stop-string filter, with a scripted stream ------------------------------------------
+# ---- stop strings: never shown, not even in part -----------------------------------------
 
-class ScriptedTokens:
-    """Stands in for a TokenStream: yields scripted pieces, honours stop() after one more piece."""
-
-    def __init__(self, pieces):
-        self.pieces, self.new_tokens, self.ttft_s, self.result = pieces, 0, None, None
-        self.stopped = False
-
-    def stop(self):
-        self.stopped = True
-
-    def tokens_per_s(self, now=None):
-        return 0.0
-
-    def __iter__(self):
-        from helpers.streaming import StreamResult
-
-        extra = 0
-        try:
-            for piece in self.pieces:
-                if self.stopped:
-                    extra += 1
-                    if extra > 1:
-                        break
-                self.new_tokens += 1
-                yield piece
-        finally:
-            self.result = StreamResult("".join(self.pieces), 5, self.new_tokens, 0.01, 0.1, 10.0, self.stopped)
+def test_stop_strings_end_the_text_and_never_show():
+    tokens = streaming.TokenStream(None, "", stop_strings=["\nUser:"])
+    raw, shown = "", []
+    for piece in [" Paris", " is", " the capital.\n", "Us", "er:", " Next", " question"]:
+        raw += piece
+        shown.append(tokens.visible(raw))
+    assert shown == [" Paris", " Paris is"] + [" Paris is the capital."] * 5  # "\n", "\nUs", ... held back
+    assert tokens.visible(" Paris.\nUs", final=True) == " Paris.\nUs"  # at the end a mere start is text
 
 
-class FakeSession:
-    max_new_tokens = 50
-    committed = []
-
-    def commit(self, turn):
-        self.committed.append(turn.reply.text)
-        turn.state = "committed"
-
-
-def scripted_turn(pieces, stops):
-    turn = chat.ChatTurn.__new__(chat.ChatTurn)
-    trim = chat.TrimReport(0, 0, 5, 50, 100)
-    turn.session, turn.user_text, turn.prompt, turn.trim = FakeSession(), "q", "p", trim
-    turn.tokens, turn.stops = ScriptedTokens(pieces), stops
-    turn._text, turn._user_stop, turn._hit_stop = "", False, False
-    turn.result = turn.reply = None
-    turn.state = "running"
-    return turn
-
-
-def test_stop_strings_end_the_reply_and_never_show():
-    turn = scripted_turn([" Paris", " is", " the capital.\n", "Us", "er:", " Next", " question"], ["\nUser:"])
-    shown = list(turn)
-    assert "".join(shown) == "Paris is the capital." == turn.reply.text
-    assert not any("User" in piece for piece in shown)
-    assert turn.reply.finish == "stop_string" and not turn.reply.stopped_by_user
-    assert turn.tokens.new_tokens == 6  # the stop string's last piece, then at most one more
-    ends_early = scripted_turn(["Hello", " there"], ["\nUser:"])
-    assert "".join(ends_early) == "Hello there" and ends_early.reply.finish == "end_of_turn"
+def test_a_reply_ends_at_the_transcript_stop_string(gguf):
+    session = chat.ChatSession(gguf, system="Be brief.", max_new_tokens=24)
+    pieces = []
+    turn = session.start_turn("What is the capital of France?")
+    for piece in turn:
+        pieces.append(piece)
+    assert turn.reply.finish == "stop_string" and not turn.reply.stopped_by_user  # the few-shot "\nUser:"
+    assert "".join(pieces) == turn.reply.text == turn.text and "User" not in turn.reply.text
+    assert turn.reply.new_tokens < 24 and session.messages[-1] == {"role": "assistant", "content": turn.reply.text}
 
 
 # ---- save and load ------------------------------------------------------------------------
@@ -274,7 +239,7 @@ def test_template_choice_is_explicit(gguf, course_cache):
         # GGUF (rendered here) and Transformers (apply_chat_template) make the same prompt
         assert chat_kind.render(messages) == tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                                           tokenize=False)
-    examples = "".join(f"User: {q}\nAssistant: {a}\n" for q, a in chat.FEW_SHOT_EXAMPLES)
+    examples = "".join(f"User: {q}\nAssistant: {a}\n" for q, a in templates.FEW_SHOT_EXAMPLES)
     assert auto.render(HISTORY[:2]) == "Be brief.\n\n" + examples + "User: 法国的首都是哪里？\nAssistant:"
     plain = chat.ChatSession(gguf, template="completion")
     assert plain.template.kind == "completion" and plain.render(HISTORY[:2]) == "Be brief.\n\nUser: 法国的首都是哪里？\nAssistant:"
@@ -309,9 +274,9 @@ def test_the_same_session_code_runs_on_transformers(course_cache):
     auto = chat.ChatSession(hf, system="Be brief.", max_new_tokens=12)
     assert auto.template.kind == "few-shot" and "written by this course" in auto.template.reason
     reply = auto.reply("What is the capital of France?")
-    assert reply.prompt_tokens == chat.count_prompt_tokens(hf, auto.render(auto.messages[:2]))
+    assert reply.prompt_tokens == templates.count_prompt_tokens(hf, auto.render(auto.messages[:2]))
     turn = chat.ChatSession(hf, template="chat", max_new_tokens=4).start_turn("Hi")
-    assert turn.tokens.generate_kwargs["eos_token_id"] == [1, 106]  # <eos> and <end_of_turn> both end a reply
+    assert turn.generate_kwargs["eos_token_id"] == [1, 106]  # <eos> and <end_of_turn> both end a reply
     list(turn)
     assert turn.reply.new_tokens <= 4 and turn.session.messages[-1]["role"] == "assistant"
 
@@ -332,8 +297,8 @@ def test_typed_control_tokens_stay_text_in_both_backends(gguf, course_cache):
         session = chat.ChatSession(lm, template="chat", max_new_tokens=2)
         prompt = session.render([{"role": "user", "content": TYPED_MARKERS}])
         assert prompt.count("<end_of_turn>") == 2  # the typed one and the template's
-        default = loading.encode_prompt(lm, prompt)
-        safe = loading.encode_prompt(lm, prompt, plain=[TYPED_MARKERS])
+        default = generation.encode_prompt(lm, prompt)
+        safe = generation.encode_prompt(lm, prompt, plain=[TYPED_MARKERS])
         assert default.count(106) == 2, lm.backend  # the trap: typed text became the control token
         assert safe.count(106) == 1 and safe.count(105) == 2, lm.backend  # the template's markers only
         assert _detokenize(lm, safe) == prompt  # nothing lost or added on the way
@@ -344,7 +309,7 @@ def test_typed_control_tokens_stay_text_in_both_backends(gguf, course_cache):
         assert session.messages[-2] == {"role": "user", "content": TYPED_MARKERS}
     plain = "What is the capital of France?"
     prompt = chat.ChatSession(gguf, template="chat").render([{"role": "user", "content": plain}])
-    assert loading.encode_prompt(gguf, prompt, plain=[plain]) == loading.encode_prompt(gguf, prompt)
+    assert generation.encode_prompt(gguf, prompt, plain=[plain]) == generation.encode_prompt(gguf, prompt)
 
 
 def test_session_load_of_a_damaged_file_starts_fresh(gguf, tmp_path):
@@ -357,7 +322,7 @@ def test_session_load_of_a_damaged_file_starts_fresh(gguf, tmp_path):
 
 
 def test_chat_widget_driven_from_code(gguf, tmp_path):
-    ui = chat_widget.ChatWidget(gguf, mode="widget", system="Be brief.", max_new_tokens=32, context_window=512)
+    ui = ChatWidget(gguf, mode="widget", system="Be brief.", max_new_tokens=32, context_window=512)
     assert ui.widget is not None and "qllm-chat" in ui.widget._dom_classes
     assert "qllm-chat-send" in ui.send_button._dom_classes and "qllm-chat-input" in ui.input_box._dom_classes
     first = ui.send("What is the capital of France?").wait(timeout=120)
@@ -373,7 +338,7 @@ def test_chat_widget_driven_from_code(gguf, tmp_path):
     assert ui.status.startswith("done") and not ui.running and "qllm-chat-busy" not in ui.widget._dom_classes
     assert ui.transcript_box.value.count('data-role="assistant"') == 2 and "法国的首都是哪里" in ui.transcript_box.value
 
-    long = chat_widget.ChatWidget(gguf, mode="widget", template="chat", max_new_tokens=400)  # the base model rambles
+    long = ChatWidget(gguf, mode="widget", template="chat", max_new_tokens=400)  # the base model rambles
     long.send("Tell me a story.")
     deadline = time.time() + 120
     while long.reply_tokens < 4 and long.running and time.time() < deadline:
@@ -396,7 +361,7 @@ def test_chat_widget_driven_from_code(gguf, tmp_path):
 
 def test_chat_widget_falls_back_to_the_console_headless(gguf, capsys, monkeypatch):
     monkeypatch.delenv("QLLM_STREAM_MODE", raising=False)
-    ui = chat_widget.ChatWidget(gguf, max_new_tokens=16)
+    ui = ChatWidget(gguf, max_new_tokens=16)
     assert ui.mode == "console" and ui.widget is None
     reply = ui.send("Hello!").wait()
     printed = capsys.readouterr().out
@@ -457,9 +422,10 @@ def test_in_a_real_kernel_typing_and_clicking_send_streams_into_the_transcript(c
     try:
         first = run_in_kernel(kc, """
 from course import models as course_models
-from helpers import chat, chat_widget, loading
+from course.chat_widget import ChatWidget
+from helpers import loading
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
-ui = chat_widget.ChatWidget(lm, system="Be brief.", max_new_tokens=24)
+ui = ChatWidget(lm, system="Be brief.", max_new_tokens=24)
 ui.show()
 print("mode:", ui.mode, "ids:", ui.input_box.model_id, ui.send_button.model_id, ui.transcript_box.model_id)
 """, allow_stdin=True)

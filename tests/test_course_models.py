@@ -1,6 +1,7 @@
 """The course-model builder: caching, staleness, interrupted builds, the quality gate, the AWQ fix."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from course import models as course_models
-from helpers.errors import CourseModelError
+from course.models import CourseModelError
 
 from .conftest import tiny_gemma3
 
@@ -113,13 +114,20 @@ def test_calibration_rows_are_equal_length_and_start_with_bos(course_cache):
 
 
 def test_calibration_and_heldout_texts_do_not_overlap():
-    from helpers.quality import calibration_text, heldout_text
+    from importlib import resources
 
-    calibration = calibration_text()
-    for paragraph in heldout_text().split("\n\n"):
+    from helpers.quality import heldout_text
+
+    calibration = resources.files("helpers").joinpath("data", "calibration.txt").read_text(encoding="utf-8")
+    for paragraph in heldout_text("en").split("\n\n"):
         for sentence in paragraph.split(". "):
             if len(sentence) > 40:
                 assert sentence not in calibration
+    chinese = [s for s in re.split("[。；]", heldout_text("zh")) if len(s) > 12]
+    assert len(chinese) > 20 and not [s for s in chinese if s.strip() in calibration]
+    # and no shared run of 12 characters anywhere: a copied clause would show up here
+    zh = heldout_text("zh")
+    assert not {zh[i:i + 12] for i in range(len(zh) - 12)} & {calibration[i:i + 12] for i in range(len(calibration) - 12)}
 
 
 def test_built_models_record_recipe_and_pass_quality_gate(course_cache):
@@ -162,7 +170,7 @@ def test_awq_norm_fold_is_exact_even_for_extreme_scales():
     from transformers import Gemma3TextConfig
     from transformers.models.gemma3.modeling_gemma3 import Gemma3MLP, Gemma3RMSNorm
 
-    from helpers.awq_gemma3 import fold_scales_into_gemma_norm
+    from course.awq_gemma3 import fold_scales_into_gemma_norm
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(hidden_size=128, intermediate_size=256, hidden_activation="gelu_pytorch_tanh")
@@ -187,7 +195,7 @@ def test_awq_fixes_are_undone_on_exit():
     import gptqmodel.models.auto as auto
     import gptqmodel.quantization.awq.quantize.scale as scale
 
-    from helpers.awq_gemma3 import gemma3_awq_fixes
+    from course.awq_gemma3 import gemma3_awq_fixes
 
     before = (auto.MODEL_MAP["gemma3_text"], scale.scale_ln_fcs)
     with gemma3_awq_fixes():

@@ -103,8 +103,8 @@ def test_gptq_checks_on_the_course_model(course_cache, capsys):
     and a size off by one tensor is rejected without printing the right size."""
     import torch
 
+    from course import quantize
     from exercises import ch02
-    from helpers import quantize
 
     def without_the_one(qweight, qzeros, scales, group_size):
         q = quantize.unpack_int4(qweight, dim=0).float()

@@ -52,10 +52,10 @@ from hypothesis import strategies as st
 
 from course import models as course_models
 from course import serving
-from helpers import chat, gguf_tools, hub, loading, streaming
+from helpers import chat, generation, gguf_tools, hub, loading, memory, streaming
 from helpers.errors import CourseError
-from helpers.gguf_tools import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
-from helpers.loading import MissingBackendError, ModelNotFoundError, NotAModelError, NotEnoughMemoryError
+from helpers.errors import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
+from helpers.errors import MissingBackendError, ModelNotFoundError, NotAModelError, NotEnoughMemoryError
 
 from .hub_support import point_at
 
@@ -254,15 +254,15 @@ def test_row4_too_big_for_free_ram_or_vram(course_cache, monkeypatch, fmt, devic
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", must_not_run("from_pretrained"))
     monkeypatch.setattr(llama_cpp, "Llama", must_not_run("llama_cpp.Llama"))
-    monkeypatch.setattr(loading, "free_memory_bytes", lambda device="cpu": 200 * 2**20)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device="cpu": 200 * 2**20)
     if device.startswith("cuda"):  # as on a GPU machine: the check uses the GPU's free memory
         import torch
 
         monkeypatch.setattr(loading, "pick_device", lambda device="auto": "cuda:0")
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))  # for the dtype rule
     path = course_models.model_path(fmt)
-    need = loading.estimate_memory_bytes(path, fmt)
-    weights = loading.weights_bytes(path)
+    need = memory.estimate_memory_bytes(path, fmt)
+    weights = memory.weights_bytes(path)
     overhead = "+ 20% + 300 MiB overhead" if fmt == "gguf" else "+ 50% + 600 MiB overhead"
     where = "GPU memory" if device.startswith("cuda") else "RAM"
     with pytest.raises(NotEnoughMemoryError) as err:
@@ -293,7 +293,7 @@ def test_row5_context_window_transformers(tiny_lm, monkeypatch):
     too_long = "word " * 1100
     n = len(tiny_lm.tokenizer(too_long)["input_ids"])
     with pytest.raises(ContextOverflowError) as err:
-        loading.generate(tiny_lm, too_long, max_new_tokens=8)
+        generation.generate(tiny_lm, too_long, max_new_tokens=8)
     assert str(err.value) == (
         f"The prompt is {n:,} tokens but tiny-gemma3 has a 1,024-token context window (max_position_embeddings in "
         "its config.json), so nothing is left for the answer. Shorten the prompt (or trim the chat history), or "
@@ -304,11 +304,11 @@ def test_row5_context_window_transformers(tiny_lm, monkeypatch):
     with pytest.warns(ContextTruncationWarning, match=rf"prompt \({n:,} tokens\) \+ max_new_tokens \(100\) exceed "
                                                       rf"the 1,024-token context window of tiny-gemma3: the answer "
                                                       rf"will stop after {1024 - n} tokens"):
-        loading.generate(tiny_lm, near, max_new_tokens=100)
+        generation.generate(tiny_lm, near, max_new_tokens=100)
     assert seen["max_new_tokens"] == 1024 - n  # never past the window
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a prompt that fits: no warning at all
-        loading.generate(tiny_lm, "The capital of France is", max_new_tokens=2)
+        generation.generate(tiny_lm, "The capital of France is", max_new_tokens=2)
 
 
 def test_row5_context_window_llama_cpp(gguf_lm, monkeypatch):
@@ -322,13 +322,13 @@ def test_row5_context_window_llama_cpp(gguf_lm, monkeypatch):
                                                    r"it with n_ctx >= 512 \(load_model\(path, n_ctx=\.\.\.\) or "
                                                    r"Llama\(\.\.\., n_ctx=\.\.\.\); prompt \+ 8 new tokens\), or "
                                                    r"shorten the prompt\.$"):
-        loading.generate(gguf_lm, too_long, max_new_tokens=8)
+        generation.generate(gguf_lm, too_long, max_new_tokens=8)
     assert calls == []  # refused before llama.cpp saw it
     near = "Quantization stores each weight in fewer bits. " * 22  # ~200 tokens
     with pytest.warns(ContextTruncationWarning, match=r"exceed n_ctx=256: the answer will stop after \d+ tokens "
                                                       r"with finish_reason='length'\. Load the model with "
                                                       r"n_ctx >= 512"):
-        text = loading.generate(gguf_lm, near, max_new_tokens=100)
+        text = generation.generate(gguf_lm, near, max_new_tokens=100)
     assert isinstance(text, str) and calls
 
 

@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from course import gguf_convert
-from helpers import gguf_tools, loading, quality
+from helpers import generation, gguf_tools, loading, quality
 from helpers.errors import CourseError
-from helpers.gguf_tools import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
-from helpers.loading import ModelNotFoundError, NotAModelError
+from helpers.errors import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
+from helpers.errors import ModelNotFoundError, NotAModelError
 
 
 @pytest.fixture(scope="module")
@@ -207,13 +207,13 @@ def test_a_prompt_longer_than_n_ctx(small_llm):
     # What the course helper says instead, before anything runs.
     with pytest.raises(ContextOverflowError, match=r"The prompt is \d+ tokens but the model was created with "
                                                    r"n_ctx=256.*n_ctx >= 512"):
-        gguf_tools.check_context(small_llm, LONG_PROMPT, 32)
+        generation.check_context(small_llm, LONG_PROMPT, 32)
 
 
 def test_prompt_plus_output_beyond_n_ctx_is_cut_short(small_llm):
     prompt = "Quantization stores each weight in fewer bits. " * 24  # ~220 tokens of 256
     with pytest.warns(ContextTruncationWarning, match=r"will stop after \d+ tokens with finish_reason='length'"):
-        report = gguf_tools.check_context(small_llm, prompt, 100)
+        report = generation.check_context(small_llm, prompt, 100)
     assert not report["fits"] and report["suggested_n_ctx"] == 512
     eos = small_llm.token_eos()
     out = small_llm.create_completion(prompt, max_tokens=100, temperature=0.0, logit_bias={eos: -100.0})
@@ -225,7 +225,7 @@ def test_prompt_plus_output_beyond_n_ctx_is_cut_short(small_llm):
 def test_a_prompt_that_fits_passes_quietly(small_llm):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = gguf_tools.check_context(small_llm, "The capital of France is", 16)
+        report = generation.check_context(small_llm, "The capital of France is", 16)
     assert report["fits"] and report["prompt_tokens"] < 16
 
 
@@ -235,23 +235,23 @@ def test_n_ctx_that_is_not_a_multiple_of_256(course_gguf):
 
     llm = Llama(model_path=str(course_gguf), n_ctx=200, n_threads=2, verbose=False)
     try:
-        assert llm.n_ctx() == 256 and gguf_tools.effective_n_ctx(llm) == 200
+        assert llm.n_ctx() == 256 and generation.effective_n_ctx(llm) == 200
         prompt = "Quantization stores each weight in fewer bits. " * 24  # between 200 and 256 tokens
         n = len(llm.tokenize(prompt.encode()))
         assert 200 < n < 256
         with pytest.raises(ValueError, match="could not broadcast"):
             llm.create_completion(prompt, max_tokens=4)
         with pytest.raises(ContextOverflowError, match="ask for a multiple of 256"):
-            gguf_tools.check_context(llm, prompt, 4)
+            generation.check_context(llm, prompt, 4)
     finally:
         llm.close()
 
 
 def test_suggest_n_ctx():
-    assert gguf_tools.suggest_n_ctx(300, 200) == 512
-    assert gguf_tools.suggest_n_ctx(256, 0) == 256
+    assert generation.suggest_n_ctx(300, 200) == 512
+    assert generation.suggest_n_ctx(256, 0) == 256
     with pytest.raises(ContextOverflowError, match="exceed the model's trained context of 32,768"):
-        gguf_tools.suggest_n_ctx(30000, 4000, trained_context=32768)
+        generation.suggest_n_ctx(30000, 4000, trained_context=32768)
 
 
 # ---- making GGUF files --------------------------------------------------------------------------

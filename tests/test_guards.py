@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from course import models as course_models
-from helpers import chat, gguf_tools, hub, loading
-from helpers.gguf_tools import ContextOverflowError, ContextTruncationWarning, TruncatedGGUFError
-from helpers.loading import NotEnoughMemoryError
+from helpers import chat, generation, gguf_tools, hub, loading, memory
+from helpers.errors import ContextOverflowError, ContextTruncationWarning, TruncatedGGUFError
+from helpers.errors import NotEnoughMemoryError
 from tests.hub_support import point_at
 
 MIB, GIB = 2**20, 2**30
@@ -140,31 +140,31 @@ def ram(monkeypatch):
 
 def test_memory_estimate_is_weights_plus_the_stated_overhead(folder, gguf_file):
     """Transformers: weights in memory x1.5 + 600 MiB; llama.cpp: the file x1.2 + 300 MiB."""
-    assert loading.estimate_memory_bytes(folder, "hf", "float32") == 6000 * 3 // 2 + 600 * MIB  # bf16 doubles
-    assert loading.estimate_memory_bytes(folder, "gptq", "bfloat16") == 4000 * 3 // 2 + 600 * MIB
-    assert loading.estimate_memory_bytes(gguf_file, "gguf") == 12_000 + 300 * MIB
-    assert loading.estimate_memory_bytes(gguf_file, "gguf", "float32") == 12_000 + 300 * MIB  # no cast in GGUF
-    assert loading.memory_overhead("gguf") == (0.2, 300 * MIB)
-    assert loading.memory_overhead("awq") == (0.5, 600 * MIB)
+    assert memory.estimate_memory_bytes(folder, "hf", "float32") == 6000 * 3 // 2 + 600 * MIB  # bf16 doubles
+    assert memory.estimate_memory_bytes(folder, "gptq", "bfloat16") == 4000 * 3 // 2 + 600 * MIB
+    assert memory.estimate_memory_bytes(gguf_file, "gguf") == 12_000 + 300 * MIB
+    assert memory.estimate_memory_bytes(gguf_file, "gguf", "float32") == 12_000 + 300 * MIB  # no cast in GGUF
+    assert memory.memory_overhead("gguf") == (0.2, 300 * MIB)
+    assert memory.memory_overhead("awq") == (0.5, 600 * MIB)
 
 
 def test_memory_fit_at_its_boundary(folder):
     """Free memory equal to the need fits; one byte less is refused before loading."""
     need = 6000 * 3 // 2 + 600 * MIB
-    figures = loading.check_memory_fit(folder, "hf", dtype="float32", free_bytes=need)
+    figures = memory.check_memory_fit(folder, "hf", dtype="float32", free_bytes=need)
     assert figures == {"need_bytes": need, "free_bytes": need, "weights_bytes": 6000,
                        "overhead_bytes": 3000 + 600 * MIB, "device": "cpu", "fits": True}
     with pytest.raises(NotEnoughMemoryError):
-        loading.check_memory_fit(folder, "hf", dtype="float32", free_bytes=need - 1)
+        memory.check_memory_fit(folder, "hf", dtype="float32", free_bytes=need - 1)
 
 
 def test_memory_fit_measures_free_memory_on_the_device_asked_for(folder, monkeypatch):
     """Without free_bytes, the check measures the free memory of the device it was given."""
     asked = []
-    monkeypatch.setattr(loading, "free_memory_bytes", lambda device="cpu": asked.append(device) or 64 * GIB)
-    assert loading.check_memory_fit(folder, "awq", device="cuda:1")["free_bytes"] == 64 * GIB
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device="cpu": asked.append(device) or 64 * GIB)
+    assert memory.check_memory_fit(folder, "awq", device="cuda:1")["free_bytes"] == 64 * GIB
     assert asked == ["cuda:1"]
-    loading.check_memory_fit(folder, "awq", free_bytes=GIB)
+    memory.check_memory_fit(folder, "awq", free_bytes=GIB)
     assert asked == ["cuda:1"]  # a given figure is used as is
 
 
@@ -173,9 +173,9 @@ def test_memory_free_on_a_cuda_device_comes_from_torch(monkeypatch, ram):
     torch = FakeCuda(free=3 * GIB)
     monkeypatch.setitem(sys.modules, "torch", torch)
     ram(500 * GIB)
-    assert loading.free_memory_bytes("cuda:1") == 3 * GIB
+    assert memory.free_memory_bytes("cuda:1") == 3 * GIB
     assert torch.asked == [("torch.device", "cuda:1")]
-    assert loading.free_memory_bytes("cpu") == 500 * GIB
+    assert memory.free_memory_bytes("cpu") == 500 * GIB
     assert torch.asked == [("torch.device", "cuda:1")]  # the CPU never asks the GPU
 
 
@@ -184,28 +184,28 @@ def test_memory_fit_on_cuda_uses_gpu_memory_not_ram(folder, monkeypatch, ram):
     monkeypatch.setitem(sys.modules, "torch", FakeCuda(free=100 * MIB))
     ram(500 * GIB)
     with pytest.raises(NotEnoughMemoryError, match="GiB of GPU memory .* is free on cuda:0"):
-        loading.check_memory_fit(folder, "gptq", device="cuda:0")
+        memory.check_memory_fit(folder, "gptq", device="cuda:0")
     monkeypatch.setitem(sys.modules, "torch", FakeCuda(free=80 * GIB))
     ram(100 * MIB)
-    assert loading.check_memory_fit(folder, "gptq", device="cuda:0")["fits"]
+    assert memory.check_memory_fit(folder, "gptq", device="cuda:0")["fits"]
     with pytest.raises(NotEnoughMemoryError, match="GiB of RAM .* is free on cpu"):
-        loading.check_memory_fit(folder, "gptq", device="cpu")
+        memory.check_memory_fit(folder, "gptq", device="cpu")
 
 
 def test_memory_refusal_gives_the_figures(folder, gguf_file):
     """The refusal names the need, the weights (and the dtype they are cast to), the overhead and the free memory."""
     free = 3 * GIB // 10
     with pytest.raises(NotEnoughMemoryError) as err:
-        loading.check_memory_fit(folder, "hf", device="cuda:1", dtype="float32", free_bytes=free)
+        memory.check_memory_fit(folder, "hf", device="cuda:1", dtype="float32", free_bytes=free)
     assert ("it needs about 0.6 GiB of GPU memory (0.00 GiB of weights as float32 + 50% + 600 MiB overhead), "
             "and only 0.3 GiB is free on cuda:1.") in str(err.value)
     assert "keep the checkpoint's dtype instead of float32" in str(err.value)
     with pytest.raises(NotEnoughMemoryError) as err:
-        loading.check_memory_fit(folder, "hf", free_bytes=free)
+        memory.check_memory_fit(folder, "hf", free_bytes=free)
     assert "(0.00 GiB of weights + 50% + 600 MiB overhead), and only 0.3 GiB is free on cpu." in str(err.value)
     assert "instead of float32" not in str(err.value)
     with pytest.raises(NotEnoughMemoryError) as err:
-        loading.check_memory_fit(gguf_file, "gguf", dtype="float32", free_bytes=GIB // 10)
+        memory.check_memory_fit(gguf_file, "gguf", dtype="float32", free_bytes=GIB // 10)
     assert ("needs about 0.3 GiB of RAM (0.00 GiB of weights + 20% + 300 MiB overhead), and only 0.1 GiB is "
             "free on cpu.") in str(err.value)
 
@@ -260,12 +260,12 @@ def test_context_fit_transformers_at_the_window():
     """A prompt filling the window is refused; prompt + answer exactly at the window pass without a word."""
     lm = _transformers_lm(100)
     with pytest.raises(ContextOverflowError, match="The prompt is 100 tokens but tiny has a 100-token context"):
-        loading.fit_context(lm, 100, 1)
+        generation.fit_context(lm, 100, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert loading.fit_context(lm, 99, 1) == 1
-        assert loading.fit_context(lm, 60, 40) == 40
-        assert loading.fit_context(lm, 60, 3) == 3
+        assert generation.fit_context(lm, 99, 1) == 1
+        assert generation.fit_context(lm, 60, 40) == 40
+        assert generation.fit_context(lm, 60, 3) == 3
 
 
 def test_context_fit_transformers_shortens_the_answer_with_a_warning():
@@ -274,9 +274,9 @@ def test_context_fit_transformers_shortens_the_answer_with_a_warning():
     with pytest.warns(ContextTruncationWarning, match=r"prompt \(60 tokens\) \+ max_new_tokens \(41\) exceed "
                                                       r"the 100-token context window of tiny: the answer will "
                                                       r"stop after 40 tokens"):
-        assert loading.fit_context(lm, 60, 41) == 40
+        assert generation.fit_context(lm, 60, 41) == 40
     with pytest.warns(ContextTruncationWarning):
-        assert loading.fit_context(lm, 99, 500) == 1
+        assert generation.fit_context(lm, 99, 500) == 1
 
 
 class FakeLlama:
@@ -301,7 +301,7 @@ class FakeLlama:
 
 def test_context_fit_llama_cpp_counts_like_llama_cpp():
     """The prompt is counted with its BOS token and chat markers as single tokens."""
-    report = gguf_tools.check_context(FakeLlama(1024, 1024), "<start_of_turn>user hello", 8)
+    report = generation.check_context(FakeLlama(1024, 1024), "<start_of_turn>user hello", 8)
     assert report["prompt_tokens"] == 3
 
 
@@ -310,38 +310,47 @@ def test_context_fit_llama_cpp_at_the_window():
     llm = FakeLlama(10, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert gguf_tools.check_context(llm, "a b c", 6) == {
+        assert generation.check_context(llm, "a b c", 6) == {
             "prompt_tokens": 4, "max_tokens": 6, "n_ctx": 10, "output_room": 6, "fits": True, "suggested_n_ctx": 256}
     with pytest.warns(ContextTruncationWarning, match=r"prompt \(4 tokens\) \+ max_tokens \(7\) exceed n_ctx=10: "
                                                       r"the answer will stop after 6 tokens"):
-        report = gguf_tools.check_context(llm, "a b c", 7)
+        report = generation.check_context(llm, "a b c", 7)
     assert not report["fits"] and report["output_room"] == 6
     with pytest.warns(ContextTruncationWarning):
-        assert gguf_tools.check_context(llm, "w " * 8, 2)["output_room"] == 1  # 9 tokens: 1 left
+        assert generation.check_context(llm, "w " * 8, 2)["output_room"] == 1  # 9 tokens: 1 left
     with pytest.raises(ContextOverflowError, match="The prompt is 10 tokens but the model was created with n_ctx=10"):
-        gguf_tools.check_context(llm, "w " * 9, 1)
+        generation.check_context(llm, "w " * 9, 1)
+
+
+def test_context_fit_llama_cpp_goes_by_n_ctx_not_the_trained_window():
+    """generate() on a GGUF cuts the answer to what the n_ctx it was created with leaves, not to the trained window."""
+    lm = loading.LoadedModel(model=FakeLlama(10, 10), tokenizer=None, format="gguf", backend="llama.cpp",
+                             path=Path("/models/tiny.gguf"), device="cpu", dtype="Q4_K_M", load_seconds=0.0,
+                             context_length=4096)
+    with pytest.warns(ContextTruncationWarning, match="exceed n_ctx=10"):
+        assert generation.fit_context(lm, 6, 8) == 4
 
 
 def test_context_fit_llama_cpp_uses_the_smaller_buffer():
     """llama-cpp-python's own token buffer can be smaller than llama.cpp's n_ctx(): the smaller one counts."""
-    assert gguf_tools.effective_n_ctx(FakeLlama(256, 200)) == 200
-    assert gguf_tools.effective_n_ctx(FakeLlama(256, 300)) == 256
-    assert gguf_tools.effective_n_ctx(FakeLlama(256)) == 256  # no buffer yet
+    assert generation.effective_n_ctx(FakeLlama(256, 200)) == 200
+    assert generation.effective_n_ctx(FakeLlama(256, 300)) == 256
+    assert generation.effective_n_ctx(FakeLlama(256)) == 256  # no buffer yet
     with pytest.raises(ContextOverflowError, match="n_ctx=200"):
-        gguf_tools.check_context(FakeLlama(256, 200), "w " * 210, 1)
+        generation.check_context(FakeLlama(256, 200), "w " * 210, 1)
 
 
 def test_context_suggested_n_ctx():
     """The suggestion is prompt + output rounded up to 256, and never above the trained context."""
-    assert gguf_tools.suggest_n_ctx(1, 0) == 256
-    assert gguf_tools.suggest_n_ctx(200, 56) == 256
-    assert gguf_tools.suggest_n_ctx(200, 57) == 512
-    assert gguf_tools.suggest_n_ctx(200, 56, trained_context=256) == 256  # exactly the trained context
+    assert generation.suggest_n_ctx(1, 0) == 256
+    assert generation.suggest_n_ctx(200, 56) == 256
+    assert generation.suggest_n_ctx(200, 57) == 512
+    assert generation.suggest_n_ctx(200, 56, trained_context=256) == 256  # exactly the trained context
     with pytest.raises(ContextOverflowError, match=r"prompt \(200\) \+ output \(57\) tokens exceed the model's "
                                                    r"trained context of 256 tokens"):
-        gguf_tools.suggest_n_ctx(200, 57, trained_context=256)
-    assert gguf_tools.suggest_n_ctx(10_000, 0, trained_context=0) == 10_240  # 0: unknown, not checked
-    assert gguf_tools.suggest_n_ctx(100, 100, multiple=64) == 256
+        generation.suggest_n_ctx(200, 57, trained_context=256)
+    assert generation.suggest_n_ctx(10_000, 0, trained_context=0) == 10_240  # 0: unknown, not checked
+    assert generation.suggest_n_ctx(100, 100, multiple=64) == 256
 
 
 # ---- history trimming ---------------------------------------------------------------------------
@@ -537,9 +546,6 @@ def test_hub_a_spoiled_file_in_the_cache_is_counted_and_never_taken_as_complete(
     assert not again.already_local and again.fetched_bytes == len(WEIGHTS) and weights.read_bytes() == WEIGHTS
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: hub._local_file_record takes any file try_to_load_from_cache "
-                                       "finds, whatever its size, so download_file calls a cut-short cached file "
-                                       "'already there'")
 def test_hub_a_spoiled_single_file_in_the_cache_is_fetched_again(hub_server):
     """download_file in the cache: a cut-short snapshot file is fetched again, never reused."""
     got = hub.download_file(GUARD_REPO, "model.safetensors", quiet=True)

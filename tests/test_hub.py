@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import hub
+from helpers import hub, model_info
 from helpers.errors import CourseError
 from course.local_hub import LocalHub, Repo, RepoEntry
 from tests.hub_support import point_at
@@ -173,16 +173,22 @@ def test_how_big_is_a_model_from_config_and_from_the_gguf_header(course, course_
     from course import models as course_models
 
     exact = safetensors_params(course_models.model_dir("hf") / "model.safetensors")
-    size = hub.model_size("qllm-course/gemma-3-270m")
+    size = model_info.model_size("qllm-course/gemma-3-270m")
     assert size.params == exact  # config.json arithmetic matches the real tensors exactly
     assert size.files_bytes == (course_models.model_dir("hf") / "model.safetensors").stat().st_size
     assert size.theory_bytes["bf16 / fp16"] == 2 * exact
     course.clear_log()
-    gguf = hub.model_size(GGUF_REPO)
+    gguf = model_info.model_size(GGUF_REPO)
     assert gguf.params == exact and gguf.source == "GGUF header"
     header_bytes = sum(r.bytes_sent for r in course.file_gets())
     assert header_bytes < 16 * 2**20  # read with a Range request, not the 253 MB file
-    assert hub.model_size("qllm-course/gemma-3-270m-GPTQ-4bit").params == exact
+    assert model_info.model_size("qllm-course/gemma-3-270m-GPTQ-4bit").params == exact
+    course.clear_log()  # a header longer than the first read: more is fetched, never the same bytes twice
+    assert model_info.gguf_header_remote(GGUF_REPO, GGUF_FILE, first_bytes=2**20)["params"] == exact
+    gets = course.file_gets()
+    assert len(gets) > 1 and gets[0].range == f"bytes=0-{2**20 - 1}"
+    for before, after in zip(gets, gets[1:]):
+        assert after.range == f"bytes={int(before.range.split('-')[1]) + 1}-{2 * int(before.range.split('-')[1]) + 1}"
 
 
 def safetensors_params(path: Path) -> int:
@@ -205,8 +211,8 @@ def test_param_count_matches_published_7b_models():
     qwen25_7b = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                  "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
                  "tie_word_embeddings": False}
-    assert hub.param_count(mistral_7b_v03) == 7_248_023_552
-    assert hub.param_count(qwen25_7b) == 7_615_616_512
+    assert model_info.param_count(mistral_7b_v03) == 7_248_023_552
+    assert model_info.param_count(qwen25_7b) == 7_615_616_512
 
 
 @settings(max_examples=15, deadline=None)
@@ -227,12 +233,13 @@ def test_gguf_header_parser_agrees_with_the_gguf_writer(tmp_path_factory, kv, sh
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    parsed = hub.gguf_header(path)
+    parsed = model_info.gguf_header(path)
     assert parsed["params"] == sum(int(np.prod(s)) for s in shapes)
     assert parsed["tensor_count"] == len(shapes)
     assert all(parsed["metadata"]["x." + k] == v for k, v in kv.items())
     assert parsed["metadata"]["tokenizer.ggml.tokens"].length == 50  # long arrays are summarised
-    from helpers.gguf_tools import TruncatedGGUFError, parse_gguf_bytes
+    from helpers.errors import TruncatedGGUFError
+    from helpers.gguf_tools import parse_gguf_bytes
 
     data = path.read_bytes()[: parsed["header_bytes"] - 1]
     with pytest.raises(TruncatedGGUFError):  # a cut header is never read as a complete one
@@ -281,7 +288,7 @@ def test_wrong_file_name_suggests_the_right_one(tiny, tmp_path):
     from huggingface_hub import hf_hub_download
 
     with pytest.raises(hub.NoMatchingFilesError, match="exact name"):
-        with hub._hub_errors("me/tiny", "main", "Model.safetensors"):
+        with hub.hub_errors("me/tiny", "main", "Model.safetensors"):
             hf_hub_download("me/tiny", "Model.safetensors", endpoint=tiny.url, cache_dir=tmp_path / "c")
 
 
@@ -393,7 +400,8 @@ def test_download_model_needs_one_gguf_out_of_several(tiny):
 
 
 def test_load_model_accepts_a_hub_id(course):
-    from helpers.loading import _resolve_source, generate, load_model
+    from helpers.generation import generate
+    from helpers.loading import _resolve_source, load_model
 
     lm = load_model(GGUF_REPO, n_ctx=256, n_threads=2)  # a hub id: downloaded, then loaded
     assert lm.format == "gguf" and lm.path.name == GGUF_FILE

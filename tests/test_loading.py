@@ -1,4 +1,5 @@
-"""helpers.loading: format detection, clear refusals, the memory-fit check and the kernel report.
+"""helpers.loading, memory, kernels and generation: format detection, clear refusals, the memory-fit check,
+the kernel report and generate.
 
 Nothing here downloads: models are the course's own or tiny random ones, and the hub-id tests
 point the client at an offline flag or a port where nothing listens.
@@ -13,10 +14,9 @@ import sys
 
 import pytest
 
-from helpers import loading
-from helpers.errors import CourseError
-from helpers.loading import (MissingBackendError, ModelNotFoundError, NotAModelError, NotEnoughMemoryError,
-                             UnsupportedFormatError)
+from helpers import generation, kernels, loading, memory
+from helpers.errors import (CourseError, MissingBackendError, ModelNotFoundError, NotAModelError,
+                            NotEnoughMemoryError, UnsupportedFormatError)
 
 GIB = 2**30
 
@@ -132,9 +132,9 @@ def test_a_compressed_tensors_checkpoint_loads_decompressed_and_generates_on_the
     q = "model.layers.0.self_attn.q_proj"
     assert {f"{q}.weight_packed", f"{q}.weight_scale", f"{q}.weight_shape"} <= names and f"{q}.weight" not in names
     # the memory check counts the dense weights it will hold, not the packed file
-    assert loading.weights_in_memory_bytes(tiny_ct) == loading.weights_in_memory_bytes(tiny_folder, "bfloat16")
-    assert loading.weights_in_memory_bytes(tiny_ct, "float32") == loading.weights_in_memory_bytes(tiny_folder, "float32")
-    assert loading.weights_bytes(tiny_ct) < loading.weights_bytes(tiny_folder)
+    assert memory.weights_in_memory_bytes(tiny_ct) == memory.weights_in_memory_bytes(tiny_folder, "bfloat16")
+    assert memory.weights_in_memory_bytes(tiny_ct, "float32") == memory.weights_in_memory_bytes(tiny_folder, "float32")
+    assert memory.weights_bytes(tiny_ct) < memory.weights_bytes(tiny_folder)
     lm = loading.load_model(tiny_ct, device="cpu", dtype="bfloat16")
     assert lm.format == "compressed-tensors" and lm.backend == "transformers"
     assert any("decompressed to dense bfloat16 layers" in note for note in lm.notes)
@@ -143,9 +143,9 @@ def test_a_compressed_tensors_checkpoint_loads_decompressed_and_generates_on_the
     fp = loading.load_model(tiny_folder, device="cpu", dtype="bfloat16")
     error = (layer.weight.float() - fp.model.model.layers[0].self_attn.q_proj.weight.float()).abs()
     assert 0 < error.max() < 0.05  # 4-bit rounding: close to the source, not equal
-    report = loading.kernel_report(lm)
+    report = kernels.kernel_report(lm)
     assert report["quantized_linear"] == {} and report["expected"].startswith("none: compressed-tensors")
-    assert isinstance(loading.generate(lm, "The capital of France is", max_new_tokens=4), str)
+    assert isinstance(generation.generate(lm, "The capital of France is", max_new_tokens=4), str)
 
 
 def test_compressed_tensors_without_its_package_is_one_clear_line(tiny_ct, monkeypatch):
@@ -276,25 +276,25 @@ def test_what_counts_as_a_hub_id(text, hub):
 def test_device_choices():
     import torch
 
-    assert loading.pick_device("cpu") == "cpu"
-    assert loading.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert memory.pick_device("cpu") == "cpu"
+    assert memory.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(CourseError, match="not one the course knows"):
-        loading.pick_device("gpu")
+        memory.pick_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(CourseError, match="sees no CUDA GPU.*CUDA build of torch"):
-            loading.pick_device("cuda")
+            memory.pick_device("cuda")
 
 
 def test_dtype_names():
     import torch
 
-    assert loading.normalize_dtype(None) is None
-    assert loading.normalize_dtype("auto") is None
-    assert loading.normalize_dtype("bf16") == "bfloat16"
-    assert loading.normalize_dtype(torch.float16) == "float16"
-    assert loading.normalize_dtype("FP32") == "float32"
+    assert memory.normalize_dtype(None) is None
+    assert memory.normalize_dtype("auto") is None
+    assert memory.normalize_dtype("bf16") == "bfloat16"
+    assert memory.normalize_dtype(torch.float16) == "float16"
+    assert memory.normalize_dtype("FP32") == "float32"
     with pytest.raises(CourseError, match="dtype='int4'"):
-        loading.normalize_dtype("int4")
+        memory.normalize_dtype("int4")
 
 
 # ---- will it fit? --------------------------------------------------------------------------
@@ -305,10 +305,19 @@ def test_memory_estimate_counts_float_tensors_in_the_target_dtype(tmp_path):
     # 1000 packed int32 (4000 B) + 1000 bf16 (2000 B) + 500 fp16 (1000 B)
     _fake_safetensors(folder / "model.safetensors", {"qweight": ("I32", 1000, 4), "embed": ("BF16", 1000, 2),
                                                      "scales": ("F16", 500, 2)})
-    assert loading.weights_in_memory_bytes(folder) == loading.weights_bytes(folder)
-    assert loading.weights_in_memory_bytes(folder, "bfloat16") == 7000
-    assert loading.weights_in_memory_bytes(folder, "float32") == 4000 + 4000 + 2000  # ints stay packed
-    assert loading.estimate_memory_bytes(folder, "gptq", "float32") == int(10000 * 1.5 + 600 * 2**20)
+    assert memory.weights_in_memory_bytes(folder) == memory.weights_bytes(folder)
+    assert memory.weights_in_memory_bytes(folder, "bfloat16") == 7000
+    assert memory.weights_in_memory_bytes(folder, "float32") == 4000 + 4000 + 2000  # ints stay packed
+    assert memory.estimate_memory_bytes(folder, "gptq", "float32") == int(10000 * 1.5 + 600 * 2**20)
+
+
+def test_every_safetensors_dtype_counts_its_own_width(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    _fake_safetensors(folder / "model.safetensors", {"fp8": ("F8_E4M3", 100, 1), "mask": ("BOOL", 10, 1),
+                                                     "ids": ("I64", 10, 8), "f64": ("F64", 10, 8)})
+    assert memory.weights_in_memory_bytes(folder, "bfloat16") == 100 * 2 + 10 + 80 + 10 * 2  # floats cast, ints kept
+    assert memory.weights_in_memory_bytes(folder, "float32") == 100 * 4 + 10 + 80 + 10 * 4
 
 
 def test_weight_files_follow_the_index_and_skip_consolidated(tmp_path):
@@ -317,38 +326,38 @@ def test_weight_files_follow_the_index_and_skip_consolidated(tmp_path):
     for name, size in (("model-00001-of-00002.safetensors", 10), ("model-00002-of-00002.safetensors", 20),
                        ("consolidated.safetensors", 30), ("pytorch_model.bin", 40)):
         (folder / name).write_bytes(b"\0" * size)
-    assert loading.weights_bytes(folder) == 30  # shards only: no consolidated copy, no pickle duplicate
+    assert memory.weights_bytes(folder) == 30  # shards only: no consolidated copy, no pickle duplicate
     (folder / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    assert [p.name for p in loading.weight_files(folder)] == ["model-00001-of-00002.safetensors",
-                                                            "model-00002-of-00002.safetensors"]
+    assert [p.name for p in memory.weight_files(folder)] == ["model-00001-of-00002.safetensors",
+                                                           "model-00002-of-00002.safetensors"]
 
 
 def test_memory_fit_refuses_with_the_numbers(course_cache):
     from course import models as course_models
 
     path = course_models.model_path("gptq")
-    need = loading.estimate_memory_bytes(path, "gptq")
+    need = memory.estimate_memory_bytes(path, "gptq")
     with pytest.raises(NotEnoughMemoryError) as info:
-        loading.check_memory_fit(path, "gptq", free_bytes=GIB // 2)
+        memory.check_memory_fit(path, "gptq", free_bytes=GIB // 2)
     message = str(info.value)
     assert f"needs about {need / GIB:.1f} GiB of RAM" in message
     assert "only 0.5 GiB is free on cpu" in message
     assert "+ 50% + 600 MiB overhead" in message and "check_memory=False" in message
     with pytest.raises(NotEnoughMemoryError, match="GiB of GPU memory"):
-        loading.check_memory_fit(path, "gptq", device="cuda", free_bytes=GIB // 2)
+        memory.check_memory_fit(path, "gptq", device="cuda", free_bytes=GIB // 2)
 
 
 def test_memory_fit_passes_and_reports(course_cache):
     from course import models as course_models
 
     path = course_models.model_path("awq")
-    figures = loading.check_memory_fit(path, "awq", free_bytes=64 * GIB)
-    assert figures["fits"] and figures["need_bytes"] == loading.estimate_memory_bytes(path, "awq")
-    assert figures["weights_bytes"] == loading.weights_bytes(path)
+    figures = memory.check_memory_fit(path, "awq", free_bytes=64 * GIB)
+    assert figures["fits"] and figures["need_bytes"] == memory.estimate_memory_bytes(path, "awq")
+    assert figures["weights_bytes"] == memory.weights_bytes(path)
     assert figures["overhead_bytes"] == figures["weights_bytes"] // 2 + 600 * 2**20  # the stated 50% + 600 MiB
     gguf = course_models.model_path("gguf")
-    assert loading.check_memory_fit(gguf, "gguf", free_bytes=64 * GIB)["need_bytes"] == int(
+    assert memory.check_memory_fit(gguf, "gguf", free_bytes=64 * GIB)["need_bytes"] == int(
         gguf.stat().st_size * 1.2 + 300 * 2**20)
 
 
@@ -356,10 +365,10 @@ def test_fp32_needs_more_than_the_checkpoint_dtype(course_cache):
     from course import models as course_models
 
     hf = course_models.model_path("hf")
-    bf16 = loading.weights_in_memory_bytes(hf, "bfloat16")
-    assert loading.weights_in_memory_bytes(hf, "float32") == 2 * bf16
+    bf16 = memory.weights_in_memory_bytes(hf, "bfloat16")
+    assert memory.weights_in_memory_bytes(hf, "float32") == 2 * bf16
     gptq = course_models.model_path("gptq")
-    ratio = loading.weights_in_memory_bytes(gptq, "float32") / loading.weights_in_memory_bytes(gptq, "bfloat16")
+    ratio = memory.weights_in_memory_bytes(gptq, "float32") / memory.weights_in_memory_bytes(gptq, "bfloat16")
     assert 1.5 < ratio < 2  # the bf16 embedding doubles, the packed 4-bit weights do not
 
 
@@ -372,7 +381,7 @@ def test_load_model_refuses_before_loading_anything(course_cache, monkeypatch):
         raise AssertionError("from_pretrained was called although the model does not fit")
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", must_not_load)
-    monkeypatch.setattr(loading, "free_memory_bytes", lambda device="cpu": 256 * 2**20)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device="cpu": 256 * 2**20)
     with pytest.raises(NotEnoughMemoryError, match="only 0.2 GiB is free"):
         loading.load_model(course_models.model_path("hf"), device="cpu")
 
@@ -380,7 +389,7 @@ def test_load_model_refuses_before_loading_anything(course_cache, monkeypatch):
 # ---- which kernel? -------------------------------------------------------------------------
 
 def test_classify_cpu_kernels_is_fine():
-    report = loading.classify_kernels([("TorchAtenLinear", "cpu")] * 7 + [("TorchAtenAwqLinear", "cpu")])
+    report = kernels.classify_kernels([("TorchAtenLinear", "cpu")] * 7 + [("TorchAtenAwqLinear", "cpu")])
     assert report["quantized_linear"] == {"TorchAtenLinear": 7, "TorchAtenAwqLinear": 1}
     assert report["devices"] == ["cpu"] and not report["slow_fallback"] and report["warning"] is None
     assert "TorchAten" in report["expected"]
@@ -389,14 +398,14 @@ def test_classify_cpu_kernels_is_fine():
 @pytest.mark.parametrize("kernel", ["MarlinLinear", "ExllamaV2Linear", "MacheteLinear", "AwqGEMMLinear",
                                     "AwqMarlinLinear", "TritonV2Linear"])
 def test_classify_fast_gpu_kernels(kernel):
-    report = loading.classify_kernels([(kernel, "cuda:0")] * 4)
+    report = kernels.classify_kernels([(kernel, "cuda:0")] * 4)
     assert not report["slow_fallback"] and not report["offloaded"] and report["warning"] is None
     assert "Marlin" in report["expected"]
 
 
 @pytest.mark.parametrize("kernel", ["TorchLinear", "AwqTorchLinear", "QQQTorchLinear"])
 def test_classify_slow_fallback_on_gpu_is_loud(kernel):
-    report = loading.classify_kernels([(kernel, "cuda:0")] * 4)
+    report = kernels.classify_kernels([(kernel, "cuda:0")] * 4)
     assert report["slow_fallback"]
     assert report["warning"].startswith("SLOW KERNEL") and kernel in report["warning"]
     assert "model.device says cuda" in report["warning"]
@@ -405,7 +414,7 @@ def test_classify_slow_fallback_on_gpu_is_loud(kernel):
 def test_slow_kernel_names_are_gptqmodels_real_gpu_fallbacks():
     """The classes the SLOW KERNEL warning and the README name are GPTQModel's own: the pure-PyTorch kernels
     that may run on a GPU. Its CPU kernels (TorchAten*) are CPU-only, so they can never be the GPU's fallback."""
-    loading.import_gptqmodel_quietly()
+    kernels.import_gptqmodel_quietly()
     from gptqmodel.nn_modules.qlinear.torch import TorchLinear
     from gptqmodel.nn_modules.qlinear.torch_aten_kernel import TorchAtenLinear
     from gptqmodel.nn_modules.qlinear.torch_aten_kernel_awq import TorchAtenAwqLinear
@@ -416,7 +425,7 @@ def test_slow_kernel_names_are_gptqmodels_real_gpu_fallbacks():
         assert cpu_only.SUPPORTS_DEVICES == [DEVICE.CPU]
     for fallback in (TorchLinear, AwqTorchLinear):
         assert {DEVICE.ALL, DEVICE.CUDA} & set(fallback.SUPPORTS_DEVICES), fallback
-        report = loading.classify_kernels([(fallback.__name__, "cuda:0")])
+        report = kernels.classify_kernels([(fallback.__name__, "cuda:0")])
         assert report["slow_fallback"] and fallback.__name__ in report["warning"]
     from pathlib import Path
 
@@ -427,17 +436,17 @@ def test_slow_kernel_names_are_gptqmodels_real_gpu_fallbacks():
 
 
 def test_classify_same_class_on_cpu_is_not_flagged():
-    assert loading.classify_kernels([("TorchLinear", "cpu")])["warning"] is None
+    assert kernels.classify_kernels([("TorchLinear", "cpu")])["warning"] is None
 
 
 def test_classify_offloaded_layers():
-    report = loading.classify_kernels([("MarlinLinear", "cuda:0"), ("MarlinLinear", "cuda:0"), ("TorchLinear", "cpu")])
+    report = kernels.classify_kernels([("MarlinLinear", "cuda:0"), ("MarlinLinear", "cuda:0"), ("TorchLinear", "cpu")])
     assert report["offloaded"] and not report["slow_fallback"]
     assert report["warning"].startswith("OFFLOADED")
 
 
 def test_classify_nothing_quantized():
-    report = loading.classify_kernels([])
+    report = kernels.classify_kernels([])
     assert report["quantized_linear"] == {} and report["warning"] is None and report["expected"] == "-"
 
 
@@ -453,7 +462,7 @@ def test_kernel_report_walks_a_module_tree():
         pass
 
     tree = torch.nn.Sequential(TorchLinear(), torch.nn.Sequential(TorchLinear()), torch.nn.Linear(2, 2))
-    report = loading.kernel_report(tree)
+    report = kernels.kernel_report(tree)
     assert report["quantized_linear"] == {"TorchLinear": 2} and report["plain_linear"] == 1
     assert report["devices"] == ["cpu"] and report["warning"] is None
 
@@ -461,17 +470,17 @@ def test_kernel_report_walks_a_module_tree():
 @pytest.mark.parametrize("fmt, kernel", [("gptq", "TorchAtenLinear"), ("awq", "TorchAtenAwqLinear")])
 def test_kernel_report_on_the_course_models(request, fmt, kernel):
     lm = request.getfixturevalue(f"{fmt}_lm")
-    report = loading.kernel_report(lm)  # a LoadedModel or lm.model both work
+    report = kernels.kernel_report(lm)  # a LoadedModel or lm.model both work
     layers = lm.model.config.num_hidden_layers
     assert report["quantized_linear"] == {kernel: 7 * layers}  # q, k, v, o, gate, up, down per layer
     assert report["plain_linear"] == 1  # lm_head
     assert report["devices"] == ["cpu"] and report["warning"] is None
-    assert loading.kernel_report(lm.model) == report
+    assert kernels.kernel_report(lm.model) == report
     assert lm.notes == [f"kernel: {kernel}"]
 
 
 def test_print_kernel_report_is_loud_about_a_fallback(capsys):
-    loading.print_kernel_report({**loading.classify_kernels([("TorchLinear", "cuda:0")]), "plain_linear": 1})
+    kernels.print_kernel_report({**kernels.classify_kernels([("TorchLinear", "cuda:0")]), "plain_linear": 1})
     out = capsys.readouterr().out
     assert "!" * 80 in out and "SLOW KERNEL" in out
 
@@ -482,7 +491,7 @@ def test_kernel_report_refuses_llama_cpp():
     lm = loading.LoadedModel(model=object(), tokenizer=None, format="gguf", backend="llama.cpp", path=Path("x"),
                              device="cpu", dtype="Q4_K_M", load_seconds=0.0, context_length=4096)
     with pytest.raises(CourseError, match="llama_print_system_info"):
-        loading.kernel_report(lm)
+        kernels.kernel_report(lm)
 
 
 # ---- generate ------------------------------------------------------------------------------
@@ -497,7 +506,7 @@ def test_generate_passes_mask_pad_and_max_new_tokens(gptq_lm, monkeypatch):
 
     monkeypatch.setattr(gptq_lm.model, "generate", spy)
     prompt = "The capital of France is"
-    text = loading.generate(gptq_lm, prompt, max_new_tokens=4)
+    text = generation.generate(gptq_lm, prompt, max_new_tokens=4)
     assert seen["pad_token_id"] == gptq_lm.tokenizer.pad_token_id == 0  # 0 is a real id, not "missing"
     assert "attention_mask" in seen and seen["max_new_tokens"] == 4 and seen["do_sample"] is False
     assert "max_length" not in seen

@@ -1,6 +1,6 @@
 """The memory-fit estimate against the real peak: each course model loaded in a fresh process.
 
-`loading.estimate_memory_bytes` is a stated rule of thumb (weights x1.5 + 600 MiB for Transformers,
+`memory.estimate_memory_bytes` is a stated rule of thumb (weights x1.5 + 600 MiB for Transformers,
 x1.2 + 300 MiB for llama.cpp). Here it meets the measurement it stands for: the peak resident memory
 of loading the model and generating a few tokens, above what the imported libraries already took.
 The estimate must cover that peak, and not by so much that the check refuses models that would fit.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from course import models as course_models
-from helpers import loading
+from helpers import memory
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOSEST = 4  # the estimate may be at most this many times the measured growth
@@ -25,7 +25,8 @@ LOOSEST = 4  # the estimate may be at most this many times the measured growth
 # load_model + generate, with the peak reset just before loading.
 PROBE = r"""
 import gc, json, sys
-from helpers import loading, timing
+import psutil
+from helpers import generation, kernels, loading, timing
 
 fmt, path = sys.argv[1], sys.argv[2]
 if fmt == "gguf":
@@ -34,14 +35,14 @@ else:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if fmt in ("gptq", "awq"):
-        loading.import_gptqmodel_quietly()
+        kernels.import_gptqmodel_quietly()
 gc.collect()
 resettable = timing.reset_peak_rss()
-before = timing.rss_bytes()
+before = psutil.Process().memory_info().rss
 lm = loading.load_model(path, device="cpu")
-text = loading.generate(lm, "The capital of France is", max_new_tokens=8)
+text = generation.generate(lm, "The capital of France is", max_new_tokens=8)
 print(json.dumps({"resettable": resettable, "before": before, "peak": timing.peak_rss_bytes(),
-                  "after": timing.rss_bytes(), "text": text}))
+                  "after": psutil.Process().memory_info().rss, "text": text}))
 """
 
 
@@ -73,13 +74,13 @@ def test_memory_estimate_covers_the_real_peak_of_each_course_model(fmt):
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     if not measured["resettable"]:
         pytest.skip("this system cannot reset the peak RSS (/proc/self/clear_refs): no clean measurement")
-    estimate = loading.estimate_memory_bytes(path, fmt)
+    estimate = memory.estimate_memory_bytes(path, fmt)
     growth = measured["peak"] - measured["before"]
     mib = 2**20
     figures = (f"{fmt}: estimate {estimate / mib:.0f} MiB; measured peak growth {growth / mib:.0f} MiB "
                f"(RSS {measured['before'] / mib:.0f} MiB after the imports, peak {measured['peak'] / mib:.0f} MiB, "
                f"{measured['after'] / mib:.0f} MiB after generating); weights "
-               f"{loading.weights_in_memory_bytes(path) / mib:.0f} MiB")
+               f"{memory.weights_in_memory_bytes(path) / mib:.0f} MiB")
     assert measured["text"].strip(), figures
     assert growth <= estimate, "the estimate is below the real peak: " + figures
     assert estimate < LOOSEST * growth, f"the estimate is more than {LOOSEST}x the real peak: " + figures

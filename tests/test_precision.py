@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import env, loading, precision
+from helpers import env, loading, memory, precision
 
 EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 PROBE = ("import json; from helpers import precision; native, found = precision.cpu_bf16(); "
@@ -79,12 +79,12 @@ def test_resolve_dtype(tmp_path, monkeypatch):
     """auto: the rule (4-bit CPU kernels: bf16); None: the checkpoint's own; a name: as asked."""
     monkeypatch.setattr(precision, "cpu_bf16", lambda: (False, "test"))
     (tmp_path / "config.json").write_text(json.dumps({"dtype": "bfloat16"}))
-    assert loading.resolve_dtype(tmp_path, "hf", "cpu", "auto", "batch").dtype == "float32"
-    assert loading.resolve_dtype(tmp_path, "hf", "cpu", "auto", "decode").dtype == "bfloat16"
-    gptq = loading.resolve_dtype(tmp_path, "gptq", "cpu", "auto", "batch")
+    assert memory.resolve_dtype(tmp_path, "hf", "cpu", "auto", "batch").dtype == "float32"
+    assert memory.resolve_dtype(tmp_path, "hf", "cpu", "auto", "decode").dtype == "bfloat16"
+    gptq = memory.resolve_dtype(tmp_path, "gptq", "cpu", "auto", "batch")
     assert gptq.dtype == "bfloat16" and "4-bit" in gptq.reason
-    assert loading.resolve_dtype(tmp_path, "hf", "cpu", None).dtype == "bfloat16"
-    assert loading.resolve_dtype(tmp_path, "hf", "cpu", "fp32").reason == "asked for"
+    assert memory.resolve_dtype(tmp_path, "hf", "cpu", None).dtype == "bfloat16"
+    assert memory.resolve_dtype(tmp_path, "hf", "cpu", "fp32").reason == "asked for"
 
 
 def test_load_model_reports_its_dtype_and_why(course_cache):

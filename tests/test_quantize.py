@@ -1,35 +1,69 @@
-"""helpers.quantize: the quiet runner with a layer progress bar, int4 unpacking, folder sizes."""
+"""course.quantize: the quiet block with a layer progress bar, int4 unpacking, folder sizes."""
 
 import sys
 
 import pytest
 
-from helpers import quantize
+from course import quantize
 from helpers.errors import CourseError
 
 
-def test_run_quietly_returns_the_result_and_keeps_the_output_in_the_log(tmp_path, capsys):
-    def work():
+def test_quiet_progress_keeps_the_output_in_the_log(tmp_path, capsys):
+    log = tmp_path / "logs" / "run.log"
+    with quantize.quiet_progress(log, layers=3, desc="test"):
         for i in range(3):
             print(f"Quantizing model.layers.{i} ... progress bar frame\r", end="")
         print("done", file=sys.stderr)
-        return 42
-
-    log = tmp_path / "logs" / "run.log"
-    assert quantize.run_quietly(work, log, layers=3, desc="test") == 42
     text = log.read_text()
     assert "model.layers.2" in text and "done" in text
     assert "model.layers" not in capsys.readouterr().out  # nothing leaked to the notebook
 
 
-def test_run_quietly_raises_a_course_error_with_the_log_tail(tmp_path):
-    def work():
-        print("model.layers.0 started")
-        raise RuntimeError("boom")
+def test_quiet_progress_advances_the_bar_as_the_log_names_layers(tmp_path, monkeypatch):
+    """The bar moves while the block runs (the layer named last is the one in work), full at the end."""
+    import time
 
+    import tqdm.auto
+
+    seen = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.n = 0
+
+        def update(self, n):
+            self.n += n
+            seen.append(self.n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    with quantize.quiet_progress(tmp_path / "run.log", layers=4):
+        print("Quantizing model.layers.2", flush=True)
+        deadline = time.time() + 10
+        while not seen and time.time() < deadline:
+            time.sleep(0.05)
+        assert seen == [2]  # layers 0 and 1 done, layer 2 in work
+    assert seen == [2, 4]
+
+
+def test_quiet_progress_raises_a_course_error_with_the_log_tail(tmp_path):
+    import os
+
+    from transformers.utils import logging as hf_logging
+
+    before = (sys.stdout, hf_logging.is_progress_bar_enabled(), {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT})
     with pytest.raises(CourseError, match=r"(?s)quantizing failed: RuntimeError\('boom'\).*model.layers.0 started"):
-        quantize.run_quietly(work, tmp_path / "run.log", layers=2)
-    assert sys.stdout is sys.__stdout__ or "pytest" in type(sys.stdout).__module__  # redirect undone
+        with quantize.quiet_progress(tmp_path / "run.log", layers=2):
+            print("model.layers.0 started")
+            raise RuntimeError("boom")
+    # redirect, Transformers' bars and LogBar's settings as they were
+    assert (sys.stdout, hf_logging.is_progress_bar_enabled(), {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT}) == before
+    with pytest.raises(KeyboardInterrupt):  # an interrupt stops the block as it is, not as a CourseError
+        with quantize.quiet_progress(tmp_path / "run.log", layers=2):
+            raise KeyboardInterrupt
+    assert sys.stdout is before[0]
 
 
 def test_unpack_int4_both_directions():
@@ -83,8 +117,8 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from course import models as course_models
-    from helpers import loading
-    from helpers.awq_gemma3 import gemma3_awq_fixes
+    from course.awq_gemma3 import gemma3_awq_fixes
+    from helpers import kernels
 
     from .conftest import tiny_gemma3
 
@@ -96,15 +130,16 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
         shutil.copy(course_cache / "hf" / name, hf / name)
     tokenizer = AutoTokenizer.from_pretrained(hf)
     rows = course_models.calibration_rows(tokenizer, blocks=4, block_tokens=128)
-    loading.import_gptqmodel_quietly()
+    kernels.import_gptqmodel_quietly()
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
 
     config = QuantizeConfig(bits=4, group_size=128, sym=False, quant_method="awq", format="gemm")
-    with gemma3_awq_fixes(clip_tokens=32, clip_grid=10, scale_rows=1), quantize.awq_search_in_fp32():
-        model = quantize.run_quietly(lambda: GPTQModel.load(str(hf), config, dtype=torch.bfloat16), tmp_path / "l.log")
-        quantize.run_quietly(lambda: model.quantize(rows, batch_size=1, backend=BACKEND.AWQ_TORCH), tmp_path / "q.log")
     out = tmp_path / "awq"
-    quantize.run_quietly(lambda: quantize.save_as(model, out, "bfloat16"), tmp_path / "s.log")
+    with quantize.quiet_progress(tmp_path / "awq.log", layers=2):
+        with gemma3_awq_fixes(clip_tokens=32, clip_grid=10, scale_rows=1), quantize.awq_search_in_fp32():
+            model = GPTQModel.load(str(hf), config, dtype=torch.bfloat16)
+            model.quantize(rows, batch_size=1, backend=BACKEND.AWQ_TORCH)
+        quantize.save_as(model, out, "bfloat16")
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     from safetensors import safe_open
 
@@ -126,7 +161,7 @@ def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
     import torch
     from gptqmodel.looper.awq_processor import AWQProcessor
 
-    from helpers.awq_gemma3 import gemma3_awq_fixes
+    from course.awq_gemma3 import gemma3_awq_fixes
 
     seen = []
 

@@ -12,7 +12,7 @@ import pytest
 
 from course import models as course_models
 from course import serving
-from helpers.loading import NotAModelError
+from helpers.errors import NotAModelError
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

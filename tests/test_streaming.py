@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from course import models as course_models
-from helpers import loading, streaming
+from helpers import generation, loading, streaming
 from helpers.errors import CourseError
 from tests.kernel_support import kernel_stdout, run_in_kernel
 
@@ -54,7 +54,7 @@ def stop_after(tokens: streaming.TokenStream, pieces: int) -> int:
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["english", "chinese"])
 def test_streamed_text_equals_plain_greedy_output(lm, prompt):
-    expected = loading.generate(lm, prompt, max_new_tokens=TOKENS)
+    expected = generation.generate(lm, prompt, max_new_tokens=TOKENS)
     pieces = []
     tokens = streaming.TokenStream(lm, prompt, max_new_tokens=TOKENS)
     for piece in tokens:
@@ -90,8 +90,20 @@ def test_stop_ends_generation_within_one_token(lm):
     assert result.stopped_by_user is True
     assert at_stop <= result.new_tokens <= at_stop + 1
     assert result.new_tokens < 200
-    full = loading.generate(lm, PROMPTS[0], max_new_tokens=result.new_tokens)
+    full = generation.generate(lm, PROMPTS[0], max_new_tokens=result.new_tokens)
     assert full.startswith(result.text)  # stopping keeps what was generated, cleanly
+
+
+def test_stop_strings_end_the_stream_and_never_show(lm):
+    """A stop string from the middle of the greedy answer, across tokens: the text ends before it, and no
+    piece ever showed any of it (Transformers' streamer alone would hand it over)."""
+    expected = generation.generate(lm, PROMPTS[0], max_new_tokens=TOKENS)
+    stop = expected[len(expected) // 2:len(expected) // 2 + 4]
+    tokens = streaming.TokenStream(lm, PROMPTS[0], max_new_tokens=TOKENS, stop_strings=[stop])
+    shown = [tokens.text for _piece in tokens]
+    assert shown[-1] == tokens.result.text == expected[:expected.find(stop)]
+    assert all(shown[-1].startswith(text) for text in shown)  # only ever grew towards the final text
+    assert tokens.hit_stop_string and not tokens.result.stopped_by_user and tokens.result.new_tokens < TOKENS
 
 
 def test_widget_stop_button_in_widget_mode(lm):
@@ -117,7 +129,7 @@ def test_widget_result_fields_and_restart(gguf):
     first = sw.start(PROMPTS[0]).wait(timeout=120)
     second = sw.start(PROMPTS[1]).wait(timeout=120)
     assert done == [first, second]
-    assert first.text == loading.generate(gguf, PROMPTS[0], max_new_tokens=12)
+    assert first.text == generation.generate(gguf, PROMPTS[0], max_new_tokens=12)
     assert shown_text(sw.text_box.value) == second.text != first.text
     assert second.new_tokens == 12 and second.ttft_s > 0 and second.seconds > second.ttft_s
     assert sw.status.startswith("done") and sw.update_seconds > 0
@@ -151,12 +163,12 @@ def test_by_line_refresh_shows_whole_lines_only(gguf):
     assert values[-1] == result.text
     assert all(v.endswith("\n") for v in values[:-1] if v)
     out = io.StringIO()
-    streaming.stream_to_console(gguf, prompt, max_new_tokens=40, by_line=True, file=out)
+    streaming.print_stream(streaming.TokenStream(gguf, prompt, max_new_tokens=40), by_line=True, file=out)
     assert out.getvalue().startswith(result.text)
 
 
 def test_console_streaming_prints_text_then_status(gguf, capsys):
-    result = streaming.stream_to_console(gguf, PROMPTS[0], max_new_tokens=10)
+    result = streaming.print_stream(streaming.TokenStream(gguf, PROMPTS[0], max_new_tokens=10))
     printed = capsys.readouterr().out
     assert printed.startswith(result.text)
     assert re.search(r"\[done · first token \d+\.\d\d s · 10 tokens · \d+\.\d tokens/s\]\n$", printed)
@@ -173,7 +185,7 @@ def test_ctrl_c_in_the_console_acts_as_stop(lm):
             return super().write(text)
 
     out = InterruptOnThirdWrite()
-    result = streaming.stream_to_console(lm, PROMPTS[0], max_new_tokens=200, file=out)
+    result = streaming.print_stream(streaming.TokenStream(lm, PROMPTS[0], max_new_tokens=200), file=out)
     assert result.stopped_by_user and result.new_tokens < 200
     assert "[stopped · first token" in out.getvalue()
 

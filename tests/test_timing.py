@@ -8,6 +8,7 @@ import pytest
 
 from helpers import loading, timing
 from helpers.errors import CourseError
+from helpers.gguf_tools import read_gguf
 from tests.conftest import tiny_gemma3
 
 PROMPTS = ["The history of the printing press", "印刷术的历史"]
@@ -104,15 +105,21 @@ def test_copy_bandwidth_is_positive():
     assert timing.copy_bandwidth(threads=2, mib=8, repeats=2) > 0
 
 
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 def test_peak_rss_grows_and_resets():
     """The peak keeps memory that was touched and given back since; a reset starts from what is resident now."""
     before = timing.peak_rss_bytes()
-    resident = timing.rss_bytes()
+    resident = _rss()
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB touched
     assert timing.peak_rss_bytes() >= resident + 60 * 2**20
-    assert timing.peak_rss_bytes() >= timing.rss_bytes() - 2**20
+    assert timing.peak_rss_bytes() >= _rss() - 2**20
     del block  # a block this large is its own mapping: freeing it returns it to the system
-    assert timing.rss_bytes() < resident + 32 * 2**20
+    assert _rss() < resident + 32 * 2**20
     assert timing.peak_rss_bytes() >= resident + 60 * 2**20  # gone, but still in the peak
     if timing.reset_peak_rss():
         assert timing.peak_rss_bytes() < before + 64 * 2**20
@@ -172,10 +179,10 @@ def test_gguf_tensor_bytes_match_the_gguf_package(tmp_path):
 
     path = tmp_path / "t.gguf"
     _write_gguf(path, with_output=True)
-    ours = timing.gguf_tensor_infos(path)
+    ours = {t.name: t for t in read_gguf(path).tensors}
     theirs = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
-    assert {name: info["bytes"] for name, info in ours.items()} == theirs
-    assert ours["token_embd.weight"]["type"] == "Q8_0"
+    assert {name: t.n_bytes for name, t in ours.items()} == theirs
+    assert ours["token_embd.weight"].type_name == "Q8_0"
 
 
 def test_gguf_bytes_per_token_by_hand(tmp_path):
@@ -195,16 +202,16 @@ def test_not_a_gguf_is_refused(tmp_path):
     path = tmp_path / "x.gguf"
     path.write_bytes(b"<html>nope</html>")
     with pytest.raises(CourseError, match="not a GGUF"):
-        timing.gguf_tensor_infos(path)
+        timing.gguf_bytes_per_token(path)
 
 
 def test_course_gguf_bytes_per_token(course_cache):
     from course import models as course_models
 
     path = course_models.model_path("gguf")
-    infos = timing.gguf_tensor_infos(path)
-    assert "output.weight" not in infos  # Gemma 3 ties its head to the embedding
+    tensors = read_gguf(path).tensors
+    assert "output.weight" not in {t.name for t in tensors}  # Gemma 3 ties its head to the embedding
     total = timing.gguf_bytes_per_token(path)
-    assert total == sum(i["bytes"] for i in infos.values())
+    assert total == sum(t.n_bytes for t in tensors)
     assert 0.9 < total / path.stat().st_size < 1.0  # the file is the tensors plus metadata
     assert timing.decode_ceiling(20e9, total) == pytest.approx(20e9 / total)

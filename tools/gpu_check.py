@@ -62,21 +62,21 @@ def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: st
     """Rows for one checkpoint: the kernel GPTQModel picks, then (optionally) the forced fallback."""
     from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
 
-    from helpers import loading
+    from helpers import generation, kernels, loading
 
     rows = []
     _reset_peak(device)
     lm = loading.load_model(source, device=device)
     if lm.format != fmt:
         raise SystemExit(f"{source} is a {lm.format} checkpoint, expected {fmt}")
-    report = loading.kernel_report(lm)
+    report = kernels.kernel_report(lm)
     print(f"\n== {fmt.upper()} {source} (kernel GPTQModel picked) ==")
-    loading.print_kernel_report(report)
+    kernels.print_kernel_report(report)
     speed = decode_speed(lm, new_tokens)
     rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
                  "dtype": lm.dtype, "load_s": round(lm.load_seconds, 1), **speed,
                  "peak_gpu_GiB": _peak_gib(device),
-                 "warning": report["warning"], "sample": loading.generate(lm, PROMPT, max_new_tokens=16)})
+                 "warning": report["warning"], "sample": generation.generate(lm, PROMPT, max_new_tokens=16)})
     path, base = lm.path, dataclasses.replace(lm, model=None)
     del lm
     if fallback:
@@ -87,9 +87,9 @@ def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: st
         started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map=device, quantization_config=config)
         load_s = time.perf_counter() - started
-        report = loading.kernel_report(model)
+        report = kernels.kernel_report(model)
         print(f"\n== {fmt.upper()} {source} (forced backend={FALLBACK_BACKEND[fmt]!r}: the slow-fallback trap) ==")
-        loading.print_kernel_report(report)
+        kernels.print_kernel_report(report)
         speed = decode_speed(dataclasses.replace(base, model=model), new_tokens)
         rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
                      "dtype": str(model.dtype).replace("torch.", ""), "load_s": round(load_s, 1), **speed,
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
 
     from course import models as course_models
     from helpers.errors import CourseError
-    from helpers.setup_check import installed_version
+    from helpers.env import installed_version
 
     sources = {"gptq": args.gptq, "awq": args.awq}
     try:

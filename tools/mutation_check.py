@@ -64,14 +64,14 @@ TARGETS = [
     Target("quality gate", "course/models.py", "passes_quality_gate", _guards("quality_gate")),
     Target("quality gate", "course/models.py", "QUALITY_GATE", _guards("quality_gate")),
     # the memory-fit check before loading
-    Target("fit check", "helpers/loading.py", "free_memory_bytes", _guards("memory")),
-    Target("fit check", "helpers/loading.py", "memory_overhead", _guards("memory")),
-    Target("fit check", "helpers/loading.py", "estimate_memory_bytes", _guards("memory")),
-    Target("fit check", "helpers/loading.py", "check_memory_fit", _guards("memory")),
-    Target("fit check", "helpers/loading.py", "MEMORY_OVERHEAD_FRACTION", _guards("memory")),
-    Target("fit check", "helpers/loading.py", "MEMORY_OVERHEAD_BYTES", _guards("memory")),
-    Target("fit check", "helpers/loading.py", "GGUF_OVERHEAD_FRACTION", _guards("memory")),
-    Target("fit check", "helpers/loading.py", "GGUF_OVERHEAD_BYTES", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "free_memory_bytes", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "memory_overhead", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "estimate_memory_bytes", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "check_memory_fit", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "MEMORY_OVERHEAD_FRACTION", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "MEMORY_OVERHEAD_BYTES", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "GGUF_OVERHEAD_FRACTION", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "GGUF_OVERHEAD_BYTES", _guards("memory")),
     # GGUF validation: the header reader's bounds check and the whole-file check
     Target("GGUF validation", "helpers/gguf_tools.py", "_Cursor.take", _guards("gguf")),
     Target("GGUF validation", "helpers/gguf_tools.py", "validate_gguf", _guards("gguf")),
@@ -90,13 +90,16 @@ TARGETS = [
                    "tests/test_chat.py::test_nothing_is_trimmed_when_it_fits",
                    "tests/test_chat.py::test_oldest_pairs_go_first_and_the_system_prompt_stays",
                    "tests/test_chat.py::test_a_message_too_long_for_the_window_is_a_clear_error",
+                   "tests/test_chat.py::test_trim_history_needs_the_question_last",
                    "tests/test_chat.py::test_trimming_properties",
                    "tests/test_faults.py::test_property_trim_history")),
-    # context fit: Transformers (loading) and llama.cpp (gguf_tools)
-    Target("context fit", "helpers/loading.py", "fit_context", _guards("context")),
-    Target("context fit", "helpers/gguf_tools.py", "check_context", _guards("context")),
-    Target("context fit", "helpers/gguf_tools.py", "effective_n_ctx", _guards("context")),
-    Target("context fit", "helpers/gguf_tools.py", "suggest_n_ctx",
+    # context fit, both backends: helpers/generation.py (context_report holds llama.cpp's decisions)
+    Target("context fit", "helpers/generation.py", "fit_context", _guards("context")),
+    Target("context fit", "helpers/generation.py", "check_context", _guards("context")),
+    Target("context fit", "helpers/generation.py", "context_report",
+           _guards("context", "tests/test_gguf.py::test_n_ctx_that_is_not_a_multiple_of_256")),
+    Target("context fit", "helpers/generation.py", "effective_n_ctx", _guards("context")),
+    Target("context fit", "helpers/generation.py", "suggest_n_ctx",
            _guards("context or suggest_n_ctx", "tests/test_gguf.py::test_suggest_n_ctx")),
 ]
 
@@ -107,10 +110,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "the function's last statement: without it the function ends and returns None all the same",
     ("_local_file_record", "return None", "(dropped)"):
         "the last statement (in the except clause that ends the function): it returns None without it too",
-    ("check_context", "max(n_ctx - prompt_tokens, 0)", "max(n_ctx - prompt_tokens, 1)"):
+    ("context_report", "max(n_ctx - prompt_tokens, 0)", "max(n_ctx - prompt_tokens, 1)"):
         "output_room is returned or shown only when prompt_tokens < n_ctx, where n_ctx - prompt_tokens >= 1; "
         "a prompt that fills n_ctx raises first, and the error does not show output_room",
-    ("check_context", "max(n_ctx - prompt_tokens, 0)", "max(n_ctx - prompt_tokens, -1)"):
+    ("context_report", "max(n_ctx - prompt_tokens, 0)", "max(n_ctx - prompt_tokens, -1)"):
         "the same clamp: it only matters when prompt_tokens >= n_ctx, which raises before output_room is used",
 }
 

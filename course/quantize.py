@@ -1,15 +1,15 @@
-"""Small tools for notebooks 02/03, where you quantize the course model yourself with GPTQModel.
+"""Quantizing the course model yourself with GPTQModel (notebooks 02/03, and the course build).
 
-    log = cache / "gptq.log"
-    run_quietly(lambda: model.quantize(rows, batch_size=1), log, layers=18, desc="GPTQ")
-    with awq_search_in_fp32(): ...    # AWQ's search arithmetic in fp32 on a bf16 model
-    save_as(model, out, "bfloat16")   # a checkpoint in bf16, whatever the dtype it was quantized in
-    unpack_int4(qweight, dim=0)       # 8 four-bit values out of every int32
-    folder_bytes(out)                 # size on disk
+    with quiet_progress(log, layers=18, desc="GPTQ"):  # GPTQModel's output -> log, one tqdm bar by layer
+        model = GPTQModel.load(str(path), config)
+        model.quantize(rows, batch_size=1)
+        save_as(model, out, "bfloat16")   # a checkpoint in bf16, whatever the dtype it was quantized in
+    with awq_search_in_fp32(): ...        # AWQ's search arithmetic in fp32 on a bf16 model
+    unpack_int4(qweight, dim=0)           # 8 four-bit values out of every int32
+    folder_bytes(out)                     # size on disk
 
-GPTQModel prints hundreds of progress lines per run; `run_quietly` sends them to a log file and
-shows one tqdm bar over the decoder layers instead (parsed from that log, so the bar lives in the
-notebook's own thread, where widget updates are reliable).
+GPTQModel prints hundreds of progress lines per run; `quiet_progress` sends them to a log file and
+shows one tqdm bar over the decoder layers instead, advanced as the log names the layer in work.
 """
 
 from __future__ import annotations
@@ -17,53 +17,73 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import threading
 from pathlib import Path
 
-from .errors import CourseError
+from helpers.errors import CourseError
 
 _LAYER = re.compile(rb"model\.layers\.(\d+)")
+# GPTQModel's LogBar draws no progress in Jupyter (it counts a notebook as headless): the log then names no
+# layer and the bar stands still until the end. These make it write its progress lines, as in a terminal.
+LOGBAR_TEXT = {"LOGBAR_DISABLE_NOTEBOOK_DETECTION": "1", "LOGBAR_FORCE_PROGRESS": "1"}
 
 
-def run_quietly(work, log_path, layers: int | None = None, desc: str = "quantizing"):
-    """Run `work()` with stdout/stderr going to `log_path`; show progress over `layers`; return its result."""
+@contextlib.contextmanager
+def quiet_progress(log_path, layers: int | None = None, desc: str = "quantizing"):
+    """Inside the block, stdout/stderr go to `log_path` and a bar counts `layers`; an exception comes
+    out as a CourseError with the log's last lines."""
     from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=layers, desc=desc, unit="layer", disable=not layers)  # created first: keeps the real stderr
-    outcome: dict = {}
+    stop, done, failure = threading.Event(), 0, None
 
-    def target():
-        try:
-            outcome["value"] = work()
-        except BaseException as err:  # re-raised in the caller's thread below
-            outcome["error"] = err
+    def follow(reader):  # a thread, as the block runs in the caller's: the layer named last is the one in work
+        nonlocal done
+        while not stop.wait(0.5):
+            found = [int(m) for m in _LAYER.findall(reader.read())]
+            if found and layers and min(max(found), layers) > done:
+                bar.update(min(max(found), layers) - done)
+                done = min(max(found), layers)
 
-    with open(log_path, "wb", buffering=0) as raw, open(log_path, "rb") as reader:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
-        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
-            worker = threading.Thread(target=target, daemon=True)
-            worker.start()
-            done = 0
-            while worker.is_alive():
-                worker.join(0.5)
-                found = [int(m) for m in _LAYER.findall(reader.read())]
-                if found and layers and min(max(found), layers) > done:  # the layer after the one in work
-                    bar.update(min(max(found), layers) - done)
-                    done = min(max(found), layers)
-            text.flush()
-            text.detach()  # leave closing the file to `raw`
-    if "error" in outcome:
+    logbar_before = {name: os.environ.get(name) for name in LOGBAR_TEXT}
+    os.environ.update(LOGBAR_TEXT)
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the save's "Writing model shards": a widget of its own in Jupyter
+    try:
+        with open(log_path, "wb", buffering=0) as raw, open(log_path, "rb") as reader:
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
+            watcher = threading.Thread(target=follow, args=(reader,), daemon=True)
+            try:
+                with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                    watcher.start()
+                    yield
+            except Exception as err:  # raised again below, once the log is complete
+                failure = err
+            finally:
+                stop.set()
+                watcher.join()
+                text.flush()
+                text.detach()  # leave closing the file to `raw`
+        if failure is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])[-3000:]
+            raise CourseError(f"{desc} failed: {failure!r}. Full log: {log_path}\n--- last lines ---\n{tail}") \
+                from failure
+        if layers:
+            bar.update(layers - done)
+    finally:
         bar.close()
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])[-3000:]
-        raise CourseError(f"{desc} failed: {outcome['error']!r}. Full log: {log_path}\n--- last lines ---\n{tail}") \
-            from outcome["error"]
-    if layers:
-        bar.update(layers - done)
-    bar.close()
-    return outcome.get("value")
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+        for name, value in logbar_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

@@ -1,0 +1,210 @@
+"""Where a model will sit, in what dtype, and whether it fits there: decided before anything is loaded.
+
+    device = pick_device("auto")                     # "cuda" when torch sees a GPU, else "cpu"
+    resolve_dtype(path, "hf", device)                # DtypeChoice: helpers.precision's rule, and why
+    check_memory_fit(path, "gptq", device=device)    # the figures, or NotEnoughMemoryError with them
+    estimate_memory_bytes(path, "gguf"), weights_in_memory_bytes(path, "float32"), free_memory_bytes("cuda:0")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from .errors import CourseError, NotEnoughMemoryError
+from .precision import DtypeChoice, compute_dtype
+
+# What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
+# Transformers: tokenizer (Gemma's 262k-token one alone takes ~300 MiB), activations, KV cache and
+# the kernels' repacking on first use; llama.cpp: its KV cache and scratch buffers. On the course
+# models the peak resident memory measured above the imported libraries stayed under it (tests/test_memory_peak.py).
+MEMORY_OVERHEAD_FRACTION = 0.50
+MEMORY_OVERHEAD_BYTES = 600 * 2**20
+GGUF_OVERHEAD_FRACTION = 0.20
+GGUF_OVERHEAD_BYTES = 300 * 2**20
+
+_DTYPE_NAMES = {"auto": None, "float32": "float32", "fp32": "float32", "float": "float32",
+                "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+                "half": "float16"}
+
+
+def normalize_dtype(dtype) -> str | None:
+    """'float32' / 'bfloat16' / 'float16' from a name, an alias (fp32, bf16, fp16), a torch.dtype; None for auto."""
+    if dtype is None:
+        return None
+    name = str(dtype).replace("torch.", "").lower()
+    if name not in _DTYPE_NAMES:
+        raise CourseError(f"dtype={dtype!r} is not one the course loads: use None (the checkpoint's own), "
+                          "'bfloat16', 'float16' or 'float32'.")
+    return _DTYPE_NAMES[name]
+
+
+def pick_device(device: str = "auto") -> str:
+    """"auto": CUDA when torch sees a GPU, else the CPU (never MPS: GPTQModel's MPS kernels need MLX, and
+    llama.cpp uses Metal by itself; ask for "mps" by name). "cuda"/"cuda:N" fail clearly without a GPU."""
+    if device in (None, "auto"):
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:  # a GGUF-only install
+            return "cpu"
+    device = str(device)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            build = torch.__version__
+            raise CourseError(
+                f"device={device!r} but torch {build} sees no CUDA GPU"
+                + (" (it is a CPU-only build)" if "+cpu" in build or torch.version.cuda is None else "")
+                + ". Use device='auto' or 'cpu' here; on a GPU machine install a CUDA build of torch "
+                "(https://pytorch.org/get-started/locally/) and check `nvidia-smi`.")
+    elif device not in ("cpu", "mps"):
+        raise CourseError(f"device={device!r} is not one the course knows: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    return device
+
+
+def checkpoint_dtype(path) -> str | None:
+    """The dtype config.json records (None if it records none, or none the course knows)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        return normalize_dtype(cfg.get("dtype") or cfg.get("torch_dtype"))
+    except (OSError, ValueError, CourseError):
+        return None
+
+
+def resolve_dtype(path, fmt: str, device: str, dtype="auto", work: str = "decode"):
+    """The float type a Transformers-format model is loaded in, and why (a `precision.DtypeChoice`):
+    "auto" applies helpers.precision's rule for the device and work, None keeps the checkpoint's own."""
+    if dtype is None:
+        return DtypeChoice(checkpoint_dtype(path), "the checkpoint's own (config.json)")
+    if str(dtype) != "auto":
+        return DtypeChoice(normalize_dtype(dtype), "asked for")
+    if fmt in ("gptq", "awq") and not device.startswith("cuda"):
+        return DtypeChoice("bfloat16", "GPTQModel's CPU 4-bit kernels take bf16 (fp32 input is cast to bf16)")
+    return compute_dtype(device, work)
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The weight files a loader reads: the .gguf file, else the folder's *.safetensors (only the shards an index
+    names; never a stray `consolidated.safetensors`, which Mistral repos ship for their own tools), else *.bin/*.pt."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [path / n for n in names if (path / n).exists()]
+        except (ValueError, KeyError):
+            pass
+    safetensors = sorted(path.glob("*.safetensors"))
+    if len(safetensors) > 1:
+        safetensors = [p for p in safetensors if p.name != "consolidated.safetensors"]
+    if safetensors:
+        return safetensors
+    pickles = sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    return pickles or sorted(path.glob("*.gguf"))
+
+
+def weights_bytes(path: str | os.PathLike) -> int:
+    """Bytes of model weights on disk (see `weight_files`)."""
+    return sum(p.stat().st_size for p in weight_files(path))
+
+
+def _safetensors_tensors(file: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) from the header (safe_open reads no data), except compressed-tensors'
+    `*.weight_shape` tensors (a few bytes each), whose values it reads."""
+    from safetensors import safe_open
+
+    with safe_open(file, framework="numpy") as handle:
+        return {name: (handle.get_slice(name).get_dtype(),
+                       handle.get_tensor(name).tolist() if name.endswith(".weight_shape")
+                       else handle.get_slice(name).get_shape())
+                for name in handle.keys()}
+
+
+def _bits(kind: str) -> int:
+    """Bits per element of a safetensors dtype: the number in its name (F16, BF16, I32, F8_E4M3, C64)."""
+    return 8 if kind == "BOOL" else int(re.search(r"\d+", kind)[0])
+
+
+def weights_in_memory_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
+    """Bytes the weights take once loaded: float tensors cast to `dtype` (None keeps them), packed ints as
+    they are; compressed-tensors' `*.weight_packed` as the dense `*.weight_shape` they are decompressed to
+    on load (in `dtype`, else in the dtype of their scales)."""
+    dtype = normalize_dtype(dtype)
+    files = weight_files(path)
+    if not all(f.suffix == ".safetensors" for f in files):
+        return weights_bytes(path)
+    tensors = {name: kind_shape for f in files for name, kind_shape in _safetensors_tensors(f).items()}
+    packed = {name[:-len(".weight_packed")] for name in tensors if name.endswith(".weight_packed")}
+    if dtype is None and not packed:
+        return weights_bytes(path)
+    width = {"float32": 32, "bfloat16": 16, "float16": 16}.get(dtype)
+    total = 0
+    for name, (kind, shape) in tensors.items():
+        module = name.rsplit(".", 1)[0]
+        if module in packed and name.endswith(".weight_packed"):  # dense: its original shape, as a float
+            bits = width or _bits(tensors[module + ".weight_scale"][0])
+            total += math.prod(tensors[module + ".weight_shape"][1]) * bits // 8
+        elif module not in packed:  # a packed module's scales, zero points and shape are gone once dense
+            total += math.prod(shape) * (width if width and kind.startswith(("F", "BF")) else _bits(kind)) // 8
+    return total
+
+
+def free_memory_bytes(device: str = "cpu") -> int:
+    """Free RAM ("available", as the kernel counts it: free + reclaimable cache) or free CUDA memory."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def memory_overhead(fmt: str) -> tuple[float, int]:
+    """The stated overhead (fraction of the weights, fixed bytes) for a format's backend."""
+    if fmt == "gguf":
+        return GGUF_OVERHEAD_FRACTION, GGUF_OVERHEAD_BYTES
+    return MEMORY_OVERHEAD_FRACTION, MEMORY_OVERHEAD_BYTES
+
+
+def _loaded_weights(path, fmt: str, dtype: str | None) -> int:
+    return weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)  # GGUF: no cast
+
+
+def estimate_memory_bytes(path, fmt: str, dtype: str | None = None) -> int:
+    """Weights in memory (in `dtype`) plus the stated overhead: x1.5 + 600 MiB (Transformers), x1.2 + 300 MiB (GGUF)."""
+    fraction, fixed = memory_overhead(fmt)
+    return int(_loaded_weights(path, fmt, dtype) * (1 + fraction) + fixed)
+
+
+def check_memory_fit(path, fmt: str, device: str = "cpu", dtype: str | None = None,
+                     free_bytes: int | None = None) -> dict:
+    """Refuse (NotEnoughMemoryError) before loading if the model would not fit; return the figures.
+    `free_bytes` replaces the measured free RAM / CUDA memory (for tests and what-ifs)."""
+    weights = _loaded_weights(path, fmt, dtype)
+    need = estimate_memory_bytes(path, fmt, dtype)
+    free = free_memory_bytes(device) if free_bytes is None else int(free_bytes)
+    figures = {"need_bytes": need, "free_bytes": free, "weights_bytes": weights,
+               "overhead_bytes": need - weights, "device": device, "fits": need <= free}
+    if need > free:
+        fraction, fixed = memory_overhead(fmt)
+        where = "GPU memory" if device.startswith("cuda") else "RAM"
+        gib = 2**30
+        cast = f" as {normalize_dtype(dtype)}" if normalize_dtype(dtype) and fmt != "gguf" else ""
+        raise NotEnoughMemoryError(
+            f"Not loading {Path(path).name}: it needs about {need / gib:.1f} GiB of {where} "
+            f"({weights / gib:.2f} GiB of weights{cast} + {fraction:.0%} + {fixed // 2**20} MiB overhead), "
+            f"and only {free / gib:.1f} GiB is free on {device}. Close other notebooks or kernels, choose a "
+            "smaller model or a 4-bit one (GGUF Q4_K_M, GPTQ or AWQ)"
+            + (", keep the checkpoint's dtype instead of float32" if cast.endswith("float32") else "")
+            + ", or pass check_memory=False if you know better.")
+    return figures
