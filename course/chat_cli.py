@@ -35,7 +35,7 @@ def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
                             "`python -m course.models build` (a few minutes, offline).")
         return path
     if gguf_file:
-        from helpers.hub import download_model
+        from helpers.downloading import download_model
 
         return download_model(name, gguf_file=gguf_file)
     return name

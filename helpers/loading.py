@@ -145,7 +145,7 @@ def _resolve_source(source, allow_pickle: bool = False) -> Path:
         return path  # detect_format raises a clear "does not exist"
     here = f"{str(source)!r} is not a file or folder here (looked in {Path.cwd()}), so it was taken as a hub id"
     try:
-        from .hub import download_model
+        from .downloading import download_model
     except ImportError as err:
         raise ModelNotFoundError(
             f"{here}, but downloading is not available ({err}). Download the model first (notebook 01) and "

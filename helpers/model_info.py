@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from . import hub
+from . import downloading, hub
 from .errors import DownloadFailedError, NoMatchingFilesError, TruncatedGGUFError
 from .gguf_tools import parse_gguf_bytes, read_gguf
 
@@ -78,7 +78,7 @@ def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = Non
             {f.path: f.size for f in files if f.path.endswith((".bin", ".pt", ".pth"))}
         return ModelSize(repo_id, param_count(config), "config.json", weights)
     if any(f.path.endswith(".gguf") for f in files):
-        chosen = hub.choose_model_files([f for f in files if f.path.endswith(".gguf")], gguf_file=gguf_file,
+        chosen = downloading.choose_model_files([f for f in files if f.path.endswith(".gguf")], gguf_file=gguf_file,
                                         repo_id=repo_id)[0]
         header = gguf_header_remote(repo_id, chosen.path, revision)
         return ModelSize(repo_id, header["params"], "GGUF header", {chosen.path: chosen.size})

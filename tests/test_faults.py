@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 
 from course import models as course_models
 from course import serving
-from helpers import chat, generation, gguf_tools, hub, loading, memory, streaming
+from helpers import chat, downloading, errors, generation, gguf_tools, hub, loading, memory, streaming
 from helpers.errors import CourseError
 from helpers.errors import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
 from helpers.errors import MissingBackendError, ModelNotFoundError, NotAModelError, NotEnoughMemoryError
@@ -345,13 +345,13 @@ def test_row5_context_window_streaming(tiny_lm, gguf_lm):
 
 def test_row6_a_download_cut_mid_file(hub_env, tmp_path):
     hub_env.cut_next_transfer(5 * 2**20, path="model.safetensors")  # one cut: resumed, checked
-    got = hub.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "ok", quiet=True)
+    got = downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "ok", quiet=True)
     assert got.verified and got.path.read_bytes() == WEIGHTS
     hub_env.cut_next_transfer(0, path="model.safetensors", times=50)  # every attempt dies
-    with pytest.raises(hub.DownloadFailedError, match=r"^The transfer from http://127\.0\.0\.1:\d+ broke and did "
+    with pytest.raises(errors.DownloadFailedError, match=r"^The transfer from http://127\.0\.0\.1:\d+ broke and did "
                                                       r"not recover .*Nothing incomplete was kept as if complete; "
                                                       r"run the download again\.$"):
-        hub.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
+        downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
     assert not (tmp_path / "dl" / "model.safetensors").exists()
     assert hub.find_incomplete(tmp_path / "dl") == []
 
@@ -362,9 +362,9 @@ def test_row6_a_corrupted_download_is_deleted(tmp_path, monkeypatch):
     bad = RepoEntry("model.safetensors", WEIGHTS[: 2**20], _sha256="0" * 64)  # bytes and listed sha disagree
     with LocalHub({"me/corrupt": Repo("me/corrupt", {"model.safetensors": bad})}) as server:
         point_at(server, tmp_path, monkeypatch)
-        with pytest.raises(hub.DownloadFailedError, match=r"model\.safetensors has the wrong sha256 .*it was "
+        with pytest.raises(errors.DownloadFailedError, match=r"model\.safetensors has the wrong sha256 .*it was "
                                                           r"deleted so that nothing broken looks complete"):
-            hub.download("me/corrupt", local_dir=tmp_path / "dl", quiet=True)
+            downloading.download("me/corrupt", local_dir=tmp_path / "dl", quiet=True)
     assert not (tmp_path / "dl" / "model.safetensors").exists()
 
 
@@ -372,9 +372,9 @@ def test_row6_an_unreachable_endpoint(hub_env, tmp_path, monkeypatch):
     port = closed_port()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.chdir(tmp_path)
-    for call in (lambda: hub.download("me/tiny", local_dir=tmp_path / "dl"),
+    for call in (lambda: downloading.download("me/tiny", local_dir=tmp_path / "dl"),
                  lambda: loading.load_model("me/tiny")):
-        with pytest.raises(hub.HubUnreachableError) as err:
+        with pytest.raises(errors.HubUnreachableError) as err:
             call()
         assert f"Cannot reach http://127.0.0.1:{port} (" in str(err.value)
         assert (f"HF_ENDPOINT is set to http://127.0.0.1:{port}: is that mirror up, and are its scheme and port "
@@ -385,23 +385,23 @@ def test_row6_an_unreachable_endpoint(hub_env, tmp_path, monkeypatch):
 
 
 def test_row6_a_wrong_repo_or_file_name(hub_env, tmp_path, monkeypatch):
-    with pytest.raises(hub.RepoNotFoundError) as err:
-        hub.download("me/tinny", local_dir=tmp_path / "dl")
+    with pytest.raises(errors.RepoNotFoundError) as err:
+        downloading.download("me/tinny", local_dir=tmp_path / "dl")
     assert str(err.value).startswith(f"No repo 'me/tinny' at {hub_env.url} (or it is private and your token does "
                                      f"not open it). Check the spelling (owner/name, case-sensitive) on")
-    with pytest.raises(hub.NoMatchingFilesError, match=r"no file 'Model\.safetensors'.*'model\.safetensors'"):
-        hub.download_file("me/tiny", "Model.safetensors", local_dir=tmp_path / "dl")
+    with pytest.raises(errors.NoMatchingFilesError, match=r"no file 'Model\.safetensors'.*'model\.safetensors'"):
+        downloading.download_file("me/tiny", "Model.safetensors", local_dir=tmp_path / "dl")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(hub.RepoNotFoundError, match=r"'me/tinny' is not a file or folder here \(looked in .*\), so "
+    with pytest.raises(errors.RepoNotFoundError, match=r"'me/tinny' is not a file or folder here \(looked in .*\), so "
                                                     r"it was taken as a hub id\. No repo 'me/tinny'"):
         loading.load_model("me/tinny")
     assert files_under(tmp_path) == [] and not hub_env.file_gets()
 
 
 def test_row6_not_enough_disk(hub_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "free_disk_bytes", lambda path: 5 * 2**20)
-    with pytest.raises(hub.NotEnoughDiskError) as err:
-        hub.download("me/tiny", local_dir=tmp_path / "dl")
+    monkeypatch.setattr(downloading, "free_disk_bytes", lambda path: 5 * 2**20)
+    with pytest.raises(errors.NotEnoughDiskError) as err:
+        downloading.download("me/tiny", local_dir=tmp_path / "dl")
     assert str(err.value) == (
         f"Not downloading me/tiny: the 4 chosen file(s) need 12.6 MB and only 5.2 MB is free at {tmp_path / 'dl'}. "
         "Free some space, download to another disk (local_dir=..., or HF_HOME for the cache), or take fewer files "
@@ -578,7 +578,7 @@ def test_row9_safetensors_only_unless_allow_pickle(tiny_folder, tmp_path, hub_en
     assert lm.format == "hf"
     # from the hub: the pickle is not even downloaded without allow_pickle
     with pytest.raises(CourseError, match=r"me/pickle-only has only pickle weights .*allow_pickle=True"):
-        hub.download_model("me/pickle-only")
+        downloading.download_model("me/pickle-only")
     assert not hub_env.file_gets()
 
 
@@ -587,11 +587,11 @@ def test_row9_token_never_printed_by_the_hub_helpers(hub_env, tmp_path, monkeypa
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     shown = hub.settings()
     assert shown["token"] == "set (hidden)"
-    hub.download("me/tiny", include="*.json", local_dir=tmp_path / "dl")
-    print(hub.estimate("me/tiny", local_dir=tmp_path / "dl2"))
+    downloading.download("me/tiny", include="*.json", local_dir=tmp_path / "dl")
+    print(downloading.estimate("me/tiny", local_dir=tmp_path / "dl2"))
     errors = []
-    for call in (lambda: hub.download("me/nothing"), lambda: hub.download_file("me/tiny", "nope.bin"),
-                 lambda: hub.download_model("me/pickle-only")):
+    for call in (lambda: downloading.download("me/nothing"), lambda: downloading.download_file("me/tiny", "nope.bin"),
+                 lambda: downloading.download_model("me/pickle-only")):
         with pytest.raises(CourseError) as caught:
             call()
         errors.append(str(caught.value))

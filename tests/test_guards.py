@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from course import models as course_models
-from helpers import chat, generation, gguf_tools, hub, loading, memory
+from helpers import chat, downloading, errors, generation, gguf_tools, hub, loading, memory
 from helpers.errors import ContextOverflowError, ContextTruncationWarning, TruncatedGGUFError
 from helpers.errors import NotEnoughMemoryError
 from tests.hub_support import point_at
@@ -452,8 +452,8 @@ def test_hub_files_already_there_are_not_fetched_again(hub_server, tmp_path, mod
 
     def get():
         if mode.startswith("one file"):
-            return hub.download_file(GUARD_REPO, "model.safetensors", local_dir=local_dir, quiet=True)
-        return hub.download(GUARD_REPO, include=MODEL, local_dir=local_dir, quiet=True)
+            return downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=local_dir, quiet=True)
+        return downloading.download(GUARD_REPO, include=MODEL, local_dir=local_dir, quiet=True)
 
     first = get()
     assert not first.already_local and first.fetched_bytes == first.total_bytes
@@ -467,30 +467,30 @@ def test_hub_files_already_there_are_not_fetched_again(hub_server, tmp_path, mod
 
 def test_hub_a_file_in_a_folder_is_found_again_in_local_dir(hub_server, tmp_path):
     """One file inside a repo folder, downloaded again to the same local_dir: the same path, no request."""
-    first = hub.download_file(GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True)
+    first = downloading.download_file(GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True)
     hub_server.clear_log()
-    again = hub.download_file(GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True)
+    again = downloading.download_file(GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True)
     assert again.already_local and again.path == first.path == (tmp_path / "dl" / "notes" / "train.log").resolve()
     assert hub_server.requests == []
 
 
 def test_hub_a_pattern_matching_nothing_is_never_already_there(hub_server, tmp_path):
     """After a download, a pattern that matches none of the repo's files is still an error."""
-    hub.download(GUARD_REPO, include=MODEL, local_dir=tmp_path / "dl", quiet=True)
-    with pytest.raises(hub.NoMatchingFilesError):
-        hub.download(GUARD_REPO, include="*.gguf", local_dir=tmp_path / "dl", quiet=True)
+    downloading.download(GUARD_REPO, include=MODEL, local_dir=tmp_path / "dl", quiet=True)
+    with pytest.raises(errors.NoMatchingFilesError):
+        downloading.download(GUARD_REPO, include="*.gguf", local_dir=tmp_path / "dl", quiet=True)
 
 
 @pytest.mark.parametrize("how", ["cut", "longer"])
 def test_hub_a_spoiled_file_in_local_dir_is_counted_and_fetched_again(hub_server, tmp_path, how):
     """A cut-short or altered weights file in local_dir: estimate counts its bytes, download fetches it again."""
     dest = tmp_path / "dl"
-    hub.download(GUARD_REPO, include=MODEL, local_dir=dest, quiet=True)
+    downloading.download(GUARD_REPO, include=MODEL, local_dir=dest, quiet=True)
     _spoil(dest / "model.safetensors", how)
-    plan = hub.estimate(GUARD_REPO, include=MODEL, local_dir=dest)
+    plan = downloading.estimate(GUARD_REPO, include=MODEL, local_dir=dest)
     assert plan.need_bytes == len(WEIGHTS) and plan.present_bytes == plan.total_bytes - len(WEIGHTS)
     hub_server.clear_log()
-    again = hub.download(GUARD_REPO, include=MODEL, local_dir=dest, quiet=True)
+    again = downloading.download(GUARD_REPO, include=MODEL, local_dir=dest, quiet=True)
     assert not again.already_local and again.fetched_bytes == len(WEIGHTS)
     assert _fetched(hub_server) == ["model.safetensors"]
     assert (dest / "model.safetensors").read_bytes() == WEIGHTS
@@ -502,17 +502,17 @@ def test_hub_files_placed_by_hand_count_at_their_listed_size_only(hub_server, tm
     dest.mkdir()
     (dest / "config.json").write_bytes(CONFIG)
     (dest / "model.safetensors").write_bytes(WEIGHTS[: len(WEIGHTS) // 2])
-    plan = hub.estimate(GUARD_REPO, include=MODEL, local_dir=dest)
+    plan = downloading.estimate(GUARD_REPO, include=MODEL, local_dir=dest)
     assert plan.present_bytes == len(CONFIG) and plan.need_bytes == plan.total_bytes - len(CONFIG)
 
 
 @pytest.mark.parametrize("how", ["cut", "longer"])
 def test_hub_a_single_file_changed_since_its_download_is_fetched_again(hub_server, tmp_path, how):
     """download_file into local_dir: a file written after its download record is not taken as that download."""
-    got = hub.download_file(GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True)
+    got = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True)
     _spoil(got.path, how)
     hub_server.clear_log()
-    again = hub.download_file(GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True)
+    again = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True)
     assert not again.already_local and _fetched(hub_server) == ["model.safetensors"]
     assert got.path.read_bytes() == WEIGHTS
 
@@ -522,13 +522,13 @@ def test_hub_a_single_file_counts_up_to_one_second_after_its_record(hub_server, 
     """huggingface_hub records when it finished each file; a file last changed up to 1 s after that (coarse
     file-system clocks) is that download, one changed later is checked with the hub again."""
     dest = tmp_path / "one"
-    got = hub.download_file(GUARD_REPO, "model.safetensors", local_dir=dest, quiet=True)
+    got = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=dest, quiet=True)
     record = dest / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
     lines = record.read_text().splitlines()
     lines[2] = repr(got.path.stat().st_mtime - newer_by)  # the download "finished" newer_by s before the last change
     record.write_text("\n".join(lines) + "\n")
     hub_server.clear_log()
-    again = hub.download_file(GUARD_REPO, "model.safetensors", local_dir=dest, quiet=True)
+    again = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=dest, quiet=True)
     assert again.already_local is counts
     assert (hub_server.requests == []) is counts
 
@@ -537,51 +537,51 @@ def test_hub_a_single_file_counts_up_to_one_second_after_its_record(hub_server, 
 def test_hub_a_spoiled_file_in_the_cache_is_counted_and_never_taken_as_complete(hub_server, how):
     """A cut-short or altered blob behind a cache snapshot: estimate counts it, and the next download
     fetches the whole file again at once (never "already there", never an error)."""
-    first = hub.download(GUARD_REPO, include=MODEL, quiet=True)
+    first = downloading.download(GUARD_REPO, include=MODEL, quiet=True)
     weights = first.path / "model.safetensors"
     _spoil(weights, how)
-    plan = hub.estimate(GUARD_REPO, include=MODEL)
+    plan = downloading.estimate(GUARD_REPO, include=MODEL)
     assert plan.need_bytes == len(WEIGHTS) and plan.present_bytes == plan.total_bytes - len(WEIGHTS)
-    again = hub.download(GUARD_REPO, include=MODEL, quiet=True)
+    again = downloading.download(GUARD_REPO, include=MODEL, quiet=True)
     assert not again.already_local and again.fetched_bytes == len(WEIGHTS) and weights.read_bytes() == WEIGHTS
 
 
 def test_hub_a_spoiled_single_file_in_the_cache_is_fetched_again(hub_server):
     """download_file in the cache: a cut-short snapshot file is fetched again, never reused."""
-    got = hub.download_file(GUARD_REPO, "model.safetensors", quiet=True)
+    got = downloading.download_file(GUARD_REPO, "model.safetensors", quiet=True)
     _spoil(got.path, "cut")
-    again = hub.download_file(GUARD_REPO, "model.safetensors", quiet=True)
+    again = downloading.download_file(GUARD_REPO, "model.safetensors", quiet=True)
     assert not again.already_local and got.path.read_bytes() == WEIGHTS
 
 
 def test_hub_a_single_file_in_a_folder_is_found_again_in_the_cache(hub_server):
     """download_file of notes/train.log, again, in the cache: the same path and commit."""
-    first = hub.download_file(GUARD_REPO, "notes/train.log", quiet=True)
-    again = hub.download_file(GUARD_REPO, "notes/train.log", quiet=True)
+    first = downloading.download_file(GUARD_REPO, "notes/train.log", quiet=True)
+    again = downloading.download_file(GUARD_REPO, "notes/train.log", quiet=True)
     assert (again.path, again.commit) == (first.path, first.commit)
 
 
 def test_hub_disk_space_is_measured_where_the_files_go(hub_server, tmp_path, monkeypatch):
     """The disk check measures the local_dir (or the hub cache), and takes a given free_bytes as it is."""
     asked = []
-    monkeypatch.setattr(hub, "free_disk_bytes", lambda path: asked.append(Path(path)) or 10**12)
-    hub.estimate(GUARD_REPO, include=MODEL, local_dir=tmp_path / "dl")
-    hub.estimate(GUARD_REPO, include=MODEL)
+    monkeypatch.setattr(downloading, "free_disk_bytes", lambda path: asked.append(Path(path)) or 10**12)
+    downloading.estimate(GUARD_REPO, include=MODEL, local_dir=tmp_path / "dl")
+    downloading.estimate(GUARD_REPO, include=MODEL)
     assert asked == [(tmp_path / "dl").resolve(), hub.hub_cache_dir()]
-    assert hub.estimate(GUARD_REPO, include=MODEL, free_bytes=123).free_bytes == 123
+    assert downloading.estimate(GUARD_REPO, include=MODEL, free_bytes=123).free_bytes == 123
     assert len(asked) == 2
 
 
 def test_hub_disk_fit_at_its_boundary(tmp_path):
     """Free disk equal to the bytes still needed fits; one byte less is refused before anything is written."""
     def plan(free):
-        return hub.DownloadPlan("me/x", "main", "c" * 40, [], tmp_path, total_bytes=100, present_bytes=30,
+        return downloading.DownloadPlan("me/x", "main", "c" * 40, [], tmp_path, total_bytes=100, present_bytes=30,
                                 free_bytes=free, cli="hf download me/x")
 
     enough = plan(70)
     assert enough.need_bytes == 70 and enough.fits and enough.check() is enough
     assert not plan(69).fits
-    with pytest.raises(hub.NotEnoughDiskError, match="need 70 B and only 69 B is free"):
+    with pytest.raises(errors.NotEnoughDiskError, match="need 70 B and only 69 B is free"):
         plan(69).check()
 
 
@@ -601,18 +601,18 @@ def test_hub_check_accepts_complete_files(tmp_path):
     files = [_on_disk(tmp_path, "lfs.safetensors", data, hashlib.sha256(data).hexdigest(), "f" * 40),
              _on_disk(tmp_path, "config.json", data, None, _git_blob_id(data)),
              _on_disk(tmp_path, "README.md", data)]
-    hub._check_files(tmp_path, files, verify=True)
+    downloading._check_files(tmp_path, files, verify=True)
     assert all((tmp_path / f.path).exists() for f in files)
 
 
 def test_hub_check_refuses_a_missing_or_wrong_size_file_and_deletes_it(tmp_path):
     """Sizes are always checked; a file of the wrong size is deleted, never left looking complete."""
-    with pytest.raises(hub.DownloadFailedError, match="gone.bin is missing after the download"):
-        hub._check_files(tmp_path, [hub.RepoFileInfo("gone.bin", 10)], verify=False)
+    with pytest.raises(errors.DownloadFailedError, match="gone.bin is missing after the download"):
+        downloading._check_files(tmp_path, [hub.RepoFileInfo("gone.bin", 10)], verify=False)
     short = _on_disk(tmp_path, "short.bin", b"012345678")
     short.size = 10
-    with pytest.raises(hub.DownloadFailedError, match="short.bin has 9 bytes, expected 10; it was deleted"):
-        hub._check_files(tmp_path, [short], verify=False)
+    with pytest.raises(errors.DownloadFailedError, match="short.bin has 9 bytes, expected 10; it was deleted"):
+        downloading._check_files(tmp_path, [short], verify=False)
     assert not (tmp_path / "short.bin").exists()
 
 
@@ -621,11 +621,11 @@ def test_hub_check_of_a_wrong_sha256_only_when_verifying(tmp_path, verify):
     """verify=True checks sha256 (and deletes a mismatch); verify=False trusts the size."""
     bad = _on_disk(tmp_path, "m.safetensors", b"0123456789", "0" * 64)
     if verify:
-        with pytest.raises(hub.DownloadFailedError, match="wrong sha256"):
-            hub._check_files(tmp_path, [bad], verify=True)
+        with pytest.raises(errors.DownloadFailedError, match="wrong sha256"):
+            downloading._check_files(tmp_path, [bad], verify=True)
         assert not (tmp_path / "m.safetensors").exists()
     else:
-        hub._check_files(tmp_path, [bad], verify=False)
+        downloading._check_files(tmp_path, [bad], verify=False)
         assert (tmp_path / "m.safetensors").exists()
 
 
@@ -634,17 +634,17 @@ def test_hub_check_of_a_wrong_blob_id_only_when_verifying(tmp_path, verify):
     """Small files without a sha256 are checked against their git blob id when verifying."""
     bad = _on_disk(tmp_path, "config.json", b"{}", None, _git_blob_id(b"[]"))
     if verify:
-        with pytest.raises(hub.DownloadFailedError, match="does not match its git blob id"):
-            hub._check_files(tmp_path, [bad], verify=True)
+        with pytest.raises(errors.DownloadFailedError, match="does not match its git blob id"):
+            downloading._check_files(tmp_path, [bad], verify=True)
     else:
-        hub._check_files(tmp_path, [bad], verify=False)
+        downloading._check_files(tmp_path, [bad], verify=False)
 
 
 def test_hub_check_hashes_blob_ids_of_files_under_10_mib_only(tmp_path):
     """The blob-id check reads a whole file into memory: files from 10 MiB up are size-checked only."""
     wrong = "0" * 40
     big = _on_disk(tmp_path, "big.txt", bytes(10 * MIB), None, wrong)
-    hub._check_files(tmp_path, [big], verify=True)
+    downloading._check_files(tmp_path, [big], verify=True)
     just_under = _on_disk(tmp_path, "under.txt", bytes(10 * MIB - 1), None, wrong)
-    with pytest.raises(hub.DownloadFailedError, match="under.txt does not match its git blob id"):
-        hub._check_files(tmp_path, [just_under], verify=True)
+    with pytest.raises(errors.DownloadFailedError, match="under.txt does not match its git blob id"):
+        downloading._check_files(tmp_path, [just_under], verify=True)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import hub, model_info
+from helpers import downloading, errors, hub, model_info
 from helpers.errors import CourseError
 from course.local_hub import LocalHub, Repo, RepoEntry
 from tests.hub_support import point_at
@@ -150,21 +150,21 @@ def test_list_and_pick_like_include(tiny):
     assert [f.path for f in hub.pick(files, include="*.json")] == ["config.json", "tokenizer.json"]
     assert [f.path for f in hub.pick(files, include="notes/")] == ["notes/train.log"]  # a folder, as in the CLI
     assert "model.safetensors" not in [f.path for f in hub.pick(files, exclude=["*.safetensors"])]
-    assert hub.cli_command("me/tiny", include=["*.json", "*.safetensors"], local_dir="x") == \
+    assert downloading.cli_command("me/tiny", include=["*.json", "*.safetensors"], local_dir="x") == \
         'hf download me/tiny --include "*.json" --include "*.safetensors" --local-dir x'
 
 
 def test_estimate_equals_bytes_actually_downloaded_and_the_gguf_is_the_real_one(course, tmp_path):
-    plan = hub.estimate(GGUF_REPO, include="*Q4_K_M.gguf", local_dir=tmp_path / "gguf")
+    plan = downloading.estimate(GGUF_REPO, include="*Q4_K_M.gguf", local_dir=tmp_path / "gguf")
     assert plan.total_bytes == 253_113_024 and plan.fits and plan.present_bytes == 0
-    got = hub.download(GGUF_REPO, include="*Q4_K_M.gguf", local_dir=tmp_path / "gguf", quiet=True)
+    got = downloading.download(GGUF_REPO, include="*Q4_K_M.gguf", local_dir=tmp_path / "gguf", quiet=True)
     on_disk = sum((tmp_path / "gguf" / f.path).stat().st_size for f in got.files)
     sent = sum(r.bytes_sent for r in course.file_gets())
     assert plan.total_bytes == got.total_bytes == got.fetched_bytes == on_disk == sent
-    assert hub.sha256_file(got.path / GGUF_FILE) == GGUF_SHA256 and got.verified
+    assert downloading.sha256_file(got.path / GGUF_FILE) == GGUF_SHA256 and got.verified
     # the whole repo (cache mode): estimate == sum of what lands in the snapshot folder
-    whole = hub.estimate(GGUF_REPO)
-    snap = hub.download(GGUF_REPO, quiet=True)
+    whole = downloading.estimate(GGUF_REPO)
+    snap = downloading.download(GGUF_REPO, quiet=True)
     assert whole.total_bytes == sum((snap.path / f.path).stat().st_size for f in snap.files)
     assert snap.path.is_relative_to(hub.hub_cache_dir())
 
@@ -252,49 +252,49 @@ def test_gguf_header_parser_agrees_with_the_gguf_writer(tmp_path_factory, kv, sh
 def test_local_first_does_not_fetch_again(tiny, tmp_path, capsys, mode):
     local_dir = tmp_path / "dl" if mode == "local_dir" else None
     if mode == "single file":
-        first = hub.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "one")
+        first = downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "one")
     else:
-        first = hub.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir)
+        first = downloading.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir)
     assert not first.already_local and first.fetched_bytes >= len(BIG)
     tiny.clear_log()
     if mode == "single file":
-        again = hub.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "one")
+        again = downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "one")
     else:
-        again = hub.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir)
+        again = downloading.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir)
     assert again.already_local and again.fetched_bytes == 0
     assert tiny.requests == []  # not a single request: no GET, no HEAD, no listing
     assert "already in" in capsys.readouterr().out
     assert again.path == first.path
     if mode != "single file":
-        hub.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir, force=True, quiet=True)
+        downloading.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir, force=True, quiet=True)
         assert tiny.file_gets(), "force=True fetches again"
 
 
 # ---- bad input: each a clear error, nothing half-written ------------------------------------
 
 def test_wrong_repo_id(tiny, tmp_path):
-    with pytest.raises(hub.RepoNotFoundError, match=r"No repo 'me/tinny'.*Check the spelling"):
-        hub.download("me/tinny", local_dir=tmp_path / "dl")
-    with pytest.raises(hub.RepoNotFoundError, match="not a valid repo id.*owner/name"):
+    with pytest.raises(errors.RepoNotFoundError, match=r"No repo 'me/tinny'.*Check the spelling"):
+        downloading.download("me/tinny", local_dir=tmp_path / "dl")
+    with pytest.raises(errors.RepoNotFoundError, match="not a valid repo id.*owner/name"):
         hub.list_files("not a repo id")
     assert not (tmp_path / "dl").exists()
 
 
 def test_wrong_file_name_suggests_the_right_one(tiny, tmp_path):
-    with pytest.raises(hub.NoMatchingFilesError, match=r"no file 'Model.safetensors'.*'model.safetensors'"):
-        hub.download_file("me/tiny", "Model.safetensors", local_dir=tmp_path / "dl")
+    with pytest.raises(errors.NoMatchingFilesError, match=r"no file 'Model.safetensors'.*'model.safetensors'"):
+        downloading.download_file("me/tiny", "Model.safetensors", local_dir=tmp_path / "dl")
     assert files_under(tmp_path / "dl") == []
     # the same mistake reaching huggingface_hub directly (its EntryNotFound) reads the same way
     from huggingface_hub import hf_hub_download
 
-    with pytest.raises(hub.NoMatchingFilesError, match="exact name"):
+    with pytest.raises(errors.NoMatchingFilesError, match="exact name"):
         with hub.hub_errors("me/tiny", "main", "Model.safetensors"):
             hf_hub_download("me/tiny", "Model.safetensors", endpoint=tiny.url, cache_dir=tmp_path / "c")
 
 
 def test_pattern_matching_nothing(tiny, tmp_path):
-    with pytest.raises(hub.NoMatchingFilesError, match=r"Nothing in me/tiny matches include=\['\*.gguf'\]"):
-        hub.download("me/tiny", include="*.gguf", local_dir=tmp_path / "dl")
+    with pytest.raises(errors.NoMatchingFilesError, match=r"Nothing in me/tiny matches include=\['\*.gguf'\]"):
+        downloading.download("me/tiny", include="*.gguf", local_dir=tmp_path / "dl")
     assert not tiny.file_gets() and files_under(tmp_path / "dl") == []
 
 
@@ -303,47 +303,47 @@ def test_unreachable_endpoint(tiny, tmp_path, monkeypatch):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    for call in (lambda: hub.list_files("me/tiny"), lambda: hub.download("me/tiny", local_dir=tmp_path / "dl"),
-                 lambda: hub.download_model("me/tiny")):
-        with pytest.raises(hub.HubUnreachableError, match=f"Cannot reach http://127.0.0.1:{port}.*HF_ENDPOINT"):
+    for call in (lambda: hub.list_files("me/tiny"), lambda: downloading.download("me/tiny", local_dir=tmp_path / "dl"),
+                 lambda: downloading.download_model("me/tiny")):
+        with pytest.raises(errors.HubUnreachableError, match=f"Cannot reach http://127.0.0.1:{port}.*HF_ENDPOINT"):
             call()
     assert not (tmp_path / "dl").exists()
 
 
 def test_offline_mode_is_named_as_the_reason(tiny, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(hub.HubUnreachableError, match="HF_HUB_OFFLINE=1"):
+    with pytest.raises(errors.HubUnreachableError, match="HF_HUB_OFFLINE=1"):
         hub.list_files("me/tiny")
 
 
 def test_not_enough_disk_refuses_before_writing(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "free_disk_bytes", lambda path: 5 * 2**20)  # the disk check sees 5 MiB free
-    plan = hub.estimate("me/tiny", local_dir=tmp_path / "dl")
+    monkeypatch.setattr(downloading, "free_disk_bytes", lambda path: 5 * 2**20)  # the disk check sees 5 MiB free
+    plan = downloading.estimate("me/tiny", local_dir=tmp_path / "dl")
     assert not plan.fits and plan.need_bytes > plan.free_bytes
-    with pytest.raises(hub.NotEnoughDiskError, match=r"need 25.2 MB and only 5.2 MB is free.*include="):
-        hub.download("me/tiny", local_dir=tmp_path / "dl")
-    with pytest.raises(hub.NotEnoughDiskError):
-        hub.download_model("me/tiny")
+    with pytest.raises(errors.NotEnoughDiskError, match=r"need 25.2 MB and only 5.2 MB is free.*include="):
+        downloading.download("me/tiny", local_dir=tmp_path / "dl")
+    with pytest.raises(errors.NotEnoughDiskError):
+        downloading.download_model("me/tiny")
     assert not tiny.file_gets() and files_under(tmp_path / "dl") == []
-    assert hub.download("me/tiny", include="*.json", local_dir=tmp_path / "dl", quiet=True).total_bytes < 2**20
+    assert downloading.download("me/tiny", include="*.json", local_dir=tmp_path / "dl", quiet=True).total_bytes < 2**20
 
 
 def test_cut_transfer_resumes_with_range_and_sha256_verified(tiny, tmp_path):
     tiny.cut_next_transfer(15 * 2**20, path="model.safetensors")
-    got = hub.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
+    got = downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
     gets = [(r.status, r.range, r.event) for r in tiny.file_gets()]
     assert gets[0] == (200, None, "cut")
     status, wanted, _ = gets[1]
     assert status == 206 and wanted.startswith("bytes=") and int(wanted[6:].rstrip("-")) > 0  # resumed, not restarted
-    assert got.verified and hub.sha256_file(got.path) == hashlib.sha256(BIG).hexdigest()
+    assert got.verified and downloading.sha256_file(got.path) == hashlib.sha256(BIG).hexdigest()
     assert hub.find_incomplete(tmp_path / "dl") == []
 
 
 def test_transfer_that_never_recovers_leaves_nothing(tiny, tmp_path):
     tiny.cut_next_transfer(0, path="model.safetensors", times=50)  # every attempt dies at once
     try:
-        with pytest.raises(hub.DownloadFailedError, match="run the download again"):
-            hub.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
+        with pytest.raises(errors.DownloadFailedError, match="run the download again"):
+            downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
     finally:
         tiny._switches.clear()
     assert not (tmp_path / "dl" / "model.safetensors").exists()
@@ -356,10 +356,10 @@ def test_corrupted_file_is_deleted_not_left_looking_complete(tmp_path, monkeypat
     with LocalHub({"me/corrupt": repo}) as server:
         point_at(server, tmp_path, monkeypatch)
         for local_dir in (tmp_path / "dl", None):
-            with pytest.raises(hub.DownloadFailedError, match="wrong sha256.*deleted"):
-                hub.download("me/corrupt", local_dir=local_dir, quiet=True)
+            with pytest.raises(errors.DownloadFailedError, match="wrong sha256.*deleted"):
+                downloading.download("me/corrupt", local_dir=local_dir, quiet=True)
         assert not (tmp_path / "dl" / "model.safetensors").exists()
-        blobs = hub._storage_folder("me/corrupt") / "blobs"
+        blobs = hub.storage_folder("me/corrupt") / "blobs"
         assert [p for p in blobs.iterdir() if p.stat().st_size == 2**20] == []
 
 
@@ -368,9 +368,9 @@ def test_token_is_sent_but_never_printed(tiny, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("HF_TOKEN", secret)
     shown = hub.settings()
     assert shown["token"] == "set (hidden)"
-    hub.download("me/tiny", include="*.json", local_dir=tmp_path / "dl")
+    downloading.download("me/tiny", include="*.json", local_dir=tmp_path / "dl")
     errors = []
-    for call in (lambda: hub.download("me/nothing"), lambda: hub.download_file("me/tiny", "nope.bin")):
+    for call in (lambda: downloading.download("me/nothing"), lambda: downloading.download_file("me/tiny", "nope.bin")):
         with pytest.raises(CourseError) as caught:
             call()
         errors.append(str(caught.value))
@@ -383,18 +383,18 @@ def test_token_is_sent_but_never_printed(tiny, tmp_path, monkeypatch, capfd):
 # ---- what load_model gets for a hub id --------------------------------------------------------
 
 def test_download_model_takes_config_weights_and_tokenizer_only(tiny):
-    path = hub.download_model("me/tiny", quiet=True)
+    path = downloading.download_model("me/tiny", quiet=True)
     assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "tokenizer.json"]
     with pytest.raises(CourseError, match="pickle.*allow_pickle=True"):
-        hub.download_model("me/pickle-only")
-    assert sorted(os.listdir(hub.download_model("me/pickle-only", allow_pickle=True, quiet=True))) == \
+        downloading.download_model("me/pickle-only")
+    assert sorted(os.listdir(downloading.download_model("me/pickle-only", allow_pickle=True, quiet=True))) == \
         ["config.json", "pytorch_model.bin"]
 
 
 def test_download_model_needs_one_gguf_out_of_several(tiny):
-    with pytest.raises(hub.AmbiguousFilesError, match="2 GGUF files.*gguf_file="):
-        hub.download_model("me/two-ggufs")
-    path = hub.download_model("me/two-ggufs", gguf_file="*Q8_0.gguf", quiet=True)
+    with pytest.raises(errors.AmbiguousFilesError, match="2 GGUF files.*gguf_file="):
+        downloading.download_model("me/two-ggufs")
+    path = downloading.download_model("me/two-ggufs", gguf_file="*Q8_0.gguf", quiet=True)
     assert path.name == "m-Q8_0.gguf" and path.stat().st_size == 94
     assert not (path.parent / "m-Q4_K_M.gguf").exists()
 
@@ -405,7 +405,7 @@ def test_load_model_accepts_a_hub_id(course):
 
     lm = load_model(GGUF_REPO, n_ctx=256, n_threads=2)  # a hub id: downloaded, then loaded
     assert lm.format == "gguf" and lm.path.name == GGUF_FILE
-    assert hub.sha256_file(lm.path) == GGUF_SHA256
+    assert downloading.sha256_file(lm.path) == GGUF_SHA256
     assert generate(lm, "The capital of France is", max_new_tokens=3).strip()
     course.clear_log()
     assert _resolve_source(GGUF_REPO) == lm.path
@@ -426,7 +426,7 @@ def test_cli_downloads_from_the_local_hub(tiny, tmp_path):
     # (plus huggingface_hub's own bookkeeping under .cache/huggingface/)
     assert [f for f in files_under(tmp_path / "cli") if not f.startswith(".cache")] == ["config.json", "tokenizer.json"]
     assert sorted(r.path.rsplit("/", 1)[1] for r in tiny.file_gets()) == ["config.json", "tokenizer.json"]
-    assert hub.cli_command("me/tiny", include="*.json", local_dir=tmp_path / "cli").startswith("hf download me/tiny")
+    assert downloading.cli_command("me/tiny", include="*.json", local_dir=tmp_path / "cli").startswith("hf download me/tiny")
 
 
 def test_killed_download_starts_over_and_leaves_an_orphan(course, tmp_path):
@@ -455,10 +455,10 @@ def test_killed_download_starts_over_and_leaves_an_orphan(course, tmp_path):
     assert len(orphans) == 1 and orphans[0].stat().st_size == 40 * 2**20
     assert not (dest / GGUF_FILE).exists()  # nothing looks complete
     course.clear_log()
-    got = hub.download_file(GGUF_REPO, GGUF_FILE, local_dir=dest, quiet=True)
+    got = downloading.download_file(GGUF_REPO, GGUF_FILE, local_dir=dest, quiet=True)
     rerun = course.file_gets()
     assert [r.range for r in rerun] == [None] and rerun[0].bytes_sent == 253_113_024  # from byte 0
-    assert hub.sha256_file(got.path) == GGUF_SHA256
+    assert downloading.sha256_file(got.path) == GGUF_SHA256
     assert got.orphans == orphans  # still there, and reported
     assert hub.clean_incomplete(dest, older_than_s=0) == (1, 40 * 2**20)
     assert hub.find_incomplete(dest) == []

@@ -259,7 +259,7 @@ def test_hub_id_with_unreachable_endpoint(monkeypatch, tmp_path):
 
 def test_hub_id_without_the_hub_module(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "helpers.hub", None)  # makes `from .hub import ...` fail
+    monkeypatch.setitem(sys.modules, "helpers.downloading", None)  # makes `from .downloading import ...` fail
     with pytest.raises(ModelNotFoundError, match="taken as a hub id, but downloading is not available"):
         loading.load_model("someone/some-model")
 

@@ -76,14 +76,14 @@ TARGETS = [
     Target("GGUF validation", "helpers/gguf_tools.py", "_Cursor.take", _guards("gguf")),
     Target("GGUF validation", "helpers/gguf_tools.py", "validate_gguf", _guards("gguf")),
     # hub: what counts as already there, what a download must fetch, what is checked after it
-    Target("hub presence", "helpers/hub.py", "_present", _guards("hub")),
-    Target("hub presence", "helpers/hub.py", "_local_first", _guards("hub")),
-    Target("hub presence", "helpers/hub.py", "_local_file_record", _guards("hub")),
-    Target("hub size", "helpers/hub.py", "_plan", _guards("hub")),
-    Target("hub size", "helpers/hub.py", "DownloadPlan.need_bytes", _guards("hub")),
-    Target("hub size", "helpers/hub.py", "DownloadPlan.fits", _guards("hub")),
-    Target("hub size", "helpers/hub.py", "DownloadPlan.check", _guards("hub")),
-    Target("hub size", "helpers/hub.py", "_check_files", _guards("hub")),
+    Target("hub presence", "helpers/hub.py", "present", _guards("hub")),
+    Target("hub presence", "helpers/downloading.py", "_local_first", _guards("hub")),
+    Target("hub presence", "helpers/hub.py", "local_file_record", _guards("hub")),
+    Target("hub size", "helpers/downloading.py", "_plan", _guards("hub")),
+    Target("hub size", "helpers/downloading.py", "DownloadPlan.need_bytes", _guards("hub")),
+    Target("hub size", "helpers/downloading.py", "DownloadPlan.fits", _guards("hub")),
+    Target("hub size", "helpers/downloading.py", "DownloadPlan.check", _guards("hub")),
+    Target("hub size", "helpers/downloading.py", "_check_files", _guards("hub")),
     # history trimming (the chat)
     Target("history trimming", "helpers/chat.py", "trim_history",
            _guards("trim or oldest_pairs or too_long_for_the_window",
@@ -108,7 +108,7 @@ TARGETS = [
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("_local_first", "return None", "(dropped)"):
         "the function's last statement: without it the function ends and returns None all the same",
-    ("_local_file_record", "return None", "(dropped)"):
+    ("local_file_record", "return None", "(dropped)"):
         "the last statement (in the except clause that ends the function): it returns None without it too",
     ("context_report", "max(n_ctx - prompt_tokens, 0)", "max(n_ctx - prompt_tokens, 1)"):
         "output_room is returned or shown only when prompt_tokens < n_ctx, where n_ctx - prompt_tokens >= 1; "
