@@ -546,6 +546,19 @@ def test_hub_a_spoiled_file_in_the_cache_is_counted_and_never_taken_as_complete(
     assert not again.already_local and again.fetched_bytes == len(WEIGHTS) and weights.read_bytes() == WEIGHTS
 
 
+@pytest.mark.parametrize("newer_by, counts", [(0.5, True), (1.0, True), (1.5, False)])
+def test_hub_a_single_file_in_the_cache_counts_up_to_one_second_after_its_link(hub_server, newer_by, counts):
+    """In the cache, huggingface_hub links snapshots/<commit>/<file> to its blob once the blob is complete: a blob
+    last changed up to 1 s after the link is that download, one changed later is checked with the hub again."""
+    got = downloading.download_file(GUARD_REPO, "model.safetensors", quiet=True)
+    changed = got.path.lstat().st_mtime_ns + int(newer_by * 1e9)
+    os.utime(got.path, ns=(changed, changed))  # follows the link: the blob
+    hub_server.clear_log()
+    again = downloading.download_file(GUARD_REPO, "model.safetensors", quiet=True)
+    assert again.already_local is counts
+    assert (hub_server.requests == []) is counts
+
+
 def test_hub_a_spoiled_single_file_in_the_cache_is_fetched_again(hub_server):
     """download_file in the cache: a cut-short snapshot file is fetched again, never reused."""
     got = downloading.download_file(GUARD_REPO, "model.safetensors", quiet=True)
