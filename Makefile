@@ -14,7 +14,7 @@ export CMAKE_ARGS ?= $(shell $(PYTHON) tools/llama_cpp_cmake_args.py)
 # spinning threads made torch and llama.cpp 5-10x slower when started from the main thread.
 TEST_ENV := QLLM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup models course test browser-deps lab clean clean-models
+.PHONY: setup models course course-zh test browser-deps lab clean clean-models
 
 setup: $(VENV)/.installed
 
@@ -30,9 +30,16 @@ models: setup
 	@# llama.cpp's HF->GGUF converter (notebook 04) ships only in the llama-cpp-python sdist:
 	@# take it from pip's cache, or fetch the sdist from PyPI once (76 MB, keeps 2 MB).
 	$(BIN)/python -m course.gguf_convert converter --download
+	@# The course's own GGUF types (F16, Q8_0, Q4_0, as notebook 04b makes them): the local hub serves them
+	@# beside the Q4_K_M file, so notebook 01's repo has several files to choose from (about 1 GB).
+	$(BIN)/python -m course.gguf_convert types
 
 course: models
 	$(BIN)/python tools/run_course.py
+
+# The Chinese edition (notebooks/zh-CN/): the same code, prose in Chinese; into build/*/zh-CN/
+course-zh: models
+	$(BIN)/python tools/run_course.py --zh-CN
 
 # The browser test drives Debian's Chromium: installed here when this user may (root or sudo);
 # otherwise that test is skipped and says why (.ci/run requires it).

@@ -3,8 +3,10 @@
     python -m bench --formats gguf,gptq,awq,hf-bf16,hf-fp32,gguf-transformers --out results.json
     python -m bench --formats gguf,hf-bf16 --new-tokens 8 --repeats 1 --no-quality   # a quick look
     python -m bench --device cuda --out build/bench-cuda.json                         # on a GPU
+    python -m bench --formats gguf --gguf-types ~/.cache/quantized-llms-locally/gguf-types --no-quality
 
-Prints the table and each format's ratios against llama.cpp GGUF, measured in this run.
+Prints the table, each format's ratios against llama.cpp GGUF, and its predicted decode speed against the
+measured one, all from this run.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--long-prompt", help="also time reading this (long) prompt, see --long-prompt-formats")
     parser.add_argument("--long-prompt-formats", default="hf-bf16,hf-fp32",
                         help="formats timed on --long-prompt (default: hf-bf16,hf-fp32)")
+    parser.add_argument("--gguf-types", metavar="DIR",
+                        help="also time every *.gguf in DIR with llama.cpp, as formats gguf-<TYPE> (no quality)")
     parser.add_argument("--progress", choices=("bar", "lines", "none"), default="bar")
     args = parser.parse_args(argv)
     try:
@@ -49,7 +53,8 @@ def main(argv=None) -> int:
                                new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
                                threads=args.threads, device=args.device, quality=not args.no_quality,
                                sources=sources, out=args.out, progress=args.progress,
-                               long_prompt=args.long_prompt, long_prompt_formats=args.long_prompt_formats)
+                               long_prompt=args.long_prompt, long_prompt_formats=args.long_prompt_formats,
+                               gguf_types=args.gguf_types)
     except CourseError as err:
         print(f"bench: {err}", file=sys.stderr)
         return 2

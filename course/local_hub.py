@@ -23,7 +23,10 @@ import atexit
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -151,9 +154,9 @@ class _Switch:
     released: threading.Event = field(default_factory=threading.Event)
 
 
-def repo_from_folder(repo_id: str, folder: Path, extra: dict[str, bytes] | None = None,
+def repo_from_folder(repo_id: str, folder: Path, extra: dict[str, bytes | Path] | None = None,
                      only: list[str] | None = None) -> Repo:
-    """A repo whose files are those of `folder` (served in place), plus small generated files."""
+    """A repo whose files are those of `folder` (served in place), plus `extra` files (bytes, or paths)."""
     files = {p.name: RepoEntry(p.name, p) for p in sorted(Path(folder).iterdir())
              if p.is_file() and p.name not in PRIVATE_FILES and not p.name.startswith(".")
              and (only is None or p.name in only)}
@@ -168,20 +171,26 @@ _GITATTRIBUTES += b"tokenizer.json filter=lfs diff=lfs merge=lfs -text\n"
 
 def _readme(repo_id: str, fmt: str) -> bytes:
     what = {"hf": "bf16 safetensors (full precision)", "gptq": "4-bit GPTQ, group size 128 (GPTQModel)",
-            "awq": "4-bit AWQ GEMM, group size 128 (GPTQModel)", "gguf": "GGUF Q4_K_M for llama.cpp"}[fmt]
+            "awq": "4-bit AWQ GEMM, group size 128 (GPTQModel)",
+            "gguf": "GGUF Q4_K_M for llama.cpp (and the course's other GGUF types, when made)"}[fmt]
     return (f"# {repo_id}\n\nGemma 3 270M (base model), {what}.\nServed by the course's local hub "
-            "(helpers/local_hub.py) from the course model cache. Licence: Gemma Terms of Use.\n").encode()
+            "(course/local_hub.py) from the course model cache. Licence: Gemma Terms of Use.\n").encode()
 
 
-def course_repos() -> dict[str, Repo]:
-    """The course models (those built) as hub repos, named like the original tutorial's."""
+def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
+    """The course models (those built) as hub repos, named like the original tutorial's. With `gguf_types`, the
+    GGUF repo also serves the course's other GGUF types when they were made (`python -m course.gguf_convert
+    types`, run by `make models`, or notebook 04b): a repo with several files to choose from, as on the hub."""
     from . import models as course_models
+    from .gguf_convert import types_dir
 
     repos = {}
     for repo_id, fmt in COURSE_REPOS.items():
         if course_models.read_stamp(fmt) is None:
             continue  # not built: `python -m course.models build`
         extra = {".gitattributes": _GITATTRIBUTES, "README.md": _readme(repo_id, fmt)}
+        if fmt == "gguf" and gguf_types:
+            extra.update({path.name: path for path in sorted(types_dir().glob("*.gguf"))})  # served in place
         repos[repo_id] = repo_from_folder(repo_id, course_models.model_dir(fmt), extra)
     return repos
 
@@ -242,6 +251,45 @@ class LocalHub:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"LocalHub({self.url}, {state}, repos={sorted(self.repos)})"
+
+    def serve_as_endpoint(self, hf_home: str | Path) -> None:
+        """Point huggingface_hub (and `hf` commands started later) at this server, as one points it at a mirror.
+
+        Call it before importing huggingface_hub: the library reads these variables once, at import."""
+        os.environ["HF_ENDPOINT"] = self.url       # exactly how you would point at a mirror
+        os.environ["HF_HOME"] = str(hf_home)        # a private cache for this run
+        # HF_HUB_OFFLINE=1 would block even 127.0.0.1 (the course's test runner sets it so that nothing
+        # reaches the internet); talking to the local hub is fine
+        os.environ["HF_HUB_OFFLINE"] = "0"
+        os.environ["HF_HUB_DISABLE_XET"] = "1"      # as with any mirror: Xet transfers would bypass it
+
+    def kill_download_midway(self, argv: list[str], path: str, local_dir: str | Path, at_bytes: int,
+                             timeout: float = 120) -> list[Path]:
+        """Run a download command (e.g. `hf download ... --local-dir local_dir`) in its own process group,
+        stall the server's transfer of `path` after `at_bytes`, wait until the client's partial file
+        holds them, then SIGKILL the whole group: no cleanup code runs, as after a crash or a power cut.
+        Returns the partial files left behind (huggingface_hub's `*.incomplete`)."""
+        from helpers.hub import find_incomplete
+
+        self.stall_next_transfer(at_bytes, path=path)
+        env = dict(os.environ, HF_ENDPOINT=self.url, NO_COLOR="1")
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)  # its own process group: the kill takes its children too
+        try:
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                partial = find_incomplete(local_dir)
+                if partial and partial[0].stat().st_size >= at_bytes:
+                    break
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            self.release()
+        deadline = time.time() + 10
+        while not any(r.event == "stalled" for r in self.file_gets()) and time.time() < deadline:
+            time.sleep(0.05)  # the server logs the stalled transfer once the dead client's connection closes
+        return find_incomplete(local_dir)
 
     # ---- switches that break a transfer on purpose --------------------------------------------
 

@@ -90,14 +90,18 @@ def detect_format(path) -> str:
             f"{path} is a folder but not a model folder: it has no config.json.{hint} "
             "A Transformers model folder holds config.json plus *.safetensors weights.")
     try:
-        cfg = json.loads(config.read_text())
+        return config_format(json.loads(config.read_text()), path)
     except ValueError as err:
         raise NotAModelError(f"{config} is not valid JSON ({err}); the download may be incomplete.") from None
+
+
+def config_format(cfg: dict, where) -> str:
+    """'gptq', 'awq', 'compressed-tensors' or 'hf' from a config.json (as a dict) of the model at `where`."""
     method = str((cfg.get("quantization_config") or {}).get("quant_method") or "").lower()
     if method in ("", "gptq", "awq", "compressed-tensors"):
         return method or "hf"
     raise UnsupportedFormatError(
-        f"{path} is quantized with {method!r} (config.json: quantization_config.quant_method). This course "
+        f"{where} is quantized with {method!r} (config.json: quantization_config.quant_method). This course "
         "loads GPTQ, AWQ and compressed-tensors folders and GGUF files. Look for a -GPTQ, -AWQ or -GGUF version "
         f"of the same model on the hub, or load this one with the library its model card names{_METHOD_HINTS.get(method, '')}.")
 

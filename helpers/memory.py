@@ -69,9 +69,9 @@ def pick_device(device: str = "auto") -> str:
 
 
 def checkpoint_dtype(path) -> str | None:
-    """The dtype config.json records (None if it records none, or none the course knows)."""
+    """The dtype config.json records (a folder, or its config as a dict; None if none the course knows)."""
     try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
+        cfg = path if isinstance(path, dict) else json.loads((Path(path) / "config.json").read_text())
         return normalize_dtype(cfg.get("dtype") or cfg.get("torch_dtype"))
     except (OSError, ValueError, CourseError):
         return None
@@ -96,19 +96,22 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         return [path]
     index = path / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [path / n for n in names if (path / n).exists()]
-        except (ValueError, KeyError):
-            pass
-    safetensors = sorted(path.glob("*.safetensors"))
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"] if index.exists() else None
+    except (ValueError, KeyError):
+        weight_map = None
+    return [path / name for name in weight_names([p.name for p in path.iterdir() if p.is_file()], weight_map)]
+
+
+def weight_names(names: list[str], weight_map: dict | None = None) -> list[str]:
+    """`weight_files`' rule on file names (a folder's, or a hub repo's): `weight_map` is the index's."""
+    if weight_map:
+        return sorted(set(weight_map.values()) & set(names))
+    safetensors = sorted(n for n in names if n.endswith(".safetensors"))
     if len(safetensors) > 1:
-        safetensors = [p for p in safetensors if p.name != "consolidated.safetensors"]
-    if safetensors:
-        return safetensors
-    pickles = sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-    return pickles or sorted(path.glob("*.gguf"))
+        safetensors = [n for n in safetensors if n != "consolidated.safetensors"]
+    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth")))
+    return safetensors or pickles or sorted(n for n in names if n.endswith(".gguf"))
 
 
 def weights_bytes(path: str | os.PathLike) -> int:
@@ -134,27 +137,38 @@ def _bits(kind: str) -> int:
 
 
 def weights_in_memory_bytes(path: str | os.PathLike, dtype: str | None = None) -> int:
-    """Bytes the weights take once loaded: float tensors cast to `dtype` (None keeps them), packed ints as
-    they are; compressed-tensors' `*.weight_packed` as the dense `*.weight_shape` they are decompressed to
-    on load (in `dtype`, else in the dtype of their scales)."""
-    dtype = normalize_dtype(dtype)
+    """Bytes the weights take once loaded (`in_memory_bytes` of their safetensors headers)."""
     files = weight_files(path)
     if not all(f.suffix == ".safetensors" for f in files):
         return weights_bytes(path)
     tensors = {name: kind_shape for f in files for name, kind_shape in _safetensors_tensors(f).items()}
+    return in_memory_bytes(tensors, weights_bytes(path), dtype)
+
+
+def in_memory_bytes(tensors: dict, files_bytes: int, dtype: str | None = None) -> int:
+    """From safetensors headers (name -> (dtype, shape)): the files' size if loading changes nothing, else
+    the sum of `tensors_in_memory`."""
+    if normalize_dtype(dtype) is None and not any(name.endswith(".weight_packed") for name in tensors):
+        return files_bytes
+    return sum(tensors_in_memory(tensors, dtype).values())
+
+
+def tensors_in_memory(tensors: dict, dtype: str | None = None) -> dict[str, int]:
+    """Bytes of each tensor once loaded: floats cast to `dtype` (None keeps them), packed ints as they are;
+    compressed-tensors' `*.weight_packed` as the dense `*.weight` of its `*.weight_shape` (their values, in
+    `tensors`) it is decompressed to on load (in `dtype`, else in the dtype of its scales)."""
+    dtype = normalize_dtype(dtype)
     packed = {name[:-len(".weight_packed")] for name in tensors if name.endswith(".weight_packed")}
-    if dtype is None and not packed:
-        return weights_bytes(path)
     width = {"float32": 32, "bfloat16": 16, "float16": 16}.get(dtype)
-    total = 0
+    sizes = {}
     for name, (kind, shape) in tensors.items():
         module = name.rsplit(".", 1)[0]
         if module in packed and name.endswith(".weight_packed"):  # dense: its original shape, as a float
             bits = width or _bits(tensors[module + ".weight_scale"][0])
-            total += math.prod(tensors[module + ".weight_shape"][1]) * bits // 8
+            sizes[module + ".weight"] = math.prod(tensors[module + ".weight_shape"][1]) * bits // 8
         elif module not in packed:  # a packed module's scales, zero points and shape are gone once dense
-            total += math.prod(shape) * (width if width and kind.startswith(("F", "BF")) else _bits(kind)) // 8
-    return total
+            sizes[name] = math.prod(shape) * (width if width and kind.startswith(("F", "BF")) else _bits(kind)) // 8
+    return sizes
 
 
 def free_memory_bytes(device: str = "cpu") -> int:
@@ -181,9 +195,14 @@ def _loaded_weights(path, fmt: str, dtype: str | None) -> int:
 
 
 def estimate_memory_bytes(path, fmt: str, dtype: str | None = None) -> int:
-    """Weights in memory (in `dtype`) plus the stated overhead: x1.5 + 600 MiB (Transformers), x1.2 + 300 MiB (GGUF)."""
+    """Weights in memory (in `dtype`) plus the stated overhead (`memory_needed`)."""
+    return memory_needed(_loaded_weights(path, fmt, dtype), fmt)
+
+
+def memory_needed(weights: int, fmt: str) -> int:
+    """The rule: weights in memory x1.5 + 600 MiB (Transformers), x1.2 + 300 MiB (GGUF)."""
     fraction, fixed = memory_overhead(fmt)
-    return int(_loaded_weights(path, fmt, dtype) * (1 + fraction) + fixed)
+    return int(weights * (1 + fraction) + fixed)
 
 
 def check_memory_fit(path, fmt: str, device: str = "cpu", dtype: str | None = None,

@@ -4,13 +4,15 @@
     model_size("neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit")   # params -> fp32/bf16/8/4-bit vs the files
     gguf_header_remote(repo, "Mistral-7B-Instruct-v0.3-Q4_K_M.gguf")  # the header over HTTP Range, not the file
     gguf_header("models/gemma-3-270m-Q4_K_M.gguf")                 # the same for a local file
+    safetensors_tensors_remote(repo, "model.safetensors")          # name -> (dtype, shape), from the header
 
-Only config.json or a GGUF header travels (kept in memory, never saved); `helpers.gguf_tools` parses the header.
+Only config.json or a header travels (kept in memory, never saved); `helpers.gguf_tools` parses GGUF headers.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 
 from . import downloading, hub
@@ -73,7 +75,7 @@ def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = Non
     """Parameters from the repo's config.json (or from a GGUF file's header) next to the size of its weight files."""
     files = hub.list_files(repo_id, revision=revision)
     if "config.json" in {f.path for f in files} and not gguf_file:
-        config = json.loads(_read(repo_id, "config.json", revision))
+        config = read_json(repo_id, "config.json", revision)
         weights = {f.path: f.size for f in files if f.path.endswith(".safetensors")} or \
             {f.path: f.size for f in files if f.path.endswith((".bin", ".pt", ".pth"))}
         return ModelSize(repo_id, param_count(config), "config.json", weights)
@@ -100,15 +102,20 @@ def _read(repo_id: str, filename: str, revision: str, start: int = 0, stop: int 
     return answer.content[start:] if answer.status_code == 200 else answer.content
 
 
+def read_json(repo_id: str, filename: str, revision: str = "main") -> dict:
+    """A small JSON file of a repo (config.json, an index), in memory."""
+    return json.loads(_read(repo_id, filename, revision))
+
+
 def _header_dict(header) -> dict:
     return {"version": header.version, "tensor_count": len(header.tensors), "params": header.n_params,
             "metadata": header.metadata, "shapes": {t.name: list(t.shape) for t in header.tensors},
-            "header_bytes": header.header_bytes}
+            "tensor_bytes": {t.name: t.n_bytes for t in header.tensors}, "header_bytes": header.header_bytes}
 
 
 def gguf_header_remote(repo_id: str, filename: str, revision: str = "main", first_bytes: int = 4 * 2**20,
                        max_bytes: int = 128 * 2**20) -> dict:
-    """A remote GGUF's header (version, tensor_count, params, metadata, shapes), read with HTTP Range requests."""
+    """A remote GGUF's header (version, tensor_count, params, metadata, shapes, tensor_bytes), over HTTP Range."""
     data, want = b"", first_bytes
     while True:
         data += _read(repo_id, filename, revision, start=len(data), stop=want)  # only the part not read yet
@@ -124,3 +131,24 @@ def gguf_header_remote(repo_id: str, filename: str, revision: str = "main", firs
 def gguf_header(path) -> dict:
     """The same for a local .gguf file."""
     return _header_dict(read_gguf(path))
+
+
+def safetensors_tensors_remote(repo_id: str, filename: str, revision: str = "main") -> dict[str, tuple[str, list]]:
+    """name -> (dtype, shape) from a remote safetensors header (Range requests: its length, then the JSON), as
+    `helpers.memory` reads a local one: compressed-tensors' few-byte `*.weight_shape` tensors with their values."""
+    size = struct.unpack("<Q", _read(repo_id, filename, revision, 0, 8)[:8])[0]
+    header = json.loads(_read(repo_id, filename, revision, 8, 8 + size)[:size])
+    header.pop("__metadata__", None)
+    tensors = {name: (t["dtype"], t["shape"]) for name, t in header.items()}
+    shapes = {name: t for name, t in header.items() if name.endswith(".weight_shape")}
+    if shapes:  # one request for all of them: safetensors stores tensors of one dtype next to each other
+        start = min(t["data_offsets"][0] for t in shapes.values())
+        stop = max(t["data_offsets"][1] for t in shapes.values())
+        data = _read(repo_id, filename, revision, 8 + size + start, 8 + size + stop)[:stop - start]
+        for name, t in shapes.items():
+            first, last = t["data_offsets"]
+            width = int(t["dtype"][1:]) // 8  # I64 or I32
+            chunk = data[first - start:last - start]
+            tensors[name] = (t["dtype"], [int.from_bytes(chunk[i:i + width], "little", signed=True)
+                                          for i in range(0, len(chunk), width)])
+    return tensors

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from .env import default_threads
 from .errors import CourseError
 from .generation import pad_token_id
-from .gguf_tools import read_gguf
 from .loading import LoadedModel
+from .model_info import gguf_header
 
 
 @dataclass
@@ -245,15 +245,21 @@ def copy_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5) -> float:
     return 2 * n / best
 
 
-def gguf_bytes_per_token(path) -> int:
-    """Weight bytes llama.cpp reads per decoded token: every tensor once, except an input
-    embedding with a separate output head (output.weight), of which one row is read."""
-    tensors = {t.name: t for t in read_gguf(path).tensors}
-    total = sum(t.n_bytes for t in tensors.values())
-    embedding = tensors.get("token_embd.weight")
-    if "output.weight" in tensors and embedding:  # untied: the head is read whole, the embedding by row
-        total -= embedding.n_bytes - embedding.n_bytes // embedding.shape[-1]
+def weights_read_per_token(sizes: dict[str, int], embedding: str, head: str, rows: int) -> int:
+    """Bytes read per decoded token, from each weight's bytes: every weight once, except an input `embedding`
+    with a separate output `head`, of which one of its `rows` rows is read (tied, it is the head: read whole)."""
+    total = sum(sizes.values())
+    if head in sizes and embedding in sizes:
+        total -= sizes[embedding] - sizes[embedding] // rows
     return total
+
+
+def gguf_bytes_per_token(source) -> int:
+    """Weight bytes llama.cpp reads per decoded token, from a .gguf path or its header as `model_info.gguf_header`
+    or `gguf_header_remote` give it (no weights needed): `weights_read_per_token`, head `output.weight`."""
+    header = source if isinstance(source, dict) else gguf_header(source)
+    rows = header["shapes"].get("token_embd.weight", [1])[-1]  # GGUF order: the vocabulary comes last
+    return weights_read_per_token(header["tensor_bytes"], "token_embd.weight", "output.weight", rows)
 
 
 def torch_bytes_per_token(model) -> int:

@@ -57,6 +57,11 @@ def test_small_run_writes_complete_json(small_run):
     assert rows["gguf"]["heldout_tokens"] == rows["hf-bf16"]["heldout_tokens"]  # same tokens, comparable
     # hf-bf16 is a dequantized copy of the GGUF: same quality within a few percent
     assert rows["gguf"]["perplexity"] == pytest.approx(rows["hf-bf16"]["perplexity"], rel=0.05)
+    # and the same on the Chinese held-out text, measured separately (its own tokens, its own reference)
+    assert rows["hf-bf16"]["top1_agreement_zh"] == 1.0 and 0.5 < rows["gguf"]["top1_agreement_zh"] <= 1.0
+    assert rows["gguf"]["heldout_tokens_zh"] == rows["hf-bf16"]["heldout_tokens_zh"] != rows["gguf"]["heldout_tokens"]
+    assert rows["gguf"]["perplexity_zh"] == pytest.approx(rows["hf-bf16"]["perplexity_zh"], rel=0.05)
+    assert rows["gguf"]["perplexity_zh"] != rows["gguf"]["perplexity"]
     assert rows["gguf"]["bytes_per_token"] < rows["hf-bf16"]["bytes_per_token"]
     assert report["ratios"]["gguf"]["decode_speed"] == 1.0
     hf = report["ratios"]["hf-bf16"]
@@ -95,3 +100,64 @@ def test_a_format_that_fails_to_load_is_reported_not_fatal(tmp_path, capsys):
     assert "FAILED" in printed and "r-logs" in printed
     assert (tmp_path / "r-logs" / "gguf.log").exists()  # kept because it failed
     assert not list(tmp_path.glob("*.partial"))
+
+
+# ---- predicted decode speed, and GGUF types as extra llama.cpp formats -------------------------
+
+def test_predictions_are_calibrated_on_one_row_per_backend():
+    results = [{"format": "gguf", "backend": "llama.cpp", "decode_tok_s": 50.0, "ceiling_tok_s": 100.0},
+               {"format": "gguf-F16", "backend": "llama.cpp", "decode_tok_s": 20.0, "ceiling_tok_s": 50.0},
+               {"format": "hf-bf16", "backend": "transformers", "decode_tok_s": 10.0, "ceiling_tok_s": 40.0},
+               {"format": "gptq", "backend": "transformers", "decode_tok_s": 5.0, "ceiling_tok_s": 60.0},
+               {"format": "awq", "error": "failed to load"}]
+    predicted = compare.predictions(results)
+    # ceiling x the efficiency of the backend's calibration row: gguf 50/100, hf-bf16 10/40
+    assert predicted["gguf"] == {"predicted_tok_s": 50.0, "predicted_vs_measured": 1.0}  # 1.00 by construction
+    assert predicted["hf-bf16"]["predicted_vs_measured"] == 1.0
+    assert predicted["gguf-F16"] == {"predicted_tok_s": 25.0, "predicted_vs_measured": 1.25}
+    assert predicted["gptq"] == {"predicted_tok_s": 15.0, "predicted_vs_measured": 3.0}
+    assert "awq" not in predicted
+    report = {"results": [dict(r, **predicted.get(r["format"], {})) for r in results]}
+    assert compare.prediction_sentences(report) == [
+        "gguf-F16           predicted   25.0 tok/s, measured   20.0: 1.25 (within ±30%)",
+        "gptq               predicted   15.0 tok/s, measured    5.0: 3.00 (outside ±30%)"]
+    assert compare.predictions(results[1:]).keys() == {"hf-bf16", "gptq"}  # no gguf row: no llama.cpp prediction
+
+
+def test_gguf_types_become_llama_cpp_formats_named_by_their_type(tmp_path):
+    from gguf import LlamaFileType
+
+    from bench import worker
+    from tests.test_plan import write_gguf
+
+    write_gguf(tmp_path / "a.gguf", False, LlamaFileType.MOSTLY_Q8_0)
+    write_gguf(tmp_path / "b.gguf", False, LlamaFileType.MOSTLY_F16)
+    (tmp_path / "b.gguf.log").write_text("not a model")
+    assert compare.gguf_type_formats(tmp_path) == {"gguf-Q8_0": str(tmp_path / "a.gguf"),
+                                                   "gguf-F16": str(tmp_path / "b.gguf")}
+    assert worker.spec("gguf-Q8_0") == ("gguf", {}, "llama.cpp, GGUF Q8_0")
+    assert worker.spec("gguf-transformers") == worker.FORMATS["gguf-transformers"]
+    with pytest.raises(compare.BenchError, match="no such folder"):
+        compare.gguf_type_formats(tmp_path / "missing")
+
+
+def test_gguf_types_are_timed_in_llama_cpp_without_quality(tmp_path, course_cache, capsys):
+    from course import models as course_models
+
+    types = tmp_path / "types"
+    types.mkdir()
+    (types / "a-copy.gguf").symlink_to(course_models.model_path("gguf"))  # the same file, as a second format
+    out = tmp_path / "r.json"
+    code = main(["--formats", "gguf", "--gguf-types", str(types), "--new-tokens", "3", "--repeats", "1",
+                 "--prompt", "The printing press", "--threads", "2", "--progress", "none", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    rows = {r["format"]: r for r in report["results"]}
+    assert list(rows) == ["gguf", "gguf-Q4_K_M"] and report["settings"]["gguf_types"] == ["gguf-Q4_K_M"]
+    assert rows["gguf-Q4_K_M"]["backend"] == "llama.cpp" and rows["gguf-Q4_K_M"]["what"] == "llama.cpp, GGUF Q4_K_M"
+    assert "perplexity" in rows["gguf"] and "perplexity" not in rows["gguf-Q4_K_M"]  # quality only where asked
+    assert rows["gguf"]["predicted_vs_measured"] == 1.0  # the llama.cpp calibration row, exactly
+    # the same bytes per token as the calibration row: predicted = what the calibration row measured
+    assert rows["gguf-Q4_K_M"]["predicted_tok_s"] == pytest.approx(rows["gguf"]["decode_tok_s"])
+    printed = capsys.readouterr().out
+    assert "1.00 by construction" in printed and "gguf-Q4_K_M        predicted" in printed

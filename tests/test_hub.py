@@ -3,12 +3,10 @@
 import hashlib
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from hypothesis import strategies as st
 
 from helpers import downloading, errors, hub, model_info
 from helpers.errors import CourseError
-from course.local_hub import LocalHub, Repo, RepoEntry
+from course.local_hub import LocalHub, Repo, RepoEntry, course_repos
 from tests.hub_support import point_at
 
 GGUF_REPO = "qllm-course/gemma-3-270m-GGUF"
@@ -51,7 +49,7 @@ def tiny_hub():
 
 @pytest.fixture(scope="module")
 def course_hub(course_cache):
-    with LocalHub() as server:
+    with LocalHub(course_repos(gguf_types=False)) as server:  # one .gguf file: a hub id alone names the model
         yield server
 
 
@@ -167,6 +165,20 @@ def test_estimate_equals_bytes_actually_downloaded_and_the_gguf_is_the_real_one(
     snap = downloading.download(GGUF_REPO, quiet=True)
     assert whole.total_bytes == sum((snap.path / f.path).stat().st_size for f in snap.files)
     assert snap.path.is_relative_to(hub.hub_cache_dir())
+
+
+def test_the_gguf_repo_serves_the_course_gguf_types_when_they_were_made(course_cache, tmp_path, monkeypatch):
+    from course import gguf_convert
+
+    monkeypatch.setattr(gguf_convert, "types_dir", lambda: tmp_path)
+    assert [f for f in course_repos()[GGUF_REPO].files if f.endswith(".gguf")] == [GGUF_FILE]  # none made yet
+    (tmp_path / "gemma-3-270m-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
+    (tmp_path / "gemma-3-270m-Q8_0.gguf.log").write_text("a log is not served")
+    with LocalHub(course_repos()) as server:
+        point_at(server, tmp_path, monkeypatch)
+        served = {f.path: f.size for f in hub.list_files(GGUF_REPO, include="*.gguf*")}
+    assert served == {GGUF_FILE: 253_113_024, "gemma-3-270m-Q8_0.gguf": 64}  # served in place; no log
+    assert [f for f in course_repos(gguf_types=False)[GGUF_REPO].files if f.endswith(".gguf")] == [GGUF_FILE]
 
 
 def test_how_big_is_a_model_from_config_and_from_the_gguf_header(course, course_cache):
@@ -431,28 +443,12 @@ def test_cli_downloads_from_the_local_hub(tiny, tmp_path):
 
 def test_killed_download_starts_over_and_leaves_an_orphan(course, tmp_path):
     """huggingface_hub 2.x: within a run it resumes (test above); after kill -9 it starts from zero."""
-    env = dict(os.environ, HF_HUB_DISABLE_UPDATE_CHECK="1")
     dest = tmp_path / "dl"
-    course.stall_next_transfer(40 * 2**20, path=GGUF_FILE)
-    proc = subprocess.Popen([sys.executable, "-m", "huggingface_hub.cli.hf", "download", GGUF_REPO, GGUF_FILE,
-                             "--local-dir", str(dest)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            parts = hub.find_incomplete(dest)
-            if parts and parts[0].stat().st_size >= 40 * 2**20:
-                break
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # no cleanup handler runs
-        proc.wait(timeout=30)
-    finally:
-        course.release()
-    deadline = time.time() + 30  # the server notes the stalled transfer once its connection is gone
-    while not any(r.event == "stalled" for r in course.file_gets()) and time.time() < deadline:
-        time.sleep(0.05)
+    argv = [sys.executable, "-m", "huggingface_hub.cli.hf", "download", GGUF_REPO, GGUF_FILE, "--local-dir", str(dest)]
+    left = course.kill_download_midway(argv, path=GGUF_FILE, local_dir=dest, at_bytes=40 * 2**20, timeout=60)
+    assert any(r.event == "stalled" for r in course.file_gets())  # the client really was cut mid-file
     orphans = hub.find_incomplete(dest)
-    assert len(orphans) == 1 and orphans[0].stat().st_size == 40 * 2**20
+    assert orphans == left and len(orphans) == 1 and orphans[0].stat().st_size == 40 * 2**20
     assert not (dest / GGUF_FILE).exists()  # nothing looks complete
     course.clear_log()
     got = downloading.download_file(GGUF_REPO, GGUF_FILE, local_dir=dest, quiet=True)

@@ -21,7 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "zh-CN").glob("*.ipynb"))
 REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"].rstrip("/")
 REPO = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?", REPO_URL).group(1)  # owner/name
 COLAB_GUARD = '"google.colab" in sys.modules'
@@ -40,7 +40,7 @@ def where(path: Path, nb, cell) -> str:
     return f"{path.name}, cell {nb.cells.index(cell)}"
 
 
-@pytest.fixture(params=NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.fixture(params=NOTEBOOKS, ids=[p.relative_to(ROOT / "notebooks").with_suffix("").as_posix() for p in NOTEBOOKS])
 def notebook(request):
     return request.param, load(request.param)
 
@@ -60,7 +60,7 @@ def test_title_learn_list_and_colab_badge(notebook):
     first = nb.cells[0]
     assert first.cell_type == "markdown", f"{path.name}: the first cell should be the markdown title cell"
     assert re.match(r"# \S", first.source), f"{path.name}: the first cell should start with a '# ' title"
-    assert re.search(r"what you will learn", first.source, re.I), f"{path.name}: no 'What you will learn' section"
+    assert re.search(r"what you will learn|你将学到", first.source, re.I), f"{path.name}: no 'What you will learn' section"
     badge = re.search(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
                       r"\((https://colab\.research\.google\.com/github/[^)\s]+)\)", first.source, re.I)
     assert badge, f"{path.name}: the title cell has no Open-in-Colab badge"

@@ -17,7 +17,7 @@ HELPERS = ROOT / "helpers"
 TIERS = {
     "bottom": ["errors", "env", "precision", "gguf_tools"],              # facts, files, errors
     "middle": ["hub", "downloading", "model_info", "memory", "kernels", "loading", "generation",  # get, fit, load, run
-               "quality", "timing", "setup_check"],                      # measure
+               "quality", "timing", "plan", "setup_check"],              # measure, plan
     "top": ["streaming", "templates", "chat"],                           # what a learner drives
 }
 ORDER = [name for tier in TIERS.values() for name in tier]

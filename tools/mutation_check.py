@@ -67,6 +67,7 @@ TARGETS = [
     Target("fit check", "helpers/memory.py", "free_memory_bytes", _guards("memory")),
     Target("fit check", "helpers/memory.py", "memory_overhead", _guards("memory")),
     Target("fit check", "helpers/memory.py", "estimate_memory_bytes", _guards("memory")),
+    Target("fit check", "helpers/memory.py", "memory_needed", _guards("memory")),
     Target("fit check", "helpers/memory.py", "check_memory_fit", _guards("memory")),
     Target("fit check", "helpers/memory.py", "MEMORY_OVERHEAD_FRACTION", _guards("memory")),
     Target("fit check", "helpers/memory.py", "MEMORY_OVERHEAD_BYTES", _guards("memory")),

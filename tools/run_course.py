@@ -1,6 +1,7 @@
 """Run every notebook of the course, in order, headless: executed copies and HTML go to build/.
 
     python tools/run_course.py [notebooks/03_awq.ipynb ...]
+    python tools/run_course.py --zh-CN                        # the Chinese edition (notebooks/zh-CN/)
 
 Cells tagged `skip-execution` (GPU-only cells) are shown but not run, exactly as under nbmake.
 """
@@ -48,16 +49,19 @@ def run_notebook(path: Path) -> tuple[bool, float, str]:
     for cell in skipped:
         cell["source"] = cell["metadata"].pop("_skipped_source")
     seconds = time.time() - started
-    (BUILD / "notebooks").mkdir(parents=True, exist_ok=True)
-    (BUILD / "html").mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, BUILD / "notebooks" / path.name)
+    edition = "zh-CN" if path.parent.name == "zh-CN" else ""  # the Chinese edition: build/*/zh-CN/
+    (BUILD / "notebooks" / edition).mkdir(parents=True, exist_ok=True)
+    (BUILD / "html" / edition).mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, BUILD / "notebooks" / edition / path.name)
     html, _ = HTMLExporter().from_notebook_node(nb)
-    (BUILD / "html" / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+    (BUILD / "html" / edition / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
     return ok, seconds, message
 
 
 def main(argv: list[str]) -> int:
-    paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))  # 03, 03b, ...
+    folder = ROOT / "notebooks" / ("zh-CN" if "--zh-CN" in argv else "")
+    argv = [a for a in argv if a != "--zh-CN"]
+    paths = [Path(a) for a in argv] or sorted(folder.glob("[0-9][0-9]*_*.ipynb"))  # 03, 03b, ...
     results = []
     started = time.time()
     for path in tqdm(paths, desc="notebooks", unit="nb"):
@@ -66,8 +70,9 @@ def main(argv: list[str]) -> int:
         tqdm.write(f"{'ok  ' if ok else 'FAIL'} {path.name:32} {seconds:6.0f} s  {message}")
     failed = [r for r in results if not r[1]]
     print(f"\nCourse run: {len(results) - len(failed)}/{len(results)} notebooks ok in {time.time() - started:.0f} s")
-    print(f"Executed notebooks: {BUILD / 'notebooks'}")
-    print(f"HTML, to read in a browser: {BUILD / 'html'}  (start with {BUILD / 'html' / '00_setup.html'})")
+    html = BUILD / "html" / folder.relative_to(ROOT / "notebooks")
+    print(f"Executed notebooks: {BUILD / 'notebooks' / folder.relative_to(ROOT / 'notebooks')}")
+    print(f"HTML, to read in a browser: {html}  (start with {html / '00_setup.html'})")
     return 1 if failed else 0
 
 
