@@ -195,7 +195,30 @@ def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
     return repos
 
 
-class LocalHub:
+class LocalServer:
+    """What the course's local servers share: an address, a context manager that always stops, a request log.
+    A subclass sets host, port, requests (records with `is_file_get`) and _lock, and defines start/stop."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def file_gets(self) -> list:
+        """The GETs of file contents (not HEADs, not API calls)."""
+        return [r for r in self.requests if r.is_file_get]
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+
+class LocalHub(LocalServer):
     """A hub-compatible server on 127.0.0.1 (a free port); a context manager that always stops."""
 
     def __init__(self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0):
@@ -207,10 +230,6 @@ class LocalHub:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "LocalHub":
         if self._server is not None:
@@ -241,12 +260,6 @@ class LocalHub:
     @property
     def running(self) -> bool:
         return self._server is not None
-
-    def __enter__(self) -> "LocalHub":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -316,16 +329,6 @@ class LocalHub:
                     switch.times -= 1
                     return switch
         return None
-
-    # ---- what the server saw ------------------------------------------------------------------
-
-    def file_gets(self) -> list[RequestRecord]:
-        """The GETs of file contents (not HEADs, not API calls)."""
-        return [r for r in self.requests if r.is_file_get]
-
-    def clear_log(self) -> None:
-        with self._lock:
-            self.requests.clear()
 
 
 class _Handler(BaseHTTPRequestHandler):

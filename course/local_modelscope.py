@@ -26,30 +26,24 @@ import contextlib
 import json
 import os
 import threading
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .local_hub import CHUNK, Repo, course_repos
+from .local_hub import CHUNK, LocalServer, Repo, RequestRecord, course_repos
 
 BRANCH = "master"  # ModelScope's default branch (the Hub's is "main")
 
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    status: int
-    range: str | None = None
-    bytes_sent: int = 0
+class Request(RequestRecord):
+    """A request the server saw (local_hub's record); a file GET is ModelScope's `repo?FilePath=` call."""
 
     @property
     def is_file_get(self) -> bool:
         return self.method == "GET" and "FilePath=" in self.path
 
 
-class LocalModelScope:
+class LocalModelScope(LocalServer):
     """A ModelScope-API server on 127.0.0.1 (a free port); a context manager that always stops."""
 
     def __init__(self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0):
@@ -58,10 +52,6 @@ class LocalModelScope:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "LocalModelScope":
         if self._server is None:
@@ -80,12 +70,6 @@ class LocalModelScope:
             server.server_close()
             atexit.unregister(self.stop)
 
-    def __enter__(self) -> "LocalModelScope":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"LocalModelScope({self.url}, {'running' if self._server else 'stopped'}, repos={sorted(self.repos)})"
 
@@ -95,14 +79,6 @@ class LocalModelScope:
         os.environ["MODELSCOPE_ENDPOINT"] = self.url          # as for any other ModelScope endpoint
         os.environ["MODELSCOPE_CACHE"] = str(Path(home) / "cache")
         os.environ["MODELSCOPE_HOME"] = str(Path(home) / "config")  # where it keeps a session id
-
-    def file_gets(self) -> list[Request]:
-        """The GETs of file contents (not the listing, not the probes)."""
-        return [r for r in self.requests if r.is_file_get]
-
-    def clear_log(self) -> None:
-        with self._lock:
-            self.requests.clear()
 
 
 class _Handler(BaseHTTPRequestHandler):
