@@ -1,15 +1,17 @@
-"""Keep the Chinese edition (notebooks/zh-CN/) in step with the English notebooks.
+"""Keep the Chinese edition (notebooks/zh-CN/, solutions/zh-CN/) in step with the English notebooks.
 
     python tools/zh_cn.py check    # what differs; exit 1 if anything does (tests/test_zh_cn.py runs the same check)
     python tools/zh_cn.py sync     # copy every code cell from English; add English markdown cells still to translate
     python tools/zh_cn.py translated notebooks/zh-CN/01_download.ipynb c00 c37   # these cells are (re)translated
 
-The two editions have the same cells, with the same ids, in the same order. Code cells are identical byte
-for byte (source and tags), so a lesson cannot drift between languages; only markdown is translated. `sync`
-is the one way code reaches the Chinese edition: edit the English notebook, run `sync`, then translate the
-markdown cells it reports and mark them with `translated` (they carry `"zh_cn_todo": true` in their metadata until translated). Each
-Chinese markdown cell also records a hash of the English text it translates (`zh_cn_from`), so `check` says
-when the English prose changed after translation.
+Two folders have a Chinese twin: the lessons (notebooks/ -> notebooks/zh-CN/) and their worked solutions
+(solutions/ -> solutions/zh-CN/); `check` and `sync` cover both. The two editions have the same cells, with
+the same ids, in the same order. Code cells are identical byte for byte (source and tags), so a lesson cannot
+drift between languages; only markdown is translated. `sync` is the one way code reaches the Chinese edition:
+edit the English notebook, run `sync`, then translate the markdown cells it reports and mark them with
+`translated` (they carry `"zh_cn_todo": true` in their metadata until translated). Each Chinese markdown cell
+also records a hash of the English text it translates (`zh_cn_from`), so `check` says when the English prose
+changed after translation.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGLISH = ROOT / "notebooks"
-CHINESE = ENGLISH / "zh-CN"
+FOLDERS = [ROOT / "notebooks", ROOT / "solutions"]  # English notebooks; each folder's Chinese twins are in FOLDER/zh-CN/
 TODO = "zh_cn_todo"
 FROM = "zh_cn_from"
 HAN = "\u4e00-\u9fff"
@@ -34,7 +35,8 @@ UNSPACED = re.compile(rf"[{HAN}][A-Za-z0-9]|[A-Za-z0-9][{HAN}]")
 
 
 def pairs() -> list[tuple[Path, Path]]:
-    return [(en, CHINESE / en.name) for en in sorted(ENGLISH.glob("*.ipynb"))]
+    """(English notebook, its Chinese twin) for every notebook of every folder in FOLDERS."""
+    return [(en, folder / "zh-CN" / en.name) for folder in FOLDERS for en in sorted(folder.glob("*.ipynb"))]
 
 
 def shown(path: Path) -> str:
@@ -139,7 +141,7 @@ def sync(en_path: Path, zh_path: Path) -> list[str]:
 
 def mark_translated(zh_path: Path, ids: list[str]) -> None:
     """Record that these markdown cells now translate the current English text."""
-    english = {c["id"]: c for c in read(ENGLISH / zh_path.name)["cells"]}
+    english = {c["id"]: c for c in read(zh_path.parent.parent / zh_path.name)["cells"]}  # FOLDER/zh-CN/X -> FOLDER/X
     with locked(zh_path):
         nb = read(zh_path)
         for cell in nb["cells"]:
