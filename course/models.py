@@ -103,7 +103,7 @@ def recipe(fmt: str) -> dict:
     if fmt == "hf":
         return {"gguf": recipe("gguf")["sha256"], "transformers": _version("transformers"),
                 "torch": _version("torch"), "gguf-py": _version("gguf"), "dtype": "bfloat16",
-                "perplexity_dtype": BUILD_DTYPE,
+                "perplexity_dtype": BUILD_DTYPE, "added_tokens": "tokenizer_config",
                 "chat_template": _data_sha("gemma_chat_template.jinja"), "heldout": _data_sha("heldout.txt")}
     common = {"hf": recipe("hf"), "gptqmodel": _version("gptqmodel"), "optimum": _version("optimum"),
               "calibration": _data_sha("calibration.txt"), "blocks": CALIBRATION_BLOCKS,
@@ -306,10 +306,11 @@ def _build_hf(out: Path) -> dict:
     tokenizer.chat_template = resources.files("helpers").joinpath("data/gemma_chat_template.jinja").read_text()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    saved = AutoTokenizer.from_pretrained(out)
+    _record_added_tokens(out, saved)  # the added tokens as saved
     del model
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=getattr(torch, BUILD_DTYPE))
-    return {"perplexity": transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out)),
-            **build_machine()}
+    return {"perplexity": transformers_perplexity(reloaded, saved), **build_machine()}
 
 
 def calibration_rows(tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS) -> list[dict]:
@@ -338,6 +339,21 @@ def _scrub_quant_config(out: Path) -> None:
         path.write_text(json.dumps(data, indent=2))
 
 
+def _record_added_tokens(out: Path, tokenizer) -> None:
+    """Write the tokenizer's added tokens into tokenizer_config.json, as the hub's Gemma 3 checkpoints have them.
+
+    Transformers 5 saves the config without them, and then rebuilds them on every load by parsing the
+    31 MB tokenizer.json in Python: 1.3-1.5 s of each 3.7 s tokenizer load here, and the course loads
+    a tokenizer some twenty times. The tokens are the same either way (tests/test_course_models.py)."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["added_tokens_decoder"] = {
+        str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                 "single_word": t.single_word, "special": t.special}
+        for i, t in sorted(tokenizer.added_tokens_decoder.items())}
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _build_quantized(fmt: str, out: Path) -> dict:
     import torch
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
@@ -350,7 +366,8 @@ def _build_quantized(fmt: str, out: Path) -> dict:
 
     torch.set_num_threads(default_threads())
     hf = model_dir("hf")
-    rows = calibration_rows(AutoTokenizer.from_pretrained(hf))
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    rows = calibration_rows(tokenizer)
     started = time.time()
     if fmt == "gptq":  # GPTQ runs on a float32 model from end to end
         config = QuantizeConfig(bits=4, group_size=128, sym=True)
@@ -365,6 +382,7 @@ def _build_quantized(fmt: str, out: Path) -> dict:
     save_as(model, out, "bfloat16")  # the checkpoint stays bf16 whatever the search ran in
     del model
     _scrub_quant_config(out)
+    _record_added_tokens(out, tokenizer)
     # Quality gate: a broken checkpoint must never reach a notebook.
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)  # its CPU kernels' own dtype
     ppl = transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out))

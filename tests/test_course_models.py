@@ -218,3 +218,33 @@ def test_hf_build_parses_the_gguf_once(tmp_path, small_gguf):
         assert isinstance(first, original) and first.fields
     assert gguf.GGUFReader is original
     assert gguf.GGUFReader(path) is not first
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gptq", "awq"])
+def test_tokenizer_config_lists_the_added_tokens_and_changes_nothing(course_cache, tmp_path, fmt):
+    """The build writes the added tokens into tokenizer_config.json (so Transformers need not re-parse
+    tokenizer.json to find them); a copy without them tokenizes every text exactly alike."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from helpers import quality
+
+    folder = course_cache / fmt
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    listed = {int(i): token["content"] for i, token in config["added_tokens_decoder"].items()}
+    in_file = {t["id"]: t["content"] for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
+    assert listed == in_file
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        if (folder / name).exists():
+            shutil.copy(folder / name, plain / name)
+    del config["added_tokens_decoder"]
+    (plain / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    built, rebuilt = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(plain)
+    assert type(built) is type(rebuilt) and built.added_tokens_decoder == rebuilt.added_tokens_decoder
+    for text in (quality.heldout_text("en"), quality.heldout_text("zh"), "a <end_of_turn> b <start_of_turn>user\n<pad>"):
+        for kwargs in ({}, {"add_special_tokens": False}, {"split_special_tokens": True}):
+            assert built(text, **kwargs)["input_ids"] == rebuilt(text, **kwargs)["input_ids"]

@@ -96,9 +96,10 @@ def test_load_model_reports_its_dtype_and_why(course_cache):
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_perplexity_output_layer_in_fp32_only_where_bf16_is_emulated(tmp_path, monkeypatch, native):
-    """quality.transformers_logits: a bf16 output layer computes in fp32 (in chunks) on a CPU without
-    native bf16, exactly as an fp32 copy of that layer would, and the model is left as it was."""
+def test_perplexity_products_in_fp32_only_where_bf16_is_emulated(tmp_path, monkeypatch, native):
+    """quality.transformers_logits: on a CPU without native bf16, every bf16 nn.Linear multiplies in fp32,
+    the output layer in chunks with fp32 logits, the others rounding back to bf16 (the model stays bf16);
+    with native bf16 nothing changes; and the model is left as it was."""
     import numpy as np
     import torch
 
@@ -109,21 +110,23 @@ def test_perplexity_output_layer_in_fp32_only_where_bf16_is_emulated(tmp_path, m
     model = tiny_gemma3(tmp_path, vocab_size=1000).eval()
     monkeypatch.setattr(precision, "cpu_bf16", lambda: (native, "faked"))
     ids = list(range(2, 40))
-    head = model.get_output_embeddings()
-    seen = []
-    head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    with torch.inference_mode():
-        hidden = model.model(torch.tensor([ids])).last_hidden_state[0]
-        reference = (hidden.float() @ head.weight.float().T).numpy()
+    head, q_proj = model.get_output_embeddings(), model.model.layers[0].self_attn.q_proj
+    seen = {}
+    q_proj.register_forward_hook(lambda module, args, out: seen.update(q=(args[0], out)))
+    head.register_forward_hook(lambda module, args, out: seen.update(head=(args[0], out)))
     logits = quality.transformers_logits(model, ids)
-    if native:  # bf16 output layer left alone: its bf16 logits differ from the fp32 ones by rounding
-        assert seen == [torch.bfloat16]
-        assert not np.array_equal(logits, reference)
+    (x, q_out), (hidden, head_out) = seen["q"], seen["head"]
+    assert q_out.dtype == torch.bfloat16  # between layers the model computes in bf16 either way
+    fp32_logits = (hidden[0].float() @ head.weight.detach().float().T).numpy()
+    if native:  # left alone: bf16 logits, which differ from fp32 ones by rounding
+        assert head_out.dtype == torch.bfloat16
+        assert not np.array_equal(logits, fp32_logits)
     else:
-        assert seen == [torch.float32]
-        np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
-        with torch.inference_mode(), quality._output_layer_in_fp32(model, rows=300):  # 4 chunks, one ragged
+        assert torch.equal(q_out, torch.nn.functional.linear(x.float(), q_proj.weight.detach().float()).to(torch.bfloat16))
+        assert head_out.dtype == torch.float32
+        np.testing.assert_allclose(logits, fp32_logits, rtol=1e-5, atol=1e-5)
+        with torch.inference_mode(), quality._products_in_fp32(model, rows=300):  # 4 chunks, one ragged
             chunked = model(torch.tensor([ids])).logits[0].numpy()
-        np.testing.assert_allclose(chunked, reference, rtol=1e-5, atol=1e-5)
-    assert "forward" not in vars(head)  # the patch is gone
+        np.testing.assert_allclose(chunked, logits, rtol=1e-5, atol=1e-5)
+    assert not any("forward" in vars(m) for m in model.modules())  # the patches are gone
     np.testing.assert_allclose(quality.transformers_logits(model, ids), logits)  # and repeatable
