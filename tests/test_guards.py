@@ -60,14 +60,16 @@ def fake_quantizer(tmp_cache, monkeypatch):
 
         def save(self, path):  # a checkpoint with no tensors
             Path(path).mkdir(parents=True, exist_ok=True)
-            (Path(path) / "config.json").write_text("{}")
+            for name in ("config.json", "tokenizer_config.json"):
+                (Path(path) / name).write_text("{}")
 
     gptqmodel = types.ModuleType("gptqmodel")
     gptqmodel.BACKEND = types.SimpleNamespace(AWQ_TORCH="awq_torch")
     gptqmodel.QuantizeConfig = lambda **kwargs: kwargs
     gptqmodel.GPTQModel = types.SimpleNamespace(load=lambda path, config, **kwargs: FakeModel())
     monkeypatch.setitem(sys.modules, "gptqmodel", gptqmodel)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: "tokenizer")
+    tokenizer = types.SimpleNamespace(added_tokens_decoder={})
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: "model")
     monkeypatch.setattr(course_models, "calibration_rows", lambda tokenizer: [])
     monkeypatch.setattr(course_models, "read_stamp", lambda fmt: {"perplexity": 20.0})
