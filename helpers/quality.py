@@ -76,12 +76,11 @@ def _products_in_fp32(model, rows: int = 32768):
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
 
     def in_fp32(layer):
-        def forward(x):
-            weight, bias = layer.weight, layer.bias
-            step = rows if layer is head else weight.shape[0]
-            out = torch.cat([torch.nn.functional.linear(x.float(), weight[i:i + step].float(),
-                                                        None if bias is None else bias[i:i + step].float())
-                             for i in range(0, weight.shape[0], step)], dim=-1)
+        def forward(x):  # in blocks of `rows` output rows: one block except for a large vocabulary
+            bias = None if layer.bias is None else layer.bias.float()
+            out = torch.cat([torch.nn.functional.linear(x.float(), layer.weight[i:i + rows].float(),
+                                                        None if bias is None else bias[i:i + rows])
+                             for i in range(0, layer.weight.shape[0], rows)], dim=-1)
             return out if layer is head else out.to(x.dtype)
         return forward
 
