@@ -26,10 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 models: setup
-	$(BIN)/python -m course.models build
-	@# llama.cpp's HF->GGUF converter (notebook 04) ships only in the llama-cpp-python sdist:
-	@# take it from pip's cache, or fetch the sdist from PyPI once (76 MB, keeps 2 MB).
+	@# llama.cpp's HF->GGUF converter (notebook 04b, and the gguf-from-hf model) ships only in the
+	@# llama-cpp-python sdist: take it from pip's cache, or fetch the sdist from PyPI once (76 MB, keeps 2 MB).
 	$(BIN)/python -m course.gguf_convert converter --download
+	$(BIN)/python -m course.models build
 	@# The course's own GGUF types (F16, Q8_0, Q4_0, as notebook 04b makes them): the local hub serves them
 	@# beside the Q4_K_M file, so notebook 01's repo has several files to choose from (about 1 GB).
 	$(BIN)/python -m course.gguf_convert types

@@ -19,12 +19,13 @@ import psutil
 
 # name -> (course model, how to load it, what it is)
 FORMATS = {
-    "gguf": ("gguf", {}, "llama.cpp, GGUF Q4_K_M"),
+    # the GGUF quantized by llama.cpp from hf, as gptq and awq are by GPTQModel: one reference for all
+    "gguf": ("gguf-from-hf", {}, "llama.cpp, GGUF Q4_K_M (from hf)"),
     "gptq": ("gptq", {}, "Transformers + GPTQModel, GPTQ 4-bit g128"),
     "awq": ("awq", {}, "Transformers + GPTQModel, AWQ 4-bit g128"),
     "hf-bf16": ("hf", {"dtype": "bfloat16"}, "Transformers, bf16 (full precision reference)"),
     "hf-fp32": ("hf", {"dtype": "float32"}, "Transformers, fp32"),
-    "gguf-transformers": ("gguf", {"transformers": True, "dtype": "float32"},
+    "gguf-transformers": ("gguf-from-hf", {"transformers": True, "dtype": "float32"},
                           "Transformers reading the GGUF (dequantized to fp32)"),
 }
 

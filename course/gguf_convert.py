@@ -318,13 +318,17 @@ def make_course_types(converter: Path | None = None) -> list[Path]:
 
     paths = course_models.ensure(["gguf", "hf"], quiet=True)
     f16 = types_dir() / "gemma-3-270m-F16.gguf"
-    if not _complete(f16):
+    made_from = types_dir() / "made-from.json"  # the hf build these files came from: a rebuilt hf remakes them
+    source = json.dumps(course_models.read_stamp("hf")["recipe"], sort_keys=True)
+    fresh = made_from.exists() and made_from.read_text() == source
+    if not (fresh and _complete(f16)):
         convert_hf_to_gguf(paths["hf"], f16, outtype="f16", vocab_from=paths["gguf"], converter=converter)
     made = [f16]
     for qtype in COURSE_TYPES:
         made.append(types_dir() / f"gemma-3-270m-{qtype}.gguf")
-        if not _complete(made[-1]):
+        if not (fresh and _complete(made[-1])):
             quantize_gguf(f16, made[-1], qtype)
+    made_from.write_text(source)
     return made
 
 

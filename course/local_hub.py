@@ -190,7 +190,9 @@ def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
             continue  # not built: `python -m course.models build`
         extra = {".gitattributes": _GITATTRIBUTES, "README.md": _readme(repo_id, fmt)}
         if fmt == "gguf" and gguf_types:
-            extra.update({path.name: path for path in sorted(types_dir().glob("*.gguf"))})  # served in place
+            shipped = course_models.model_dir(fmt)  # its file wins over a type of the same name (04b's Q4_K_M)
+            extra.update({path.name: path for path in sorted(types_dir().glob("*.gguf"))
+                          if not (shipped / path.name).exists()})  # served in place
         repos[repo_id] = repo_from_folder(repo_id, course_models.model_dir(fmt), extra)
     return repos
 

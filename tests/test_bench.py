@@ -55,12 +55,14 @@ def test_small_run_writes_complete_json(small_run):
     assert rows["hf-bf16"]["top1_agreement"] == 1.0  # the reference agrees with itself
     assert 0.5 < rows["gguf"]["top1_agreement"] <= 1.0
     assert rows["gguf"]["heldout_tokens"] == rows["hf-bf16"]["heldout_tokens"]  # same tokens, comparable
-    # hf-bf16 is a dequantized copy of the GGUF: same quality within a few percent
-    assert rows["gguf"]["perplexity"] == pytest.approx(rows["hf-bf16"]["perplexity"], rel=0.05)
+    # the gguf is Q4_K_M quantized from hf-bf16 (the off-grid reference): it pays a 4-bit cost, within the gate
+    from course.models import QUALITY_GATE
+
+    assert 1.0 < rows["gguf"]["perplexity"] / rows["hf-bf16"]["perplexity"] <= QUALITY_GATE
     # and the same on the Chinese held-out text, measured separately (its own tokens, its own reference)
     assert rows["hf-bf16"]["top1_agreement_zh"] == 1.0 and 0.5 < rows["gguf"]["top1_agreement_zh"] <= 1.0
     assert rows["gguf"]["heldout_tokens_zh"] == rows["hf-bf16"]["heldout_tokens_zh"] != rows["gguf"]["heldout_tokens"]
-    assert rows["gguf"]["perplexity_zh"] == pytest.approx(rows["hf-bf16"]["perplexity_zh"], rel=0.05)
+    assert 1.0 < rows["gguf"]["perplexity_zh"] / rows["hf-bf16"]["perplexity_zh"] <= QUALITY_GATE
     assert rows["gguf"]["perplexity_zh"] != rows["gguf"]["perplexity"]
     assert rows["gguf"]["bytes_per_token"] < rows["hf-bf16"]["bytes_per_token"]
     assert report["ratios"]["gguf"]["decode_speed"] == 1.0

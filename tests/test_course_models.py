@@ -141,6 +141,15 @@ def test_built_models_record_recipe_and_pass_quality_gate(course_cache):
     assert "offload_to_disk_path" not in json.dumps(config)  # no random temp path in the checkpoint
 
 
+def test_reference_is_off_the_q4_k_m_grid(course_cache):
+    """The fair reference (issue 16): the shipped Q4_K_M computes what hf computes, while Q4_K_M made from hf
+    pays a real quantization cost. Were hf still on the shipped file's grid, both would be ~1.00."""
+    ppl = {fmt: course_models.read_stamp(fmt)["perplexity"] for fmt in ("gguf", "hf", "gguf-from-hf")}
+    shipped, requantized = ppl["gguf"] / ppl["hf"], ppl["gguf-from-hf"] / ppl["hf"]
+    assert abs(shipped - 1) < 0.01, shipped  # the rescaling kept the model's outputs
+    assert requantized - shipped > 0.03, (requantized, shipped)  # and moved its weights off the grid
+
+
 def test_info_command_lists_all_formats_with_measured_figures(course_cache):
     out = subprocess.run([sys.executable, "-m", "course.models", "info"], capture_output=True,
                          text=True, check=True).stdout
