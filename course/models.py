@@ -83,7 +83,7 @@ def model_dir(fmt: str) -> Path:
 
 
 def model_path(fmt: str) -> Path:
-    """What a loader takes: the .gguf file for gguf, the folder for the others."""
+    """What a loader takes: the .gguf file for gguf and gguf-from-hf, the folder for the others."""
     return model_dir(fmt) / GGUF_FILENAME if fmt.startswith("gguf") else model_dir(fmt)
 
 
