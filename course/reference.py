@@ -1,7 +1,7 @@
 """The course's full-precision reference: the shipped Q4_K_M weights moved off every quantization grid,
 with what the model computes unchanged.
 
-    move_off_grid(model)          # in place, on a Gemma 3 text model (Transformers); returns its factors
+    move_off_grid(model)          # in place, on a Gemma 3 text model (Transformers)
 
 Why. The only Gemma 3 270M reachable offline is a Q4_K_M file. Dequantized, each of its weights is still a
 multiple of its block's scale, so quantizing that copy to Q4_K_M again returns the very same numbers: GGUF
@@ -57,9 +57,9 @@ def _divide_norm(norm, c) -> None:
     norm.weight.data = ((1 + w.double()) / c - 1).to(w.dtype)
 
 
-def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> dict:
+def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> None:
     """Rescale a Gemma 3 text model's weights in place so that none sits on a quantization grid; the model
-    computes the same function (up to the rounding of its dtype). Returns the factors, by layer."""
+    computes the same function (up to the rounding of its dtype)."""
     import torch
 
     from helpers.errors import CourseError
@@ -71,9 +71,8 @@ def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> dict:
     generator = torch.Generator().manual_seed(seed)
     config = model.config
     group = config.num_attention_heads // config.num_key_value_heads  # query heads per key/value head
-    factors = {}
     with torch.no_grad():
-        for i, layer in enumerate(layers):
+        for layer in layers:
             attn, mlp = layer.self_attn, layer.mlp
             c_attn = _factors(attn.q_proj.in_features, generator, spread)
             _divide_norm(layer.input_layernorm, c_attn)
@@ -92,5 +91,3 @@ def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> dict:
             head_dim = attn.v_proj.out_features // config.num_key_value_heads
             c_o = c_v.view(config.num_key_value_heads, 1, head_dim).expand(-1, group, -1).reshape(-1)
             _scale_columns(attn.o_proj, c_o)
-            factors[i] = {"attn": c_attn, "mlp": c_mlp, "down": c_down, "v": c_v}
-    return factors

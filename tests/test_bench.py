@@ -9,6 +9,7 @@ import pytest
 
 from bench import compare
 from bench.__main__ import main
+from course.models import QUALITY_GATE
 
 
 def test_unknown_format_lists_the_known_ones():
@@ -56,8 +57,6 @@ def test_small_run_writes_complete_json(small_run):
     assert 0.5 < rows["gguf"]["top1_agreement"] <= 1.0
     assert rows["gguf"]["heldout_tokens"] == rows["hf-bf16"]["heldout_tokens"]  # same tokens, comparable
     # the gguf is Q4_K_M quantized from hf-bf16 (the off-grid reference): it pays a 4-bit cost, within the gate
-    from course.models import QUALITY_GATE
-
     assert 1.0 < rows["gguf"]["perplexity"] / rows["hf-bf16"]["perplexity"] <= QUALITY_GATE
     # and the same on the Chinese held-out text, measured separately (its own tokens, its own reference)
     assert rows["hf-bf16"]["top1_agreement_zh"] == 1.0 and 0.5 < rows["gguf"]["top1_agreement_zh"] <= 1.0
