@@ -37,7 +37,10 @@ from .worker import FORMATS, spec
 DEFAULT_PROMPTS = ("The history of the printing press begins", "印刷术的历史可以追溯到")
 SPEED_REFERENCE = "gguf"  # llama.cpp: ratios are against it
 QUALITY_REFERENCE = "hf-bf16"  # full precision: top-1 agreement is against it
-CALIBRATION = {"llama.cpp": SPEED_REFERENCE, "transformers": QUALITY_REFERENCE}  # predictions: one row per backend
+CALIBRATION = {
+    "llama.cpp": SPEED_REFERENCE,
+    "transformers": QUALITY_REFERENCE,
+}  # predictions: one row per backend
 WARMUP_TOKENS = 8  # a warm-up run's length: the one-off costs fall in its first forward pass
 
 
@@ -51,8 +54,10 @@ def parse_formats(text: str | list[str]) -> list[str]:
     names = [n for n in names if n]
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
-        raise BenchError(f"Unknown format(s) {', '.join(unknown) or '(none given)'}; choose from: "
-                         f"{', '.join(FORMATS)} (comma-separated, e.g. --formats gguf,hf-bf16).")
+        raise BenchError(
+            f"Unknown format(s) {', '.join(unknown) or '(none given)'}; choose from: "
+            f"{', '.join(FORMATS)} (comma-separated, e.g. --formats gguf,hf-bf16)."
+        )
     return list(dict.fromkeys(names))
 
 
@@ -63,8 +68,12 @@ class _Worker:
         # a fresh interpreter (no memory shared with us) that dies with us; one socket carries the requests
         self.name, self.log_path = name, log_path
         ours, theirs = socket.socketpair()
-        argv, env = child_command("bench.worker", name, source, device, threads, log_path, theirs.fileno())
-        self.process = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        argv, env = child_command(
+            "bench.worker", name, source, device, threads, log_path, theirs.fileno()
+        )
+        self.process = subprocess.Popen(
+            argv, env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+        )
         theirs.close()
         self.conn = Connection(ours.detach())
 
@@ -74,8 +83,10 @@ class _Worker:
         except (EOFError, OSError):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
-            raise BenchError(f"The {self.name} worker died (exit code {self.process.returncode}): "
-                             f"{self._log_tail()}") from None
+            raise BenchError(
+                f"The {self.name} worker died (exit code {self.process.returncode}): "
+                f"{self._log_tail()}"
+            ) from None
         if status != "ok":
             raise BenchError(f"{self.name}: {payload}")
         return payload
@@ -110,13 +121,17 @@ def _sources(formats, sources: dict | None) -> dict[str, str]:
     sources = dict(sources or {})
     unknown = [name for name in sources if name not in FORMATS]
     if unknown:
-        raise BenchError(f"--source for unknown format(s) {', '.join(unknown)}; formats: {', '.join(FORMATS)}.")
+        raise BenchError(
+            f"--source for unknown format(s) {', '.join(unknown)}; formats: {', '.join(FORMATS)}."
+        )
     by_files = {FORMATS[name][0]: source for name, source in sources.items()}
     chosen = {f: sources.get(f) or by_files.get(FORMATS[f][0]) for f in formats}
     course = sorted({FORMATS[f][0] for f, source in chosen.items() if not source})
     if course:
         course_models.ensure(course, quiet=True)
-    return {f: str(source or course_models.model_path(FORMATS[f][0])) for f, source in chosen.items()}
+    return {
+        f: str(source or course_models.model_path(FORMATS[f][0])) for f, source in chosen.items()
+    }
 
 
 def gguf_type_formats(folder) -> dict[str, str]:
@@ -124,16 +139,34 @@ def gguf_type_formats(folder) -> dict[str, str]:
     from helpers.gguf_tools import file_type_name, read_gguf
 
     if not Path(folder).is_dir():
-        raise BenchError(f"--gguf-types {folder}: no such folder (notebook 04b or `python -m course.gguf_convert "
-                         "types` makes the course's).")
-    return {f"gguf-{file_type_name(read_gguf(path).metadata.get('general.file_type')) or path.stem}": str(path)
-            for path in sorted(Path(folder).glob("*.gguf"))}
+        raise BenchError(
+            f"--gguf-types {folder}: no such folder (notebook 04b or `python -m course.gguf_convert "
+            "types` makes the course's)."
+        )
+    return {
+        f"gguf-{file_type_name(read_gguf(path).metadata.get('general.file_type')) or path.stem}": str(
+            path
+        )
+        for path in sorted(Path(folder).glob("*.gguf"))
+    }
 
 
-def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: int = 32, warmup: int = 1,
-                  repeats: int = 3, threads: int | None = None, device: str = "cpu", quality: bool = True,
-                  sources: dict | None = None, out: str | Path | None = None, progress: str = "bar",
-                  long_prompt: str | None = None, long_prompt_formats=("hf-bf16", "hf-fp32"), gguf_types=None) -> dict:
+def run_benchmark(
+    formats=tuple(FORMATS),
+    prompts=DEFAULT_PROMPTS,
+    new_tokens: int = 32,
+    warmup: int = 1,
+    repeats: int = 3,
+    threads: int | None = None,
+    device: str = "cpu",
+    quality: bool = True,
+    sources: dict | None = None,
+    out: str | Path | None = None,
+    progress: str = "bar",
+    long_prompt: str | None = None,
+    long_prompt_formats=("hf-bf16", "hf-fp32"),
+    gguf_types=None,
+) -> dict:
     """Run the whole comparison and return (and, with `out`, write) the results as a dict.
 
     gguf_types: a folder of .gguf files, each timed as one more llama.cpp format (`gguf_type_formats`),
@@ -155,8 +188,11 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
 
         device = pick_device("auto")
     sources = _sources(formats, sources)
-    extra = {name: path for name, path in (gguf_type_formats(gguf_types) if gguf_types else {}).items()
-             if name not in formats}
+    extra = {
+        name: path
+        for name, path in (gguf_type_formats(gguf_types) if gguf_types else {}).items()
+        if name not in formats
+    }
     formats, rated = formats + list(extra), formats
     sources.update(extra)
     # the workers' logs: next to the results (kept only if something failed), else in a temp folder
@@ -166,8 +202,15 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
         logs.mkdir(parents=True)
     else:
         logs = Path(tempfile.mkdtemp(prefix="qllm-bench-"))
-    long_formats = [f for f in parse_formats(long_prompt_formats) if f in formats] if long_prompt else []
-    steps = len(formats) * (2 + warmup + repeats * len(prompts)) + len(rated) * int(quality) + 2 + len(long_formats)
+    long_formats = (
+        [f for f in parse_formats(long_prompt_formats) if f in formats] if long_prompt else []
+    )
+    steps = (
+        len(formats) * (2 + warmup + repeats * len(prompts))
+        + len(rated) * int(quality)
+        + 2
+        + len(long_formats)
+    )
     tick = _progress(progress, steps)
 
     tick("memory bandwidth")
@@ -179,7 +222,12 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
     try:
         # Every worker imports its libraries at the same time (about 10 s saved on 2 cores), then
         # each loads alone, after all imports are done: a load's time is never shared with other work.
-        starting.update({name: _Worker(name, sources[name], device, threads, logs / f"{name}.log") for name in formats})
+        starting.update(
+            {
+                name: _Worker(name, sources[name], device, threads, logs / f"{name}.log")
+                for name in formats
+            }
+        )
         for name, worker in list(starting.items()):
             try:
                 worker.receive()  # "imported"
@@ -198,7 +246,9 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
         for name, worker in workers.items():
             for i in range(warmup):
                 tick(f"warm-up {name}")
-                _generate(worker, prompts[i % len(prompts)], min(new_tokens, WARMUP_TOKENS), results)
+                _generate(
+                    worker, prompts[i % len(prompts)], min(new_tokens, WARMUP_TOKENS), results
+                )
         order = list(workers)
         for rep in range(repeats):
             shift = rep % max(len(order), 1)
@@ -224,24 +274,42 @@ def run_benchmark(formats=tuple(FORMATS), prompts=DEFAULT_PROMPTS, new_tokens: i
             worker.close()
     tick("done")
 
-    report = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": {**machine_summary(), "threads": threads, "device": device},
-              "versions": _versions(),
-              "settings": {"formats": formats, "prompts": prompts, "new_tokens": new_tokens, "warmup": warmup,
-                           "repeats": repeats, "threads": threads, "speed_reference": SPEED_REFERENCE,
-                           "long_prompt": long_prompt, "long_prompt_formats": long_formats, "gguf_types": list(extra),
-                           "quality_reference": QUALITY_REFERENCE,
-                           "held_out": {"en": "helpers/data/heldout.txt", "zh": "helpers/data/heldout_zh.txt"},
-                           "prediction_calibration": CALIBRATION},
-              "bandwidth": bandwidth,
-              "results": [_summarize(results[f], [r for r in runs if r["format"] == f], bandwidth) for f in formats],
-              "runs": runs, "logs": str(logs)}
+    report = {
+        "schema": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {**machine_summary(), "threads": threads, "device": device},
+        "versions": _versions(),
+        "settings": {
+            "formats": formats,
+            "prompts": prompts,
+            "new_tokens": new_tokens,
+            "warmup": warmup,
+            "repeats": repeats,
+            "threads": threads,
+            "speed_reference": SPEED_REFERENCE,
+            "long_prompt": long_prompt,
+            "long_prompt_formats": long_formats,
+            "gguf_types": list(extra),
+            "quality_reference": QUALITY_REFERENCE,
+            "held_out": {"en": "helpers/data/heldout.txt", "zh": "helpers/data/heldout_zh.txt"},
+            "prediction_calibration": CALIBRATION,
+        },
+        "bandwidth": bandwidth,
+        "results": [
+            _summarize(results[f], [r for r in runs if r["format"] == f], bandwidth)
+            for f in formats
+        ],
+        "runs": runs,
+        "logs": str(logs),
+    }
     report["ratios"] = ratios(report["results"])
     predicted = predictions(report["results"])
     for row in report["results"]:
         row.update(predicted.get(row["format"], {}))
     if not any(r.get("error") for r in report["results"]):
-        shutil.rmtree(logs, ignore_errors=True)  # the workers' logs are kept only when something failed
+        shutil.rmtree(
+            logs, ignore_errors=True
+        )  # the workers' logs are kept only when something failed
         report["logs"] = None
     if out:
         out = Path(out)
@@ -264,12 +332,14 @@ def _progress(mode: str, total: int):
             bar.update(1)
             if label == "done":
                 bar.close()
+
         return tick
 
     def tick(label):
         count[0] += 1
         if mode == "lines":
             print(f"PROGRESS {count[0]} {total} {label}", flush=True)
+
     return tick
 
 
@@ -277,7 +347,11 @@ def _bandwidth(threads: int, device: str) -> dict:
     """Copy bandwidth (read + write) with 1 thread and with the benchmark's threads; bytes/s."""
     one = timing.copy_bandwidth(threads=1)
     many = timing.copy_bandwidth(threads=threads) if threads > 1 else one
-    result = {"copy_1_thread_Bps": one, f"copy_{threads}_threads_Bps": many, "cpu_Bps": max(one, many)}
+    result = {
+        "copy_1_thread_Bps": one,
+        f"copy_{threads}_threads_Bps": many,
+        "cpu_Bps": max(one, many),
+    }
     if device.startswith("cuda"):
         result["gpu_Bps"] = gpu_copy_bandwidth()
     return result
@@ -302,7 +376,9 @@ def _long_prompt(worker, prompt: str, warmup: int, repeats: int, results: dict) 
     if worker is None or "error" in results[worker.name]:
         return
     try:
-        runs = [worker.ask("generate", prompt=prompt, new_tokens=2) for _ in range(warmup + repeats)][warmup:]
+        runs = [
+            worker.ask("generate", prompt=prompt, new_tokens=2) for _ in range(warmup + repeats)
+        ][warmup:]
     except BenchError as err:
         results[worker.name]["error"] = str(err)
         return
@@ -310,7 +386,10 @@ def _long_prompt(worker, prompt: str, warmup: int, repeats: int, results: dict) 
     results[worker.name]["long_prompt_tok_s"] = statistics.median(r["prompt_tok_s"] for r in runs)
 
 
-HELD_OUT = {"en": "", "zh": "_zh"}  # held-out text -> suffix of its result keys ("perplexity", "perplexity_zh")
+HELD_OUT = {
+    "en": "",
+    "zh": "_zh",
+}  # held-out text -> suffix of its result keys ("perplexity", "perplexity_zh")
 
 
 def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
@@ -325,7 +404,7 @@ def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
     texts = {lang: heldout_text(lang) for lang in HELD_OUT}
     ids = {lang: workers[first].ask("tokenize", text=text) for lang, text in texts.items()}
     argmax = {lang: {} for lang in HELD_OUT}
-    for name in ([first] + [f for f in alive if f != first]):
+    for name in [first] + [f for f in alive if f != first]:
         tick(f"quality {name}")
         try:
             for lang, suffix in HELD_OUT.items():
@@ -333,12 +412,15 @@ def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
                 answer = workers[name].ask("quality", ids=own)
                 results[name]["perplexity" + suffix] = answer["perplexity"]
                 results[name]["heldout_tokens" + suffix] = len(own)
-                if own == ids[lang]:  # agreement compares predictions position by position: same tokens needed
+                if (
+                    own == ids[lang]
+                ):  # agreement compares predictions position by position: same tokens needed
                     argmax[lang][name] = answer["argmax"]
                 else:
                     results[name]["quality_note"] = (
                         f"its tokenizer splits the {lang} held-out text differently ({len(own)} vs {len(ids[lang])} "
-                        "tokens): no top-1 agreement, perplexity not comparable")
+                        "tokens): no top-1 agreement, perplexity not comparable"
+                    )
         except BenchError as err:
             results[name]["error"] = str(err)
             continue
@@ -353,8 +435,12 @@ def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
 def _summarize(result: dict, runs: list[dict], bandwidth: dict) -> dict:
     """Medians and spreads of the runs, the bandwidth ceiling, in plain units."""
     row = {k: v for k, v in result.items() if not k.endswith("_bytes")}
-    units = {"size_bytes": ("size_MB", 1e6), "bytes_per_token": ("bytes_per_token_MB", 1e6),
-             "rss_before_load_bytes": ("runtime_rss_MiB", 2**20), "peak_rss_bytes": ("peak_rss_MiB", 2**20)}
+    units = {
+        "size_bytes": ("size_MB", 1e6),
+        "bytes_per_token": ("bytes_per_token_MB", 1e6),
+        "rss_before_load_bytes": ("runtime_rss_MiB", 2**20),
+        "peak_rss_bytes": ("peak_rss_MiB", 2**20),
+    }
     for key, (column, unit) in units.items():
         if key in result:
             row[column] = result[key] / unit
@@ -387,12 +473,14 @@ def ratios(results: list[dict]) -> dict:
     for name, r in by_name.items():
         if "decode_tok_s" not in r:
             continue
-        out[name] = {"decode_speed": r["decode_tok_s"] / ref["decode_tok_s"],
-                     "prompt_speed": r["prompt_tok_s"] / ref["prompt_tok_s"],
-                     "ttft": r["ttft_s"] / ref["ttft_s"],
-                     "load_time": r["load_s"] / ref["load_s"],
-                     "peak_rss": r["peak_rss_MiB"] / ref["peak_rss_MiB"] if r.get("peak_rss_MiB") else None,
-                     "size": r["size_MB"] / ref["size_MB"]}
+        out[name] = {
+            "decode_speed": r["decode_tok_s"] / ref["decode_tok_s"],
+            "prompt_speed": r["prompt_tok_s"] / ref["prompt_tok_s"],
+            "ttft": r["ttft_s"] / ref["ttft_s"],
+            "load_time": r["load_s"] / ref["load_s"],
+            "peak_rss": r["peak_rss_MiB"] / ref["peak_rss_MiB"] if r.get("peak_rss_MiB") else None,
+            "size": r["size_MB"] / ref["size_MB"],
+        }
     return out
 
 
@@ -405,9 +493,13 @@ def predictions(results: list[dict]) -> dict:
     for row in results:
         ref = by_name.get(CALIBRATION.get(row.get("backend"), ""), {})
         if all(r.get(key) for r in (ref, row) for key in ("decode_tok_s", "ceiling_tok_s")):
-            predicted = ref["decode_tok_s"] * (row["ceiling_tok_s"] / ref["ceiling_tok_s"])  # exactly 1 on ref
-            out[row["format"]] = {"predicted_tok_s": predicted,
-                                  "predicted_vs_measured": predicted / row["decode_tok_s"]}
+            predicted = ref["decode_tok_s"] * (
+                row["ceiling_tok_s"] / ref["ceiling_tok_s"]
+            )  # exactly 1 on ref
+            out[row["format"]] = {
+                "predicted_tok_s": predicted,
+                "predicted_vs_measured": predicted / row["decode_tok_s"],
+            }
     return out
 
 
@@ -417,9 +509,11 @@ def prediction_sentences(report: dict, tolerance: float = 0.30) -> list[str]:
     for r in report["results"]:
         if "predicted_vs_measured" in r and r["format"] not in CALIBRATION.values():
             ratio = r["predicted_vs_measured"]
-            lines.append(f"{r['format']:18} predicted {r['predicted_tok_s']:6.1f} tok/s, measured "
-                         f"{r['decode_tok_s']:6.1f}: {ratio:.2f} "
-                         f"({'within' if abs(ratio - 1) <= tolerance else 'outside'} ±{tolerance:.0%})")
+            lines.append(
+                f"{r['format']:18} predicted {r['predicted_tok_s']:6.1f} tok/s, measured "
+                f"{r['decode_tok_s']:6.1f}: {ratio:.2f} "
+                f"({'within' if abs(ratio - 1) <= tolerance else 'outside'} ±{tolerance:.0%})"
+            )
     return lines
 
 
@@ -440,12 +534,22 @@ def _versions() -> dict:
 # ---- reading and printing results --------------------------------------------------------------
 
 TABLE_COLUMNS = {  # column in the JSON -> header in the table
-    "size_MB": "size on disk (MB)", "peak_rss_MiB": "peak RAM (MiB)", "load_s": "load (s)",
-    "ttft_s": "TTFT (s)", "prompt_tok_s": "prompt tok/s", "decode_tok_s": "decode tok/s",
-    "decode_spread": "decode spread", "bytes_per_token_MB": "MB read/token", "ceiling_tok_s": "ceiling tok/s",
-    "pct_of_ceiling": "% of ceiling", "predicted_tok_s": "predicted tok/s",
-    "predicted_vs_measured": "predicted / measured", "perplexity": "perplexity (en)", "top1_agreement": "top-1 agreement (en)",
-    "perplexity_zh": "perplexity (zh)", "top1_agreement_zh": "top-1 agreement (zh)",
+    "size_MB": "size on disk (MB)",
+    "peak_rss_MiB": "peak RAM (MiB)",
+    "load_s": "load (s)",
+    "ttft_s": "TTFT (s)",
+    "prompt_tok_s": "prompt tok/s",
+    "decode_tok_s": "decode tok/s",
+    "decode_spread": "decode spread",
+    "bytes_per_token_MB": "MB read/token",
+    "ceiling_tok_s": "ceiling tok/s",
+    "pct_of_ceiling": "% of ceiling",
+    "predicted_tok_s": "predicted tok/s",
+    "predicted_vs_measured": "predicted / measured",
+    "perplexity": "perplexity (en)",
+    "top1_agreement": "top-1 agreement (en)",
+    "perplexity_zh": "perplexity (zh)",
+    "top1_agreement_zh": "top-1 agreement (zh)",
 }
 
 
@@ -474,10 +578,12 @@ def ratio_sentences(report: dict) -> list[str]:
     for name, r in report.get("ratios", {}).items():
         if name == SPEED_REFERENCE:
             continue
-        lines.append(f"{name:18} decodes at {r['decode_speed']:.2f}x llama.cpp's speed, reads prompts at "
-                     f"{r['prompt_speed']:.2f}x, first token after {r['ttft']:.2f}x the time, loads in "
-                     f"{r['load_time']:.1f}x the time, peaks at {r['peak_rss']:.2f}x the RAM, "
-                     f"is {r['size']:.2f}x the size on disk")
+        lines.append(
+            f"{name:18} decodes at {r['decode_speed']:.2f}x llama.cpp's speed, reads prompts at "
+            f"{r['prompt_speed']:.2f}x, first token after {r['ttft']:.2f}x the time, loads in "
+            f"{r['load_time']:.1f}x the time, peaks at {r['peak_rss']:.2f}x the RAM, "
+            f"is {r['size']:.2f}x the size on disk"
+        )
     return lines
 
 
@@ -487,9 +593,13 @@ def print_report(report: dict) -> None:
 
     bw = report["bandwidth"]
     machine = report["machine"]
-    print(f"\n{machine['cpu']} | {machine['cores']} cores | {machine['threads']} threads | {machine['device']}")
-    print(f"copy bandwidth: {bw['copy_1_thread_Bps'] / 1e9:.1f} GB/s on 1 thread, "
-          f"{bw['cpu_Bps'] / 1e9:.1f} GB/s best (ceiling = bandwidth / bytes read per token)")
+    print(
+        f"\n{machine['cpu']} | {machine['cores']} cores | {machine['threads']} threads | {machine['device']}"
+    )
+    print(
+        f"copy bandwidth: {bw['copy_1_thread_Bps'] / 1e9:.1f} GB/s on 1 thread, "
+        f"{bw['cpu_Bps'] / 1e9:.1f} GB/s best (ceiling = bandwidth / bytes read per token)"
+    )
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 2):
         print(results_table(report).drop(columns=["error"], errors="ignore").T.to_string())
     for row in report["results"]:
@@ -503,8 +613,10 @@ def print_report(report: dict) -> None:
             print("  " + line)
     lines = prediction_sentences(report)
     if lines:
-        print(f"\nPredicted decode speed = ceiling x the efficiency (measured / ceiling) of "
-              f"{CALIBRATION['llama.cpp']} for llama.cpp rows and of {CALIBRATION['transformers']} for Transformers "
-              "rows, in this run (those two rows read 1.00 by construction):")
+        print(
+            f"\nPredicted decode speed = ceiling x the efficiency (measured / ceiling) of "
+            f"{CALIBRATION['llama.cpp']} for llama.cpp rows and of {CALIBRATION['transformers']} for Transformers "
+            "rows, in this run (those two rows read 1.00 by construction):"
+        )
         for line in lines:
             print("  " + line)

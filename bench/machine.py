@@ -12,8 +12,12 @@ def machine_summary() -> dict:
     """CPU model, cores and RAM: what a timing belongs to."""
     import psutil
 
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "ram_GiB": round(psutil.virtual_memory().total / 2**30, 1),
-            "threads": default_threads()}
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "ram_GiB": round(psutil.virtual_memory().total / 2**30, 1),
+        "threads": default_threads(),
+    }
 
 
 def gpu_copy_bandwidth(mib: int = 1024, repeats: int = 5) -> float:

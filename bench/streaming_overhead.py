@@ -39,22 +39,34 @@ def run_bare(lm, prompt: str, max_new_tokens: int) -> dict:
 
         inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
         with torch.inference_mode():
-            ids = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=generation.pad_token_id(lm.tokenizer))
+            ids = lm.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=generation.pad_token_id(lm.tokenizer),
+            )
         new = ids.shape[1] - inputs["input_ids"].shape[1]
     return {"new_tokens": int(new), "seconds": time.perf_counter() - started}
 
 
 def run_console(lm, prompt: str, max_new_tokens: int) -> dict:
     with open(os.devnull, "w") as sink:
-        result = streaming.print_stream(streaming.TokenStream(lm, prompt, max_new_tokens), file=sink)
+        result = streaming.print_stream(
+            streaming.TokenStream(lm, prompt, max_new_tokens), file=sink
+        )
     return {"new_tokens": result.new_tokens, "seconds": result.seconds}
 
 
 def run_widget(lm, prompt: str, max_new_tokens: int, refresh_s: float = 0.1) -> dict:
-    sw = streaming.StreamWidget(lm, max_new_tokens=max_new_tokens, mode="widget", refresh_s=refresh_s)
+    sw = streaming.StreamWidget(
+        lm, max_new_tokens=max_new_tokens, mode="widget", refresh_s=refresh_s
+    )
     result = sw.start(prompt).wait()
-    return {"new_tokens": result.new_tokens, "seconds": result.seconds, "update_seconds": sw.update_seconds}
+    return {
+        "new_tokens": result.new_tokens,
+        "seconds": result.seconds,
+        "update_seconds": sw.update_seconds,
+    }
 
 
 RUNNERS = {"bare": run_bare, "console": run_console, "widget": run_widget}
@@ -72,13 +84,14 @@ def in_thread(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def measure(lm, prompt: str = PROMPT, max_new_tokens: int = 128, rounds: int = 3,
-            refresh_s: float = 0.1) -> list[dict]:
+def measure(
+    lm, prompt: str = PROMPT, max_new_tokens: int = 128, rounds: int = 3, refresh_s: float = 0.1
+) -> list[dict]:
     """One warm-up, then `rounds` rounds of the three ways in rotating order; one row per run."""
     in_thread(run_bare, lm, prompt, 8)
     rows = []
     for r in range(rounds):
-        for way in WAYS[r % 3:] + WAYS[: r % 3]:
+        for way in WAYS[r % 3 :] + WAYS[: r % 3]:
             extra = (refresh_s,) if way == "widget" else ()
             row = in_thread(RUNNERS[way], lm, prompt, max_new_tokens, *extra)
             row.update(way=way, round=r, tokens_per_s=row["new_tokens"] / row["seconds"])
@@ -96,39 +109,69 @@ def summarize(rows: list[dict]) -> list[dict]:
     median = {w: statistics.median(r["tokens_per_s"] for r in rows if r["way"] == w) for w in WAYS}
     widget = [r for r in rows if r["way"] == "widget"]
     share = sum(r["update_seconds"] for r in widget) / sum(r["seconds"] for r in widget)
-    return [{"way": w, "best tokens/s": best[w], "median tokens/s": median[w],
-             "best vs bare": best[w] / best["bare"], "median vs bare": median[w] / median["bare"],
-             "widget updates, share of time": share if w == "widget" else None} for w in WAYS]
+    return [
+        {
+            "way": w,
+            "best tokens/s": best[w],
+            "median tokens/s": median[w],
+            "best vs bare": best[w] / best["bare"],
+            "median vs bare": median[w] / median["bare"],
+            "widget updates, share of time": share if w == "widget" else None,
+        }
+        for w in WAYS
+    ]
 
 
 def report(fmt: str, lm, rows: list[dict], out=sys.stdout) -> None:
     summary = {s["way"]: s for s in summarize(rows)}
     tokens = sorted({r["new_tokens"] for r in rows})
-    print(f"\n{fmt} ({lm.backend}, {lm.dtype}): {len(rows) // 3} rounds, new tokens per run {tokens}", file=out)
+    print(
+        f"\n{fmt} ({lm.backend}, {lm.dtype}): {len(rows) // 3} rounds, new tokens per run {tokens}",
+        file=out,
+    )
     for way, s in summary.items():
-        print(f"  {way:8} best {s['best tokens/s']:7.2f} tokens/s ({s['best vs bare']:.3f} x bare)   "
-              f"median {s['median tokens/s']:7.2f} ({s['median vs bare']:.3f} x bare)", file=out)
+        print(
+            f"  {way:8} best {s['best tokens/s']:7.2f} tokens/s ({s['best vs bare']:.3f} x bare)   "
+            f"median {s['median tokens/s']:7.2f} ({s['median vs bare']:.3f} x bare)",
+            file=out,
+        )
     w = summary["widget"]
-    print(f"  widget overhead ratio (best widget / best bare): {w['best vs bare']:.3f}; the reader spent "
-          f"{w['widget updates, share of time']:.2%} of the widget runs updating widget values", file=out)
+    print(
+        f"  widget overhead ratio (best widget / best bare): {w['best vs bare']:.3f}; the reader spent "
+        f"{w['widget updates, share of time']:.2%} of the widget runs updating widget values",
+        file=out,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--formats", nargs="+", default=["gguf", "hf"], choices=course_models.FORMATS)
+    parser.add_argument(
+        "--formats", nargs="+", default=["gguf", "hf"], choices=course_models.FORMATS
+    )
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt", default=PROMPT)
-    parser.add_argument("--refresh", type=float, default=0.1,
-                        help="the widget's refresh_s: redraw at most this often (0: after every piece)")
-    parser.add_argument("--in-kernel", action="store_true",
-                        help="run the measurement inside a Jupyter kernel, as a notebook would")
+    parser.add_argument(
+        "--refresh",
+        type=float,
+        default=0.1,
+        help="the widget's refresh_s: redraw at most this often (0: after every piece)",
+    )
+    parser.add_argument(
+        "--in-kernel",
+        action="store_true",
+        help="run the measurement inside a Jupyter kernel, as a notebook would",
+    )
     args = parser.parse_args(argv)
     if args.in_kernel:
-        return run_in_kernel([a for a in (argv if argv is not None else sys.argv[1:]) if a != "--in-kernel"])
+        return run_in_kernel(
+            [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--in-kernel"]
+        )
     course_models.ensure(args.formats, quiet=True)
-    print(f"prompt {args.prompt!r}, {args.tokens} new tokens, {env.default_threads()} threads, "
-          f"widget refresh_s={args.refresh}")
+    print(
+        f"prompt {args.prompt!r}, {args.tokens} new tokens, {env.default_threads()} threads, "
+        f"widget refresh_s={args.refresh}"
+    )
     for fmt in args.formats:
         lm = loading.load_model(course_models.model_path(fmt))
         report(fmt, lm, measure(lm, args.prompt, args.tokens, args.rounds, args.refresh))
@@ -146,8 +189,9 @@ def run_in_kernel(argv: list[str]) -> int:
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(root))
     try:
         code = f"from bench.streaming_overhead import main\nmain({argv!r})"
-        reply = kc.execute_interactive(code, timeout=None, allow_stdin=False,
-                                       output_hook=lambda msg: _relay(msg))
+        reply = kc.execute_interactive(
+            code, timeout=None, allow_stdin=False, output_hook=lambda msg: _relay(msg)
+        )
         return 0 if reply["content"]["status"] == "ok" else 1
     finally:
         kc.stop_channels()
@@ -157,7 +201,9 @@ def run_in_kernel(argv: list[str]) -> int:
 def _relay(msg: dict) -> None:
     kind, content = msg["header"]["msg_type"], msg["content"]
     if kind == "stream":
-        print(content["text"], end="", file=sys.stderr if content["name"] == "stderr" else sys.stdout)
+        print(
+            content["text"], end="", file=sys.stderr if content["name"] == "stderr" else sys.stdout
+        )
     elif kind == "error":
         print("\n".join(content["traceback"]), file=sys.stderr)
 

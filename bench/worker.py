@@ -25,8 +25,11 @@ FORMATS = {
     "awq": ("awq", {}, "Transformers + GPTQModel, AWQ 4-bit g128"),
     "hf-bf16": ("hf", {"dtype": "bfloat16"}, "Transformers, bf16 (full precision reference)"),
     "hf-fp32": ("hf", {"dtype": "float32"}, "Transformers, fp32"),
-    "gguf-transformers": ("gguf-from-hf", {"transformers": True, "dtype": "float32"},
-                          "Transformers reading the GGUF (dequantized to fp32)"),
+    "gguf-transformers": (
+        "gguf-from-hf",
+        {"transformers": True, "dtype": "float32"},
+        "Transformers reading the GGUF (dequantized to fp32)",
+    ),
 }
 
 
@@ -64,17 +67,30 @@ def load_gguf_in_transformers(path, device: str, dtype: str | None, threads: int
     if need * 1.2 + 300 * 2**20 > free:
         raise NotEnoughMemoryError(
             f"Dequantizing {path.name} in Transformers needs about {need / 2**30:.1f} GiB for the weights alone "
-            f"and {free / 2**30:.1f} GiB is free. Use llama.cpp (format 'gguf') for this file.")
+            f"and {free / 2**30:.1f} GiB is free. Use llama.cpp (format 'gguf') for this file."
+        )
     torch.set_num_threads(threads)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, device_map=device,
-                                                 dtype=getattr(torch, dtype) if dtype else "auto")
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent,
+        gguf_file=path.name,
+        device_map=device,
+        dtype=getattr(torch, dtype) if dtype else "auto",
+    )
     model.eval()
     seconds = time.perf_counter() - started
-    return loading.LoadedModel(model=model, tokenizer=tokenizer, format="gguf", backend="transformers",
-                               path=path, device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
-                               load_seconds=seconds, context_length=int(model.config.max_position_embeddings))
+    return loading.LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        format="gguf",
+        backend="transformers",
+        path=path,
+        device=str(model.device),
+        dtype=str(model.dtype).replace("torch.", ""),
+        load_seconds=seconds,
+        context_length=int(model.config.max_position_embeddings),
+    )
 
 
 def _import_backend(name: str) -> None:
@@ -96,12 +112,19 @@ def _quality(lm, ids: list[int], threads: int) -> dict:
 
     if lm.backend == "llama.cpp":
         # logits for every position need their own context (logits_all); the weights are shared (mmap)
-        logits = quality.gguf_logits(lm.path, ids, n_threads=threads, n_threads_batch=threads,
-                                     n_gpu_layers=-1 if lm.device.startswith("cuda") else 0)
+        logits = quality.gguf_logits(
+            lm.path,
+            ids,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=-1 if lm.device.startswith("cuda") else 0,
+        )
     else:
         logits = quality.transformers_logits(lm.model, ids)
-    return {"perplexity": quality.perplexity_from_logits(logits, ids),
-            "argmax": logits[: len(ids) - 1].argmax(-1).tolist()}
+    return {
+        "perplexity": quality.perplexity_from_logits(logits, ids),
+        "argmax": logits[: len(ids) - 1].argmax(-1).tolist(),
+    }
 
 
 def serve(conn, name: str, source: str, device: str, threads: int, log_path: str) -> None:
@@ -130,11 +153,25 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
 
             if not llama_cpp.llama_supports_gpu_offload():  # n_gpu_layers is then silently ignored
                 lm.device = "cpu"
-                lm.notes.append("llama-cpp-python was built without GPU support: it ran on the CPU "
-                                "(rebuild with CMAKE_ARGS=-DGGML_CUDA=on)")
-        conn.send(("ok", {"load_s": lm.load_seconds, "rss_before_load_bytes": rss_before,
-                          "backend": lm.backend, "device": lm.device, "dtype": lm.dtype, "path": str(lm.path),
-                          "size_bytes": memory.weights_bytes(lm.path), "notes": list(lm.notes)}))
+                lm.notes.append(
+                    "llama-cpp-python was built without GPU support: it ran on the CPU "
+                    "(rebuild with CMAKE_ARGS=-DGGML_CUDA=on)"
+                )
+        conn.send(
+            (
+                "ok",
+                {
+                    "load_s": lm.load_seconds,
+                    "rss_before_load_bytes": rss_before,
+                    "backend": lm.backend,
+                    "device": lm.device,
+                    "dtype": lm.dtype,
+                    "path": str(lm.path),
+                    "size_bytes": memory.weights_bytes(lm.path),
+                    "notes": list(lm.notes),
+                },
+            )
+        )
     except Exception as err:  # report, do not crash the benchmark
         traceback.print_exc()
         conn.send(("error", f"{type(err).__name__}: {err}"))
@@ -158,8 +195,15 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
                 conn.send(("ok", list(ids)))
             elif command == "memory":
                 # after a warm-up: CPU kernels repack quantized weights on their first forward
-                conn.send(("ok", {"peak_rss_bytes": timing.peak_rss_bytes(),
-                                  "bytes_per_token": timing.bytes_per_token(lm)}))
+                conn.send(
+                    (
+                        "ok",
+                        {
+                            "peak_rss_bytes": timing.peak_rss_bytes(),
+                            "bytes_per_token": timing.bytes_per_token(lm),
+                        },
+                    )
+                )
             elif command == "quality":
                 conn.send(("ok", _quality(lm, args["ids"], threads)))
             else:

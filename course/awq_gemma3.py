@@ -41,7 +41,9 @@ import contextlib
 import torch
 
 FIX_VERSION = "2"  # bump when the patch changes, so course models rebuild
-STOCK_HELDOUT_PERPLEXITY = 196_000  # GPTQModel 7.6.0's AWQ on Gemma 3 without these fixes (measured once, above)
+STOCK_HELDOUT_PERPLEXITY = (
+    196_000  # GPTQModel 7.6.0's AWQ on Gemma 3 without these fixes (measured once, above)
+)
 
 GEMMA3_AWQ_MODULE_TREE = [
     "model",
@@ -104,10 +106,18 @@ def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20, scale_rows: int
         return original_scale_ln_fcs(ln, fcs, scales)
 
     def compute_best_clip(self, w, input_feat, n_grid=20, max_shrink=0.5, n_sample_token=512):
-        return original_clip(self, w, input_feat, n_grid=min(n_grid, clip_grid), max_shrink=max_shrink,
-                             n_sample_token=min(n_sample_token, clip_tokens))
+        return original_clip(
+            self,
+            w,
+            input_feat,
+            n_grid=min(n_grid, clip_grid),
+            max_shrink=max_shrink,
+            n_sample_token=min(n_sample_token, clip_tokens),
+        )
 
-    def compute_best_scale(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
+    def compute_best_scale(
+        self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}
+    ):
         # x holds one calibration row per entry of dim 0; the reference output matches it row for row
         # (a tensor, or a list of per-row chunks when GPTQModel runs one row at a time), and so does any
         # per-row argument such as an attention mask
@@ -123,7 +133,9 @@ def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20, scale_rows: int
 
             x, fp16_output = x[::step][:scale_rows], fp16_output[::step][:scale_rows]
             kwargs = {k: pick(v) for k, v in kwargs.items()}
-        return original_best_scale(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs)
+        return original_best_scale(
+            self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs
+        )
 
     saved_model_class = auto.MODEL_MAP.get("gemma3_text")
     auto.MODEL_MAP["gemma3_text"] = CourseGemma3QModel

@@ -31,8 +31,10 @@ def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
     if key in course_models.FORMATS:
         path = course_models.ensure([key])[key] if build else course_models.model_path(key)
         if not path.exists():
-            raise ChatError(f"The course's {key} model is not built yet ({path}). Build it with "
-                            "`python -m course.models build` (a few minutes, offline).")
+            raise ChatError(
+                f"The course's {key} model is not built yet ({path}). Build it with "
+                "`python -m course.models build` (a few minutes, offline)."
+            )
         return path
     if gguf_file:
         from helpers.downloading import download_model
@@ -45,34 +47,64 @@ def main(argv: list[str] | None = None) -> int:
     """python -m course.chat_cli MODEL: a terminal chat; reads lines from stdin (a pipe works too)."""
     parser = argparse.ArgumentParser(
         prog="python -m course.chat_cli",
-        description="Chat with a local model in the terminal. Commands: /reset, /save PATH, /load PATH, /help, /exit.")
-    parser.add_argument("model", help="a .gguf file, a model folder, a hub id (owner/name), or a course model: "
-                                      "gguf, hf, gptq, awq (course = gguf)")
-    parser.add_argument("--system", default="You are a helpful assistant. Answer briefly.",
-                        help="the system prompt (default: %(default)r; '' for none)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default 256)")
-    parser.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
-    parser.add_argument("--template", choices=["auto", "chat", "few-shot", "completion"], default="auto",
-                        help="how the conversation becomes a prompt (default auto: the model's own chat template, "
-                             "else a few-shot transcript for base models)")
-    parser.add_argument("--n-ctx", type=int, default=4096, help="context window in tokens (default 4096)")
+        description="Chat with a local model in the terminal. Commands: /reset, /save PATH, /load PATH, /help, /exit.",
+    )
+    parser.add_argument(
+        "model",
+        help="a .gguf file, a model folder, a hub id (owner/name), or a course model: "
+        "gguf, hf, gptq, awq (course = gguf)",
+    )
+    parser.add_argument(
+        "--system",
+        default="You are a helpful assistant. Answer briefly.",
+        help="the system prompt (default: %(default)r; '' for none)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default 256)"
+    )
+    parser.add_argument(
+        "--no-stream", action="store_true", help="print each reply when it is complete"
+    )
+    parser.add_argument(
+        "--template",
+        choices=["auto", "chat", "few-shot", "completion"],
+        default="auto",
+        help="how the conversation becomes a prompt (default auto: the model's own chat template, "
+        "else a few-shot transcript for base models)",
+    )
+    parser.add_argument(
+        "--n-ctx", type=int, default=4096, help="context window in tokens (default 4096)"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--load", metavar="PATH", help="continue a saved history")
-    parser.add_argument("--gguf-file", metavar="PATTERN", help="with a hub id: which .gguf file, e.g. '*Q4_K_M.gguf'")
-    parser.add_argument("--threads", type=int, help="CPU threads (default $QLLM_THREADS or all cores)")
+    parser.add_argument(
+        "--gguf-file",
+        metavar="PATTERN",
+        help="with a hub id: which .gguf file, e.g. '*Q4_K_M.gguf'",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (default $QLLM_THREADS or all cores)"
+    )
     args = parser.parse_args(argv)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")  # never die printing a character the terminal lacks
+            stream.reconfigure(
+                errors="replace"
+            )  # never die printing a character the terminal lacks
     from helpers.loading import load_model
 
     try:
         source = resolve_model(args.model, args.gguf_file)
         print(f"loading {source} ...", flush=True)
         lm = load_model(source, n_ctx=args.n_ctx, n_threads=args.threads)
-        session = ChatSession(lm, system=args.system or None, template=args.template,
-                              max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              context_window=min(args.n_ctx, lm.context_length))
+        session = ChatSession(
+            lm,
+            system=args.system or None,
+            template=args.template,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            context_window=min(args.n_ctx, lm.context_length),
+        )
     except CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -88,8 +120,10 @@ def _chat_loop(session: ChatSession, args) -> int:
     lm = session.lm
     print(f"{lm.format} model via {lm.backend}: {lm.path.name}")
     print(session.template.describe())
-    print(f"window {session.context_window} tokens, replies up to {session.max_new_tokens} tokens, "
-          f"streaming {'off' if args.no_stream else 'on'}")
+    print(
+        f"window {session.context_window} tokens, replies up to {session.max_new_tokens} tokens, "
+        f"streaming {'off' if args.no_stream else 'on'}"
+    )
     print(HELP, flush=True)
     if args.load:
         _try(lambda: print(session.load(args.load)))

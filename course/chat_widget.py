@@ -32,7 +32,9 @@ def transcript_html(messages: list[dict], hidden: int = 0, live: str | None = No
     sees them); `live` is a reply being written (class qllm-chat-live).
     """
     rows, seen = [], 0
-    for i, m in enumerate(messages + ([{"role": "assistant", "content": live}] if live is not None else [])):
+    for i, m in enumerate(
+        messages + ([{"role": "assistant", "content": live}] if live is not None else [])
+    ):
         classes = f"qllm-chat-message qllm-chat-{m['role']}"
         if i == len(messages):
             classes += " qllm-chat-live"
@@ -40,9 +42,11 @@ def transcript_html(messages: list[dict], hidden: int = 0, live: str | None = No
             classes += " qllm-chat-trimmed" if seen < hidden else ""
             seen += 1
         faded = "opacity: 0.45;" if "trimmed" in classes else ""
-        rows.append(f'<div class="{classes}" data-role="{m["role"]}" data-index="{i}" style="margin: 2px 0; {faded}">'
-                    f'<b style="color: {ROLE_COLORS[m["role"]]}">{ROLE_LABELS[m["role"]]}:</b> '
-                    f'<span class="qllm-chat-content" style="white-space: pre-wrap">{html.escape(m["content"])}</span></div>')
+        rows.append(
+            f'<div class="{classes}" data-role="{m["role"]}" data-index="{i}" style="margin: 2px 0; {faded}">'
+            f'<b style="color: {ROLE_COLORS[m["role"]]}">{ROLE_LABELS[m["role"]]}:</b> '
+            f'<span class="qllm-chat-content" style="white-space: pre-wrap">{html.escape(m["content"])}</span></div>'
+        )
     return '<div class="qllm-chat-log">' + "".join(rows) + "</div>"
 
 
@@ -67,7 +71,9 @@ class ChatWidget:
     def __init__(self, lm_or_session, mode: str = "auto", refresh_s: float = 0.1, **session_kwargs):
         if isinstance(lm_or_session, ChatSession):
             if session_kwargs:
-                raise ChatError("Pass session settings to ChatSession, or pass a model here, not both.")
+                raise ChatError(
+                    "Pass session settings to ChatSession, or pass a model here, not both."
+                )
             self.session = lm_or_session
         else:
             self.session = ChatSession(lm_or_session, **session_kwargs)
@@ -78,7 +84,9 @@ class ChatWidget:
         self.status = "ready"
         self.turn: ChatTurn | None = None  # the reply being written, or the last one
         self.reader_thread: threading.Thread | None = None
-        self.widget = self.transcript_box = self.input_box = self.send_button = self.stop_button = None
+        self.widget = self.transcript_box = self.input_box = self.send_button = self.stop_button = (
+            None
+        )
         self.token_counter = self.status_line = self.notice_line = None
         if self.mode == "widget":
             self._build()
@@ -87,23 +95,50 @@ class ChatWidget:
     def _build(self) -> None:
         import ipywidgets as widgets
 
-        self.transcript_box = widgets.HTML(layout=widgets.Layout(max_height="24em", overflow_y="auto",
-                                                                 border="1px solid #ddd", padding="4px"))
-        self.input_box = widgets.Textarea(placeholder="Type a message, then Send", rows=2,
-                                          layout=widgets.Layout(width="100%"))
-        self.send_button = widgets.Button(description="Send", icon="paper-plane", button_style="primary")
-        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True,
-                                          tooltip="End the reply after the next token")
-        self.token_counter, self.status_line, self.notice_line = widgets.HTML(), widgets.HTML(), widgets.HTML()
+        self.transcript_box = widgets.HTML(
+            layout=widgets.Layout(
+                max_height="24em", overflow_y="auto", border="1px solid #ddd", padding="4px"
+            )
+        )
+        self.input_box = widgets.Textarea(
+            placeholder="Type a message, then Send", rows=2, layout=widgets.Layout(width="100%")
+        )
+        self.send_button = widgets.Button(
+            description="Send", icon="paper-plane", button_style="primary"
+        )
+        self.stop_button = widgets.Button(
+            description="Stop",
+            icon="stop",
+            button_style="danger",
+            disabled=True,
+            tooltip="End the reply after the next token",
+        )
+        self.token_counter, self.status_line, self.notice_line = (
+            widgets.HTML(),
+            widgets.HTML(),
+            widgets.HTML(),
+        )
         self.send_button.on_click(lambda _b: self._send_from_box())
         self.stop_button.on_click(lambda _b: self.stop())
-        self.widget = widgets.VBox([
-            self.transcript_box, self.notice_line, self.input_box,
-            widgets.HBox([self.send_button, self.stop_button, self.token_counter]), self.status_line])
-        for part, name in [(self.widget, "qllm-chat"), (self.transcript_box, "qllm-chat-transcript"),
-                           (self.input_box, "qllm-chat-input"), (self.send_button, "qllm-chat-send"),
-                           (self.stop_button, "qllm-chat-stop"), (self.token_counter, "qllm-chat-tokens"),
-                           (self.status_line, "qllm-chat-status"), (self.notice_line, "qllm-chat-notice")]:
+        self.widget = widgets.VBox(
+            [
+                self.transcript_box,
+                self.notice_line,
+                self.input_box,
+                widgets.HBox([self.send_button, self.stop_button, self.token_counter]),
+                self.status_line,
+            ]
+        )
+        for part, name in [
+            (self.widget, "qllm-chat"),
+            (self.transcript_box, "qllm-chat-transcript"),
+            (self.input_box, "qllm-chat-input"),
+            (self.send_button, "qllm-chat-send"),
+            (self.stop_button, "qllm-chat-stop"),
+            (self.token_counter, "qllm-chat-tokens"),
+            (self.status_line, "qllm-chat-status"),
+            (self.notice_line, "qllm-chat-notice"),
+        ]:
             part.add_class(name)
 
     # -- what a caller reads
@@ -138,9 +173,13 @@ class ChatWidget:
 
     def token_line(self) -> str:
         """'312 / 1024 tokens in the window (prompt 280 + reply 32; 64 kept for the reply)'."""
-        prompt, reply = (self.turn.prompt_tokens, self.turn.new_tokens) if self.turn is not None else (0, 0)
-        return (f"{prompt + reply} / {self.context_window} tokens in the window "
-                f"(prompt {prompt} + reply {reply}; {self.session.max_new_tokens} kept for the reply)")
+        prompt, reply = (
+            (self.turn.prompt_tokens, self.turn.new_tokens) if self.turn is not None else (0, 0)
+        )
+        return (
+            f"{prompt + reply} / {self.context_window} tokens in the window "
+            f"(prompt {prompt} + reply {reply}; {self.session.max_new_tokens} kept for the reply)"
+        )
 
     def __repr__(self) -> str:
         return f"ChatWidget(mode={self.mode!r}, {len(self.session.turns())} messages, status={self.status!r})"
@@ -162,7 +201,9 @@ class ChatWidget:
     def send(self, text: str) -> "ChatWidget":
         """Send a message (what typing it and pressing Send does). Widget mode: returns at once."""
         if self.running:
-            raise ChatError("The model is still answering: press Stop (stop()) or wait() before sending again.")
+            raise ChatError(
+                "The model is still answering: press Stop (stop()) or wait() before sending again."
+            )
         self.error = None
         try:
             self.turn = turn = self.session.start_turn(text)
@@ -171,7 +212,9 @@ class ChatWidget:
             raise
         self.notice = str(turn.trim) if turn.trim.trimmed else ""
         if self.mode == "widget":
-            self.reader_thread = threading.Thread(target=self._read, args=(turn,), name="qllm-chat-reader", daemon=True)
+            self.reader_thread = threading.Thread(
+                target=self._read, args=(turn,), name="qllm-chat-reader", daemon=True
+            )
             self._busy(True)
             self.reader_thread.start()
             return self
@@ -257,8 +300,11 @@ class ChatWidget:
 
     def _finished(self, turn: ChatTurn) -> None:
         r = turn.reply
-        state = "stopped" if r.stopped_by_user else ("done (max_new_tokens reached)" if r.finish == "length"
-                                                     else "done (end of turn)")
+        state = (
+            "stopped"
+            if r.stopped_by_user
+            else ("done (max_new_tokens reached)" if r.finish == "length" else "done (end of turn)")
+        )
         self._set_status(format_status(r, state))
 
     def _busy(self, busy: bool) -> None:
@@ -281,8 +327,9 @@ class ChatWidget:
         hidden = 2 * self.session.last_trim.dropped_pairs if self.session.last_trim else 0
         self.transcript_box.value = transcript_html(messages, hidden=hidden, live=live)
         self.token_counter.value = html.escape(self.token_line())
-        self.notice_line.value = (f'<span style="color: #9a6700">{html.escape(self.notice)}</span>'
-                                  if self.notice else "")
+        self.notice_line.value = (
+            f'<span style="color: #9a6700">{html.escape(self.notice)}</span>' if self.notice else ""
+        )
 
     def _set_status(self, state: str) -> None:
         self.status = state

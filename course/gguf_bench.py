@@ -50,48 +50,103 @@ def _speed(lm: LoadedModel, prompt_ids: list[int], n_tokens: int) -> dict:
 def bench_llama_cpp(path: str, prompt_ids: list[int], n_tokens: int, threads: int) -> dict:
     started = time.perf_counter()
     llm = new_llama(path, n_ctx=512, n_threads=threads, n_threads_batch=threads)
-    lm = LoadedModel(model=llm, tokenizer=None, format="gguf", backend="llama.cpp", path=Path(path), device="cpu",
-                     dtype="GGUF", load_seconds=time.perf_counter() - started, context_length=512)
-    return {"load_s": lm.load_seconds, **_speed(lm, prompt_ids, n_tokens),
-            "weights_MiB": Path(path).stat().st_size / 2**20, "linear weights": "GGUF blocks (mmap)"}
+    lm = LoadedModel(
+        model=llm,
+        tokenizer=None,
+        format="gguf",
+        backend="llama.cpp",
+        path=Path(path),
+        device="cpu",
+        dtype="GGUF",
+        load_seconds=time.perf_counter() - started,
+        context_length=512,
+    )
+    return {
+        "load_s": lm.load_seconds,
+        **_speed(lm, prompt_ids, n_tokens),
+        "weights_MiB": Path(path).stat().st_size / 2**20,
+        "linear weights": "GGUF blocks (mmap)",
+    }
 
 
-def bench_transformers(path: str, prompt_ids: list[int], n_tokens: int, threads: int, dtype: str) -> dict:
+def bench_transformers(
+    path: str, prompt_ids: list[int], n_tokens: int, threads: int, dtype: str
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
     file = Path(path)
-    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        file.parent, gguf_file=file.name, dtype=getattr(torch, dtype)
+    )
     load = time.perf_counter() - started
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    lm = LoadedModel(model=model, tokenizer=None, format="gguf", backend="transformers", path=file, device="cpu",
-                     dtype=dtype, load_seconds=load, context_length=model.config.max_position_embeddings)
+    lm = LoadedModel(
+        model=model,
+        tokenizer=None,
+        format="gguf",
+        backend="transformers",
+        path=file,
+        device="cpu",
+        dtype=dtype,
+        load_seconds=load,
+        context_length=model.config.max_position_embeddings,
+    )
     classes = sorted({type(m).__name__ for m in linear})
     dtypes = sorted({str(m.weight.dtype).replace("torch.", "") for m in linear})
-    return {"load_s": load, **_speed(lm, prompt_ids, n_tokens),
-            "weights_MiB": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
-            "linear weights": f"{len(linear)} x {'/'.join(classes)} in {'/'.join(dtypes)}"}
+    return {
+        "load_s": load,
+        **_speed(lm, prompt_ids, n_tokens),
+        "weights_MiB": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "linear weights": f"{len(linear)} x {'/'.join(classes)} in {'/'.join(dtypes)}",
+    }
 
 
-def bench_in_subprocess(backend: str, path, prompt_ids: list[int], n_tokens: int = 32,
-                        dtype: str = "float32", threads: int | None = None, timeout: int = 900) -> dict:
+def bench_in_subprocess(
+    backend: str,
+    path,
+    prompt_ids: list[int],
+    n_tokens: int = 32,
+    dtype: str = "float32",
+    threads: int | None = None,
+    timeout: int = 900,
+) -> dict:
     """Load + decode speed + peak RSS of one configuration in a fresh Python process (peaks don't mix)."""
     threads = threads or default_threads()
-    job = json.dumps({"backend": backend, "path": str(path), "prompt_ids": prompt_ids, "n_tokens": n_tokens,
-                      "dtype": dtype, "threads": threads})
+    job = json.dumps(
+        {
+            "backend": backend,
+            "path": str(path),
+            "prompt_ids": prompt_ids,
+            "n_tokens": n_tokens,
+            "dtype": dtype,
+            "threads": threads,
+        }
+    )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     argv, env = child_command("course.gguf_bench", job, env=env)  # dies with us
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
-        raise CourseError(f"The {backend} benchmark process failed (exit code {proc.returncode}):\n"
-                          + "\n".join(proc.stderr.strip().splitlines()[-12:]))
+        raise CourseError(
+            f"The {backend} benchmark process failed (exit code {proc.returncode}):\n"
+            + "\n".join(proc.stderr.strip().splitlines()[-12:])
+        )
     result = json.loads(lines[-1][6:])
-    result["messages"] = [line for line in proc.stderr.splitlines()
-                          if "[transformers]" in line or "warn" in line.lower()][:5]
+    result["messages"] = [
+        line
+        for line in proc.stderr.splitlines()
+        if "[transformers]" in line or "warn" in line.lower()
+    ][:5]
     return result
 
 
@@ -101,7 +156,9 @@ def _bench_main(job_json: str) -> None:
     if job["backend"] == "llama.cpp":
         result = bench_llama_cpp(job["path"], job["prompt_ids"], job["n_tokens"], job["threads"])
     else:
-        result = bench_transformers(job["path"], job["prompt_ids"], job["n_tokens"], job["threads"], job["dtype"])
+        result = bench_transformers(
+            job["path"], job["prompt_ids"], job["n_tokens"], job["threads"], job["dtype"]
+        )
     result.update(peak_rss_MiB=peak_rss_mib(), rss_before_loading_MiB=rss_start)
     print("BENCH " + json.dumps(result), flush=True)
 

@@ -59,8 +59,12 @@ def _pip_cache_dirs() -> list[Path]:
     if os.environ.get("PIP_CACHE_DIR"):
         dirs.append(Path(os.environ["PIP_CACHE_DIR"]))
     try:
-        out = subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "cache", "dir"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if out.returncode == 0 and out.stdout.strip():
             dirs.append(Path(out.stdout.strip()))
     except (OSError, subprocess.SubprocessError):
@@ -110,16 +114,25 @@ def extract_converter(sdist: Path) -> Path:
     with tarfile.open(sdist, "r:gz") as tar:
         members = []
         for member in tar.getmembers():
-            rel = member.name[len(prefix):] if member.name.startswith(prefix) else None
-            if rel and (member.isfile() or member.isdir()) and any(
-                    rel == m or (m.endswith("/") and rel.startswith(m)) for m in CONVERTER_MEMBERS):
+            rel = member.name[len(prefix) :] if member.name.startswith(prefix) else None
+            if (
+                rel
+                and (member.isfile() or member.isdir())
+                and any(
+                    rel == m or (m.endswith("/") and rel.startswith(m)) for m in CONVERTER_MEMBERS
+                )
+            ):
                 member.name = rel
                 members.append(member)
         if not any(m.name == "convert_hf_to_gguf.py" for m in members):
-            raise ConverterNotFoundError(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py.")
+            raise ConverterNotFoundError(
+                f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py."
+            )
         partial.mkdir(parents=True)
         tar.extractall(partial, members=members, filter="data")
-    (partial / "SOURCE.txt").write_text(f"extracted from {sdist.name} (llama-cpp-python {llama_cpp_version()})\n")
+    (partial / "SOURCE.txt").write_text(
+        f"extracted from {sdist.name} (llama-cpp-python {llama_cpp_version()})\n"
+    )
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target / "convert_hf_to_gguf.py"
@@ -128,14 +141,26 @@ def extract_converter(sdist: Path) -> Path:
 def download_sdist(dest: Path) -> Path:
     """pip download the sdist (needs the internet: 76 MB from PyPI)."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-           f"llama-cpp-python=={llama_cpp_version()}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--quiet",
+        f"llama-cpp-python=={llama_cpp_version()}",
+        "-d",
+        str(dest),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     sdist = dest / f"llama_cpp_python-{llama_cpp_version()}.tar.gz"
     if proc.returncode != 0 or not sdist.exists():
         raise ConverterNotFoundError(
             f"Downloading llama-cpp-python's source from PyPI failed:\n{proc.stderr.strip()[-800:]}\n"
-            f"Without the internet, copy the sdist here and set QLLM_LLAMA_CPP_SDIST=/path/to/it.")
+            f"Without the internet, copy the sdist here and set QLLM_LLAMA_CPP_SDIST=/path/to/it."
+        )
     return sdist
 
 
@@ -158,7 +183,8 @@ def find_converter(download: bool = False) -> Path:
             "in pip's cache nor in $QLLM_LLAMA_CPP_SDIST. With the internet, run "
             "`python -m course.gguf_convert converter --download` once: it runs "
             f"`{converter_download_command('<tmp>')}` (76 MB from PyPI) and keeps only the converter. "
-            "Or clone https://github.com/ggml-org/llama.cpp and pass its convert_hf_to_gguf.py as `converter=`.")
+            "Or clone https://github.com/ggml-org/llama.cpp and pass its convert_hf_to_gguf.py as `converter=`."
+        )
     script = extract_converter(sdist)
     if sdist.parent == converter_dir().parent / "sdist":
         shutil.rmtree(sdist.parent, ignore_errors=True)  # 76 MB we no longer need
@@ -166,6 +192,7 @@ def find_converter(download: bool = False) -> Path:
 
 
 # ---- making GGUF files ------------------------------------------------------------------------
+
 
 def write_sentencepiece_files(gguf_path, folder) -> list[Path]:
     """Rebuild tokenizer.model (+ added_tokens.json) in `folder` from a GGUF's SentencePiece vocabulary.
@@ -178,20 +205,28 @@ def write_sentencepiece_files(gguf_path, folder) -> list[Path]:
     try:
         from sentencepiece import sentencepiece_model_pb2 as pb
     except ImportError:
-        raise MissingBackendError("Writing tokenizer.model needs sentencepiece and protobuf: "
-                                  "`pip install sentencepiece protobuf`.") from None
+        raise MissingBackendError(
+            "Writing tokenizer.model needs sentencepiece and protobuf: "
+            "`pip install sentencepiece protobuf`."
+        ) from None
     header = read_gguf(gguf_path, keep_arrays=True)
     meta = header.metadata
     if meta.get("tokenizer.ggml.model") != "llama":
-        raise CourseError(f"{gguf_path} has a {meta.get('tokenizer.ggml.model')!r} vocabulary, not a "
-                          "SentencePiece ('llama') one; copy its tokenizer files instead.")
+        raise CourseError(
+            f"{gguf_path} has a {meta.get('tokenizer.ggml.model')!r} vocabulary, not a "
+            "SentencePiece ('llama') one; copy its tokenizer files instead."
+        )
     tokens = header.arrays["tokenizer.ggml.tokens"]
     scores = header.arrays["tokenizer.ggml.scores"].tolist()
     types = header.arrays["tokenizer.ggml.token_type"].tolist()
     model = pb.ModelProto()
     for piece, score, kind in zip(tokens, scores, types):
         entry = model.pieces.add()
-        entry.piece, entry.score, entry.type = piece, score, kind  # GGUF token types use SentencePiece's numbers
+        entry.piece, entry.score, entry.type = (
+            piece,
+            score,
+            kind,
+        )  # GGUF token types use SentencePiece's numbers
     spec = model.trainer_spec
     spec.model_type = pb.TrainerSpec.BPE
     spec.vocab_size = len(tokens)
@@ -219,8 +254,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def convert_hf_to_gguf(hf_dir, out_path, outtype: str = "f16", vocab_from=None, vocab_only: bool = False,
-                       model_name: str | None = None, converter: Path | None = None) -> dict:
+def convert_hf_to_gguf(
+    hf_dir,
+    out_path,
+    outtype: str = "f16",
+    vocab_from=None,
+    vocab_only: bool = False,
+    model_name: str | None = None,
+    converter: Path | None = None,
+) -> dict:
     """Run llama.cpp's convert_hf_to_gguf.py on a Transformers folder; write `out_path` atomically.
 
     vocab_from: a SentencePiece GGUF whose vocabulary becomes the folder's tokenizer.model (see
@@ -237,26 +279,41 @@ def convert_hf_to_gguf(hf_dir, out_path, outtype: str = "f16", vocab_from=None, 
     partial = out_path.with_name(out_path.name + ".partial")
     log_path = out_path.with_name(out_path.name + ".log")
     try:
-        for item in hf_dir.iterdir():  # the converter reads the folder; we only add files to a view of it
-            if item.is_file() and not (vocab_from and item.name in ("tokenizer.model", "added_tokens.json")):
+        for (
+            item
+        ) in hf_dir.iterdir():  # the converter reads the folder; we only add files to a view of it
+            if item.is_file() and not (
+                vocab_from and item.name in ("tokenizer.model", "added_tokens.json")
+            ):
                 _link_or_copy(item.resolve(), staging / item.name)
         if vocab_from is not None:
             write_sentencepiece_files(vocab_from, staging)
             model_name = model_name or read_gguf(vocab_from).metadata.get("general.name")
-        args = [str(staging), "--outtype", outtype, "--outfile", str(partial), "--model-name", model_name or hf_dir.name]
+        args = [
+            str(staging),
+            "--outtype",
+            outtype,
+            "--outfile",
+            str(partial),
+            "--model-name",
+            model_name or hf_dir.name,
+        ]
         if vocab_only:
             args.append("--vocab-only")
         # its own gguf-py; a child that dies with us, so no converter goes on writing after a Ctrl-C or kill
-        cmd, env = child_command(str(converter), *args,
-                                 env={k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"})
+        cmd, env = child_command(
+            str(converter), *args, env={k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+        )
         started = time.perf_counter()
         with open(log_path, "w") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         seconds = time.perf_counter() - started
         if proc.returncode != 0 or not partial.exists():
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-            raise CourseError(f"convert_hf_to_gguf.py failed (exit code {proc.returncode}); nothing was written. "
-                              f"Full log: {log_path}\n--- last lines ---\n{tail}")
+            raise CourseError(
+                f"convert_hf_to_gguf.py failed (exit code {proc.returncode}); nothing was written. "
+                f"Full log: {log_path}\n--- last lines ---\n{tail}"
+            )
         partial.replace(out_path)
     finally:
         partial.unlink(missing_ok=True)
@@ -264,7 +321,18 @@ def convert_hf_to_gguf(hf_dir, out_path, outtype: str = "f16", vocab_from=None, 
     return {"path": out_path, "seconds": seconds, "log": log_path}
 
 
-QUANT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K")
+QUANT_TYPES = (
+    "F16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_0",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q3_K_M",
+    "Q2_K",
+)
 
 
 def quantize_gguf(src, out_path, qtype: str, n_threads: int | None = None) -> dict:
@@ -275,8 +343,10 @@ def quantize_gguf(src, out_path, qtype: str, n_threads: int | None = None) -> di
 
     ftype = getattr(LlamaFileType, f"MOSTLY_{qtype}", None)
     if ftype is None:
-        raise CourseError(f"Unknown quantization type {qtype!r}; choose one of {', '.join(QUANT_TYPES)} "
-                          "(or another name in gguf.LlamaFileType).")
+        raise CourseError(
+            f"Unknown quantization type {qtype!r}; choose one of {', '.join(QUANT_TYPES)} "
+            "(or another name in gguf.LlamaFileType)."
+        )
     validate_gguf(src)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
@@ -287,8 +357,10 @@ def quantize_gguf(src, out_path, qtype: str, n_threads: int | None = None) -> di
     try:
         status = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), params)
         if status != 0 or not partial.exists():
-            raise CourseError(f"llama.cpp could not quantize {src} to {qtype} (status {status}). Is the source "
-                              "an unquantized (F16/BF16/F32) GGUF? Requantizing a quantized file is refused.")
+            raise CourseError(
+                f"llama.cpp could not quantize {src} to {qtype} (status {status}). Is the source "
+                "an unquantized (F16/BF16/F32) GGUF? Requantizing a quantized file is refused."
+            )
         partial.replace(out_path)
     finally:
         partial.unlink(missing_ok=True)
@@ -319,11 +391,18 @@ def course_f16(converter: Path | None = None) -> Path:
 
     f16 = types_dir() / "gemma-3-270m-F16.gguf"
     made_from = f16.with_name(f16.name + ".from.json")
-    source = json.dumps({"hf": course_models.read_stamp("hf")["recipe"], "llama-cpp-python": llama_cpp_version()},
-                        sort_keys=True)
+    source = json.dumps(
+        {"hf": course_models.read_stamp("hf")["recipe"], "llama-cpp-python": llama_cpp_version()},
+        sort_keys=True,
+    )
     if not (_complete(f16) and made_from.exists() and made_from.read_text() == source):
-        convert_hf_to_gguf(course_models.model_dir("hf"), f16, outtype="f16",
-                           vocab_from=course_models.model_path("gguf"), converter=converter)
+        convert_hf_to_gguf(
+            course_models.model_dir("hf"),
+            f16,
+            outtype="f16",
+            vocab_from=course_models.model_path("gguf"),
+            converter=converter,
+        )
         made_from.write_text(source)
     return f16
 
@@ -346,11 +425,21 @@ def make_course_types(converter: Path | None = None) -> list[Path]:
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m course.gguf_convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m course.gguf_convert", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser("converter", help="make llama.cpp's convert_hf_to_gguf.py available (offline if pip cached the sdist)")
-    conv.add_argument("--download", action="store_true", help="fetch the sdist from PyPI if it is not cached")
-    sub.add_parser("types", help="make the course's F16, Q8_0 and Q4_0 GGUF files in the cache (as notebook 04b)")
+    conv = sub.add_parser(
+        "converter",
+        help="make llama.cpp's convert_hf_to_gguf.py available (offline if pip cached the sdist)",
+    )
+    conv.add_argument(
+        "--download", action="store_true", help="fetch the sdist from PyPI if it is not cached"
+    )
+    sub.add_parser(
+        "types",
+        help="make the course's F16, Q8_0 and Q4_0 GGUF files in the cache (as notebook 04b)",
+    )
     check = sub.add_parser("check", help="validate a GGUF file and print its summary")
     check.add_argument("path")
     args = parser.parse_args(argv)

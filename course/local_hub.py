@@ -58,7 +58,9 @@ class RepoEntry:
     _sha256: str | None = None
 
     def __post_init__(self):
-        self.size = len(self.source) if isinstance(self.source, bytes) else Path(self.source).stat().st_size
+        self.size = (
+            len(self.source) if isinstance(self.source, bytes) else Path(self.source).stat().st_size
+        )
 
     @property
     def lfs(self) -> bool:
@@ -78,8 +80,10 @@ class RepoEntry:
         return self._sha256
 
     def _pointer(self) -> bytes:
-        return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\n"
-                f"size {self.size}\n").encode()
+        return (
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\n"
+            f"size {self.size}\n"
+        ).encode()
 
     @property
     def blob_id(self) -> str:
@@ -93,7 +97,7 @@ class RepoEntry:
 
     def read(self, start: int, length: int) -> bytes:
         if isinstance(self.source, bytes):
-            return self.source[start:start + length]
+            return self.source[start : start + length]
         with open(self.source, "rb") as handle:
             handle.seek(start)
             return handle.read(length)
@@ -101,7 +105,11 @@ class RepoEntry:
     def tree_row(self) -> dict:
         row = {"type": "file", "oid": self.blob_id, "size": self.size, "path": self.path}
         if self.lfs:
-            row["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": len(self._pointer())}
+            row["lfs"] = {
+                "oid": self.sha256,
+                "size": self.size,
+                "pointerSize": len(self._pointer()),
+            }
         return row
 
     def sibling(self, blobs: bool) -> dict:
@@ -109,7 +117,11 @@ class RepoEntry:
         if blobs:
             row.update(size=self.size, blobId=self.blob_id)
             if self.lfs:
-                row["lfs"] = {"sha256": self.sha256, "size": self.size, "pointerSize": len(self._pointer())}
+                row["lfs"] = {
+                    "sha256": self.sha256,
+                    "size": self.size,
+                    "pointerSize": len(self._pointer()),
+                }
         return row
 
 
@@ -124,8 +136,11 @@ class Repo:
             digest = hashlib.sha1(self.repo_id.encode())
             for name in sorted(self.files):
                 entry = self.files[name]
-                stamp = (entry.source if isinstance(entry.source, bytes)
-                         else str(Path(entry.source).stat().st_mtime_ns).encode())
+                stamp = (
+                    entry.source
+                    if isinstance(entry.source, bytes)
+                    else str(Path(entry.source).stat().st_mtime_ns).encode()
+                )
                 digest.update(f"{name}\0{entry.size}\0".encode() + stamp)
             self.commit = digest.hexdigest()
 
@@ -154,27 +169,43 @@ class _Switch:
     released: threading.Event = field(default_factory=threading.Event)
 
 
-def repo_from_folder(repo_id: str, folder: Path, extra: dict[str, bytes | Path] | None = None,
-                     only: list[str] | None = None) -> Repo:
+def repo_from_folder(
+    repo_id: str,
+    folder: Path,
+    extra: dict[str, bytes | Path] | None = None,
+    only: list[str] | None = None,
+) -> Repo:
     """A repo whose files are those of `folder` (served in place), plus `extra` files (bytes, or paths)."""
-    files = {p.name: RepoEntry(p.name, p) for p in sorted(Path(folder).iterdir())
-             if p.is_file() and p.name not in PRIVATE_FILES and not p.name.startswith(".")
-             and (only is None or p.name in only)}
+    files = {
+        p.name: RepoEntry(p.name, p)
+        for p in sorted(Path(folder).iterdir())
+        if p.is_file()
+        and p.name not in PRIVATE_FILES
+        and not p.name.startswith(".")
+        and (only is None or p.name in only)
+    }
     for name, data in (extra or {}).items():
         files[name] = RepoEntry(name, data)
     return Repo(repo_id, files)
 
 
-_GITATTRIBUTES = b"".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n".encode() for s in LFS_SUFFIXES)
+_GITATTRIBUTES = b"".join(
+    f"*{s} filter=lfs diff=lfs merge=lfs -text\n".encode() for s in LFS_SUFFIXES
+)
 _GITATTRIBUTES += b"tokenizer.json filter=lfs diff=lfs merge=lfs -text\n"
 
 
 def _readme(repo_id: str, fmt: str) -> bytes:
-    what = {"hf": "bf16 safetensors (full precision)", "gptq": "4-bit GPTQ, group size 128 (GPTQModel)",
-            "awq": "4-bit AWQ GEMM, group size 128 (GPTQModel)",
-            "gguf": "GGUF Q4_K_M for llama.cpp (and the course's other GGUF types, when made)"}[fmt]
-    return (f"# {repo_id}\n\nGemma 3 270M (base model), {what}.\nServed by the course's local hub "
-            "(course/local_hub.py) from the course model cache. Licence: Gemma Terms of Use.\n").encode()
+    what = {
+        "hf": "bf16 safetensors (full precision)",
+        "gptq": "4-bit GPTQ, group size 128 (GPTQModel)",
+        "awq": "4-bit AWQ GEMM, group size 128 (GPTQModel)",
+        "gguf": "GGUF Q4_K_M for llama.cpp (and the course's other GGUF types, when made)",
+    }[fmt]
+    return (
+        f"# {repo_id}\n\nGemma 3 270M (base model), {what}.\nServed by the course's local hub "
+        "(course/local_hub.py) from the course model cache. Licence: Gemma Terms of Use.\n"
+    ).encode()
 
 
 def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
@@ -190,9 +221,16 @@ def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
             continue  # not built: `python -m course.models build`
         extra = {".gitattributes": _GITATTRIBUTES, "README.md": _readme(repo_id, fmt)}
         if fmt == "gguf" and gguf_types:
-            shipped = course_models.model_dir(fmt)  # its file wins over a type of the same name (04b's Q4_K_M)
-            extra.update({path.name: path for path in sorted(types_dir().glob("*.gguf"))
-                          if not (shipped / path.name).exists()})  # served in place
+            shipped = course_models.model_dir(
+                fmt
+            )  # its file wins over a type of the same name (04b's Q4_K_M)
+            extra.update(
+                {
+                    path.name: path
+                    for path in sorted(types_dir().glob("*.gguf"))
+                    if not (shipped / path.name).exists()
+                }
+            )  # served in place
         repos[repo_id] = repo_from_folder(repo_id, course_models.model_dir(fmt), extra)
     return repos
 
@@ -223,7 +261,9 @@ class LocalServer:
 class LocalHub(LocalServer):
     """A hub-compatible server on 127.0.0.1 (a free port); a context manager that always stops."""
 
-    def __init__(self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0
+    ):
         self.repos = course_repos() if repos is None else repos
         self.host, self.port = host, port
         self.requests: list[RequestRecord] = []
@@ -240,7 +280,9 @@ class LocalHub(LocalServer):
         self._server = ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="local-hub", daemon=True
+        )
         self._thread.start()
         atexit.register(self.stop)  # a notebook kernel that dies still frees the port
         return self
@@ -271,15 +313,16 @@ class LocalHub(LocalServer):
         """Point huggingface_hub (and `hf` commands started later) at this server, as one points it at a mirror.
 
         Call it before importing huggingface_hub: the library reads these variables once, at import."""
-        os.environ["HF_ENDPOINT"] = self.url       # exactly how you would point at a mirror
-        os.environ["HF_HOME"] = str(hf_home)        # a private cache for this run
+        os.environ["HF_ENDPOINT"] = self.url  # exactly how you would point at a mirror
+        os.environ["HF_HOME"] = str(hf_home)  # a private cache for this run
         # HF_HUB_OFFLINE=1 would block even 127.0.0.1 (the course's test runner sets it so that nothing
         # reaches the internet); talking to the local hub is fine
         os.environ["HF_HUB_OFFLINE"] = "0"
-        os.environ["HF_HUB_DISABLE_XET"] = "1"      # as with any mirror: Xet transfers would bypass it
+        os.environ["HF_HUB_DISABLE_XET"] = "1"  # as with any mirror: Xet transfers would bypass it
 
-    def kill_download_midway(self, argv: list[str], path: str, local_dir: str | Path, at_bytes: int,
-                             timeout: float = 120) -> list[Path]:
+    def kill_download_midway(
+        self, argv: list[str], path: str, local_dir: str | Path, at_bytes: int, timeout: float = 120
+    ) -> list[Path]:
         """Run a download command (e.g. `hf download ... --local-dir local_dir`) in its own process group,
         stall the server's transfer of `path` after `at_bytes`, wait until the client's partial file
         holds them, then SIGKILL the whole group: no cleanup code runs, as after a crash or a power cut.
@@ -288,8 +331,13 @@ class LocalHub(LocalServer):
 
         self.stall_next_transfer(at_bytes, path=path)
         env = dict(os.environ, HF_ENDPOINT=self.url, NO_COLOR="1")
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)  # its own process group: the kill takes its children too
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # its own process group: the kill takes its children too
         try:
             deadline = time.time() + timeout
             while time.time() < deadline:
@@ -303,7 +351,9 @@ class LocalHub(LocalServer):
             self.release()
         deadline = time.time() + 10
         while not any(r.event == "stalled" for r in self.file_gets()) and time.time() < deadline:
-            time.sleep(0.05)  # the server logs the stalled transfer once the dead client's connection closes
+            time.sleep(
+                0.05
+            )  # the server logs the stalled transfer once the dead client's connection closes
         return find_incomplete(local_dir)
 
     # ---- switches that break a transfer on purpose --------------------------------------------
@@ -355,8 +405,15 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- plumbing -----------------------------------------------------------------------------
 
     def _record(self, status: int, sent: int = 0, event: str = "") -> None:
-        record = RequestRecord(self.command, self.path, status, self.headers.get("Range"), sent,
-                               self.headers.get("Authorization"), event)
+        record = RequestRecord(
+            self.command,
+            self.path,
+            status,
+            self.headers.get("Range"),
+            sent,
+            self.headers.get("Authorization"),
+            event,
+        )
         with self.hub._lock:
             self.hub.requests.append(record)
 
@@ -372,7 +429,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self._record(status, len(body))
 
-    def _error(self, status: int, code: str | None, message: str, commit: str | None = None) -> None:
+    def _error(
+        self, status: int, code: str | None, message: str, commit: str | None = None
+    ) -> None:
         headers = {"X-Error-Message": message}
         if code:
             headers["X-Error-Code"] = code
@@ -433,15 +492,30 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind in ("info", "revision") and self.command in ("GET", "HEAD"):
             blobs = query.get("blobs", ["false"])[0].lower() == "true"
-            self._send_json({
-                "_id": repo.commit[:24], "id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.commit,
-                "private": False, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
-                "tags": [], "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
-                "siblings": [e.sibling(blobs) for e in repo.files.values()],
-            })
+            self._send_json(
+                {
+                    "_id": repo.commit[:24],
+                    "id": repo.repo_id,
+                    "modelId": repo.repo_id,
+                    "sha": repo.commit,
+                    "private": False,
+                    "gated": False,
+                    "disabled": False,
+                    "downloads": 0,
+                    "likes": 0,
+                    "tags": [],
+                    "lastModified": "2026-01-01T00:00:00.000Z",
+                    "createdAt": "2026-01-01T00:00:00.000Z",
+                    "siblings": [e.sibling(blobs) for e in repo.files.values()],
+                }
+            )
         elif kind == "tree" and self.command == "GET":
             prefix = "/".join(rest[2:])
-            rows = [e.tree_row() for e in repo.files.values() if not prefix or e.path.startswith(prefix + "/")]
+            rows = [
+                e.tree_row()
+                for e in repo.files.values()
+                if not prefix or e.path.startswith(prefix + "/")
+            ]
             self._send_json(rows)
         elif kind == "paths-info" and self.command == "POST":
             wanted = parse_qs(self.body.decode()).get("paths", [])
@@ -455,13 +529,15 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None or len(parts) < at + 3:
             self._error(401, "RepoNotFound", "Repository not found")
             return
-        revision, filename = parts[at + 1], "/".join(parts[at + 2:])
+        revision, filename = parts[at + 1], "/".join(parts[at + 2 :])
         if not self._revision_ok(repo, revision):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
             return
         entry = repo.files.get(filename)
         if entry is None:
-            self._error(404, "EntryNotFound", f"{filename} does not exist on \"{revision}\"", repo.commit)
+            self._error(
+                404, "EntryNotFound", f'{filename} does not exist on "{revision}"', repo.commit
+            )
             return
         start, end = 0, entry.size - 1
         status = 200
@@ -501,7 +577,9 @@ class _Handler(BaseHTTPRequestHandler):
         sent, event = self._send_body(entry, start, length, switch)
         self._record(status, sent, event)
 
-    def _send_body(self, entry: RepoEntry, start: int, length: int, switch: _Switch | None) -> tuple[int, str]:
+    def _send_body(
+        self, entry: RepoEntry, start: int, length: int, switch: _Switch | None
+    ) -> tuple[int, str]:
         limit = length if switch is None else min(length, switch.after_bytes)
         sent = 0
         while sent < limit:
@@ -535,9 +613,13 @@ def main() -> None:
     with LocalHub(port=args.port) as hub:
         print(f"Serving {len(hub.repos)} repos at {hub.url}:")
         for repo_id, repo in hub.repos.items():
-            print(f"  {repo_id:40} {len(repo.files)} files, {sum(e.size for e in repo.files.values()) / 1e6:,.0f} MB")
-        print(f"\n  export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1\n"
-              f"  hf download {NAMESPACE}/gemma-3-270m-GGUF --include '*Q4_K_M.gguf' --local-dir ./gguf\n")
+            print(
+                f"  {repo_id:40} {len(repo.files)} files, {sum(e.size for e in repo.files.values()) / 1e6:,.0f} MB"
+            )
+        print(
+            f"\n  export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1\n"
+            f"  hf download {NAMESPACE}/gemma-3-270m-GGUF --include '*Q4_K_M.gguf' --local-dir ./gguf\n"
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -46,7 +46,9 @@ class Request(RequestRecord):
 class LocalModelScope(LocalServer):
     """A ModelScope-API server on 127.0.0.1 (a free port); a context manager that always stops."""
 
-    def __init__(self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0
+    ):
         self.repos = course_repos() if repos is None else repos
         self.host, self.port = host, port
         self.requests: list[Request] = []
@@ -59,7 +61,9 @@ class LocalModelScope(LocalServer):
             self._server = ThreadingHTTPServer((self.host, self.port), handler)
             self._server.daemon_threads = True
             self.port = self._server.server_address[1]
-            threading.Thread(target=self._server.serve_forever, name="local-modelscope", daemon=True).start()
+            threading.Thread(
+                target=self._server.serve_forever, name="local-modelscope", daemon=True
+            ).start()
             atexit.register(self.stop)
         return self
 
@@ -76,7 +80,7 @@ class LocalModelScope(LocalServer):
     def serve_as_endpoint(self, home: str | Path) -> None:
         """Point `modelscope` at this server, with its cache and config under `home`. Call it before the
         first ModelScope call of the process: the client reads these variables once."""
-        os.environ["MODELSCOPE_ENDPOINT"] = self.url          # as for any other ModelScope endpoint
+        os.environ["MODELSCOPE_ENDPOINT"] = self.url  # as for any other ModelScope endpoint
         os.environ["MODELSCOPE_CACHE"] = str(Path(home) / "cache")
         os.environ["MODELSCOPE_HOME"] = str(Path(home) / "config")  # where it keeps a session id
 
@@ -91,11 +95,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, status: int, sent: int = 0) -> None:
         with self.ms._lock:
-            self.ms.requests.append(Request(self.command, self.path, status, self.headers.get("Range"), sent))
+            self.ms.requests.append(
+                Request(self.command, self.path, status, self.headers.get("Range"), sent)
+            )
 
     def _send_json(self, data, status: int = 200) -> None:
-        body = json.dumps({"Code": status, "Data": data, "Message": "success" if status == 200 else data,
-                           "RequestId": "local", "Success": status == 200}).encode()
+        body = json.dumps(
+            {
+                "Code": status,
+                "Data": data,
+                "Message": "success" if status == 200 else data,
+                "RequestId": "local",
+                "Success": status == 200,
+            }
+        ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -124,14 +137,39 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             rest = parts[5:]
             if not rest:
-                self._send_json({"Path": repo.repo_id.split("/")[0], "Name": repo.repo_id.split("/")[1],
-                                 "Revision": BRANCH})
+                self._send_json(
+                    {
+                        "Path": repo.repo_id.split("/")[0],
+                        "Name": repo.repo_id.split("/")[1],
+                        "Revision": BRANCH,
+                    }
+                )
             elif rest == ["revisions"]:
-                self._send_json({"RevisionMap": {"Branches": [{"Revision": BRANCH, "CreatedAt": 0}], "Tags": []}})
+                self._send_json(
+                    {
+                        "RevisionMap": {
+                            "Branches": [{"Revision": BRANCH, "CreatedAt": 0}],
+                            "Tags": [],
+                        }
+                    }
+                )
             elif rest == ["repo", "files"]:
-                self._send_json({"Files": [{"Name": Path(e.path).name, "Path": e.path, "Type": "blob",
-                                            "Size": e.size, "Sha256": e.sha256, "Revision": repo.commit,
-                                            "IsLFS": e.lfs} for e in repo.files.values()]})
+                self._send_json(
+                    {
+                        "Files": [
+                            {
+                                "Name": Path(e.path).name,
+                                "Path": e.path,
+                                "Type": "blob",
+                                "Size": e.size,
+                                "Sha256": e.sha256,
+                                "Revision": repo.commit,
+                                "IsLFS": e.lfs,
+                            }
+                            for e in repo.files.values()
+                        ]
+                    }
+                )
             elif rest == ["repo"] and "FilePath" in query:
                 self._send_file(repo, query["FilePath"])
             else:
@@ -147,7 +185,10 @@ class _Handler(BaseHTTPRequestHandler):
         start, status = 0, 200
         wanted = self.headers.get("Range", "")
         if wanted.startswith("bytes=") and wanted.endswith("-") and wanted[6:-1].isdigit():
-            start, status = int(wanted[6:-1]), 206  # the client only ever asks "from byte N to the end"
+            start, status = (
+                int(wanted[6:-1]),
+                206,
+            )  # the client only ever asks "from byte N to the end"
             if start >= entry.size:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{entry.size}")
@@ -164,7 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{entry.size - 1}/{entry.size}")
         self.end_headers()
         sent = 0
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client may go away mid-file
+        with contextlib.suppress(
+            BrokenPipeError, ConnectionResetError
+        ):  # the client may go away mid-file
             while self.command == "GET" and sent < length:
                 block = entry.read(start + sent, min(CHUNK, length - sent))
                 if not block:

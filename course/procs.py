@@ -37,10 +37,14 @@ else:
 """
 
 
-def child_command(module: str, *args: str, on_parent_death: int = signal.SIGKILL,
-                  env: dict | None = None) -> tuple[list[str], dict]:
+def child_command(
+    module: str, *args: str, on_parent_death: int = signal.SIGKILL, env: dict | None = None
+) -> tuple[list[str], dict]:
     """(argv, env) that run `python -m module args` (or `python path/to/script.py args`) as a child
     that dies with this process."""
-    env = {**(os.environ if env is None else env), "QLLM_PARENT_PID": str(os.getpid()),
-           "QLLM_PARENT_DEATH_SIGNAL": str(int(on_parent_death))}
+    env = {
+        **(os.environ if env is None else env),
+        "QLLM_PARENT_PID": str(os.getpid()),
+        "QLLM_PARENT_DEATH_SIGNAL": str(int(on_parent_death)),
+    }
     return [sys.executable, "-c", _BOOT, module, *map(str, args)], env

@@ -39,10 +39,14 @@ def quiet_progress(log_path, layers: int | None = None, desc: str = "quantizing"
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=layers, desc=desc, unit="layer", disable=not layers)  # created first: keeps the real stderr
+    bar = tqdm(
+        total=layers, desc=desc, unit="layer", disable=not layers
+    )  # created first: keeps the real stderr
     stop, done, failure = threading.Event(), 0, None
 
-    def follow(reader):  # a thread, as the block runs in the caller's: the layer named last is the one in work
+    def follow(
+        reader,
+    ):  # a thread, as the block runs in the caller's: the layer named last is the one in work
         nonlocal done
         while not stop.wait(0.5):
             found = [int(m) for m in _LAYER.findall(reader.read())]
@@ -71,8 +75,9 @@ def quiet_progress(log_path, layers: int | None = None, desc: str = "quantizing"
                 text.detach()  # leave closing the file to `raw`
         if failure is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])[-3000:]
-            raise CourseError(f"{desc} failed: {failure!r}. Full log: {log_path}\n--- last lines ---\n{tail}") \
-                from failure
+            raise CourseError(
+                f"{desc} failed: {failure!r}. Full log: {log_path}\n--- last lines ---\n{tail}"
+            ) from failure
         if layers:
             bar.update(layers - done)
     finally:
@@ -139,7 +144,9 @@ def save_as(qmodel, out, dtype: str = "bfloat16") -> None:
         with safe_open(file, "pt") as handle:
             metadata = handle.metadata()
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        tensors = {name: t.to(target) if t.is_floating_point() else t for name, t in tensors.items()}
+        tensors = {
+            name: t.to(target) if t.is_floating_point() else t for name, t in tensors.items()
+        }
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         save_file(tensors, file, metadata=metadata)
     config_path = out / "config.json"

@@ -66,11 +66,15 @@ def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> None:
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     if getattr(model.config, "model_type", None) != "gemma3_text" or layers is None:
-        raise CourseError(f"move_off_grid knows Gemma 3 text models only, not {type(model).__name__} "
-                          f"({getattr(model.config, 'model_type', '?')}).")
+        raise CourseError(
+            f"move_off_grid knows Gemma 3 text models only, not {type(model).__name__} "
+            f"({getattr(model.config, 'model_type', '?')})."
+        )
     generator = torch.Generator().manual_seed(seed)
     config = model.config
-    group = config.num_attention_heads // config.num_key_value_heads  # query heads per key/value head
+    group = (
+        config.num_attention_heads // config.num_key_value_heads
+    )  # query heads per key/value head
     with torch.no_grad():
         for layer in layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -89,5 +93,7 @@ def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> None:
             _scale_rows(attn.v_proj, c_v)
             # o_proj reads every query head's output; heads that share a value head share its factors
             head_dim = attn.v_proj.out_features // config.num_key_value_heads
-            c_o = c_v.view(config.num_key_value_heads, 1, head_dim).expand(-1, group, -1).reshape(-1)
+            c_o = (
+                c_v.view(config.num_key_value_heads, 1, head_dim).expand(-1, group, -1).reshape(-1)
+            )
             _scale_columns(attn.o_proj, c_o)

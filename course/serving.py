@@ -80,7 +80,9 @@ class ManagedServer:
     log_path: Path
     command: list[str]
     started_s: float = 0.0  # seconds from launch until it answered
-    temp_log: bool = False  # a log file we made: removed after a normal stop, kept after a failed start
+    temp_log: bool = (
+        False  # a log file we made: removed after a normal stop, kept after a failed start
+    )
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -126,7 +128,9 @@ class ManagedServer:
             except (ProcessLookupError, PermissionError):
                 pass
         except subprocess.TimeoutExpired:
-            raise ServerError(f"{self.command[2]} (pid {self.pid}) did not exit after SIGKILL.") from None
+            raise ServerError(
+                f"{self.command[2]} (pid {self.pid}) did not exit after SIGKILL."
+            ) from None
         finally:
             if self.process.poll() is not None:
                 self._stopped = True
@@ -159,9 +163,18 @@ def _get_json(url: str, timeout: float = 2.0):
         return json.loads(response.read())
 
 
-def start_llama_server(model, port: int | None = None, host: str = "127.0.0.1", chat_format: str | None = "gemma",
-                       n_ctx: int = 2048, n_threads: int | None = None, model_alias: str | None = None,
-                       ready_timeout_s: float = 120.0, log_path=None, extra_args: list[str] | tuple = ()) -> ManagedServer:
+def start_llama_server(
+    model,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    chat_format: str | None = "gemma",
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
+    model_alias: str | None = None,
+    ready_timeout_s: float = 120.0,
+    log_path=None,
+    extra_args: list[str] | tuple = (),
+) -> ManagedServer:
     """Start `python -m llama_cpp.server` on a .gguf file and wait until it answers; see the module docstring.
 
     chat_format: how /v1/chat/completions renders messages ("gemma" for the course model, whose GGUF
@@ -176,26 +189,57 @@ def start_llama_server(model, port: int | None = None, host: str = "127.0.0.1", 
 
     model = Path(model).expanduser()
     if not model.is_file():
-        raise ServerError(f"No GGUF file at {model}. Build the course models (`python -m course.models "
-                          "build`) or download one (notebook 01).")
+        raise ServerError(
+            f"No GGUF file at {model}. Build the course models (`python -m course.models "
+            "build`) or download one (notebook 01)."
+        )
     check_gguf_header(model)
     alias = model_alias or model.stem
     threads = n_threads or default_threads()
-    args = ["--model", str(model), "--model_alias", alias, "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-            "--n_threads_batch", str(threads),
-            "--interrupt_requests", "False",  # a new request must not cut another client's stream short
-            "--logits_all", "False",          # True (the default) keeps n_ctx x vocab floats: 2 GiB here
-            "--use_mlock", "False"]
+    args = [
+        "--model",
+        str(model),
+        "--model_alias",
+        alias,
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        "--interrupt_requests",
+        "False",  # a new request must not cut another client's stream short
+        "--logits_all",
+        "False",  # True (the default) keeps n_ctx x vocab floats: 2 GiB here
+        "--use_mlock",
+        "False",
+    ]
     if chat_format:
         args += ["--chat_format", chat_format]
-    return start_server("llama_cpp.server", args + [str(a) for a in extra_args], model_alias=alias, host=host,
-                        port=port, ready_timeout_s=ready_timeout_s, log_path=log_path)
+    return start_server(
+        "llama_cpp.server",
+        args + [str(a) for a in extra_args],
+        model_alias=alias,
+        host=host,
+        port=port,
+        ready_timeout_s=ready_timeout_s,
+        log_path=log_path,
+    )
 
 
-def start_vllm_server(model: str, quantization: str | None = None, tensor_parallel_size: int = 1,
-                      max_model_len: int | None = None, gpu_memory_utilization: float = 0.90,
-                      port: int | None = None, host: str = "127.0.0.1", served_model_name: str | None = None,
-                      ready_timeout_s: float = 1200.0, log_path=None, extra_args: list[str] | tuple = ()) -> ManagedServer:
+def start_vllm_server(
+    model: str,
+    quantization: str | None = None,
+    tensor_parallel_size: int = 1,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.90,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    served_model_name: str | None = None,
+    ready_timeout_s: float = 1200.0,
+    log_path=None,
+    extra_args: list[str] | tuple = (),
+) -> ManagedServer:
     """Start vLLM's OpenAI-compatible server (`vllm serve` = `python -m vllm.entrypoints.openai.api_server`).
 
     Needs Linux, NVIDIA GPU(s) and `pip install vllm`. quantization: "gptq_marlin" / "awq_marlin" pick the
@@ -205,30 +249,58 @@ def start_vllm_server(model: str, quantization: str | None = None, tensor_parall
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
-        raise ServerError("vLLM is not installed. It needs Linux and an NVIDIA GPU: `pip install vllm` (best in "
-                          "its own environment: it pins its own torch).")
+        raise ServerError(
+            "vLLM is not installed. It needs Linux and an NVIDIA GPU: `pip install vllm` (best in "
+            "its own environment: it pins its own torch)."
+        )
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus < tensor_parallel_size:
-        raise ServerError(f"tensor_parallel_size={tensor_parallel_size} needs that many GPUs; torch sees {gpus}.")
+        raise ServerError(
+            f"tensor_parallel_size={tensor_parallel_size} needs that many GPUs; torch sees {gpus}."
+        )
     alias = served_model_name or model
-    args = ["--model", model, "--served-model-name", alias, "--tensor-parallel-size", str(tensor_parallel_size),
-            "--gpu-memory-utilization", str(gpu_memory_utilization)]
+    args = [
+        "--model",
+        model,
+        "--served-model-name",
+        alias,
+        "--tensor-parallel-size",
+        str(tensor_parallel_size),
+        "--gpu-memory-utilization",
+        str(gpu_memory_utilization),
+    ]
     if quantization:
         args += ["--quantization", quantization]
     if max_model_len:
         args += ["--max-model-len", str(max_model_len)]
-    return start_server("vllm.entrypoints.openai.api_server", args + [str(a) for a in extra_args], model_alias=alias,
-                        host=host, port=port, ready_timeout_s=ready_timeout_s, log_path=log_path)
+    return start_server(
+        "vllm.entrypoints.openai.api_server",
+        args + [str(a) for a in extra_args],
+        model_alias=alias,
+        host=host,
+        port=port,
+        ready_timeout_s=ready_timeout_s,
+        log_path=log_path,
+    )
 
 
-def start_server(module: str, args: list[str], model_alias: str, host: str = "127.0.0.1", port: int | None = None,
-                 ready_timeout_s: float = 120.0, log_path=None) -> ManagedServer:
+def start_server(
+    module: str,
+    args: list[str],
+    model_alias: str,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    ready_timeout_s: float = 120.0,
+    log_path=None,
+) -> ManagedServer:
     """Run `python -m MODULE ARGS --host HOST --port PORT` as a managed server; wait until /v1/models answers."""
     port = port or free_port(host)
     if port_is_open(host, port):
-        raise ServerError(f"Port {port} on {host} is already in use: pass another port, or port=None for a free one.")
+        raise ServerError(
+            f"Port {port} on {host} is already in use: pass another port, or port=None for a free one."
+        )
     args = [*args, "--host", host, "--port", str(port)]
     temp_log = log_path is None
     if temp_log:
@@ -236,15 +308,31 @@ def start_server(module: str, args: list[str], model_alias: str, host: str = "12
         os.close(fd)
         log_path = Path(name)
     log_path = Path(log_path)
-    argv, env = child_command(module, *args, on_parent_death=signal.SIGTERM,  # the server shuts down cleanly
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    argv, env = child_command(
+        module,
+        *args,
+        on_parent_death=signal.SIGTERM,  # the server shuts down cleanly
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)  # its own process group: killpg stops it all
-    server = ManagedServer(process=process, host=host, port=port, model_alias=model_alias, log_path=log_path,
-                           command=["python", "-m", module, *args], temp_log=temp_log)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )  # its own process group: killpg stops it all
+    server = ManagedServer(
+        process=process,
+        host=host,
+        port=port,
+        model_alias=model_alias,
+        log_path=log_path,
+        command=["python", "-m", module, *args],
+        temp_log=temp_log,
+    )
     _running.add(server)
     try:
         _wait_ready(server, ready_timeout_s)
@@ -261,16 +349,20 @@ def _wait_ready(server: ManagedServer, timeout_s: float) -> None:
     while True:
         code = server.process.poll()
         if code is not None:
-            raise ServerError(f"{name} exited with code {code} before it was ready. Its log "
-                              f"({server.log_path}) ends with:\n{server.log_tail()}")
+            raise ServerError(
+                f"{name} exited with code {code} before it was ready. Its log "
+                f"({server.log_path}) ends with:\n{server.log_tail()}"
+            )
         try:
             _get_json(f"{server.base_url}/models", timeout=1.0)
             return
         except (urllib.error.URLError, OSError, ValueError):
             pass
         if time.monotonic() > deadline:
-            raise ServerError(f"{name} did not answer on {server.base_url} within {timeout_s:.0f} s "
-                              f"(it was stopped). Its log ({server.log_path}) ends with:\n{server.log_tail()}")
+            raise ServerError(
+                f"{name} did not answer on {server.base_url} within {timeout_s:.0f} s "
+                f"(it was stopped). Its log ({server.log_path}) ends with:\n{server.log_tail()}"
+            )
         time.sleep(0.2)
 
 

@@ -36,7 +36,10 @@ def learner_weight(dequantize, tensors: dict, shape, layout: str):
         return None, error
     got = torch.as_tensor(got).float()
     if tuple(got.shape) != tuple(shape):
-        return None, f"the weight has shape {tuple(got.shape)}; expected [in, out] = {tuple(shape)} ({layout})"
+        return (
+            None,
+            f"the weight has shape {tuple(got.shape)}; expected [in, out] = {tuple(shape)} ({layout})",
+        )
     return got, None
 
 

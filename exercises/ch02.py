@@ -16,26 +16,34 @@ def _tensors(path=None) -> dict:
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(file, "pt") as f:
             if f"{LAYER}.qweight" in f.keys():
-                return {kind: f.get_tensor(f"{LAYER}.{kind}") for kind in ("qweight", "qzeros", "scales", "g_idx")}
+                return {
+                    kind: f.get_tensor(f"{LAYER}.{kind}")
+                    for kind in ("qweight", "qzeros", "scales", "g_idx")
+                }
     raise FileNotFoundError(f"{LAYER}.qweight is not in {folder}")
 
 
 def _bytes(in_features: int, out_features: int, group_size: int) -> int:
     groups = in_features // group_size
-    return (in_features * out_features // 2      # qweight: 4 bits per weight
-            + groups * out_features // 2         # qzeros: 4 bits per group and output
-            + groups * out_features * 2          # scales: bf16
-            + in_features * 4)                   # g_idx: int32 per input
+    return (
+        in_features * out_features // 2  # qweight: 4 bits per weight
+        + groups * out_features // 2  # qzeros: 4 bits per group and output
+        + groups * out_features * 2  # scales: bf16
+        + in_features * 4
+    )  # g_idx: int32 per input
 
 
 def check_1(answer_bytes, path=None) -> bool:
     """Exercise 1: bytes of `LAYER`'s four tensors if it were quantized with group size 64."""
     qweight = _tensors(path)["qweight"]
     truth = _bytes(qweight.shape[0] * 8, qweight.shape[1], 64)
-    return verdict(close(answer_bytes, truth, 0.001), "four tensors, counted at group size 64.",
-                   "count all four tensors: qweight (4 bits per weight), qzeros (4 bits per group and output), "
-                   "scales (16 bits per group and output) and g_idx (one int32 per input). Which of them "
-                   "depend on the group size?")
+    return verdict(
+        close(answer_bytes, truth, 0.001),
+        "four tensors, counted at group size 64.",
+        "count all four tensors: qweight (4 bits per weight), qzeros (4 bits per group and output), "
+        "scales (16 bits per group and output) and g_idx (one int32 per input). Which of them "
+        "depend on the group size?",
+    )
 
 
 def check_2(answer_bits, path=None) -> bool:
@@ -43,9 +51,12 @@ def check_2(answer_bits, path=None) -> bool:
     t = _tensors(path)
     stored = sum(x.numel() * x.element_size() for x in t.values()) * 8
     truth = stored / (t["qweight"].shape[0] * 8 * t["qweight"].shape[1])
-    return verdict(close(answer_bits, truth, 0.002), f"the extra {truth - 4:.3f} bits are the price of the groups.",
-                   "divide the bits of all four tensors (numel x element size x 8) by the number of weights "
-                   "(inputs x outputs); the answer is a little above 4.")
+    return verdict(
+        close(answer_bits, truth, 0.002),
+        f"the extra {truth - 4:.3f} bits are the price of the groups.",
+        "divide the bits of all four tensors (numel x element size x 8) by the number of weights "
+        "(inputs x outputs); the answer is a little above 4.",
+    )
 
 
 def check_3(dequantize, path=None) -> bool:
@@ -63,8 +74,14 @@ def check_3(dequantize, path=None) -> bool:
     if problem:
         return verdict(False, "", problem)
     ok = torch.allclose(got, truth, rtol=1e-3, atol=1e-6)
-    off_by_one = not ok and torch.allclose(got, truth + t["scales"].float()[groups], rtol=1e-3, atol=1e-6)
-    return verdict(ok, "scale x (q - (stored zero + 1)), group by group.",
-                   "your zero points are off by one: the gptq layout stores zero - 1 (section 2)." if off_by_one
-                   else "unpack qweight along the inputs and qzeros along the outputs, pick each input's "
-                        "group (input // group_size), then scale x (q - zero).")
+    off_by_one = not ok and torch.allclose(
+        got, truth + t["scales"].float()[groups], rtol=1e-3, atol=1e-6
+    )
+    return verdict(
+        ok,
+        "scale x (q - (stored zero + 1)), group by group.",
+        "your zero points are off by one: the gptq layout stores zero - 1 (section 2)."
+        if off_by_one
+        else "unpack qweight along the inputs and qzeros along the outputs, pick each input's "
+        "group (input // group_size), then scale x (q - zero).",
+    )

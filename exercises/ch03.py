@@ -17,7 +17,11 @@ def _tensors(fmt: str, path=None) -> dict:
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(file, "pt") as f:
             if f"{LAYER}.qweight" in f.keys():
-                return {k[len(LAYER) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(LAYER + ".")}
+                return {
+                    k[len(LAYER) + 1 :]: f.get_tensor(k)
+                    for k in f.keys()
+                    if k.startswith(LAYER + ".")
+                }
     raise FileNotFoundError(f"{LAYER}.qweight is not in {folder}")
 
 
@@ -29,9 +33,12 @@ def check_1(answer_bytes, awq_path=None, gptq_path=None) -> bool:
         ok = int(answer_bytes) == truth
     except (TypeError, ValueError):
         ok = False
-    return verdict(ok, "the packing differs, the bytes do not: only one GPTQ tensor has no AWQ counterpart.",
-                   "list the tensors of both layers with their shapes and dtypes (section 2 of each notebook); "
-                   "qweight, qzeros and scales hold the same number of bits in both formats.")
+    return verdict(
+        ok,
+        "the packing differs, the bytes do not: only one GPTQ tensor has no AWQ counterpart.",
+        "list the tensors of both layers with their shapes and dtypes (section 2 of each notebook); "
+        "qweight, qzeros and scales hold the same number of bits in both formats.",
+    )
 
 
 def _unpack(packed, order):
@@ -59,11 +66,15 @@ def check_2(dequantize, path=None) -> bool:
         return verdict(False, "", problem)
     ok = torch.allclose(got, truth, rtol=1e-3, atol=1e-6)
     in_order = not ok and torch.allclose(got, weight(list(range(8))), rtol=1e-3, atol=1e-6)
-    return verdict(ok, "unpacked in AWQ's interleaved order, zero points per group, scaled.",
-                   "the values are right but in the wrong columns: AWQ interleaves the eight outputs of a word "
-                   "(section 2)." if in_order else
-                   "unpack along the outputs in AWQ's order, take each input's group (input // group_size), then "
-                   "scale x (q - zero); AWQ's zero points are stored as they are, with no +1.")
+    return verdict(
+        ok,
+        "unpacked in AWQ's interleaved order, zero points per group, scaled.",
+        "the values are right but in the wrong columns: AWQ interleaves the eight outputs of a word "
+        "(section 2)."
+        if in_order
+        else "unpack along the outputs in AWQ's order, take each input's group (input // group_size), then "
+        "scale x (q - zero); AWQ's zero points are stored as they are, with no +1.",
+    )
 
 
 def check_3(fold) -> bool:
@@ -78,8 +89,14 @@ def check_3(fold) -> bool:
     if error:
         return verdict(False, "", error)
     new_w = torch.as_tensor(new_w).float()
-    ok = new_w.shape == w.shape and torch.allclose(x * (1 + new_w), x * (1 + w) / s, rtol=1e-4, atol=1e-5)
+    ok = new_w.shape == w.shape and torch.allclose(
+        x * (1 + new_w), x * (1 + w) / s, rtol=1e-4, atol=1e-5
+    )
     llama_fold = new_w.shape == w.shape and torch.allclose(new_w, w / s, rtol=1e-4, atol=1e-6)
-    return verdict(ok, "the norm's output is now divided by s, so the next linears may be multiplied by it.",
-                   "w / s is the fold for a norm that multiplies by w (Llama's); Gemma's multiplies by (1 + w)."
-                   if llama_fold else "solve (1 + w') = (1 + w) / s for w'.")
+    return verdict(
+        ok,
+        "the norm's output is now divided by s, so the next linears may be multiplied by it.",
+        "w / s is the fold for a norm that multiplies by w (Llama's); Gemma's multiplies by (1 + w)."
+        if llama_fold
+        else "solve (1 + w') = (1 + w) / s for w'.",
+    )

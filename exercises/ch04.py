@@ -18,9 +18,12 @@ def check_1(answer: dict) -> bool:
     """Exercise 1: {type name: bits per weight} for each of `TYPES`, scales and minimums included."""
     answer = answer if isinstance(answer, dict) else {}
     wrong = [t for t in TYPES if not close(answer.get(t), _bits_per_weight(t), 0.001)]
-    return verdict(not wrong, "bytes per block x 8 / weights per block, for every type.",
-                   f"check {', '.join(wrong)}: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.NAME] gives "
-                   "(weights per block, bytes per block).")
+    return verdict(
+        not wrong,
+        "bytes per block x 8 / weights per block, for every type.",
+        f"check {', '.join(wrong)}: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.NAME] gives "
+        "(weights per block, bytes per block).",
+    )
 
 
 def check_2(answer: dict, path=None) -> bool:
@@ -28,13 +31,22 @@ def check_2(answer: dict, path=None) -> bool:
     from course import models as course_models
     from helpers import gguf_tools
 
-    by_type = gguf_tools.bytes_by_type(gguf_tools.validate_gguf(path or course_models.model_path("gguf")))
+    by_type = gguf_tools.bytes_by_type(
+        gguf_tools.validate_gguf(path or course_models.model_path("gguf"))
+    )
     total = sum(by_type.values())
     answer = answer if isinstance(answer, dict) else {}
     wrong = sorted(set(by_type) | set(answer))
-    wrong = [t for t in wrong if not (t in answer and abs(float(answer[t]) - by_type.get(t, 0) / total) <= 0.005)]
-    return verdict(not wrong, "a \"Q4_K_M\" file whose rows are 640 wide is mostly other types (section 1).",
-                   f"check {', '.join(wrong)}: every tensor type in the header, with its bytes over all tensor bytes.")
+    wrong = [
+        t
+        for t in wrong
+        if not (t in answer and abs(float(answer[t]) - by_type.get(t, 0) / total) <= 0.005)
+    ]
+    return verdict(
+        not wrong,
+        'a "Q4_K_M" file whose rows are 640 wide is mostly other types (section 1).',
+        f"check {', '.join(wrong)}: every tensor type in the header, with its bytes over all tensor bytes.",
+    )
 
 
 def check_3(allocated_n_ctx) -> bool:
@@ -44,5 +56,8 @@ def check_3(allocated_n_ctx) -> bool:
         wrong = [n for n in cases if allocated_n_ctx(n) != -(-n // 256) * 256]
     except Exception as err:
         return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
-    return verdict(not wrong, "llama.cpp pads the window up to the next multiple of 256 (and n_ctx() reports that).",
-                   f"wrong for {wrong}: section 3 shows what n_ctx() reports for a window of 200.")
+    return verdict(
+        not wrong,
+        "llama.cpp pads the window up to the next multiple of 256 (and n_ctx() reports that).",
+        f"wrong for {wrong}: section 3 shows what n_ctx() reports for a window of 200.",
+    )

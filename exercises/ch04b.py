@@ -15,8 +15,11 @@ def check_1(k_quant_fits) -> bool:
         wrong = [w for w in widths if bool(k_quant_fits(w)) != (w % block == 0)]
     except Exception as err:
         return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
-    return verdict(not wrong, "K-quants pack whole super-blocks; a row must be a multiple of their size.",
-                   f"wrong for row widths {wrong}: how many weights does one Q4_K block hold?")
+    return verdict(
+        not wrong,
+        "K-quants pack whole super-blocks; a row must be a multiple of their size.",
+        f"wrong for row widths {wrong}: how many weights does one Q4_K block hold?",
+    )
 
 
 def _types_dir():
@@ -34,10 +37,13 @@ def check_2(answer_bits, path=None) -> bool:
         raise FileNotFoundError(f"{path} is missing: run section 1 of notebook 04b first")
     header = gguf_tools.read_gguf(path)
     truth = sum(t.n_bytes for t in header.tensors) * 8 / header.n_params
-    return verdict(close(answer_bits, truth, 0.002), "every tensor's bytes over every weight: the 8-bit embedding "
-                   "and the 32-bit norms pull the average above Q4_0's 4.5.",
-                   "add the bytes of every tensor in the header (n_bytes), times 8, over the number of weights "
-                   "(n_params).")
+    return verdict(
+        close(answer_bits, truth, 0.002),
+        "every tensor's bytes over every weight: the 8-bit embedding "
+        "and the 32-bit norms pull the average above Q4_0's 4.5.",
+        "add the bytes of every tensor in the header (n_bytes), times 8, over the number of weights "
+        "(n_params).",
+    )
 
 
 def check_3(answer_type: str, path=None) -> bool:
@@ -47,5 +53,8 @@ def check_3(answer_type: str, path=None) -> bool:
 
     header = gguf_tools.read_gguf(path or course_models.model_path("gguf"))
     truth = next(t.type_name for t in header.tensors if t.name == "token_embd.weight")
-    return verdict(str(answer_type).upper() == truth, "its rows are 640 wide, so no K-quant fits it.",
-                   "look it up in the header's tensor table (gguf_tools.read_gguf(path).tensors, by name).")
+    return verdict(
+        str(answer_type).upper() == truth,
+        "its rows are 640 wide, so no K-quant fits it.",
+        "look it up in the header's tensor table (gguf_tools.read_gguf(path).tensors, by name).",
+    )

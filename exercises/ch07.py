@@ -14,8 +14,10 @@ def _words(messages) -> int:
 def _history(pairs: int, system: bool = True) -> list[dict]:
     messages = [{"role": "system", "content": "Be brief."}] if system else []
     for i in range(pairs):
-        messages += [{"role": "user", "content": f"question {i} " + "word " * i},
-                     {"role": "assistant", "content": f"answer {i}"}]
+        messages += [
+            {"role": "user", "content": f"question {i} " + "word " * i},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
     return messages + [{"role": "user", "content": "the last question"}]
 
 
@@ -23,23 +25,40 @@ def check_1(trim) -> bool:
     """Exercise 1: `trim(messages, count_tokens, budget)` -> the messages to send (oldest pairs dropped whole)."""
     from helpers import chat
 
-    cases = [(_history(4), 60), (_history(4), 1000), (_history(6, system=False), 40), (_history(3), 22)]
+    cases = [
+        (_history(4), 60),
+        (_history(4), 1000),
+        (_history(6, system=False), 40),
+        (_history(3), 22),
+    ]
     for messages, budget in cases:
         want = chat.trim_history(messages, _words, budget).messages
         try:
             got = trim([dict(m) for m in messages], _words, budget)
         except Exception as err:
-            return verdict(False, "", f"your function raised {type(err).__name__}: {err} (budget {budget})")
+            return verdict(
+                False, "", f"your function raised {type(err).__name__}: {err} (budget {budget})"
+            )
         if got != want:
-            return verdict(False, "", f"wrong for {len(messages)} messages and a budget of {budget}: keep the "
-                           "system message and the last user message, drop user/assistant pairs whole, oldest "
-                           "first, and no more than needed.")
+            return verdict(
+                False,
+                "",
+                f"wrong for {len(messages)} messages and a budget of {budget}: keep the "
+                "system message and the last user message, drop user/assistant pairs whole, oldest "
+                "first, and no more than needed.",
+            )
     try:
         trim(_history(2), _words, 3)
     except Exception:
-        return verdict(True, "the fewest oldest exchanges dropped, and an error when nothing fits.", "")
-    return verdict(False, "", "when even the system message and the last question exceed the budget, raise an "
-                              "error: sending the prompt anyway would overflow the window.")
+        return verdict(
+            True, "the fewest oldest exchanges dropped, and an error when nothing fits.", ""
+        )
+    return verdict(
+        False,
+        "",
+        "when even the system message and the last question exceed the budget, raise an "
+        "error: sending the prompt anyway would overflow the window.",
+    )
 
 
 def check_2(save) -> bool:
@@ -67,24 +86,40 @@ def check_2(save) -> bool:
         finally:
             os.replace, os.rename = original_replace, original_rename
         ok = target.read_text(encoding="utf-8") == '{"messages": []}'
-        return verdict(ok, "write a temporary file next to it, then replace the old one in one step.",
-                       "the old file was changed before the new one was complete: write the new text to a "
-                       "temporary file in the same folder, then os.replace() it over the old one.")
+        return verdict(
+            ok,
+            "write a temporary file next to it, then replace the old one in one step.",
+            "the old file was changed before the new one was complete: write the new text to a "
+            "temporary file in the same folder, then os.replace() it over the old one.",
+        )
     except Exception as err:
         return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
 
 
 def check_3(score) -> bool:
     """Exercise 3: `score(replies, questions)` -> how many replies match their question's regular expression."""
-    questions = [("What is the capital of France?", r"paris"), ("法国的首都是哪里？", r"巴黎"),
-                 ("How many legs does a spider have?", r"\b(8|eight)\b")]
-    cases = [["Paris.", "巴黎。", "Eight."], ["PARIS, of course", "是北京", "It has 8 legs"],
-             ["Lyon", "巴黎", "eighteen"], ["", "", ""]]
-    truth = [sum(bool(re.search(p, r, re.IGNORECASE)) for (_, p), r in zip(questions, replies)) for replies in cases]
+    questions = [
+        ("What is the capital of France?", r"paris"),
+        ("法国的首都是哪里？", r"巴黎"),
+        ("How many legs does a spider have?", r"\b(8|eight)\b"),
+    ]
+    cases = [
+        ["Paris.", "巴黎。", "Eight."],
+        ["PARIS, of course", "是北京", "It has 8 legs"],
+        ["Lyon", "巴黎", "eighteen"],
+        ["", "", ""],
+    ]
+    truth = [
+        sum(bool(re.search(p, r, re.IGNORECASE)) for (_, p), r in zip(questions, replies))
+        for replies in cases
+    ]
     try:
         got = [score(replies, questions) for replies in cases]
     except Exception as err:
         return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
-    return verdict(got == truth, "a regular expression per question, searched case-insensitively in the reply.",
-                   "search each question's pattern anywhere in its reply (re.search), ignoring case; "
-                   "\"eighteen\" must not count as eight.")
+    return verdict(
+        got == truth,
+        "a regular expression per question, searched case-insensitively in the reply.",
+        "search each question's pattern anywhere in its reply (re.search), ignoring case; "
+        '"eighteen" must not count as eight.',
+    )

@@ -14,7 +14,10 @@ def check_1(body: dict) -> bool:
         return verdict(False, "", "the body is a dict (json.dumps makes the request text of it).")
     problems = []
     messages = body.get("messages")
-    if messages != [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is GGUF?"}]:
+    if messages != [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is GGUF?"},
+    ]:
         problems.append("messages: a list of {'role', 'content'} dicts, system first")
     if body.get("max_tokens") != 32:
         problems.append("the limit on new tokens is called max_tokens")
@@ -28,30 +31,56 @@ def check_1(body: dict) -> bool:
         json.dumps(body)
     except (TypeError, ValueError):
         problems.append("everything in it must be JSON-serialisable")
-    return verdict(not problems, "the server's chat endpoint accepts exactly this.", "; ".join(problems))
+    return verdict(
+        not problems, "the server's chat endpoint accepts exactly this.", "; ".join(problems)
+    )
 
 
 def check_2(collect) -> bool:
     """Exercise 2: `collect(lines)` -> the text of a streamed chat completion, from its server-sent-event lines."""
+
     def event(content=None, finish=None):
         delta = {} if content is None else {"content": content}
-        return "data: " + json.dumps({"object": "chat.completion.chunk",
-                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]},
-                                     ensure_ascii=False)
-    lines = [event(None), "", event("长城"), "", event("是"), ": keep-alive", event(" a wall"), "",
-             event(None, "stop"), "", "data: [DONE]", ""]
+        return "data: " + json.dumps(
+            {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            },
+            ensure_ascii=False,
+        )
+
+    lines = [
+        event(None),
+        "",
+        event("长城"),
+        "",
+        event("是"),
+        ": keep-alive",
+        event(" a wall"),
+        "",
+        event(None, "stop"),
+        "",
+        "data: [DONE]",
+        "",
+    ]
     try:
         got = collect(list(lines))
     except Exception as err:
         return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
-    return verdict(got == "长城是 a wall", "read `data:` lines, stop at [DONE], join the deltas' content.",
-                   "keep only lines that start with 'data: ', stop at 'data: [DONE]', parse the JSON and add "
-                   "choices[0]['delta'].get('content') when it is there (the first and last deltas have none).")
+    return verdict(
+        got == "长城是 a wall",
+        "read `data:` lines, stop at [DONE], join the deltas' content.",
+        "keep only lines that start with 'data: ', stop at 'data: [DONE]', parse the JSON and add "
+        "choices[0]['delta'].get('content') when it is there (the first and last deltas have none).",
+    )
 
 
 def check_3(answer: str) -> bool:
     """Exercise 3: which endpoint gives a base model its few-shot transcript with a stop string:
     "chat" (/v1/chat/completions) or "completions" (/v1/completions)?"""
-    return verdict(answer == "completions", "the text goes in as it is, and `stop` cuts the reply at the next 'User:'.",
-                   "the chat endpoint renders its messages with a chat template first; which endpoint takes "
-                   "your own text unchanged?")
+    return verdict(
+        answer == "completions",
+        "the text goes in as it is, and `stop` cuts the reply at the next 'User:'.",
+        "the chat endpoint renders its messages with a chat template first; which endpoint takes "
+        "your own text unchanged?",
+    )

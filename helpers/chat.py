@@ -30,29 +30,37 @@ HISTORY_FORMAT = "qllm-chat-history"
 class TrimReport:
     """What trimming did for one prompt: the messages sent, the exchanges left out, and the figures."""
 
-    messages: list[dict]      # what is sent: the system message, the kept exchanges, the new user message
-    dropped_pairs: int        # user/assistant exchanges left out, oldest first
-    kept_pairs: int           # earlier exchanges still in the prompt
-    prompt_tokens: int        # tokens of the prompt that is sent
-    untrimmed_tokens: int     # tokens of the prompt had nothing been left out
-    reply_tokens: int = 0     # room kept for the reply (max_new_tokens)
-    window: int = 0           # the context window, in tokens
+    messages: list[
+        dict
+    ]  # what is sent: the system message, the kept exchanges, the new user message
+    dropped_pairs: int  # user/assistant exchanges left out, oldest first
+    kept_pairs: int  # earlier exchanges still in the prompt
+    prompt_tokens: int  # tokens of the prompt that is sent
+    untrimmed_tokens: int  # tokens of the prompt had nothing been left out
+    reply_tokens: int = 0  # room kept for the reply (max_new_tokens)
+    window: int = 0  # the context window, in tokens
 
     trimmed = property(lambda self: self.dropped_pairs > 0)
     dropped_tokens = property(lambda self: self.untrimmed_tokens - self.prompt_tokens)
 
     def __str__(self) -> str:
-        fit = (f"prompt {self.prompt_tokens} + reply up to {self.reply_tokens} tokens "
-               f"= {self.prompt_tokens + self.reply_tokens} of the {self.window}-token window")
+        fit = (
+            f"prompt {self.prompt_tokens} + reply up to {self.reply_tokens} tokens "
+            f"= {self.prompt_tokens + self.reply_tokens} of the {self.window}-token window"
+        )
         if not self.trimmed:
             return f"nothing trimmed: {fit}"
-        return (f"trimmed: the model no longer sees the {self.dropped_pairs} oldest exchange"
-                f"{'s' if self.dropped_pairs > 1 else ''} ({2 * self.dropped_pairs} messages, {self.dropped_tokens} "
-                f"tokens); the system prompt and {self.kept_pairs} later exchange{'s' if self.kept_pairs != 1 else ''} "
-                f"stay; {fit}")
+        return (
+            f"trimmed: the model no longer sees the {self.dropped_pairs} oldest exchange"
+            f"{'s' if self.dropped_pairs > 1 else ''} ({2 * self.dropped_pairs} messages, {self.dropped_tokens} "
+            f"tokens); the system prompt and {self.kept_pairs} later exchange{'s' if self.kept_pairs != 1 else ''} "
+            f"stay; {fit}"
+        )
 
 
-def trim_history(messages: list[dict], count_tokens: Callable[[list[dict]], int], budget: int) -> TrimReport:
+def trim_history(
+    messages: list[dict], count_tokens: Callable[[list[dict]], int], budget: int
+) -> TrimReport:
     """Drop the fewest oldest user/assistant pairs so that count_tokens(kept) <= budget.
 
     The system message and the final user message always stay; pairs go whole, oldest first. Raises
@@ -61,7 +69,7 @@ def trim_history(messages: list[dict], count_tokens: Callable[[list[dict]], int]
     """
     messages = check_messages(messages, ends_with_user=True)
     head = messages[:1] if messages[0]["role"] == "system" else []
-    turns, pairs = messages[len(head):], (len(messages) - len(head)) // 2
+    turns, pairs = messages[len(head) :], (len(messages) - len(head)) // 2
     counts = {0: count_tokens(messages)}  # pairs dropped -> tokens
     if counts[0] <= budget:
         return TrimReport(messages, 0, pairs, counts[0], counts[0])
@@ -71,20 +79,24 @@ def trim_history(messages: list[dict], count_tokens: Callable[[list[dict]], int]
             f"The newest message is too long for the context window: with the system prompt and the template "
             f"it makes a {counts[pairs]}-token prompt, and only {budget} tokens are left once the reply's room "
             "(max_new_tokens) is set aside. Shorten the message (or the system prompt), lower max_new_tokens, "
-            "or give the model a larger window (load_model(..., n_ctx=...) for GGUF).")
-    low, high = 1, pairs  # the fewest pairs to drop lie in between: the count only shrinks as pairs go
+            "or give the model a larger window (load_model(..., n_ctx=...) for GGUF)."
+        )
+    low, high = (
+        1,
+        pairs,
+    )  # the fewest pairs to drop lie in between: the count only shrinks as pairs go
     while low < high:
         mid = (low + high) // 2
-        counts[mid] = count_tokens(head + turns[2 * mid:])
+        counts[mid] = count_tokens(head + turns[2 * mid :])
         low, high = (low, mid) if counts[mid] <= budget else (mid + 1, high)
-    return TrimReport(head + turns[2 * low:], low, pairs - low, counts[low], counts[0])
+    return TrimReport(head + turns[2 * low :], low, pairs - low, counts[low], counts[0])
 
 
 @dataclass
 class ChatReply(StreamResult):
     """One answered turn: a StreamResult, why it ended, and what trimming did."""
 
-    finish: str = ""          # "end_of_turn" | "stop_string" | "length" | "user"
+    finish: str = ""  # "end_of_turn" | "stop_string" | "length" | "user"
     trim: TrimReport | None = None
 
 
@@ -99,9 +111,21 @@ class ChatTurn(TokenStream):
             eos = lm.model.generation_config.eos_token_id
             eos = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
             extra["eos_token_id"] = eos + [i for i in template.end_token_ids if i not in eos]
-        super().__init__(lm, prompt, session.max_new_tokens, session.temperature, stop_strings=template.stop_strings,
-                         plain_texts=[m["content"] for m in trim.messages], **extra)  # typed text stays text
-        self.session, self.user_text, self.trim, self.prompt_tokens = session, user_text, trim, trim.prompt_tokens
+        super().__init__(
+            lm,
+            prompt,
+            session.max_new_tokens,
+            session.temperature,
+            stop_strings=template.stop_strings,
+            plain_texts=[m["content"] for m in trim.messages],
+            **extra,
+        )  # typed text stays text
+        self.session, self.user_text, self.trim, self.prompt_tokens = (
+            session,
+            user_text,
+            trim,
+            trim.prompt_tokens,
+        )
         self.reply: ChatReply | None = None
         self.state = "running"  # then "committed" (in the history) or "failed"
 
@@ -118,12 +142,23 @@ class ChatTurn(TokenStream):
             raise
         finally:
             if self.state == "running" and self.result is not None:
-                finish = ("user" if self.stopped_by_user else "stop_string" if self.hit_stop_string
-                          else "length" if self.new_tokens >= self.max_new_tokens else "end_of_turn")
-                self.result = self.reply = ChatReply(**vars(self.result), finish=finish, trim=self.trim)
+                finish = (
+                    "user"
+                    if self.stopped_by_user
+                    else "stop_string"
+                    if self.hit_stop_string
+                    else "length"
+                    if self.new_tokens >= self.max_new_tokens
+                    else "end_of_turn"
+                )
+                self.result = self.reply = ChatReply(
+                    **vars(self.result), finish=finish, trim=self.trim
+                )
                 with self.session.lock:
-                    self.session.messages += [{"role": "user", "content": self.user_text},
-                                              {"role": "assistant", "content": self.reply.text}]
+                    self.session.messages += [
+                        {"role": "user", "content": self.user_text},
+                        {"role": "assistant", "content": self.reply.text},
+                    ]
                     self.state = "committed"
 
 
@@ -134,18 +169,34 @@ class ChatSession:
     most the n_ctx it was loaded with). Set it lower to see trimming at work.
     """
 
-    def __init__(self, lm, system: str | None = None, template: str = "auto", max_new_tokens: int = 256,
-                 temperature: float = 0.0, context_window: int | None = None, chat_template: str | None = None,
-                 history: list[dict] | None = None):
-        self.lm, self.system, self.template = lm, system, choose_template(lm, template, chat_template)
+    def __init__(
+        self,
+        lm,
+        system: str | None = None,
+        template: str = "auto",
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        context_window: int | None = None,
+        chat_template: str | None = None,
+        history: list[dict] | None = None,
+    ):
+        self.lm, self.system, self.template = (
+            lm,
+            system,
+            choose_template(lm, template, chat_template),
+        )
         self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
         self.context_window = window = int(context_window or lm.context_length)
         if lm.backend == "llama.cpp" and window > lm.context_length:
-            raise ChatError(f"context_window={window} is larger than the {lm.context_length} tokens this GGUF model "
-                            f"was loaded with (n_ctx); load it with load_model(..., n_ctx={window}) or lower it.")
+            raise ChatError(
+                f"context_window={window} is larger than the {lm.context_length} tokens this GGUF model "
+                f"was loaded with (n_ctx); load it with load_model(..., n_ctx={window}) or lower it."
+            )
         if self.max_new_tokens >= window:
-            raise ChatError(f"max_new_tokens={self.max_new_tokens} leaves no room for the prompt in a {window}-token "
-                            "context window: lower it, or use a larger window.")
+            raise ChatError(
+                f"max_new_tokens={self.max_new_tokens} leaves no room for the prompt in a {window}-token "
+                "context window: lower it, or use a larger window."
+            )
         self.lock = threading.Lock()  # guards the history, which a front end's reader thread writes
         self.replace_history(history or [])
 
@@ -165,8 +216,11 @@ class ChatSession:
         """The prompt for the next turn (history + user_text), trimmed to fit, and what trimming did."""
         if not isinstance(user_text, str) or not user_text.strip():
             raise ChatError("Type a message first: it is empty.")
-        report = trim_history(self.messages + [{"role": "user", "content": user_text}], self.count_tokens,
-                              self.context_window - self.max_new_tokens)
+        report = trim_history(
+            self.messages + [{"role": "user", "content": user_text}],
+            self.count_tokens,
+            self.context_window - self.max_new_tokens,
+        )
         report.reply_tokens, report.window = self.max_new_tokens, self.context_window
         return self.render(report.messages), report
 
@@ -199,7 +253,9 @@ class ChatSession:
         """Continue from `messages` (a saved history); its system message, if any, becomes the system prompt."""
         messages = check_messages(messages)
         if messages and messages[-1]["role"] == "user":
-            raise ChatError("the history ends with an unanswered user message; a history ends with a reply.")
+            raise ChatError(
+                "the history ends with an unanswered user message; a history ends with a reply."
+            )
         if messages and messages[0]["role"] == "system":
             self.system = messages[0]["content"]
         elif self.system:
@@ -208,7 +264,12 @@ class ChatSession:
 
     def save(self, path) -> Path:
         """Write the history to `path` as JSON (atomically: the old file survives any failure)."""
-        return save_history(path, self.messages, model=str(getattr(self.lm, "path", "")), template=self.template.kind)
+        return save_history(
+            path,
+            self.messages,
+            model=str(getattr(self.lm, "path", "")),
+            template=self.template.kind,
+        )
 
     def load(self, path) -> str:
         """Continue from a saved history; returns what happened, in words (a bad file: a fresh history)."""
@@ -226,17 +287,30 @@ def save_history(path, messages: list[dict], **meta) -> Path:
     replace a file that is not a chat history; on any failure the old file is left as it was."""
     path, messages = Path(path).expanduser(), check_messages(messages)
     if path.is_dir():
-        raise ChatHistoryError(f"Cannot save the chat to {path}: it is a folder. Give a file name, e.g. {path / 'chat.json'}.")
+        raise ChatHistoryError(
+            f"Cannot save the chat to {path}: it is a folder. Give a file name, e.g. {path / 'chat.json'}."
+        )
     folder = next((p for p in path.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
-        raise ChatHistoryError(f"Cannot save the chat to {path}: {folder} is a file, not a folder. "
-                               "Choose a path in a folder you can write to.")
+        raise ChatHistoryError(
+            f"Cannot save the chat to {path}: {folder} is a file, not a folder. "
+            "Choose a path in a folder you can write to."
+        )
     if path.exists() and path.stat().st_size > 0 and (problem := _read_history(path)[1]):
-        raise ChatHistoryError(f"Not saving over {path}: it exists and is not a chat history ({problem}). "
-                               "Move it away or choose another file name.")
-    document = {"format": HISTORY_FORMAT, "version": 1, "saved_at": datetime.now().isoformat(timespec="seconds"),
-                **{k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v) for k, v in meta.items()},
-                "messages": messages}  # meta: plain values; a Path or the like is saved as its text
+        raise ChatHistoryError(
+            f"Not saving over {path}: it exists and is not a chat history ({problem}). "
+            "Move it away or choose another file name."
+        )
+    document = {
+        "format": HISTORY_FORMAT,
+        "version": 1,
+        "saved_at": datetime.now().isoformat(timespec="seconds"),
+        **{
+            k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+            for k, v in meta.items()
+        },
+        "messages": messages,
+    }  # meta: plain values; a Path or the like is saved as its text
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,9 +321,11 @@ def save_history(path, messages: list[dict], **meta) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        raise ChatHistoryError(f"Cannot save the chat to {path}: {err.strerror or err} ({type(err).__name__}). "
-                               + ("The old file is unchanged. " if path.exists() else "")
-                               + "Choose a folder you can write to.") from None
+        raise ChatHistoryError(
+            f"Cannot save the chat to {path}: {err.strerror or err} ({type(err).__name__}). "
+            + ("The old file is unchanged. " if path.exists() else "")
+            + "Choose a folder you can write to."
+        ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -282,15 +358,19 @@ def load_history(path) -> tuple[list[dict], str | None]:
     damaged file is renamed to `<name>.corrupt-<time>` and kept, never overwritten; a missing one is an error."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise ChatHistoryError(f"No chat history at {path}: the file does not exist. Check the path "
-                               "(a history is written by save() or /save).")
+        raise ChatHistoryError(
+            f"No chat history at {path}: the file does not exist. Check the path "
+            "(a history is written by save() or /save)."
+        )
     if path.is_dir():
         raise ChatHistoryError(f"{path} is a folder, not a chat history file.")
     messages, problem = _read_history(path)
     if problem is None:
         return messages, None
     stamp, n = datetime.now().strftime("%Y%m%d-%H%M%S"), 0
-    while (target := path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))).exists():
+    while (
+        target := path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))
+    ).exists():
         n += 1
     try:
         os.replace(path, target)

@@ -18,11 +18,32 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AmbiguousFilesError, CourseError, DownloadFailedError, NoMatchingFilesError, NotEnoughDiskError
-from .hub import (MODEL_FILE_PATTERNS, PICKLE_PATTERNS, Listing, RepoFileInfo, as_list, base_dir, cached_listing, endpoint,
-                  find_incomplete, hub_cache_dir, hub_errors, human_size, local_file_record, pick, present,
-                  remote_listing, storage_folder)
-
+from .errors import (
+    AmbiguousFilesError,
+    CourseError,
+    DownloadFailedError,
+    NoMatchingFilesError,
+    NotEnoughDiskError,
+)
+from .hub import (
+    MODEL_FILE_PATTERNS,
+    PICKLE_PATTERNS,
+    Listing,
+    RepoFileInfo,
+    as_list,
+    base_dir,
+    cached_listing,
+    endpoint,
+    find_incomplete,
+    hub_cache_dir,
+    hub_errors,
+    human_size,
+    local_file_record,
+    pick,
+    present,
+    remote_listing,
+    storage_folder,
+)
 
 
 def free_disk_bytes(path) -> int:
@@ -33,8 +54,14 @@ def free_disk_bytes(path) -> int:
     return shutil.disk_usage(path).free
 
 
-def cli_command(repo_id: str, filename: str | None = None, include=None, exclude=None, local_dir=None,
-                revision: str = "main") -> str:
+def cli_command(
+    repo_id: str,
+    filename: str | None = None,
+    include=None,
+    exclude=None,
+    local_dir=None,
+    revision: str = "main",
+) -> str:
     """The `hf download` command line that does what the helper call does."""
     parts = ["hf", "download", repo_id] + ([filename] if filename else [])
     for flag, patterns in (("--include", as_list(include)), ("--exclude", as_list(exclude))):
@@ -73,30 +100,56 @@ class DownloadPlan:
                 f"Not downloading {self.repo_id}: the {len(self.files)} chosen file(s) need {human_size(self.need_bytes)} "
                 f"and only {human_size(self.free_bytes)} is free at {self.dest}. Free some space, download to another "
                 "disk (local_dir=..., or HF_HOME for the cache), or take fewer files with include=... (one GGUF "
-                "quantization instead of the whole repo).")
+                "quantization instead of the whole repo)."
+            )
         return self
 
     def __repr__(self) -> str:
-        return (f"DownloadPlan({self.repo_id}: {len(self.files)} files, {human_size(self.total_bytes)}, "
-                f"{human_size(self.present_bytes)} already there, {human_size(self.free_bytes)} free at {self.dest}, "
-                f"fits={self.fits})")
+        return (
+            f"DownloadPlan({self.repo_id}: {len(self.files)} files, {human_size(self.total_bytes)}, "
+            f"{human_size(self.present_bytes)} already there, {human_size(self.free_bytes)} free at {self.dest}, "
+            f"fits={self.fits})"
+        )
 
 
-def _plan(listing: Listing, chosen: list[RepoFileInfo], local_dir, free_bytes, cli: str) -> DownloadPlan:
+def _plan(
+    listing: Listing, chosen: list[RepoFileInfo], local_dir, free_bytes, cli: str
+) -> DownloadPlan:
     base = base_dir(listing.repo_id, listing.commit, local_dir)
     dest = base if local_dir is not None else hub_cache_dir()
     already = sum(f.size for f in chosen if present(base, f))
     free = free_disk_bytes(dest) if free_bytes is None else int(free_bytes)
-    return DownloadPlan(listing.repo_id, listing.revision, listing.commit, chosen, dest,
-                        sum(f.size for f in chosen), already, free, cli)
+    return DownloadPlan(
+        listing.repo_id,
+        listing.revision,
+        listing.commit,
+        chosen,
+        dest,
+        sum(f.size for f in chosen),
+        already,
+        free,
+        cli,
+    )
 
 
-def estimate(repo_id: str, include=None, exclude=None, local_dir=None, revision: str = "main",
-             filename: str | None = None, free_bytes: int | None = None) -> DownloadPlan:
+def estimate(
+    repo_id: str,
+    include=None,
+    exclude=None,
+    local_dir=None,
+    revision: str = "main",
+    filename: str | None = None,
+    free_bytes: int | None = None,
+) -> DownloadPlan:
     """Bytes of the chosen files vs free disk at the destination (asks the hub; downloads nothing)."""
     listing = remote_listing(repo_id, revision)
-    return _plan(listing, _choose(listing, filename, include, exclude), local_dir, free_bytes,
-                 cli_command(repo_id, filename, include, exclude, local_dir, revision))
+    return _plan(
+        listing,
+        _choose(listing, filename, include, exclude),
+        local_dir,
+        free_bytes,
+        cli_command(repo_id, filename, include, exclude, local_dir, revision),
+    )
 
 
 def _choose(listing: Listing, filename, include, exclude) -> list[RepoFileInfo]:
@@ -110,11 +163,13 @@ def _choose(listing: Listing, filename, include, exclude) -> list[RepoFileInfo]:
         raise NoMatchingFilesError(
             f"{listing.repo_id} has no file {filename!r}.{hint} Its files: {', '.join(names[:12])}"
             f"{' ...' if len(names) > 12 else ''}. Names are case-sensitive; to pick by pattern use "
-            "include='*Q4_K_M.gguf'.")
+            "include='*Q4_K_M.gguf'."
+        )
     return chosen
 
 
 # ---- download -------------------------------------------------------------------------------
+
 
 @dataclass
 class DownloadResult:
@@ -133,10 +188,15 @@ class DownloadResult:
     orphans: list[Path]  # *.incomplete files left by an interrupted download
 
     def __repr__(self) -> str:
-        how = "already there, not fetched" if self.already_local else (
-            f"fetched {human_size(self.fetched_bytes)} in {self.seconds:.1f} s")
-        return (f"DownloadResult({self.repo_id}: {len(self.files)} files, {human_size(self.total_bytes)}, {how}, "
-                f"verified={self.verified}, path='{self.path}')")
+        how = (
+            "already there, not fetched"
+            if self.already_local
+            else (f"fetched {human_size(self.fetched_bytes)} in {self.seconds:.1f} s")
+        )
+        return (
+            f"DownloadResult({self.repo_id}: {len(self.files)} files, {human_size(self.total_bytes)}, {how}, "
+            f"verified={self.verified}, path='{self.path}')"
+        )
 
 
 def _local_first(repo_id, revision, filename, include, exclude, local_dir):
@@ -155,34 +215,66 @@ def _local_first(repo_id, revision, filename, include, exclude, local_dir):
         if found is not None:
             info = RepoFileInfo(filename, found.stat().st_size)
             # in the cache: snapshots/<commit>/<filename>, and the filename may sit in a repo folder
-            base = found.parents[len(Path(filename).parts) - 1] if local_dir is None else \
-                Path(local_dir).expanduser().resolve()
+            base = (
+                found.parents[len(Path(filename).parts) - 1]
+                if local_dir is None
+                else Path(local_dir).expanduser().resolve()
+            )
             commit = base.name if local_dir is None else ""
             return Listing(repo_id, revision, commit, [info]), [info], base
     return None
 
 
-def download(repo_id: str, include=None, exclude=None, local_dir=None, revision: str = "main", force: bool = False,
-             verify: bool = True, free_bytes: int | None = None, quiet: bool = False,
-             filename: str | None = None) -> DownloadResult:
+def download(
+    repo_id: str,
+    include=None,
+    exclude=None,
+    local_dir=None,
+    revision: str = "main",
+    force: bool = False,
+    verify: bool = True,
+    free_bytes: int | None = None,
+    quiet: bool = False,
+    filename: str | None = None,
+) -> DownloadResult:
     """Download the repo's files that match `include`/`exclude` (all by default), or one `filename`, local-first.
 
     local_dir=None keeps them in the hub cache (HF_HOME), shared by every library; a folder gets plain files.
     Free disk is checked before anything is written, sizes and sha256 after; `force=True` fetches again.
     """
     say = print if not quiet else (lambda text: None)
-    cli, started = cli_command(repo_id, filename, include, exclude, local_dir, revision), time.perf_counter()
-    found = None if force else _local_first(repo_id, revision, filename, include, exclude, local_dir)
+    cli, started = (
+        cli_command(repo_id, filename, include, exclude, local_dir, revision),
+        time.perf_counter(),
+    )
+    found = (
+        None if force else _local_first(repo_id, revision, filename, include, exclude, local_dir)
+    )
     if found is not None:
         listing, chosen, base = found
         total = sum(f.size for f in chosen)
-        say(f"{repo_id}: {len(chosen)} file(s), {human_size(total)}, already in {base}; not fetching (force=True "
-            "fetches again).")
-        return DownloadResult(repo_id, listing.commit, base / filename if filename else base, chosen, total, 0,
-                              time.perf_counter() - started, True, False, cli, find_incomplete(base))
+        say(
+            f"{repo_id}: {len(chosen)} file(s), {human_size(total)}, already in {base}; not fetching (force=True "
+            "fetches again)."
+        )
+        return DownloadResult(
+            repo_id,
+            listing.commit,
+            base / filename if filename else base,
+            chosen,
+            total,
+            0,
+            time.perf_counter() - started,
+            True,
+            False,
+            cli,
+            find_incomplete(base),
+        )
     plan = estimate(repo_id, include, exclude, local_dir, revision, filename, free_bytes).check()
-    say(f"{repo_id}: {len(plan.files)} file(s), {human_size(plan.total_bytes)} ({human_size(plan.need_bytes)} to fetch) "
-        f"from {endpoint()} into {plan.dest} ({human_size(plan.free_bytes)} free)")
+    say(
+        f"{repo_id}: {len(plan.files)} file(s), {human_size(plan.total_bytes)} ({human_size(plan.need_bytes)} to fetch) "
+        f"from {endpoint()} into {plan.dest} ({human_size(plan.free_bytes)} free)"
+    )
     from huggingface_hub import hf_hub_download, snapshot_download
 
     # For a commit hash huggingface_hub trusts a cached snapshot file as it is: remove one of the wrong size.
@@ -191,7 +283,9 @@ def download(repo_id: str, include=None, exclude=None, local_dir=None, revision:
         if ((base / f.path).is_file() or (base / f.path).is_symlink()) and not present(base, f):
             _remove(base / f.path)
     # by commit hash: exactly the files listed and size-checked above, even if the branch moves meanwhile
-    common = dict(revision=plan.commit, endpoint=endpoint(), cache_dir=hub_cache_dir(), force_download=force)
+    common = dict(
+        revision=plan.commit, endpoint=endpoint(), cache_dir=hub_cache_dir(), force_download=force
+    )
     if local_dir is not None:
         common["local_dir"] = plan.dest
     with hub_errors(repo_id, revision, filename):
@@ -199,24 +293,58 @@ def download(repo_id: str, include=None, exclude=None, local_dir=None, revision:
             hf_hub_download(repo_id, filename, **common)
         else:
             snapshot_download(repo_id, allow_patterns=[f.path for f in plan.files], **common)
-    refs = storage_folder(repo_id) / "refs" / revision  # where huggingface_hub records a branch it resolved itself:
-    if revision != plan.commit and (not refs.is_file() or refs.read_text().strip() != plan.commit):  # local-first
-        refs.parent.mkdir(parents=True, exist_ok=True)  # (no network) reads it to find this branch's files
+    refs = (
+        storage_folder(repo_id) / "refs" / revision
+    )  # where huggingface_hub records a branch it resolved itself:
+    if revision != plan.commit and (
+        not refs.is_file() or refs.read_text().strip() != plan.commit
+    ):  # local-first
+        refs.parent.mkdir(
+            parents=True, exist_ok=True
+        )  # (no network) reads it to find this branch's files
         refs.write_text(plan.commit)
     _check_files(base, plan.files, verify)
     seconds = time.perf_counter() - started
     orphans = find_incomplete(base if local_dir is not None else storage_folder(repo_id))
-    say(f"  done: {human_size(plan.need_bytes)} in {seconds:.1f} s" + (", sizes and checksums verified" if verify
-        else ", sizes checked") + (f"; {len(orphans)} orphan *.incomplete file(s) from an interrupted download "
-                                   "(hub.clean_incomplete deletes them)" if orphans else ""))
-    return DownloadResult(repo_id, plan.commit, base / filename if filename else base, plan.files, plan.total_bytes,
-                          plan.need_bytes, seconds, False, verify, cli, orphans)
+    say(
+        f"  done: {human_size(plan.need_bytes)} in {seconds:.1f} s"
+        + (", sizes and checksums verified" if verify else ", sizes checked")
+        + (
+            f"; {len(orphans)} orphan *.incomplete file(s) from an interrupted download "
+            "(hub.clean_incomplete deletes them)"
+            if orphans
+            else ""
+        )
+    )
+    return DownloadResult(
+        repo_id,
+        plan.commit,
+        base / filename if filename else base,
+        plan.files,
+        plan.total_bytes,
+        plan.need_bytes,
+        seconds,
+        False,
+        verify,
+        cli,
+        orphans,
+    )
 
 
-def download_file(repo_id: str, filename: str, local_dir=None, revision: str = "main", force: bool = False,
-                  verify: bool = True, free_bytes: int | None = None, quiet: bool = False) -> DownloadResult:
+def download_file(
+    repo_id: str,
+    filename: str,
+    local_dir=None,
+    revision: str = "main",
+    force: bool = False,
+    verify: bool = True,
+    free_bytes: int | None = None,
+    quiet: bool = False,
+) -> DownloadResult:
     """Download one file by its exact name (`hf_hub_download`), local-first; result.path is the file."""
-    return download(repo_id, None, None, local_dir, revision, force, verify, free_bytes, quiet, filename)
+    return download(
+        repo_id, None, None, local_dir, revision, force, verify, free_bytes, quiet, filename
+    )
 
 
 def sha256_file(path) -> str:
@@ -240,14 +368,21 @@ def _check_files(base: Path, files: list[RepoFileInfo], verify: bool) -> None:
             problem = f"has {path.stat().st_size:,} bytes, expected {f.size:,}"
         elif verify and f.sha256 and sha256_file(path) != f.sha256:
             problem = f"has the wrong sha256 (expected {f.sha256[:16]}…)"
-        elif verify and not f.sha256 and f.blob_id and f.size < 10 * 2**20 and git_hash(path.read_bytes()) != f.blob_id:
+        elif (
+            verify
+            and not f.sha256
+            and f.blob_id
+            and f.size < 10 * 2**20
+            and git_hash(path.read_bytes()) != f.blob_id
+        ):
             problem = "does not match its git blob id"
         if problem:
             _remove(path)
             raise DownloadFailedError(
                 f"{f.path} {problem}; it was deleted so that nothing broken looks complete. The transfer was probably "
                 "corrupted (a flaky network, proxy or mirror): run the download again; if it repeats, try another "
-                "endpoint (HF_ENDPOINT) or unset it.")
+                "endpoint (HF_ENDPOINT) or unset it."
+            )
 
 
 def _remove(path: Path) -> None:
@@ -258,14 +393,21 @@ def _remove(path: Path) -> None:
 
 # ---- a model, for load_model -----------------------------------------------------------------
 
-def choose_model_files(files: list[RepoFileInfo], allow_pickle: bool = False, gguf_file: str | None = None,
-                       repo_id: str = "") -> list[RepoFileInfo]:
+
+def choose_model_files(
+    files: list[RepoFileInfo],
+    allow_pickle: bool = False,
+    gguf_file: str | None = None,
+    repo_id: str = "",
+) -> list[RepoFileInfo]:
     """The files load_model needs: config + safetensors + tokenizer files, or exactly one .gguf file."""
     ggufs = [f for f in files if f.path.endswith(".gguf")]
     names = {f.path for f in files}
     has_weights = any(f.path.endswith(".safetensors") for f in files)
     has_pickle = any(f.path.endswith((".bin", ".pt", ".pth")) for f in files)
-    if gguf_file is not None or (ggufs and not ("config.json" in names and (has_weights or has_pickle))):
+    if gguf_file is not None or (
+        ggufs and not ("config.json" in names and (has_weights or has_pickle))
+    ):
         chosen = pick(ggufs, include=gguf_file, repo_id=repo_id) if gguf_file else ggufs
         if not chosen:
             raise NoMatchingFilesError(f"{repo_id} has no .gguf file matching {gguf_file!r}.")
@@ -274,27 +416,47 @@ def choose_model_files(files: list[RepoFileInfo], allow_pickle: bool = False, gg
             raise AmbiguousFilesError(
                 f"{repo_id} holds {len(chosen)} GGUF files; choose one with gguf_file='*Q4_K_M.gguf' (a pattern or "
                 f"the exact name), or download it with hub.download_file and pass its path to load_model. "
-                f"Candidates: {listed}{' ...' if len(chosen) > 10 else ''}.")
+                f"Candidates: {listed}{' ...' if len(chosen) > 10 else ''}."
+            )
         return chosen
     if "config.json" not in names:
-        raise NoMatchingFilesError(f"{repo_id} has neither config.json nor a .gguf file, so it is not a model repo "
-                                   f"the course can load. Files: {', '.join(sorted(names)[:12])}.")
+        raise NoMatchingFilesError(
+            f"{repo_id} has neither config.json nor a .gguf file, so it is not a model repo "
+            f"the course can load. Files: {', '.join(sorted(names)[:12])}."
+        )
     if not has_weights and has_pickle and not allow_pickle:
         raise CourseError(
             f"{repo_id} has only pickle weights (*.bin/*.pt), which can run code when loaded. Prefer a safetensors "
-            "copy of the model; to load these anyway, pass allow_pickle=True (only for sources you trust).")
-    chosen = pick(files, include=MODEL_FILE_PATTERNS + (PICKLE_PATTERNS if allow_pickle and not has_weights else []),
-                  repo_id=repo_id)
+            "copy of the model; to load these anyway, pass allow_pickle=True (only for sources you trust)."
+        )
+    chosen = pick(
+        files,
+        include=MODEL_FILE_PATTERNS + (PICKLE_PATTERNS if allow_pickle and not has_weights else []),
+        repo_id=repo_id,
+    )
     if not any(f.path.endswith((".safetensors", ".bin", ".pt", ".pth")) for f in chosen):
         raise NoMatchingFilesError(f"{repo_id} has a config.json but no weights (*.safetensors).")
     return chosen
 
 
-def download_model(repo_id: str, allow_pickle: bool = False, gguf_file: str | None = None,
-                   local_dir=None, revision: str = "main", **kw) -> Path:
+def download_model(
+    repo_id: str,
+    allow_pickle: bool = False,
+    gguf_file: str | None = None,
+    local_dir=None,
+    revision: str = "main",
+    **kw,
+) -> Path:
     """Fetch (or reuse) what load_model needs from a hub id: a model folder, or the chosen .gguf file."""
-    listing = (None if kw.get("force") else cached_listing(repo_id, revision, local_dir)) or \
-        remote_listing(repo_id, revision)
+    listing = (
+        None if kw.get("force") else cached_listing(repo_id, revision, local_dir)
+    ) or remote_listing(repo_id, revision)
     chosen = choose_model_files(listing.files, allow_pickle, gguf_file, repo_id)
-    result = download(repo_id, include=[f.path for f in chosen], local_dir=local_dir, revision=revision, **kw)
-    return result.path / chosen[0].path if len(chosen) == 1 and chosen[0].path.endswith(".gguf") else result.path
+    result = download(
+        repo_id, include=[f.path for f in chosen], local_dir=local_dir, revision=revision, **kw
+    )
+    return (
+        result.path / chosen[0].path
+        if len(chosen) == 1 and chosen[0].path.endswith(".gguf")
+        else result.path
+    )

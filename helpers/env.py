@@ -1,8 +1,8 @@
 """Facts about this machine and this install, each read in one place.
 
-    cache_dir()              # where the course keeps its models ($QLLM_CACHE_DIR to move it)
-    default_threads()        # CPU threads for inference ($QLLM_THREADS, else every core)
-    installed_version("torch"), cpu_name(), cpu_flags()
+cache_dir()              # where the course keeps its models ($QLLM_CACHE_DIR to move it)
+default_threads()        # CPU threads for inference ($QLLM_THREADS, else every core)
+installed_version("torch"), cpu_name(), cpu_flags()
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ def cache_dir() -> Path:
     """Where the course models live: $QLLM_CACHE_DIR, else <user cache>/quantized-llms-locally."""
     if os.environ.get("QLLM_CACHE_DIR"):
         return Path(os.environ["QLLM_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantized-llms-locally"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantized-llms-locally"
+    )
 
 
 def default_threads() -> int:
@@ -37,7 +39,9 @@ def _cpuinfo(*keys: str) -> str | None:
     """The first /proc/cpuinfo value whose line starts with one of `keys` (Linux; None elsewhere)."""
     try:
         with open("/proc/cpuinfo") as handle:
-            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith(keys)), None)
+            return next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith(keys)), None
+            )
     except OSError:
         return None
 

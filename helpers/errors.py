@@ -13,6 +13,7 @@ class CourseError(Exception):
 
 # ---- models on disk: is this a model we can load? -------------------------------------------
 
+
 class ModelNotFoundError(CourseError):
     """The path or hub id does not point at a model."""
 
@@ -43,6 +44,7 @@ class NotEnoughMemoryError(CourseError):
 
 # ---- prompts and the context window ---------------------------------------------------------
 
+
 class ContextOverflowError(CourseError):
     """A prompt does not fit the context window (n_ctx) the model was created with."""
 
@@ -52,6 +54,7 @@ class ContextTruncationWarning(UserWarning):
 
 
 # ---- the hub --------------------------------------------------------------------------------
+
 
 class HubError(CourseError):
     """Downloading from the hub (or a mirror) failed; the message says what to do."""
@@ -86,6 +89,7 @@ class DownloadFailedError(HubError):
 
 
 # ---- chat -----------------------------------------------------------------------------------
+
 
 class ChatError(CourseError):
     """A chat problem the learner can fix."""

@@ -78,7 +78,8 @@ class _Cursor:
             raise TruncatedGGUFError(
                 f"{self.path} is truncated or damaged: its header runs past the end of the file "
                 f"(reading {self.what} at byte {start:,}, the file has {self.size:,} bytes). "
-                "The download or copy was cut short: download the file again (notebook 01).")
+                "The download or copy was cut short: download the file again (notebook 01)."
+            )
         self.pos = start + n
         return start
 
@@ -88,7 +89,7 @@ class _Cursor:
     def string(self, errors: str = "strict") -> str:
         start = self.take(self.scalar("<Q"))
         try:
-            return bytes(self.buf[start:self.pos]).decode("utf-8", errors)
+            return bytes(self.buf[start : self.pos]).decode("utf-8", errors)
         except UnicodeDecodeError:
             raise _damaged(self.path, f"{self.what} is not valid UTF-8 text") from None
 
@@ -101,8 +102,10 @@ class _Cursor:
 
 
 def _damaged(path: Path, why: str) -> NotGGUFError:
-    return NotGGUFError(f"{path} has a GGUF signature but a damaged header ({why}). "
-                        "Download the file again (notebook 01), or re-export it.")
+    return NotGGUFError(
+        f"{path} has a GGUF signature but a damaged header ({why}). "
+        "Download the file again (notebook 01), or re-export it."
+    )
 
 
 def _read_value(cur: _Cursor, code: int, keep_arrays: bool, depth: int = 0):
@@ -111,7 +114,9 @@ def _read_value(cur: _Cursor, code: int, keep_arrays: bool, depth: int = 0):
 
     vtype = cur.enum(GGUFValueType, code, "value type")
     if vtype != GGUFValueType.ARRAY:
-        return cur.string() if vtype == GGUFValueType.STRING else _items(cur, vtype, 1, read=True)[0]
+        return (
+            cur.string() if vtype == GGUFValueType.STRING else _items(cur, vtype, 1, read=True)[0]
+        )
     if depth > 2:
         raise _damaged(cur.path, f"arrays nested too deep in {cur.what}")
     item, length = cur.enum(GGUFValueType, cur.scalar("<I"), "array item type"), cur.scalar("<Q")
@@ -134,7 +139,7 @@ def _items(cur: _Cursor, vtype, n: int, read: bool):
         return None
     dtype = np.dtype(GGUFReader.gguf_scalar_to_np[vtype]).newbyteorder("<")
     start = cur.take(dtype.itemsize * n)  # raises before a huge bogus length allocates anything
-    values = np.frombuffer(cur.buf[start:cur.pos], dtype) if read else None
+    values = np.frombuffer(cur.buf[start : cur.pos], dtype) if read else None
     return values.tolist() if read and n <= SMALL_ARRAY else values
 
 
@@ -161,17 +166,22 @@ def read_gguf(path, keep_arrays: bool = False) -> GGUFHeader:
     if not path.exists():
         raise ModelNotFoundError(
             f"{path} does not exist. Build the course models with `python -m course.models build`, "
-            "download a GGUF file (notebook 01), or check the spelling of the path.")
+            "download a GGUF file (notebook 01), or check the spelling of the path."
+        )
     if not path.is_file():
         raise NotAModelError(f"{path} is a folder; pass the .gguf file inside it.")
     size = path.stat().st_size
     if size == 0:
-        raise NotGGUFError(f"{path} is empty (0 bytes): the download or copy failed. Download it again (notebook 01).")
+        raise NotGGUFError(
+            f"{path} is empty (0 bytes): the download or copy failed. Download it again (notebook 01)."
+        )
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         return _parse_header(buf, size, path, keep_arrays)
 
 
-def parse_gguf_bytes(data: bytes, keep_arrays: bool = False, label: str = "the GGUF data") -> GGUFHeader:
+def parse_gguf_bytes(
+    data: bytes, keep_arrays: bool = False, label: str = "the GGUF data"
+) -> GGUFHeader:
     """read_gguf for the first bytes of a file held in memory (e.g. from an HTTP Range request).
     Raises TruncatedGGUFError when `data` ends before the tensor table does."""
     return _parse_header(data, len(data), Path(label), keep_arrays)
@@ -182,18 +192,23 @@ def _parse_header(buf, size: int, path: Path, keep_arrays: bool) -> GGUFHeader:
 
     head = bytes(buf[:64])
     if len(head) < 4 and b"GGUF".startswith(head):
-        raise TruncatedGGUFError(f"{path} is truncated: it has only {size} bytes. Download it again (notebook 01).")
+        raise TruncatedGGUFError(
+            f"{path} is truncated: it has only {size} bytes. Download it again (notebook 01)."
+        )
     if head[:4] != b"GGUF":
         raise NotGGUFError(
             f"{path} is not a GGUF file: it starts with {head[:4]!r}, a GGUF file starts with b'GGUF'. "
             f"It looks like {_describe_start(head)}. Download the .gguf file again (notebook 01) "
-            "or pick the right file.")
+            "or pick the right file."
+        )
     cur = _Cursor(buf, path, size)
     cur.take(4)
     version = cur.scalar("<I")
     if version not in (2, 3):
         hint = " (version 1 is from 2023; re-download a current file)" if version == 1 else ""
-        raise NotGGUFError(f"{path}: GGUF version {version} is not one llama.cpp reads (2 or 3){hint}.")
+        raise NotGGUFError(
+            f"{path}: GGUF version {version} is not one llama.cpp reads (2 or 3){hint}."
+        )
     n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
     meta: dict = {}
     for index in range(n_kv):
@@ -212,17 +227,31 @@ def _parse_header(buf, size: int, path: Path, keep_arrays: bool) -> GGUFHeader:
         if n_dims > 8:
             raise _damaged(path, f"tensor {name!r} claims {n_dims} dimensions")
         shape = tuple(cur.scalar("<Q") for _ in range(n_dims))
-        qtype, offset = cur.enum(GGMLQuantizationType, cur.scalar("<I"), "tensor type"), cur.scalar("<Q")
-        block, type_size = GGML_QUANT_SIZES[qtype]  # the gguf package has a size for each of its types
+        qtype, offset = (
+            cur.enum(GGMLQuantizationType, cur.scalar("<I"), "tensor type"),
+            cur.scalar("<Q"),
+        )
+        block, type_size = GGML_QUANT_SIZES[
+            qtype
+        ]  # the gguf package has a size for each of its types
         n_elements = math.prod(shape)
         if shape and shape[0] % block:
-            raise _damaged(path, f"tensor {name!r} ({qtype.name}) has a row of {shape[0]}, "
-                                 f"not a multiple of its block size {block}")
-        tensors.append(TensorInfo(name, shape, qtype.name, offset, n_elements, n_elements // block * type_size))
+            raise _damaged(
+                path,
+                f"tensor {name!r} ({qtype.name}) has a row of {shape[0]}, "
+                f"not a multiple of its block size {block}",
+            )
+        tensors.append(
+            TensorInfo(name, shape, qtype.name, offset, n_elements, n_elements // block * type_size)
+        )
     data_offset = -(-cur.pos // alignment) * alignment
     data_end = data_offset + max(t.offset + t.n_bytes for t in tensors) if tensors else cur.pos
-    arrays = {k: v.values for k, v in meta.items() if isinstance(v, ArraySummary) and v.values is not None}
-    return GGUFHeader(path, version, meta, tensors, alignment, data_offset, data_end, size, arrays, cur.pos)
+    arrays = {
+        k: v.values for k, v in meta.items() if isinstance(v, ArraySummary) and v.values is not None
+    }
+    return GGUFHeader(
+        path, version, meta, tensors, alignment, data_offset, data_end, size, arrays, cur.pos
+    )
 
 
 def validate_gguf(path) -> GGUFHeader:
@@ -236,15 +265,18 @@ def validate_gguf(path) -> GGUFHeader:
             f"ends at byte {header.data_end:,}, but the file has only {header.file_size:,} bytes "
             f"({missing:,} bytes, {missing / header.data_end:.1%}, are missing). The download or copy was "
             "cut short: download the file again (notebook 01); llama.cpp would fail on it with only "
-            "'Failed to load model from file'.")
+            "'Failed to load model from file'."
+        )
     return header
 
 
 # ---- what the header says ---------------------------------------------------------------------
 
+
 def file_type_name(code) -> str | None:
     """general.file_type as llama.cpp names it ("Q4_K_M", "F16", ...), from gguf.LlamaFileType."""
     from gguf import LlamaFileType
+
     if code is None:
         return None
     try:
@@ -258,18 +290,28 @@ def summary(header: GGUFHeader) -> dict:
     meta = header.metadata
     arch = meta.get("general.architecture", "?")
     tokens = meta.get("tokenizer.ggml.tokens")
-    return {"file": header.path.name, "size_MB": round(header.file_size / 1e6, 1), "GGUF version": header.version,
-            "architecture": arch, "name": meta.get("general.name"), "parameters": header.n_params,
-            "file type": file_type_name(meta.get("general.file_type")),
-            "bits per weight": round(8 * (header.data_end - header.data_offset) / max(header.n_params, 1), 2),
-            "tensor count": len(header.tensors), "metadata entries": len(meta),
-            "layers (block_count)": meta.get(f"{arch}.block_count"),
-            "context length": meta.get(f"{arch}.context_length"),
-            "embedding length": meta.get(f"{arch}.embedding_length"),
-            "sliding window": meta.get(f"{arch}.attention.sliding_window"),
-            "tokenizer": meta.get("tokenizer.ggml.model"), "pre-tokenizer": meta.get("tokenizer.ggml.pre"),
-            "vocabulary size": tokens.length if isinstance(tokens, ArraySummary) else len(tokens or []),
-            "chat template": "yes" if meta.get("tokenizer.chat_template") else "none (base model)"}
+    return {
+        "file": header.path.name,
+        "size_MB": round(header.file_size / 1e6, 1),
+        "GGUF version": header.version,
+        "architecture": arch,
+        "name": meta.get("general.name"),
+        "parameters": header.n_params,
+        "file type": file_type_name(meta.get("general.file_type")),
+        "bits per weight": round(
+            8 * (header.data_end - header.data_offset) / max(header.n_params, 1), 2
+        ),
+        "tensor count": len(header.tensors),
+        "metadata entries": len(meta),
+        "layers (block_count)": meta.get(f"{arch}.block_count"),
+        "context length": meta.get(f"{arch}.context_length"),
+        "embedding length": meta.get(f"{arch}.embedding_length"),
+        "sliding window": meta.get(f"{arch}.attention.sliding_window"),
+        "tokenizer": meta.get("tokenizer.ggml.model"),
+        "pre-tokenizer": meta.get("tokenizer.ggml.pre"),
+        "vocabulary size": tokens.length if isinstance(tokens, ArraySummary) else len(tokens or []),
+        "chat template": "yes" if meta.get("tokenizer.chat_template") else "none (base model)",
+    }
 
 
 def tensor_group(name: str) -> str:
@@ -282,14 +324,23 @@ def quant_type_rows(header: GGUFHeader) -> list[dict]:
     """One row per tensor group: how many tensors of each type, parameters, bytes, bits per weight."""
     groups: dict[str, dict] = {}
     for t in header.tensors:
-        row = groups.setdefault(tensor_group(t.name), {"types": Counter(), "parameters": 0, "bytes": 0})
+        row = groups.setdefault(
+            tensor_group(t.name), {"types": Counter(), "parameters": 0, "bytes": 0}
+        )
         row["types"][t.type_name] += 1
         row["parameters"] += t.n_elements
         row["bytes"] += t.n_bytes
-    return [{"group": group, "types": ", ".join(f"{name} x{n}" for name, n in row["types"].most_common()),
-             "tensors": row["types"].total(), "parameters": row["parameters"], "MB": round(row["bytes"] / 1e6, 2),
-             "bits/weight": round(8 * row["bytes"] / row["parameters"], 2)}
-            for group, row in sorted(groups.items(), key=lambda kv: -kv[1]["bytes"])]
+    return [
+        {
+            "group": group,
+            "types": ", ".join(f"{name} x{n}" for name, n in row["types"].most_common()),
+            "tensors": row["types"].total(),
+            "parameters": row["parameters"],
+            "MB": round(row["bytes"] / 1e6, 2),
+            "bits/weight": round(8 * row["bytes"] / row["parameters"], 2),
+        }
+        for group, row in sorted(groups.items(), key=lambda kv: -kv[1]["bytes"])
+    ]
 
 
 def bytes_by_type(header: GGUFHeader) -> dict[str, int]:

@@ -19,8 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (DownloadFailedError, HubUnreachableError, NoMatchingFilesError, RepoNotFoundError,
-                     RevisionNotFoundError)
+from .errors import (
+    DownloadFailedError,
+    HubUnreachableError,
+    NoMatchingFilesError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
 
 # What a model folder needs: config, weights (safetensors), tokenizer and chat template files.
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
@@ -28,6 +33,7 @@ PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 
 
 # ---- settings ---------------------------------------------------------------------------------
+
 
 def endpoint() -> str:
     """The hub to talk to: $HF_ENDPOINT (a mirror, or the course's local hub), else huggingface.co."""
@@ -39,7 +45,10 @@ def hub_cache_dir() -> Path:
     # not huggingface_hub.constants.HF_HUB_CACHE: fixed at its import, while HF_HOME may change later (each test sets it)
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    home = (
+        os.environ.get("HF_HOME")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
@@ -49,13 +58,19 @@ def settings() -> dict:
 
     _sync_env_flags()
     token_set = bool(os.environ.get("HF_TOKEN"))
-    with contextlib.suppress(Exception):  # get_token also finds `hf auth login`'s token; an OIDC exchange may raise
+    with contextlib.suppress(
+        Exception
+    ):  # get_token also finds `hf auth login`'s token; an OIDC exchange may raise
         token_set = token_set or get_token() is not None
-    return {"endpoint (HF_ENDPOINT)": endpoint(), "cache (HF_HOME/hub)": str(hub_cache_dir()),
-            "token": "set (hidden)" if token_set else "not set (public repos only)",
-            "Xet transfers (HF_HUB_DISABLE_XET)": "off: plain HTTP via the endpoint" if constants.HF_HUB_DISABLE_XET
-            else "on where the repo uses Xet (bypasses a mirror)",
-            "offline (HF_HUB_OFFLINE)": os.environ.get("HF_HUB_OFFLINE", "0")}
+    return {
+        "endpoint (HF_ENDPOINT)": endpoint(),
+        "cache (HF_HOME/hub)": str(hub_cache_dir()),
+        "token": "set (hidden)" if token_set else "not set (public repos only)",
+        "Xet transfers (HF_HUB_DISABLE_XET)": "off: plain HTTP via the endpoint"
+        if constants.HF_HUB_DISABLE_XET
+        else "on where the repo uses Xet (bypasses a mirror)",
+        "offline (HF_HUB_OFFLINE)": os.environ.get("HF_HUB_OFFLINE", "0"),
+    }
 
 
 @contextlib.contextmanager
@@ -84,6 +99,7 @@ def _sync_env_flags() -> None:
 
 
 # ---- what is in a repo ------------------------------------------------------------------------
+
 
 @dataclass
 class RepoFileInfo:
@@ -118,21 +134,38 @@ def as_list(patterns) -> list[str] | None:
     return [patterns] if isinstance(patterns, str) else None if patterns is None else list(patterns)
 
 
-def pick(files: list[RepoFileInfo], include=None, exclude=None, repo_id: str = "") -> list[RepoFileInfo]:
+def pick(
+    files: list[RepoFileInfo], include=None, exclude=None, repo_id: str = ""
+) -> list[RepoFileInfo]:
     """The files that `hf download --include ... --exclude ...` would take; error if patterns match nothing."""
-    from huggingface_hub.utils import filter_repo_objects  # the very filter `hf download --include` uses
+    from huggingface_hub.utils import (
+        filter_repo_objects,
+    )  # the very filter `hf download --include` uses
 
     include, exclude = as_list(include), as_list(exclude)
-    chosen = list(filter_repo_objects(files, allow_patterns=include, ignore_patterns=exclude, key=lambda f: f.path))
+    chosen = list(
+        filter_repo_objects(
+            files, allow_patterns=include, ignore_patterns=exclude, key=lambda f: f.path
+        )
+    )
     if not chosen and files and (include or exclude):
         names = [f.path for f in files]
-        close = sorted({m for p in (include or []) for m in difflib.get_close_matches(p, names, n=3, cutoff=0.5)})
+        close = sorted(
+            {
+                m
+                for p in (include or [])
+                for m in difflib.get_close_matches(p, names, n=3, cutoff=0.5)
+            }
+        )
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
+        shown = ", ".join(names[:12]) + (
+            f", ... ({len(names) - 12} more)" if len(names) > 12 else ""
+        )
         raise NoMatchingFilesError(
             f"Nothing in {repo_id or 'the repo'} matches include={include} exclude={exclude}.{hint} The repo has: "
             f"{shown}. Patterns are shell globs matched against the whole path (e.g. '*Q4_K_M.gguf', "
-            "'*.safetensors'); names are case-sensitive.")
+            "'*.safetensors'); names are case-sensitive."
+        )
     return chosen
 
 
@@ -151,67 +184,93 @@ def hub_errors(repo_id: str, revision: str = "main", filename: str | None = None
         raise RepoNotFoundError(
             f"{repo_id} is a gated repo at {where}: accept its licence on {where}/{repo_id} while logged in, then "
             "make a token (Settings > Access Tokens) and set HF_TOKEN before starting Python (or run `hf auth "
-            "login`).") from None
+            "login`)."
+        ) from None
     except hf.RepositoryNotFoundError:
         raise RepoNotFoundError(
             f"No repo {repo_id!r} at {where} (or it is private and your token does not open it). Check the spelling "
             f"(owner/name, case-sensitive) on {where}/{repo_id}; for a private repo set HF_TOKEN to a token that "
-            "can read it.") from None
+            "can read it."
+        ) from None
     except hf.RevisionNotFoundError:
-        raise RevisionNotFoundError(f"{repo_id} has no revision {revision!r} at {where}. Use 'main', a tag, or a "
-                                    f"full commit hash from {where}/{repo_id}/commits/main.") from None
+        raise RevisionNotFoundError(
+            f"{repo_id} has no revision {revision!r} at {where}. Use 'main', a tag, or a "
+            f"full commit hash from {where}/{repo_id}/commits/main."
+        ) from None
     except hf.RemoteEntryNotFoundError:
-        raise NoMatchingFilesError(f"{repo_id} has no file {filename!r} at revision {revision!r}. List its files "
-                                   f"with hub.list_files({repo_id!r}) and copy the exact name (case-sensitive).") from None
+        raise NoMatchingFilesError(
+            f"{repo_id} has no file {filename!r} at revision {revision!r}. List its files "
+            f"with hub.list_files({repo_id!r}) and copy the exact name (case-sensitive)."
+        ) from None
     except hf.HFValidationError as err:
-        raise RepoNotFoundError(f"{repo_id!r} is not a valid repo id ({str(err).splitlines()[0]}). A repo id looks "
-                                "like 'owner/name', e.g. 'bartowski/Mistral-7B-Instruct-v0.3-GGUF'.") from None
+        raise RepoNotFoundError(
+            f"{repo_id!r} is not a valid repo id ({str(err).splitlines()[0]}). A repo id looks "
+            "like 'owner/name', e.g. 'bartowski/Mistral-7B-Instruct-v0.3-GGUF'."
+        ) from None
     except hf.OfflineModeIsEnabled:
         raise HubUnreachableError(
             "HF_HUB_OFFLINE=1 is set, so no request leaves this machine (not even to a local mirror). Files you "
-            "already downloaded still load; to download, set HF_HUB_OFFLINE=0.") from None
+            "already downloaded still load; to download, set HF_HUB_OFFLINE=0."
+        ) from None
     except (httpx2.ConnectError, httpx2.TimeoutException, hf.LocalEntryNotFoundError) as err:
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise HubUnreachableError(
             f"Cannot reach {where} ({reason}). "
-            + (f"HF_ENDPOINT is set to {where}: is that mirror up, and are its scheme and port right? Unset "
-               "HF_ENDPOINT to use huggingface.co itself. " if "HF_ENDPOINT" in os.environ else
-               "Check your internet connection, proxy (HTTPS_PROXY) or firewall; where huggingface.co is blocked, "
-               "use a mirror: HF_ENDPOINT=https://hf-mirror.com with HF_HUB_DISABLE_XET=1. ")
-            + "Files already downloaded keep working offline.") from None
+            + (
+                f"HF_ENDPOINT is set to {where}: is that mirror up, and are its scheme and port right? Unset "
+                "HF_ENDPOINT to use huggingface.co itself. "
+                if "HF_ENDPOINT" in os.environ
+                else "Check your internet connection, proxy (HTTPS_PROXY) or firewall; where huggingface.co is blocked, "
+                "use a mirror: HF_ENDPOINT=https://hf-mirror.com with HF_HUB_DISABLE_XET=1. "
+            )
+            + "Files already downloaded keep working offline."
+        ) from None
     except (httpx2.RemoteProtocolError, httpx2.ReadError) as err:
         raise DownloadFailedError(
             f"The transfer from {where} broke and did not recover ({str(err)[:160]}). Nothing incomplete was kept "
-            "as if complete; run the download again.") from None
+            "as if complete; run the download again."
+        ) from None
     except hf.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
         raise HubUnreachableError(
             f"{where} answered HTTP {status} for {repo_id}{'/' + filename if filename else ''}. If it is a 5xx the "
             "hub or mirror is having trouble: retry later. A 401/403 means the token is missing or lacks access: "
-            "set HF_TOKEN.") from None
+            "set HF_TOKEN."
+        ) from None
     except OSError as err:
         if "Consistency check failed" in str(err):
-            raise DownloadFailedError(f"A file from {repo_id} arrived with the wrong size (the connection broke). "
-                                      "Nothing incomplete was kept; run the download again.") from None
+            raise DownloadFailedError(
+                f"A file from {repo_id} arrived with the wrong size (the connection broke). "
+                "Nothing incomplete was kept; run the download again."
+            ) from None
         raise
 
 
 def remote_listing(repo_id: str, revision: str = "main") -> Listing:
     from huggingface_hub import HfApi
 
-    with hub_errors(repo_id, revision):  # one request: sizes, sha256, blob ids and the commit (list_repo_tree lacks it)
-        info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision, files_metadata=True)
-    files = [RepoFileInfo(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, s.blob_id)
-             for s in info.siblings or []]
+    with hub_errors(
+        repo_id, revision
+    ):  # one request: sizes, sha256, blob ids and the commit (list_repo_tree lacks it)
+        info = HfApi(endpoint=endpoint()).model_info(
+            repo_id, revision=revision, files_metadata=True
+        )
+    files = [
+        RepoFileInfo(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, s.blob_id)
+        for s in info.siblings or []
+    ]
     return Listing(repo_id, revision, info.sha, sorted(files, key=lambda f: f.path))
 
 
-def list_files(repo_id: str, include=None, exclude=None, revision: str = "main") -> list[RepoFileInfo]:
+def list_files(
+    repo_id: str, include=None, exclude=None, revision: str = "main"
+) -> list[RepoFileInfo]:
     """A repo's files with sizes (and sha256 for LFS files), optionally filtered like `--include`."""
     return pick(remote_listing(repo_id, revision).files, include, exclude, repo_id)
 
 
 # ---- where files land, and what is already there ----------------------------------------------
+
 
 def storage_folder(repo_id: str) -> Path:
     return hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
@@ -219,8 +278,11 @@ def storage_folder(repo_id: str) -> Path:
 
 def base_dir(repo_id: str, commit: str, local_dir) -> Path:
     """Where the repo's files end up: the local folder, or the cache's snapshot folder for that commit."""
-    return Path(local_dir).expanduser().resolve() if local_dir is not None else \
-        storage_folder(repo_id) / "snapshots" / commit
+    return (
+        Path(local_dir).expanduser().resolve()
+        if local_dir is not None
+        else storage_folder(repo_id) / "snapshots" / commit
+    )
 
 
 def present(base: Path, file: RepoFileInfo) -> bool:
@@ -234,7 +296,9 @@ def cached_listing(repo_id: str, revision: str, local_dir) -> Listing | None:
     from huggingface_hub import get_cached_repo_tree
 
     try:
-        entries = get_cached_repo_tree(repo_id, revision=revision, cache_dir=hub_cache_dir(), local_dir=local_dir)
+        entries = get_cached_repo_tree(
+            repo_id, revision=revision, cache_dir=hub_cache_dir(), local_dir=local_dir
+        )
     except (hf.CachedRepoTreeNotFoundError, hf.HFValidationError, OSError, ValueError):
         return None
     refs = storage_folder(repo_id) / "refs" / revision
@@ -248,7 +312,9 @@ def local_file_record(repo_id: str, filename: str, revision: str, local_dir) -> 
     if local_dir is None:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir(), revision=revision)
+        found = try_to_load_from_cache(
+            repo_id, filename, cache_dir=hub_cache_dir(), revision=revision
+        )
         if not isinstance(found, str):
             return None
         # The snapshot link is made once its blob is complete: a blob changed after that (cut short,

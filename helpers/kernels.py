@@ -1,8 +1,8 @@
 """The 4-bit backends behind Transformers: are they installed, and which kernel runs the quantized layers?
 
-    require_backend("gptq")        # MissingBackendError that says what to install, before Transformers is asked
-    report = kernel_report(lm)     # a LoadedModel (Transformers backend) or the model itself
-    print_kernel_report(report)    # a few lines; a slow fallback or offloading loud and last
+require_backend("gptq")        # MissingBackendError that says what to install, before Transformers is asked
+report = kernel_report(lm)     # a LoadedModel (Transformers backend) or the model itself
+print_kernel_report(report)    # a few lines; a slow fallback or offloading loud and last
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from collections import Counter
 from .errors import CourseError, MissingBackendError
 
 # What Transformers 5 needs besides itself to load each format (see its quantizers/quantizer_*.py).
-BACKEND_PACKAGES = {"gptq": ("gptqmodel", "optimum"), "awq": ("gptqmodel", "accelerate"),
-                    "compressed-tensors": ("compressed_tensors",)}
+BACKEND_PACKAGES = {
+    "gptq": ("gptqmodel", "optimum"),
+    "awq": ("gptqmodel", "accelerate"),
+    "compressed-tensors": ("compressed_tensors",),
+}
 
 
 def require_backend(fmt: str) -> None:
@@ -27,12 +30,15 @@ def require_backend(fmt: str) -> None:
     # CPU machine, torch's pytree notice about GPTQModel's enums (once per import, harmless)
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    missing = [name for name in BACKEND_PACKAGES.get(fmt, ()) if importlib.util.find_spec(name) is None]
+    missing = [
+        name for name in BACKEND_PACKAGES.get(fmt, ()) if importlib.util.find_spec(name) is None
+    ]
     if missing and fmt == "compressed-tensors":
         raise MissingBackendError(
             "This is a compressed-tensors checkpoint (llm-compressor's format); Transformers reads it with the "
             "compressed-tensors package, which is not installed. Install it: `pip install "
-            "'quantized-llms-locally[quant]'` or `pip install compressed-tensors==0.20.1`, then restart the kernel.")
+            "'quantized-llms-locally[quant]'` or `pip install compressed-tensors==0.20.1`, then restart the kernel."
+        )
     if missing:
         raise MissingBackendError(
             f"This is a {fmt.upper()} checkpoint; Transformers 5 loads {fmt.upper()} through GPTQModel "
@@ -41,22 +47,28 @@ def require_backend(fmt: str) -> None:
             "confusing error such as NameError: name 'QuantizeConfig' is not defined). Install them: "
             "`pip install 'quantized-llms-locally[quant]'` or `pip install gptqmodel==7.6.0 optimum==2.3.0 "
             "accelerate`, then restart the kernel. (AutoGPTQ and AutoAWQ, which older tutorials use, no "
-            "longer work with Transformers 5.)")
+            "longer work with Transformers 5.)"
+        )
     if fmt not in ("gptq", "awq"):
         return
     try:
         import_gptqmodel_quietly()
-    except ImportError as err:  # installed but broken (e.g. built for another torch): say so, not a traceback
+    except (
+        ImportError
+    ) as err:  # installed but broken (e.g. built for another torch): say so, not a traceback
         raise MissingBackendError(
             f"This is a {fmt.upper()} checkpoint, which loads through GPTQModel; gptqmodel is installed but "
             f"fails to import ({type(err).__name__}: {str(err)[:200]}). It usually means it was built for "
             "another torch version: reinstall it with `pip install --force-reinstall gptqmodel==7.6.0` "
-            "(the course pins it), then restart the kernel.") from None
+            "(the course pins it), then restart the kernel."
+        ) from None
 
 
 def import_gptqmodel_quietly():
     """Import GPTQModel without its banner and INFO chatter (warnings still show)."""
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # one harmless notice per import
+    logging.getLogger("torch.utils._pytree").setLevel(
+        logging.ERROR
+    )  # one harmless notice per import
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         import gptqmodel
     logging.getLogger("logbar").setLevel(logging.WARNING)
@@ -84,42 +96,63 @@ def classify_kernels(layers) -> dict:
             "GPTQModel's pure-PyTorch fallback, many times slower than Marlin/ExllamaV2/AWQ GEMM, although "
             "model.device says cuda. GPTQModel compiles its CUDA kernels on first use: that needs a CUDA "
             "build of torch, the CUDA toolkit (nvcc) with `ninja`, and a Turing-or-newer GPU (sm_75+). "
-            "Look above for a kernel compile error, and load in float16/bfloat16, not float32.")
+            "Look above for a kernel compile error, and load in float16/bfloat16, not float32."
+        )
     if offloaded:
         warnings_.append(
             "OFFLOADED: some quantized layers are on the CPU while others are on the GPU (device_map put "
             "what did not fit in GPU memory on the CPU). Every token now crosses the PCIe bus: free GPU "
-            "memory or pick a smaller model.")
-    expected = ("Marlin, Machete, ExllamaV2 or AWQ GEMM/GEMV kernels" if on_gpu
-                else "TorchAten kernels (TorchAtenLinear / TorchAtenAwqLinear)" if any(d.startswith("cpu") for d in devices)
-                else "-")
-    return {"quantized_linear": dict(Counter(name for name, _ in layers)), "devices": sorted(devices),
-            "expected": expected, "slow_fallback": bool(slow), "offloaded": offloaded,
-            "warning": " ".join(warnings_) or None}
+            "memory or pick a smaller model."
+        )
+    expected = (
+        "Marlin, Machete, ExllamaV2 or AWQ GEMM/GEMV kernels"
+        if on_gpu
+        else "TorchAten kernels (TorchAtenLinear / TorchAtenAwqLinear)"
+        if any(d.startswith("cpu") for d in devices)
+        else "-"
+    )
+    return {
+        "quantized_linear": dict(Counter(name for name, _ in layers)),
+        "devices": sorted(devices),
+        "expected": expected,
+        "slow_fallback": bool(slow),
+        "offloaded": offloaded,
+        "warning": " ".join(warnings_) or None,
+    }
 
 
 def kernel_report(model) -> dict:
     """Which quantized-linear classes back the layers, on which device, and whether that is fast
     (see `classify_kernels`). `plain_linear` counts the nn.Linear layers left unquantized (usually lm_head)."""
     decompressed = False
-    if not hasattr(model, "modules"):  # a LoadedModel (helpers.loading imports this module, not the reverse)
+    if not hasattr(
+        model, "modules"
+    ):  # a LoadedModel (helpers.loading imports this module, not the reverse)
         if model.backend != "transformers":
             raise CourseError(
                 "kernel_report inspects Transformers models (GPTQ/AWQ/hf). A GGUF model runs on llama.cpp, "
-                "whose kernels are compiled in: see llama_cpp.llama_print_system_info() (notebook 00).")
+                "whose kernels are compiled in: see llama_cpp.llama_print_system_info() (notebook 00)."
+            )
         decompressed, model = model.format == "compressed-tensors", model.model
     layers = []
     plain = 0
     for module in model.modules():
         name = type(module).__name__
-        if any(cls.__name__ == "BaseQuantLinear" for cls in type(module).__mro__):  # GPTQModel's base class
-            tensor = next(iter(list(module.buffers(recurse=False)) + list(module.parameters(recurse=False))), None)
+        if any(
+            cls.__name__ == "BaseQuantLinear" for cls in type(module).__mro__
+        ):  # GPTQModel's base class
+            tensor = next(
+                iter(list(module.buffers(recurse=False)) + list(module.parameters(recurse=False))),
+                None,
+            )
             layers.append((name, str(tensor.device) if tensor is not None else "meta"))
         elif name == "Linear":
             plain += 1
     report = {**classify_kernels(layers), "plain_linear": plain}
     if decompressed:
-        report["expected"] = "none: compressed-tensors weights are decompressed to dense nn.Linear on load"
+        report["expected"] = (
+            "none: compressed-tensors weights are decompressed to dense nn.Linear on load"
+        )
     return report
 
 
@@ -127,14 +160,24 @@ def print_kernel_report(report: dict) -> None:
     """The kernel report as a few readable lines, the warning (if any) loud and last."""
     dense = report["expected"].startswith("none:")  # compressed-tensors, decompressed on load
     kernels = ", ".join(f"{name} x{n}" for name, n in report["quantized_linear"].items())
-    print(f"quantized layers : {kernels or ('none (decompressed on load)' if dense else 'none (not quantized)')}")
-    print(f"plain nn.Linear  : {report.get('plain_linear', 0)} "
-          + ("(all of them: 4-bit weights decompressed on load)" if dense else "(left in full precision; usually lm_head)"))
+    print(
+        f"quantized layers : {kernels or ('none (decompressed on load)' if dense else 'none (not quantized)')}"
+    )
+    print(
+        f"plain nn.Linear  : {report.get('plain_linear', 0)} "
+        + (
+            "(all of them: 4-bit weights decompressed on load)"
+            if dense
+            else "(left in full precision; usually lm_head)"
+        )
+    )
     print(f"device(s)        : {', '.join(report['devices']) or '-'}")
     print(f"expected here    : {report['expected']}")
     if report["warning"]:
         print("\n" + "!" * 80 + "\n" + report["warning"] + "\n" + "!" * 80)
     elif dense:
-        print("verdict          : no 4-bit kernel here: it runs (and takes memory) like the full-precision model")
+        print(
+            "verdict          : no 4-bit kernel here: it runs (and takes memory) like the full-precision model"
+        )
     else:
         print("verdict          : OK, the expected kernel for this device")

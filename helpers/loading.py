@@ -25,13 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from .env import default_threads
-from .errors import CourseError, MissingBackendError, ModelNotFoundError, NotAModelError, UnsupportedFormatError
+from .errors import (
+    CourseError,
+    MissingBackendError,
+    ModelNotFoundError,
+    NotAModelError,
+    UnsupportedFormatError,
+)
 from .gguf_tools import file_type_name, validate_gguf
 from .kernels import kernel_report, require_backend
 from .memory import check_memory_fit, checkpoint_dtype, pick_device, resolve_dtype
 
-_METHOD_HINTS = {"bitsandbytes": " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)",
-                 "fp8": " (FP8 needs a recent NVIDIA GPU)"}
+_METHOD_HINTS = {
+    "bitsandbytes": " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)",
+    "fp8": " (FP8 needs a recent NVIDIA GPU)",
+}
 
 
 @dataclass
@@ -52,16 +60,22 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         why = f" ({self.dtype_reason})" if self.dtype_reason else ""
-        return (f"LoadedModel(format={self.format!r}, backend={self.backend!r}, device={self.device!r}, "
-                f"dtype={self.dtype!r}{why}, context_length={self.context_length}, "
-                f"load_seconds={self.load_seconds:.1f}, path='{self.path}')")
+        return (
+            f"LoadedModel(format={self.format!r}, backend={self.backend!r}, device={self.device!r}, "
+            f"dtype={self.dtype!r}{why}, context_length={self.context_length}, "
+            f"load_seconds={self.load_seconds:.1f}, path='{self.path}')"
+        )
 
 
 def check_gguf_header(path) -> dict:
     """Version and counts of a whole GGUF file; else a NotAModelError subclass that says what the file is."""
     header = validate_gguf(Path(path))
-    return {"version": header.version, "tensor_count": len(header.tensors), "kv_count": len(header.metadata),
-            "bytes": header.file_size}
+    return {
+        "version": header.version,
+        "tensor_count": len(header.tensors),
+        "kv_count": len(header.metadata),
+        "bytes": header.file_size,
+    }
 
 
 def detect_format(path) -> str:
@@ -70,7 +84,8 @@ def detect_format(path) -> str:
     if not path.exists():
         raise ModelNotFoundError(
             f"{path} does not exist. Build the course models with `python -m course.models build`, "
-            "download a model (notebook 01), or check the spelling of the path.")
+            "download a model (notebook 01), or check the spelling of the path."
+        )
     if path.is_file():
         with open(path, "rb") as handle:
             magic = handle.read(4)
@@ -79,20 +94,28 @@ def detect_format(path) -> str:
             return "gguf"
         raise NotAModelError(
             f"{path} is a file but not a .gguf model (it starts with {magic!r}). Pass a .gguf file, or the "
-            "folder that holds config.json and the *.safetensors weights (not a file inside it).")
+            "folder that holds config.json and the *.safetensors weights (not a file inside it)."
+        )
     config = path / "config.json"
     if not config.exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return "gguf"
-        hint = (f" It holds {len(ggufs)} .gguf files: pass one of them, e.g. {ggufs[0]}." if ggufs else "")
+        hint = (
+            f" It holds {len(ggufs)} .gguf files: pass one of them, e.g. {ggufs[0]}."
+            if ggufs
+            else ""
+        )
         raise NotAModelError(
             f"{path} is a folder but not a model folder: it has no config.json.{hint} "
-            "A Transformers model folder holds config.json plus *.safetensors weights.")
+            "A Transformers model folder holds config.json plus *.safetensors weights."
+        )
     try:
         return config_format(json.loads(config.read_text()), path)
     except ValueError as err:
-        raise NotAModelError(f"{config} is not valid JSON ({err}); the download may be incomplete.") from None
+        raise NotAModelError(
+            f"{config} is not valid JSON ({err}); the download may be incomplete."
+        ) from None
 
 
 def config_format(cfg: dict, where) -> str:
@@ -103,12 +126,21 @@ def config_format(cfg: dict, where) -> str:
     raise UnsupportedFormatError(
         f"{where} is quantized with {method!r} (config.json: quantization_config.quant_method). This course "
         "loads GPTQ, AWQ and compressed-tensors folders and GGUF files. Look for a -GPTQ, -AWQ or -GGUF version "
-        f"of the same model on the hub, or load this one with the library its model card names{_METHOD_HINTS.get(method, '')}.")
+        f"of the same model on the hub, or load this one with the library its model card names{_METHOD_HINTS.get(method, '')}."
+    )
 
 
-def load_model(source, device: str = "auto", dtype: str | None = "auto", n_ctx: int = 4096,
-               n_threads: int | None = None, check_memory: bool = True,
-               trust_remote_code: bool = False, allow_pickle: bool = False, work: str = "decode") -> LoadedModel:
+def load_model(
+    source,
+    device: str = "auto",
+    dtype: str | None = "auto",
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    check_memory: bool = True,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    work: str = "decode",
+) -> LoadedModel:
     """Load a .gguf file, a model folder or a hub id ("owner/name"), whatever its format.
 
     device: "auto", "cpu", "cuda"/"cuda:N" or "mps" (`pick_device`); the whole model goes there, no silent
@@ -131,16 +163,27 @@ def load_model(source, device: str = "auto", dtype: str | None = "auto", n_ctx: 
     require_backend(fmt)
     _check_remote_code(path, trust_remote_code)
     if check_memory:  # "as <dtype>" in its message only when the load really casts the checkpoint
-        check_memory_fit(path, fmt, device=device, dtype=None if choice.dtype == checkpoint_dtype(path) else choice.dtype)
-    lm = _load_transformers(path, fmt, device, choice.dtype, n_threads or default_threads(), trust_remote_code)
+        check_memory_fit(
+            path,
+            fmt,
+            device=device,
+            dtype=None if choice.dtype == checkpoint_dtype(path) else choice.dtype,
+        )
+    lm = _load_transformers(
+        path, fmt, device, choice.dtype, n_threads or default_threads(), trust_remote_code
+    )
     lm.dtype_reason = choice.reason
     return lm
 
 
 def looks_like_hub_id(text: str) -> bool:
     """'owner/name' (one slash, no spaces, not starting like a path)."""
-    return (text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
-            and all(text.split("/")))
+    return (
+        text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and " " not in text
+        and all(text.split("/"))
+    )
 
 
 def _resolve_source(source, allow_pickle: bool = False) -> Path:
@@ -153,7 +196,8 @@ def _resolve_source(source, allow_pickle: bool = False) -> Path:
     except ImportError as err:
         raise ModelNotFoundError(
             f"{here}, but downloading is not available ({err}). Download the model first (notebook 01) and "
-            "pass its local folder or .gguf file, or check the spelling of the path.") from None
+            "pass its local folder or .gguf file, or check the spelling of the path."
+        ) from None
     try:
         return Path(download_model(str(source), allow_pickle=allow_pickle))
     except CourseError as err:  # keep the hub's own error class, say why the hub was asked at all
@@ -166,23 +210,34 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
     if any(path.glob("*.safetensors")):
         return
     if not any(path.glob("*.bin")) and not any(path.glob("*.pt")) and not any(path.glob("*.pth")):
-        raise NotAModelError(f"{path} has a config.json but no weights (*.safetensors). Is the download complete?")
+        raise NotAModelError(
+            f"{path} has a config.json but no weights (*.safetensors). Is the download complete?"
+        )
     if not allow_pickle:
         raise CourseError(
             f"{path} has only pickle weights (*.bin/*.pt), which can run code when loaded. "
             "Prefer a safetensors copy of the model; to load these anyway, pass allow_pickle=True "
-            "(only for sources you trust).")
-    warnings.warn(f"allow_pickle=True: loading pickle weights (*.bin/*.pt) from {path}. Unpickling can "
-                  "run any code the file's author put in it; do this only for sources you trust, and "
-                  "prefer a safetensors copy.", UserWarning, stacklevel=3)
+            "(only for sources you trust)."
+        )
+    warnings.warn(
+        f"allow_pickle=True: loading pickle weights (*.bin/*.pt) from {path}. Unpickling can "
+        "run any code the file's author put in it; do this only for sources you trust, and "
+        "prefer a safetensors copy.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
     """A model whose architecture exists only as Python code in its repo cannot load without running it."""
     if trust_remote_code:
-        warnings.warn(f"trust_remote_code=True: Python files shipped with {path.name} (named in its "
-                      "config.json auto_map, if any) will run on this machine with your permissions. "
-                      "Do this only after reading that code; the course keeps it off.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"trust_remote_code=True: Python files shipped with {path.name} (named in its "
+            "config.json auto_map, if any) will run on this machine with your permissions. "
+            "Do this only after reading that code; the course keeps it off.",
+            UserWarning,
+            stacklevel=3,
+        )
         return
     cfg = json.loads((path / "config.json").read_text())
     if not cfg.get("auto_map"):
@@ -196,14 +251,17 @@ def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
         f"{path.name} defines its architecture ({cfg.get('model_type')!r}) in Python code shipped with the "
         f"model ({files}), and loading it would run that code. The course keeps trust_remote_code=False. "
         "Prefer a model Transformers supports natively; if you have read that code and trust it, pass "
-        "trust_remote_code=True.")
+        "trust_remote_code=True."
+    )
 
 
 # llama.cpp start-up notes that llama-cpp-python prints even with verbose=False, and that ask nothing of
 # the learner: Gemma 3's sliding-window cache kept at full size (expected), and a vocabulary-only load
 # having no training context to compare with.
-HARMLESS_LLAMA_NOTES = ("llama_kv_cache_iswa: using full-size SWA cache",
-                        "llama_context: n_ctx_seq (512) > n_ctx_train (0)")
+HARMLESS_LLAMA_NOTES = (
+    "llama_kv_cache_iswa: using full-size SWA cache",
+    "llama_context: n_ctx_seq (512) > n_ctx_train (0)",
+)
 # A Llama still open at exit is freed by its __del__ after llama_cpp's module globals are gone, which prints
 # "Exception ignored in: <function Llama.__del__ ...> TypeError: 'NoneType' object is not callable".
 # Closing the ones new_llama made, while the interpreter is still whole, prevents it.
@@ -238,54 +296,99 @@ def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> Load
     if importlib.util.find_spec("llama_cpp") is None:
         raise MissingBackendError(
             "GGUF files run on llama-cpp-python, which is not installed. Run `make setup` (it builds "
-            "llama-cpp-python from source, ~3-13 minutes once) or `pip install llama-cpp-python`.")
+            "llama-cpp-python from source, ~3-13 minutes once) or `pip install llama-cpp-python`."
+        )
     header = check_gguf_header(path)
     started = time.perf_counter()
     n_gpu_layers = -1 if device.startswith("cuda") else 0
     try:
-        llm = new_llama(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers)
+        llm = new_llama(
+            path,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=n_gpu_layers,
+        )
     except ValueError as err:  # llama.cpp says only "Failed to load model from file"
         raise NotAModelError(
             f"llama.cpp could not load {path} ({err}). The file has a GGUF header "
             f"({header['tensor_count']} tensors) but is damaged or truncated ({header['bytes']:,} bytes): "
-            "download it again.") from None
+            "download it again."
+        ) from None
     notes = []
     # Without a template llama-cpp-python silently falls back to llama-2's format.
-    if "tokenizer.chat_template" not in llm.metadata and llm.metadata.get("general.architecture", "").startswith("gemma"):
+    if "tokenizer.chat_template" not in llm.metadata and llm.metadata.get(
+        "general.architecture", ""
+    ).startswith("gemma"):
         llm.chat_format = "gemma"
         notes.append("GGUF has no chat template; using chat_format='gemma'")
-    return LoadedModel(model=llm, tokenizer=None, format="gguf", backend="llama.cpp", path=path,
-                       device="cuda" if n_gpu_layers else "cpu",
-                       dtype=file_type_name(llm.metadata.get("general.file_type")) or "GGUF",
-                       load_seconds=time.perf_counter() - started, context_length=llm.n_ctx(), notes=notes)
+    return LoadedModel(
+        model=llm,
+        tokenizer=None,
+        format="gguf",
+        backend="llama.cpp",
+        path=path,
+        device="cuda" if n_gpu_layers else "cpu",
+        dtype=file_type_name(llm.metadata.get("general.file_type")) or "GGUF",
+        load_seconds=time.perf_counter() - started,
+        context_length=llm.n_ctx(),
+        notes=notes,
+    )
 
 
-def _load_transformers(path: Path, fmt: str, device: str, dtype: str | None, n_threads: int,
-                       trust_remote_code: bool) -> LoadedModel:
+def _load_transformers(
+    path: Path, fmt: str, device: str, dtype: str | None, n_threads: int, trust_remote_code: bool
+) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
 
     torch.set_num_threads(n_threads)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # GPTQModel calls a deprecated API
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*"
+    )  # GPTQModel calls a deprecated API
     # dense nn.Linear from the start: no kernel here runs compressed-tensors' packed 4-bit layout
-    extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if fmt == "compressed-tensors" else {}
+    extra = (
+        {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+        if fmt == "compressed-tensors"
+        else {}
+    )
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    with warnings.catch_warnings():  # "You passed `quantization_config` ...": we did, to set dequantize
+    with (
+        warnings.catch_warnings()
+    ):  # "You passed `quantization_config` ...": we did, to set dequantize
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
         # dtype "auto" = what config.json records; on CUDA, Transformers turns bf16 AWQ into fp16 itself.
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype else "auto",
-                                                     device_map=device, trust_remote_code=trust_remote_code, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=getattr(torch, dtype) if dtype else "auto",
+            device_map=device,
+            trust_remote_code=trust_remote_code,
+            **extra,
+        )
     model.eval()
     seconds = time.perf_counter() - started
-    context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or tokenizer.model_max_length)
-    lm = LoadedModel(model=model, tokenizer=tokenizer, format=fmt, backend="transformers", path=path,
-                     device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
-                     load_seconds=seconds, context_length=context)
+    context = int(
+        getattr(model.config.get_text_config(), "max_position_embeddings", 0)
+        or tokenizer.model_max_length
+    )
+    lm = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        format=fmt,
+        backend="transformers",
+        path=path,
+        device=str(model.device),
+        dtype=str(model.dtype).replace("torch.", ""),
+        load_seconds=seconds,
+        context_length=context,
+    )
     if fmt == "compressed-tensors":
-        lm.notes.append(f"compressed-tensors: the 4-bit weights were decompressed to dense {lm.dtype} layers on "
-                        "load, so it computes and takes memory like the full-precision model (vLLM runs them "
-                        "packed, on a GPU)")
+        lm.notes.append(
+            f"compressed-tensors: the 4-bit weights were decompressed to dense {lm.dtype} layers on "
+            "load, so it computes and takes memory like the full-precision model (vLLM runs them "
+            "packed, on a GPU)"
+        )
     if fmt in ("gptq", "awq"):
         report = kernel_report(model)
         lm.notes.append("kernel: " + ", ".join(report["quantized_linear"]))

@@ -1,9 +1,9 @@
 """Where a model will sit, in what dtype, and whether it fits there: decided before anything is loaded.
 
-    device = pick_device("auto")                     # "cuda" when torch sees a GPU, else "cpu"
-    resolve_dtype(path, "hf", device)                # DtypeChoice: helpers.precision's rule, and why
-    check_memory_fit(path, "gptq", device=device)    # the figures, or NotEnoughMemoryError with them
-    estimate_memory_bytes(path, "gguf"), weights_in_memory_bytes(path, "float32"), free_memory_bytes("cuda:0")
+device = pick_device("auto")                     # "cuda" when torch sees a GPU, else "cpu"
+resolve_dtype(path, "hf", device)                # DtypeChoice: helpers.precision's rule, and why
+check_memory_fit(path, "gptq", device=device)    # the figures, or NotEnoughMemoryError with them
+estimate_memory_bytes(path, "gguf"), weights_in_memory_bytes(path, "float32"), free_memory_bytes("cuda:0")
 """
 
 from __future__ import annotations
@@ -26,9 +26,17 @@ MEMORY_OVERHEAD_BYTES = 600 * 2**20
 GGUF_OVERHEAD_FRACTION = 0.20
 GGUF_OVERHEAD_BYTES = 300 * 2**20
 
-_DTYPE_NAMES = {"auto": None, "float32": "float32", "fp32": "float32", "float": "float32",
-                "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-                "half": "float16"}
+_DTYPE_NAMES = {
+    "auto": None,
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 
 
 def normalize_dtype(dtype) -> str | None:
@@ -37,13 +45,15 @@ def normalize_dtype(dtype) -> str | None:
         return None
     name = str(dtype).replace("torch.", "").lower()
     if name not in _DTYPE_NAMES:
-        raise CourseError(f"dtype={dtype!r} is not one the course loads: use None (the checkpoint's own), "
-                          "'bfloat16', 'float16' or 'float32'.")
+        raise CourseError(
+            f"dtype={dtype!r} is not one the course loads: use None (the checkpoint's own), "
+            "'bfloat16', 'float16' or 'float32'."
+        )
     return _DTYPE_NAMES[name]
 
 
 def pick_device(device: str = "auto") -> str:
-    """"auto": CUDA when torch sees a GPU, else the CPU (never MPS: GPTQModel's MPS kernels need MLX, and
+    """ "auto": CUDA when torch sees a GPU, else the CPU (never MPS: GPTQModel's MPS kernels need MLX, and
     llama.cpp uses Metal by itself; ask for "mps" by name). "cuda"/"cuda:N" fail clearly without a GPU."""
     if device in (None, "auto"):
         try:
@@ -60,18 +70,27 @@ def pick_device(device: str = "auto") -> str:
             build = torch.__version__
             raise CourseError(
                 f"device={device!r} but torch {build} sees no CUDA GPU"
-                + (" (it is a CPU-only build)" if "+cpu" in build or torch.version.cuda is None else "")
+                + (
+                    " (it is a CPU-only build)"
+                    if "+cpu" in build or torch.version.cuda is None
+                    else ""
+                )
                 + ". Use device='auto' or 'cpu' here; on a GPU machine install a CUDA build of torch "
-                "(https://pytorch.org/get-started/locally/) and check `nvidia-smi`.")
+                "(https://pytorch.org/get-started/locally/) and check `nvidia-smi`."
+            )
     elif device not in ("cpu", "mps"):
-        raise CourseError(f"device={device!r} is not one the course knows: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+        raise CourseError(
+            f"device={device!r} is not one the course knows: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+        )
     return device
 
 
 def checkpoint_dtype(path) -> str | None:
     """The dtype config.json records (a folder, or its config as a dict; None if none the course knows)."""
     try:
-        cfg = path if isinstance(path, dict) else json.loads((Path(path) / "config.json").read_text())
+        cfg = (
+            path if isinstance(path, dict) else json.loads((Path(path) / "config.json").read_text())
+        )
         return normalize_dtype(cfg.get("dtype") or cfg.get("torch_dtype"))
     except (OSError, ValueError, CourseError):
         return None
@@ -85,7 +104,9 @@ def resolve_dtype(path, fmt: str, device: str, dtype="auto", work: str = "decode
     if str(dtype) != "auto":
         return DtypeChoice(normalize_dtype(dtype), "asked for")
     if fmt in ("gptq", "awq") and not device.startswith("cuda"):
-        return DtypeChoice("bfloat16", "GPTQModel's CPU 4-bit kernels take bf16 (fp32 input is cast to bf16)")
+        return DtypeChoice(
+            "bfloat16", "GPTQModel's CPU 4-bit kernels take bf16 (fp32 input is cast to bf16)"
+        )
     return compute_dtype(device, work)
 
 
@@ -100,7 +121,10 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
         weight_map = json.loads(index.read_text())["weight_map"] if index.exists() else None
     except (ValueError, KeyError):
         weight_map = None
-    return [path / name for name in weight_names([p.name for p in path.iterdir() if p.is_file()], weight_map)]
+    return [
+        path / name
+        for name in weight_names([p.name for p in path.iterdir() if p.is_file()], weight_map)
+    ]
 
 
 def weight_names(names: list[str], weight_map: dict | None = None) -> list[str]:
@@ -125,10 +149,15 @@ def _safetensors_tensors(file: Path) -> dict[str, tuple[str, list[int]]]:
     from safetensors import safe_open
 
     with safe_open(file, framework="numpy") as handle:
-        return {name: (handle.get_slice(name).get_dtype(),
-                       handle.get_tensor(name).tolist() if name.endswith(".weight_shape")
-                       else handle.get_slice(name).get_shape())
-                for name in handle.keys()}
+        return {
+            name: (
+                handle.get_slice(name).get_dtype(),
+                handle.get_tensor(name).tolist()
+                if name.endswith(".weight_shape")
+                else handle.get_slice(name).get_shape(),
+            )
+            for name in handle.keys()
+        }
 
 
 def _bits(kind: str) -> int:
@@ -141,14 +170,18 @@ def weights_in_memory_bytes(path: str | os.PathLike, dtype: str | None = None) -
     files = weight_files(path)
     if not all(f.suffix == ".safetensors" for f in files):
         return weights_bytes(path)
-    tensors = {name: kind_shape for f in files for name, kind_shape in _safetensors_tensors(f).items()}
+    tensors = {
+        name: kind_shape for f in files for name, kind_shape in _safetensors_tensors(f).items()
+    }
     return in_memory_bytes(tensors, weights_bytes(path), dtype)
 
 
 def in_memory_bytes(tensors: dict, files_bytes: int, dtype: str | None = None) -> int:
     """From safetensors headers (name -> (dtype, shape)): the files' size if loading changes nothing, else
     the sum of `tensors_in_memory`."""
-    if normalize_dtype(dtype) is None and not any(name.endswith(".weight_packed") for name in tensors):
+    if normalize_dtype(dtype) is None and not any(
+        name.endswith(".weight_packed") for name in tensors
+    ):
         return files_bytes
     return sum(tensors_in_memory(tensors, dtype).values())
 
@@ -158,16 +191,24 @@ def tensors_in_memory(tensors: dict, dtype: str | None = None) -> dict[str, int]
     compressed-tensors' `*.weight_packed` as the dense `*.weight` of its `*.weight_shape` (their values, in
     `tensors`) it is decompressed to on load (in `dtype`, else in the dtype of its scales)."""
     dtype = normalize_dtype(dtype)
-    packed = {name[:-len(".weight_packed")] for name in tensors if name.endswith(".weight_packed")}
+    packed = {name[: -len(".weight_packed")] for name in tensors if name.endswith(".weight_packed")}
     width = {"float32": 32, "bfloat16": 16, "float16": 16}.get(dtype)
     sizes = {}
     for name, (kind, shape) in tensors.items():
         module = name.rsplit(".", 1)[0]
-        if module in packed and name.endswith(".weight_packed"):  # dense: its original shape, as a float
+        if module in packed and name.endswith(
+            ".weight_packed"
+        ):  # dense: its original shape, as a float
             bits = width or _bits(tensors[module + ".weight_scale"][0])
             sizes[module + ".weight"] = math.prod(tensors[module + ".weight_shape"][1]) * bits // 8
-        elif module not in packed:  # a packed module's scales, zero points and shape are gone once dense
-            sizes[name] = math.prod(shape) * (width if width and kind.startswith(("F", "BF")) else _bits(kind)) // 8
+        elif (
+            module not in packed
+        ):  # a packed module's scales, zero points and shape are gone once dense
+            sizes[name] = (
+                math.prod(shape)
+                * (width if width and kind.startswith(("F", "BF")) else _bits(kind))
+                // 8
+            )
     return sizes
 
 
@@ -191,7 +232,9 @@ def memory_overhead(fmt: str) -> tuple[float, int]:
 
 
 def _loaded_weights(path, fmt: str, dtype: str | None) -> int:
-    return weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)  # GGUF: no cast
+    return (
+        weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)
+    )  # GGUF: no cast
 
 
 def estimate_memory_bytes(path, fmt: str, dtype: str | None = None) -> int:
@@ -205,15 +248,22 @@ def memory_needed(weights: int, fmt: str) -> int:
     return int(weights * (1 + fraction) + fixed)
 
 
-def check_memory_fit(path, fmt: str, device: str = "cpu", dtype: str | None = None,
-                     free_bytes: int | None = None) -> dict:
+def check_memory_fit(
+    path, fmt: str, device: str = "cpu", dtype: str | None = None, free_bytes: int | None = None
+) -> dict:
     """Refuse (NotEnoughMemoryError) before loading if the model would not fit; return the figures.
     `free_bytes` replaces the measured free RAM / CUDA memory (for tests and what-ifs)."""
     weights = _loaded_weights(path, fmt, dtype)
     need = estimate_memory_bytes(path, fmt, dtype)
     free = free_memory_bytes(device) if free_bytes is None else int(free_bytes)
-    figures = {"need_bytes": need, "free_bytes": free, "weights_bytes": weights,
-               "overhead_bytes": need - weights, "device": device, "fits": need <= free}
+    figures = {
+        "need_bytes": need,
+        "free_bytes": free,
+        "weights_bytes": weights,
+        "overhead_bytes": need - weights,
+        "device": device,
+        "fits": need <= free,
+    }
     if need > free:
         fraction, fixed = memory_overhead(fmt)
         where = "GPU memory" if device.startswith("cuda") else "RAM"
@@ -224,6 +274,11 @@ def check_memory_fit(path, fmt: str, device: str = "cpu", dtype: str | None = No
             f"({weights / gib:.2f} GiB of weights{cast} + {fraction:.0%} + {fixed // 2**20} MiB overhead), "
             f"and only {free / gib:.1f} GiB is free on {device}. Close other notebooks or kernels, choose a "
             "smaller model or a 4-bit one (GGUF Q4_K_M, GPTQ or AWQ)"
-            + (", keep the checkpoint's dtype instead of float32" if cast.endswith("float32") else "")
-            + ", or pass check_memory=False if you know better.")
+            + (
+                ", keep the checkpoint's dtype instead of float32"
+                if cast.endswith("float32")
+                else ""
+            )
+            + ", or pass check_memory=False if you know better."
+        )
     return figures

@@ -35,24 +35,36 @@ def param_count(config: dict) -> int:
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
     kind = str(cfg.get("model_type", ""))
-    attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    attention = (
+        hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    )
     if cfg.get("attention_bias"):
         attention += heads * head_dim + 2 * kv_heads * head_dim + hidden
     elif kind.startswith("qwen2"):  # Qwen2 has q/k/v biases without saying so in its config
         attention += heads * head_dim + 2 * kv_heads * head_dim
     experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 1
-    inter = cfg.get("moe_intermediate_size") if experts > 1 and cfg.get("moe_intermediate_size") else cfg["intermediate_size"]
+    inter = (
+        cfg.get("moe_intermediate_size")
+        if experts > 1 and cfg.get("moe_intermediate_size")
+        else cfg["intermediate_size"]
+    )
     mlp = 3 * hidden * inter * experts + (hidden * experts if experts > 1 else 0)
     norms = (4 if kind.startswith(("gemma2", "gemma3")) else 2) * hidden
     if kind.startswith(("gemma3", "qwen3")):
         norms += 2 * head_dim  # q_norm and k_norm
     tied = cfg.get("tie_word_embeddings", config.get("tie_word_embeddings", True))
-    return vocab * hidden + layers * (attention + mlp + norms) + hidden + (0 if tied else vocab * hidden)
+    return (
+        vocab * hidden
+        + layers * (attention + mlp + norms)
+        + hidden
+        + (0 if tied else vocab * hidden)
+    )
 
 
 @dataclass
 class ModelSize:
     """A model's parameter count, what that weighs at each precision, and its actual weight files."""
+
     repo_id: str
     params: int
     source: str  # "config.json" or "GGUF header"
@@ -67,8 +79,10 @@ class ModelSize:
         return sum(self.weight_files.values())
 
     def __repr__(self) -> str:
-        return (f"ModelSize({self.repo_id}: {self.params / 1e9:.3f} B params from {self.source}; bf16 "
-                f"{2 * self.params / 1e9:.2f} GB, 4-bit {self.params / 2e9:.2f} GB, files {self.files_bytes / 1e9:.2f} GB)")
+        return (
+            f"ModelSize({self.repo_id}: {self.params / 1e9:.3f} B params from {self.source}; bf16 "
+            f"{2 * self.params / 1e9:.2f} GB, 4-bit {self.params / 2e9:.2f} GB, files {self.files_bytes / 1e9:.2f} GB)"
+        )
 
 
 def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = None) -> ModelSize:
@@ -76,18 +90,24 @@ def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = Non
     files = hub.list_files(repo_id, revision=revision)
     if "config.json" in {f.path for f in files} and not gguf_file:
         config = read_json(repo_id, "config.json", revision)
-        weights = {f.path: f.size for f in files if f.path.endswith(".safetensors")} or \
-            {f.path: f.size for f in files if f.path.endswith((".bin", ".pt", ".pth"))}
+        weights = {f.path: f.size for f in files if f.path.endswith(".safetensors")} or {
+            f.path: f.size for f in files if f.path.endswith((".bin", ".pt", ".pth"))
+        }
         return ModelSize(repo_id, param_count(config), "config.json", weights)
     if any(f.path.endswith(".gguf") for f in files):
-        chosen = downloading.choose_model_files([f for f in files if f.path.endswith(".gguf")], gguf_file=gguf_file,
-                                        repo_id=repo_id)[0]
+        chosen = downloading.choose_model_files(
+            [f for f in files if f.path.endswith(".gguf")], gguf_file=gguf_file, repo_id=repo_id
+        )[0]
         header = gguf_header_remote(repo_id, chosen.path, revision)
         return ModelSize(repo_id, header["params"], "GGUF header", {chosen.path: chosen.size})
-    raise NoMatchingFilesError(f"{repo_id} has neither config.json nor a .gguf file: cannot size it.")
+    raise NoMatchingFilesError(
+        f"{repo_id} has neither config.json nor a .gguf file: cannot size it."
+    )
 
 
-def _read(repo_id: str, filename: str, revision: str, start: int = 0, stop: int | None = None) -> bytes:
+def _read(
+    repo_id: str, filename: str, revision: str, start: int = 0, stop: int | None = None
+) -> bytes:
     """Bytes start..stop of a repo file (an HTTP Range request), in memory; a server ignoring Range sends the rest."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
@@ -96,8 +116,11 @@ def _read(repo_id: str, filename: str, revision: str, start: int = 0, stop: int 
     if start or stop is not None:
         headers["Range"] = f"bytes={start}-{'' if stop is None else stop - 1}"
     with hub.hub_errors(repo_id, revision, filename):
-        answer = get_session().get(hf_hub_url(repo_id, filename, revision=revision, endpoint=hub.endpoint()),
-                                   follow_redirects=True, headers=headers)
+        answer = get_session().get(
+            hf_hub_url(repo_id, filename, revision=revision, endpoint=hub.endpoint()),
+            follow_redirects=True,
+            headers=headers,
+        )
         hf_raise_for_status(answer)
     return answer.content[start:] if answer.status_code == 200 else answer.content
 
@@ -108,23 +131,38 @@ def read_json(repo_id: str, filename: str, revision: str = "main") -> dict:
 
 
 def _header_dict(header) -> dict:
-    return {"version": header.version, "tensor_count": len(header.tensors), "params": header.n_params,
-            "metadata": header.metadata, "shapes": {t.name: list(t.shape) for t in header.tensors},
-            "tensor_bytes": {t.name: t.n_bytes for t in header.tensors}, "header_bytes": header.header_bytes}
+    return {
+        "version": header.version,
+        "tensor_count": len(header.tensors),
+        "params": header.n_params,
+        "metadata": header.metadata,
+        "shapes": {t.name: list(t.shape) for t in header.tensors},
+        "tensor_bytes": {t.name: t.n_bytes for t in header.tensors},
+        "header_bytes": header.header_bytes,
+    }
 
 
-def gguf_header_remote(repo_id: str, filename: str, revision: str = "main", first_bytes: int = 4 * 2**20,
-                       max_bytes: int = 128 * 2**20) -> dict:
+def gguf_header_remote(
+    repo_id: str,
+    filename: str,
+    revision: str = "main",
+    first_bytes: int = 4 * 2**20,
+    max_bytes: int = 128 * 2**20,
+) -> dict:
     """A remote GGUF's header (version, tensor_count, params, metadata, shapes, tensor_bytes), over HTTP Range."""
     data, want = b"", first_bytes
     while True:
-        data += _read(repo_id, filename, revision, start=len(data), stop=want)  # only the part not read yet
+        data += _read(
+            repo_id, filename, revision, start=len(data), stop=want
+        )  # only the part not read yet
         try:
             return _header_dict(parse_gguf_bytes(data, label=f"{repo_id}/{filename}"))
         except TruncatedGGUFError:  # the header goes on past what we fetched: fetch more
             if want >= max_bytes or len(data) < want:
-                raise DownloadFailedError(f"The GGUF header of {filename} is larger than {max_bytes} bytes "
-                                          "or the file is truncated.") from None
+                raise DownloadFailedError(
+                    f"The GGUF header of {filename} is larger than {max_bytes} bytes "
+                    "or the file is truncated."
+                ) from None
             want *= 2
 
 
@@ -133,7 +171,9 @@ def gguf_header(path) -> dict:
     return _header_dict(read_gguf(path))
 
 
-def safetensors_tensors_remote(repo_id: str, filename: str, revision: str = "main") -> dict[str, tuple[str, list]]:
+def safetensors_tensors_remote(
+    repo_id: str, filename: str, revision: str = "main"
+) -> dict[str, tuple[str, list]]:
     """name -> (dtype, shape) from a remote safetensors header (Range requests: its length, then the JSON), as
     `helpers.memory` reads a local one: compressed-tensors' few-byte `*.weight_shape` tensors with their values."""
     size = struct.unpack("<Q", _read(repo_id, filename, revision, 0, 8)[:8])[0]
@@ -141,14 +181,21 @@ def safetensors_tensors_remote(repo_id: str, filename: str, revision: str = "mai
     header.pop("__metadata__", None)
     tensors = {name: (t["dtype"], t["shape"]) for name, t in header.items()}
     shapes = {name: t for name, t in header.items() if name.endswith(".weight_shape")}
-    if shapes:  # one request for all of them: safetensors stores tensors of one dtype next to each other
+    if (
+        shapes
+    ):  # one request for all of them: safetensors stores tensors of one dtype next to each other
         start = min(t["data_offsets"][0] for t in shapes.values())
         stop = max(t["data_offsets"][1] for t in shapes.values())
-        data = _read(repo_id, filename, revision, 8 + size + start, 8 + size + stop)[:stop - start]
+        data = _read(repo_id, filename, revision, 8 + size + start, 8 + size + stop)[: stop - start]
         for name, t in shapes.items():
             first, last = t["data_offsets"]
             width = int(t["dtype"][1:]) // 8  # I64 or I32
-            chunk = data[first - start:last - start]
-            tensors[name] = (t["dtype"], [int.from_bytes(chunk[i:i + width], "little", signed=True)
-                                          for i in range(0, len(chunk), width)])
+            chunk = data[first - start : last - start]
+            tensors[name] = (
+                t["dtype"],
+                [
+                    int.from_bytes(chunk[i : i + width], "little", signed=True)
+                    for i in range(0, len(chunk), width)
+                ],
+            )
     return tensors

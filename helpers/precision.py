@@ -70,16 +70,21 @@ def cpu_bf16() -> tuple[bool, str]:
 def compute_dtype(device: str = "cpu", work: str = "decode") -> DtypeChoice:
     """The dtype to compute in on `device` ("cpu", "cuda", "cuda:N", "mps") for `work` ("batch" or "decode")."""
     if work not in WORKS:
-        raise ValueError(f"work={work!r}: use 'batch' (many rows at once: calibration, perplexity, long "
-                         "prompts) or 'decode' (one token at a time)")
+        raise ValueError(
+            f"work={work!r}: use 'batch' (many rows at once: calibration, perplexity, long "
+            "prompts) or 'decode' (one token at a time)"
+        )
     device = str(device)
     if device.startswith("cuda"):
         import torch
 
         major, minor = torch.cuda.get_device_capability(torch.device(device))
         if major < 8:
-            return DtypeChoice("float16", f"GPU sm_{major}{minor} predates Ampere: no fast bf16, and GPTQ "
-                                          "Marlin needs fp16 there")
+            return DtypeChoice(
+                "float16",
+                f"GPU sm_{major}{minor} predates Ampere: no fast bf16, and GPTQ "
+                "Marlin needs fp16 there",
+            )
         return DtypeChoice("bfloat16", f"GPU sm_{major}{minor}: native bf16")
     if device == "mps":
         return DtypeChoice("float16", "Apple GPU: fp16 is its native half type")
@@ -87,7 +92,13 @@ def compute_dtype(device: str = "cpu", work: str = "decode") -> DtypeChoice:
     if native:
         return DtypeChoice("bfloat16", f"CPU with native bf16 ({found})")
     if work == "decode":
-        return DtypeChoice("bfloat16", f"no native bf16 ({found}), but decoding reads weights more than it "
-                                       "computes, and bf16 reads half the bytes")
-    return DtypeChoice("float32", f"no native bf16 ({found}): many-row bf16 products are emulated and "
-                                  "several times slower than fp32")
+        return DtypeChoice(
+            "bfloat16",
+            f"no native bf16 ({found}), but decoding reads weights more than it "
+            "computes, and bf16 reads half the bytes",
+        )
+    return DtypeChoice(
+        "float32",
+        f"no native bf16 ({found}): many-row bf16 products are emulated and "
+        "several times slower than fp32",
+    )

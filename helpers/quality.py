@@ -1,7 +1,7 @@
 """Quality of a quantized model: perplexity on a held-out text, and agreement with full precision.
 
-    quality.transformers_perplexity(lm.model, lm.tokenizer)   # on the course's held-out text
-    quality.gguf_perplexity(path)                             # the same through llama.cpp
+quality.transformers_perplexity(lm.model, lm.tokenizer)   # on the course's held-out text
+quality.gguf_perplexity(path)                             # the same through llama.cpp
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ def perplexity_from_logits(logits: np.ndarray, token_ids: list[int], chunk: int 
     targets = np.asarray(token_ids[1:])
     nll = np.empty(len(targets), dtype=np.float64)
     for start in range(0, len(targets), chunk):
-        rows = logits[start:start + chunk].astype(np.float32)[: len(targets) - start]
+        rows = logits[start : start + chunk].astype(np.float32)[: len(targets) - start]
         peak = rows.max(axis=-1, keepdims=True)
-        log_norm = peak[:, 0].astype(np.float64) + np.log(np.exp(rows - peak).sum(axis=-1, dtype=np.float64))
-        nll[start:start + len(rows)] = log_norm - rows[np.arange(len(rows)), targets[start:start + len(rows)]]
+        log_norm = peak[:, 0].astype(np.float64) + np.log(
+            np.exp(rows - peak).sum(axis=-1, dtype=np.float64)
+        )
+        nll[start : start + len(rows)] = (
+            log_norm - rows[np.arange(len(rows)), targets[start : start + len(rows)]]
+        )
     return float(math.exp(nll.mean()))
 
 
@@ -68,8 +72,13 @@ def _products_in_fp32(model, rows: int = 32768):
     works `rows` vocabulary rows at a time (84 MB each). GPTQ/AWQ layers are not nn.Linear: untouched."""
     import torch
 
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu"
-              and m.weight.dtype in (torch.bfloat16, torch.float16)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+        and m.weight.device.type == "cpu"
+        and m.weight.dtype in (torch.bfloat16, torch.float16)
+    ]
     if not layers or compute_dtype("cpu", "batch").dtype != "float32":
         yield
         return
@@ -78,10 +87,19 @@ def _products_in_fp32(model, rows: int = 32768):
     def in_fp32(layer):
         def forward(x):  # in blocks of `rows` output rows: one block except for a large vocabulary
             bias = None if layer.bias is None else layer.bias.float()
-            out = torch.cat([torch.nn.functional.linear(x.float(), layer.weight[i:i + rows].float(),
-                                                        None if bias is None else bias[i:i + rows])
-                             for i in range(0, layer.weight.shape[0], rows)], dim=-1)
+            out = torch.cat(
+                [
+                    torch.nn.functional.linear(
+                        x.float(),
+                        layer.weight[i : i + rows].float(),
+                        None if bias is None else bias[i : i + rows],
+                    )
+                    for i in range(0, layer.weight.shape[0], rows)
+                ],
+                dim=-1,
+            )
             return out if layer is head else out.to(x.dtype)
+
         return forward
 
     for layer in layers:
@@ -96,10 +114,14 @@ def _products_in_fp32(model, rows: int = 32768):
 def gguf_logits(path, token_ids: list[int], **llama_kwargs) -> np.ndarray:
     """Next-token logits of a GGUF file through llama.cpp at every position of `token_ids`."""
     # n_ctx a multiple of 256: llama.cpp rounds it up, and llama-cpp-python's buffers must match
-    llm = new_llama(path, n_ctx=suggest_n_ctx(len(token_ids), 8), logits_all=True, n_batch=512, **llama_kwargs)
+    llm = new_llama(
+        path, n_ctx=suggest_n_ctx(len(token_ids), 8), logits_all=True, n_batch=512, **llama_kwargs
+    )
     try:
         llm.eval(token_ids)
-        return np.array(llm.scores[: len(token_ids)], dtype=np.float32)  # a copy: scores dies with llm
+        return np.array(
+            llm.scores[: len(token_ids)], dtype=np.float32
+        )  # a copy: scores dies with llm
     finally:
         llm.close()
 

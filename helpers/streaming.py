@@ -1,8 +1,8 @@
 """Watch a model write: stream its answer to a terminal, or to a notebook widget with a Stop button.
 
-    run = stream(lm, "The capital of France is", max_new_tokens=64)  # lm from helpers.loading.load_model
-    result = run.wait()   # StreamResult(text, prompt_tokens, new_tokens, ttft_s, seconds, tokens_per_s, stopped_by_user)
-    print_stream(TokenStream(lm, prompt))   # the console; a TokenStream is a plain iterator of text pieces
+run = stream(lm, "The capital of France is", max_new_tokens=64)  # lm from helpers.loading.load_model
+result = run.wait()   # StreamResult(text, prompt_tokens, new_tokens, ttft_s, seconds, tokens_per_s, stopped_by_user)
+print_stream(TokenStream(lm, prompt))   # the console; a TokenStream is a plain iterator of text pieces
 """
 
 import html
@@ -24,12 +24,12 @@ PRE = '<pre style="white-space: pre-wrap; margin: 0; font-family: var(--jp-code-
 class StreamResult:
     """What one streamed generation produced, and how fast."""
 
-    text: str               # the new text, prompt excluded
+    text: str  # the new text, prompt excluded
     prompt_tokens: int
-    new_tokens: int         # every generated token, an end-of-sequence token included
-    ttft_s: float | None    # seconds from the start to the first new token (None if there was none)
-    seconds: float          # seconds from the start to the end, prompt processing included
-    tokens_per_s: float     # decode speed: tokens after the first / seconds after the first token
+    new_tokens: int  # every generated token, an end-of-sequence token included
+    ttft_s: float | None  # seconds from the start to the first new token (None if there was none)
+    seconds: float  # seconds from the start to the end, prompt processing included
+    tokens_per_s: float  # decode speed: tokens after the first / seconds after the first token
     stopped_by_user: bool
 
 
@@ -39,10 +39,27 @@ class TokenStream:
     `new_tokens`, `ttft_s`, `tokens_per_s` are live, `result` is set at the end; `plain_texts`, what a person
     typed into `prompt`, stay text (generation.encode_prompt)."""
 
-    def __init__(self, lm, prompt: str, max_new_tokens: int = 256, temperature: float = 0.0,
-                 plain_texts=(), stop_strings=(), **generate_kwargs):
-        self.lm, self.prompt, self.plain_texts, self.stop_strings = lm, prompt, list(plain_texts), list(stop_strings)
-        self.max_new_tokens, self.temperature, self.generate_kwargs = max_new_tokens, temperature, generate_kwargs
+    def __init__(
+        self,
+        lm,
+        prompt: str,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        plain_texts=(),
+        stop_strings=(),
+        **generate_kwargs,
+    ):
+        self.lm, self.prompt, self.plain_texts, self.stop_strings = (
+            lm,
+            prompt,
+            list(plain_texts),
+            list(stop_strings),
+        )
+        self.max_new_tokens, self.temperature, self.generate_kwargs = (
+            max_new_tokens,
+            temperature,
+            generate_kwargs,
+        )
         self.text, self.prompt_tokens, self.new_tokens, self.ttft_s = "", 0, 0, None
         self.stopped_by_user, self.hit_stop_string, self.result = False, False, None
         self._stop, self._started = threading.Event(), None
@@ -53,8 +70,12 @@ class TokenStream:
         self._stop.set()
 
     @property
-    def tokens_per_s(self) -> float:  # decode speed: tokens after the first over the time since it came
-        elapsed = time.perf_counter() - self._started - self.ttft_s if self.ttft_s is not None else 0
+    def tokens_per_s(
+        self,
+    ) -> float:  # decode speed: tokens after the first over the time since it came
+        elapsed = (
+            time.perf_counter() - self._started - self.ttft_s if self.ttft_s is not None else 0
+        )
         return (self.new_tokens - 1) / elapsed if self.new_tokens > 1 and elapsed > 0 else 0.0
 
     def visible(self, raw: str, final: bool = False) -> str:
@@ -63,37 +84,58 @@ class TokenStream:
         cut = min((raw.find(s) for s in self.stop_strings if s in raw), default=-1)
         if cut >= 0 or final:
             return raw[:cut] if cut >= 0 else raw
-        return raw[:len(raw) - max((n for s in self.stop_strings for n in range(1, len(s)) if raw.endswith(s[:n])),
-                                   default=0)]
+        return raw[
+            : len(raw)
+            - max(
+                (n for s in self.stop_strings for n in range(1, len(s)) if raw.endswith(s[:n])),
+                default=0,
+            )
+        ]
 
     def __iter__(self):
         if self._started is not None:
-            raise CourseError("A TokenStream runs once; make a new one (or call StreamWidget.start again).")
+            raise CourseError(
+                "A TokenStream runs once; make a new one (or call StreamWidget.start again)."
+            )
         claim_model(self.lm)
         self._started, raw, ended = time.perf_counter(), "", False
         pieces = self._llama_cpp() if self.lm.backend == "llama.cpp" else self._transformers()
         try:
-            for piece in itertools.chain(pieces, [None]):  # None: the end, which shows what was held back
+            for piece in itertools.chain(
+                pieces, [None]
+            ):  # None: the end, which shows what was held back
                 raw += piece or ""
                 if not self.hit_stop_string and any(s in raw for s in self.stop_strings):
                     self.hit_stop_string = True
                     self._stop.set()  # the generation ends within one token; visible() cuts before the stop
                 shown = self.visible(raw, final=piece is None)
                 if len(shown) > len(self.text):
-                    piece, self.text = shown[len(self.text):], shown
+                    piece, self.text = shown[len(self.text) :], shown
                     yield piece
             ended = True
         finally:
             self.stopped_by_user |= not ended  # the reader left early (Ctrl-C, break) or it failed
             pieces.close()  # which ends the generation
             _busy.discard(id(self.lm.model))
-            self.result = StreamResult(self.text, self.prompt_tokens, self.new_tokens, self.ttft_s,
-                                       time.perf_counter() - self._started, self.tokens_per_s, self.stopped_by_user)
+            self.result = StreamResult(
+                self.text,
+                self.prompt_tokens,
+                self.new_tokens,
+                self.ttft_s,
+                time.perf_counter() - self._started,
+                self.tokens_per_s,
+                self.stopped_by_user,
+            )
 
     def _count(self, new_tokens: int) -> None:
-        self.ttft_s, self.new_tokens = self.ttft_s or time.perf_counter() - self._started, new_tokens
+        self.ttft_s, self.new_tokens = (
+            self.ttft_s or time.perf_counter() - self._started,
+            new_tokens,
+        )
 
-    def _prompt_ids(self) -> list[int]:  # one <bos>, never two; refused, or max_new_tokens shortened, at the window
+    def _prompt_ids(
+        self,
+    ) -> list[int]:  # one <bos>, never two; refused, or max_new_tokens shortened, at the window
         ids = encode_prompt(self.lm, self.prompt, self.plain_texts)
         self.prompt_tokens = len(ids)
         self.max_new_tokens = fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
@@ -105,16 +147,39 @@ class TokenStream:
 
         model, tokenizer = self.lm.model, self.lm.tokenizer
         ids = torch.tensor([self._prompt_ids()], device=model.device)
-        def watch(input_ids, scores, **kwargs):  # after every token, which is kept (so counted) even after Stop
+
+        def watch(
+            input_ids, scores, **kwargs
+        ):  # after every token, which is kept (so counted) even after Stop
             self._count(input_ids.shape[1] - self.prompt_tokens)
-            return torch.full((input_ids.shape[0],), self._stop.is_set(), dtype=torch.bool, device=input_ids.device)
+            return torch.full(
+                (input_ids.shape[0],),
+                self._stop.is_set(),
+                dtype=torch.bool,
+                device=input_ids.device,
+            )
+
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": self.temperature}
+            if self.temperature > 0
+            else {"do_sample": False}
+        )
         with ThreadPoolExecutor(1, thread_name_prefix="qllm-generate") as pool:
-            job = pool.submit(torch.inference_mode()(model.generate), input_ids=ids, attention_mask=torch.ones_like(ids),
-                              streamer=streamer, max_new_tokens=self.max_new_tokens, stopping_criteria=[watch],
-                              pad_token_id=pad_token_id(tokenizer), **sampling, **self.generate_kwargs)
-            job.add_done_callback(lambda job: job.exception() and streamer.end())  # an error unblocks the reader
+            job = pool.submit(
+                torch.inference_mode()(model.generate),
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                streamer=streamer,
+                max_new_tokens=self.max_new_tokens,
+                stopping_criteria=[watch],
+                pad_token_id=pad_token_id(tokenizer),
+                **sampling,
+                **self.generate_kwargs,
+            )
+            job.add_done_callback(
+                lambda job: job.exception() and streamer.end()
+            )  # an error unblocks the reader
             try:
                 yield from streamer
             finally:
@@ -122,14 +187,24 @@ class TokenStream:
         job.result()  # re-raises the generation's error
 
     def _llama_cpp(self):
-        def watch(input_ids, logits) -> bool:  # per sampled token, given the ids before it; then once more
-            stop = self._stop.is_set()         # at the end, with no new one. A token sampled after Stop is dropped.
+        def watch(
+            input_ids, logits
+        ) -> bool:  # per sampled token, given the ids before it; then once more
+            stop = (
+                self._stop.is_set()
+            )  # at the end, with no new one. A token sampled after Stop is dropped.
             if not stop:
                 self._count(len(input_ids) + 1 - self.prompt_tokens)
             return stop
-        chunks = self.lm.model.create_completion(self._prompt_ids(), max_tokens=self.max_new_tokens, stream=True,
-                                                 temperature=self.temperature, stopping_criteria=watch,
-                                                 **self.generate_kwargs)
+
+        chunks = self.lm.model.create_completion(
+            self._prompt_ids(),
+            max_tokens=self.max_new_tokens,
+            stream=True,
+            temperature=self.temperature,
+            stopping_criteria=watch,
+            **self.generate_kwargs,
+        )
         try:
             yield from (chunk["choices"][0]["text"] for chunk in chunks)
         finally:
@@ -143,8 +218,10 @@ def claim_model(lm, check_only: bool = False) -> None:
     """One stream per model at a time: a second generation on the same llama.cpp model corrupts it."""
     with _busy_lock:
         if id(lm.model) in _busy:
-            raise CourseError("This model is still generating (a stream started earlier runs in the background). "
-                              "Call .wait() on that stream, or .stop() it, before starting another.")
+            raise CourseError(
+                "This model is still generating (a stream started earlier runs in the background). "
+                "Call .wait() on that stream, or .stop() it, before starting another."
+            )
         _busy.update([] if check_only else [id(lm.model)])
 
 
@@ -157,22 +234,34 @@ def has_widget_frontend(mode: str = "auto") -> bool:
     if forced in ("widget", "console") or "google.colab" in sys.modules:
         return forced != "console"
     ipython = sys.modules.get("IPython")
-    kernel = getattr(ipython.get_ipython() if ipython else None, "kernel", None)  # None: plain or terminal Python
-    return bool(getattr(kernel, "_allow_stdin", False))  # False under nbclient (nbmake, papermill): nobody to click
+    kernel = getattr(
+        ipython.get_ipython() if ipython else None, "kernel", None
+    )  # None: plain or terminal Python
+    return bool(
+        getattr(kernel, "_allow_stdin", False)
+    )  # False under nbclient (nbmake, papermill): nobody to click
 
 
 def format_status(run, state: str | None = None) -> str:
     """'done · first token 0.12 s · 15 tokens · 48.1 tokens/s' for a TokenStream (live) or a StreamResult."""
-    first = f"first token {run.ttft_s:.2f} s" if run.ttft_s is not None else "waiting for the first token"
+    first = (
+        f"first token {run.ttft_s:.2f} s"
+        if run.ttft_s is not None
+        else "waiting for the first token"
+    )
     state = state or ("stopped" if run.stopped_by_user else "done")
     return f"{state} · {first} · {run.new_tokens} tokens · {run.tokens_per_s:.1f} tokens/s"
 
 
-def print_stream(tokens: TokenStream, by_line: bool = False, file=None, live: bool = True) -> StreamResult:
+def print_stream(
+    tokens: TokenStream, by_line: bool = False, file=None, live: bool = True
+) -> StreamResult:
     """Run a TokenStream, printing its text as it comes (by_line: whole lines; live=False: at the end), then a
     status line. Ctrl-C (or the notebook's interrupt button) acts as Stop."""
     out, pieces, shown = file or sys.stdout, iter(tokens), 0
-    flush_each = not type(out).__module__.startswith("ipykernel")  # a kernel's stdout sends by itself every 0.2 s
+    flush_each = not type(out).__module__.startswith(
+        "ipykernel"
+    )  # a kernel's stdout sends by itself every 0.2 s
     try:
         for _piece in pieces:
             text = tokens.text[: tokens.text.rfind("\n") + 1] if by_line else tokens.text
@@ -209,38 +298,70 @@ class StreamWidget:
     (never prints into an ipywidgets.Output: ipykernel 7 can lose that, ipywidgets issue 4020). Console mode:
     `start` prints and returns at the end. `on_done(result)` runs after each generation."""
 
-    def __init__(self, lm, max_new_tokens: int = 256, temperature: float = 0.0, by_line: bool = False,
-                 mode: str = "auto", on_done=None, refresh_s: float = 0.1, **generate_kwargs):
+    def __init__(
+        self,
+        lm,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        by_line: bool = False,
+        mode: str = "auto",
+        on_done=None,
+        refresh_s: float = 0.1,
+        **generate_kwargs,
+    ):
         self.lm, self.by_line, self.refresh_s, self.on_done = lm, by_line, refresh_s, on_done
         self.mode = "widget" if has_widget_frontend(mode) else "console"
-        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, **generate_kwargs)
-        self.status, self.update_seconds = "ready", 0.0  # update_seconds: the reader's time on the widget
+        self.settings = dict(
+            max_new_tokens=max_new_tokens, temperature=temperature, **generate_kwargs
+        )
+        self.status, self.update_seconds = (
+            "ready",
+            0.0,
+        )  # update_seconds: the reader's time on the widget
         self.tokens = self.error = self.reader_thread = None
         self.widget = self.text_box = self.status_line = self.stop_button = None
         if self.mode == "widget":
             import ipywidgets as widgets
 
-            self.text_box, self.status_line = widgets.HTML(PRE.format("")), widgets.HTML(self.status)
-            self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger",
-                                              disabled=True, tooltip="End generation after the next token")
+            self.text_box, self.status_line = (
+                widgets.HTML(PRE.format("")),
+                widgets.HTML(self.status),
+            )
+            self.stop_button = widgets.Button(
+                description="Stop",
+                icon="stop",
+                button_style="danger",
+                disabled=True,
+                tooltip="End generation after the next token",
+            )
             self.stop_button.on_click(lambda _button: self.stop())
-            self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status_line]), self.text_box])
+            self.widget = widgets.VBox(
+                [widgets.HBox([self.stop_button, self.status_line]), self.text_box]
+            )
 
-    running = property(lambda self: self.reader_thread is not None and self.reader_thread.is_alive())
+    running = property(
+        lambda self: self.reader_thread is not None and self.reader_thread.is_alive()
+    )
     text = property(lambda self: self.tokens.text if self.tokens else "")
     new_tokens = property(lambda self: self.tokens.new_tokens if self.tokens else 0)
 
     def start(self, prompt: str) -> "StreamWidget":
         """Begin generating from `prompt` (widget mode: returns at once; console mode: when done)."""
         if self.running:
-            raise CourseError("This stream is still generating: call stop() and wait() before starting again.")
-        claim_model(self.lm, check_only=True)  # fail here, in the caller, rather than in the reader thread
+            raise CourseError(
+                "This stream is still generating: call stop() and wait() before starting again."
+            )
+        claim_model(
+            self.lm, check_only=True
+        )  # fail here, in the caller, rather than in the reader thread
         self.error, self.update_seconds = None, 0.0
         self.tokens = TokenStream(self.lm, prompt, **self.settings)
         if self.mode == "console":
             self._finish(print_stream(self.tokens, self.by_line))
         else:
-            self.reader_thread = threading.Thread(target=self._read, name="qllm-stream-reader", daemon=True)
+            self.reader_thread = threading.Thread(
+                target=self._read, name="qllm-stream-reader", daemon=True
+            )
             self.reader_thread.start()
         return self
 
@@ -266,7 +387,9 @@ class StreamWidget:
             for _piece in tokens:
                 began = time.perf_counter()
                 if began - last >= self.refresh_s:  # an unchanged value sends nothing
-                    text = tokens.text[: tokens.text.rfind("\n") + 1] if self.by_line else tokens.text
+                    text = (
+                        tokens.text[: tokens.text.rfind("\n") + 1] if self.by_line else tokens.text
+                    )
                     self.text_box.value = PRE.format(html.escape(text))
                     self._set_status(format_status(tokens, "generating"))
                     last = began
@@ -296,5 +419,6 @@ def stream(lm, prompt: str, **settings) -> StreamWidget:
     sw = StreamWidget(lm, **settings)
     if sw.mode == "widget":
         from IPython.display import display
+
         display(sw.widget)
     return sw.start(prompt)

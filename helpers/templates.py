@@ -26,16 +26,25 @@ COURSE_TEMPLATE_MARK = "written for this course"  # in the course's own Gemma te
 ROLES = ("system", "user", "assistant")
 TEMPLATES = ("auto", "chat", "few-shot", "completion")
 # A base model continues documents: a few answered questions show it the pattern (short, English and Chinese).
-FEW_SHOT_EXAMPLES = [("What is the capital of Japan?", "Tokyo."), ("How many legs does a spider have?", "Eight."),
-                     ("日本的首都是哪里？", "东京。"), ("一年有几个月？", "十二个月。")]
+FEW_SHOT_EXAMPLES = [
+    ("What is the capital of Japan?", "Tokyo."),
+    ("How many legs does a spider have?", "Eight."),
+    ("日本的首都是哪里？", "东京。"),
+    ("一年有几个月？", "十二个月。"),
+]
 # Fixed questions (none among the examples) and what a right reply contains, a regular expression: the
 # templates are scored on them in notebooks 07 and 09.
 SCORED_QUESTIONS = [
-    ("What is the capital of France?", r"Paris"), ("Who wrote Romeo and Juliet?", r"Shakespeare"),
+    ("What is the capital of France?", r"Paris"),
+    ("Who wrote Romeo and Juliet?", r"Shakespeare"),
     ("What is the boiling point of water in degrees Celsius?", r"(?<!\d)100(?!\d)"),
-    ("How many days are in a week?", r"(?<!\d)7(?!\d)|seven"), ("What colour is the sky on a clear day?", r"blue"),
-    ("What is 2 + 3?", r"(?<!\d)5(?!\d)|five"), ("法国的首都是哪里？", r"巴黎"),
-    ("水的沸点是多少摄氏度？", r"(?<!\d)100(?!\d)|一百"), ("一个星期有几天？", r"(?<!\d)7(?!\d)|七"), ("中国的首都是哪里？", r"北京"),
+    ("How many days are in a week?", r"(?<!\d)7(?!\d)|seven"),
+    ("What colour is the sky on a clear day?", r"blue"),
+    ("What is 2 + 3?", r"(?<!\d)5(?!\d)|five"),
+    ("法国的首都是哪里？", r"巴黎"),
+    ("水的沸点是多少摄氏度？", r"(?<!\d)100(?!\d)|一百"),
+    ("一个星期有几天？", r"(?<!\d)7(?!\d)|七"),
+    ("中国的首都是哪里？", r"北京"),
 ]
 
 
@@ -43,17 +52,33 @@ def check_messages(messages, ends_with_user: bool = False) -> list[dict]:
     """Validate a message list (an optional leading system message, then user/assistant turns in turn);
     return plain {"role", "content"} dicts, or raise ChatError saying what is wrong."""
     if not isinstance(messages, list):
-        raise ChatError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, not {type(messages).__name__}.")
-    start = 1 if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system" else 0
+        raise ChatError(
+            f"messages must be a list of {{'role': ..., 'content': ...}} dicts, not {type(messages).__name__}."
+        )
+    start = (
+        1
+        if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system"
+        else 0
+    )
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ChatError(f"message {i} is not a {{'role': str, 'content': str}} dict: {str(m)[:80]!r}.")
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise ChatError(
+                f"message {i} is not a {{'role': str, 'content': str}} dict: {str(m)[:80]!r}."
+            )
         if m["role"] not in ROLES:
-            raise ChatError(f"message {i} has role {m['role']!r}; the roles are {', '.join(ROLES)}.")
+            raise ChatError(
+                f"message {i} has role {m['role']!r}; the roles are {', '.join(ROLES)}."
+            )
         expected = "system" if i < start else "user" if (i - start) % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise ChatError(f"message {i} is a {m['role']!r} message where a {expected!r} one belongs: after an "
-                            "optional system message, turns alternate user, assistant, user, ...")
+            raise ChatError(
+                f"message {i} is a {m['role']!r} message where a {expected!r} one belongs: after an "
+                "optional system message, turns alternate user, assistant, user, ..."
+            )
     if ends_with_user and (len(messages) == start or messages[-1]["role"] != "user"):
         raise ChatError("the messages must end with a user message (the one to answer).")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -64,11 +89,11 @@ class ChatTemplate:
     """How messages become a prompt: kind "chat" (a Jinja chat template), "few-shot" or "completion"."""
 
     kind: str
-    source: str                   # where it comes from, in words
-    render: Callable[..., str]    # render(messages, add_generation_prompt=True) -> prompt text
-    stop_strings: list[str] = field(default_factory=list)   # the reply ends before any of these
+    source: str  # where it comes from, in words
+    render: Callable[..., str]  # render(messages, add_generation_prompt=True) -> prompt text
+    stop_strings: list[str] = field(default_factory=list)  # the reply ends before any of these
     end_token_ids: list[int] = field(default_factory=list)  # and at these tokens (Transformers)
-    reason: str = ""              # why "auto" chose it
+    reason: str = ""  # why "auto" chose it
 
     def describe(self) -> str:
         return f"{self.kind} template: {self.source}" + (f" ({self.reason})" if self.reason else "")
@@ -78,7 +103,11 @@ def render_completion(messages: list[dict], add_generation_prompt: bool = True, 
     """A transcript a base model can continue: system text, then "User: ..." / "Assistant: ..." lines,
     opened by the (question, answer) pairs in `examples` (a few-shot transcript)."""
     messages = check_messages(messages)
-    system = [messages.pop(0)["content"].strip() + "\n\n"] if messages and messages[0]["role"] == "system" else []
+    system = (
+        [messages.pop(0)["content"].strip() + "\n\n"]
+        if messages and messages[0]["role"] == "system"
+        else []
+    )
     lines = [f"User: {q}\nAssistant: {a}\n" for q, a in examples]
     lines += [f"{m['role'].capitalize()}: {m['content'].strip()}\n" for m in messages]
     return "".join(system + lines) + ("Assistant:" if add_generation_prompt else "")
@@ -87,39 +116,72 @@ def render_completion(messages: list[dict], add_generation_prompt: bool = True, 
 def own_chat_template(lm) -> tuple[str | None, str]:
     """The chat template the model ships (tokenizer or GGUF metadata), and where it was found."""
     if lm.backend == "llama.cpp":
-        return lm.model.metadata.get("tokenizer.chat_template"), "the GGUF metadata (tokenizer.chat_template)"
+        return lm.model.metadata.get(
+            "tokenizer.chat_template"
+        ), "the GGUF metadata (tokenizer.chat_template)"
     return getattr(lm.tokenizer, "chat_template", None), "the tokenizer's chat_template"
 
 
 def choose_template(lm, template: str = "auto", chat_template: str | None = None) -> ChatTemplate:
     """Pick how to render prompts for `lm` (module docstring); `chat_template` (Jinja) overrides the model's."""
     if template not in TEMPLATES:
-        raise ChatError(f"template must be one of {', '.join(repr(t) for t in TEMPLATES)}, not {template!r}.")
-    own, where = (chat_template, "the chat_template you passed") if chat_template else own_chat_template(lm)
-    template, course_written = "chat" if chat_template else template, bool(own) and COURSE_TEMPLATE_MARK in own
+        raise ChatError(
+            f"template must be one of {', '.join(repr(t) for t in TEMPLATES)}, not {template!r}."
+        )
+    own, where = (
+        (chat_template, "the chat_template you passed") if chat_template else own_chat_template(lm)
+    )
+    template, course_written = (
+        "chat" if chat_template else template,
+        bool(own) and COURSE_TEMPLATE_MARK in own,
+    )
     reason = ""
     if template == "auto" and not own:
-        reason = f"auto: no chat template in {where}, so a base model: a few-shot transcript works best"
+        reason = (
+            f"auto: no chat template in {where}, so a base model: a few-shot transcript works best"
+        )
     elif template == "auto" and course_written:
-        reason = ("auto: the model's only chat template was written by this course for a base model that never "
-                  "learned it (a few-shot transcript answers better: notebook 07); pass template='chat' to use it anyway")
+        reason = (
+            "auto: the model's only chat template was written by this course for a base model that never "
+            "learned it (a few-shot transcript answers better: notebook 07); pass template='chat' to use it anyway"
+        )
     if template in ("completion", "few-shot") or reason:
         examples = FEW_SHOT_EXAMPLES if template != "completion" else ()
         source = 'a "User: ... / Assistant:" transcript' + (
-            f" opened by {len(examples)} answered examples (templates.FEW_SHOT_EXAMPLES)" if examples else "")
-        return ChatTemplate("few-shot" if examples else "completion", source,
-                            partial(render_completion, examples=examples), ["\nUser:", "\nAssistant:"], reason=reason)
+            f" opened by {len(examples)} answered examples (templates.FEW_SHOT_EXAMPLES)"
+            if examples
+            else ""
+        )
+        return ChatTemplate(
+            "few-shot" if examples else "completion",
+            source,
+            partial(render_completion, examples=examples),
+            ["\nUser:", "\nAssistant:"],
+            reason=reason,
+        )
     if not own:
-        arch = lm.model.metadata.get("general.architecture", "") if lm.backend == "llama.cpp" else ""
+        arch = (
+            lm.model.metadata.get("general.architecture", "") if lm.backend == "llama.cpp" else ""
+        )
         if not arch.startswith("gemma"):
             raise ChatError(
                 f"This model has no chat template in {where}, and its architecture ({arch or 'unknown'}) has no "
                 "format the course knows. Use template='completion', or pass chat_template='...' (the Jinja "
-                "template from the model's tokenizer_config.json or model card).")
-        own, where = COURSE_TEMPLATE_FILE.read_text(), ("Gemma's turn format, the course's copy "
-                                                        "(helpers/data/gemma_chat_template.jinja): the GGUF has none")
+                "template from the model's tokenizer_config.json or model card)."
+            )
+        own, where = (
+            COURSE_TEMPLATE_FILE.read_text(),
+            (
+                "Gemma's turn format, the course's copy "
+                "(helpers/data/gemma_chat_template.jinja): the GGUF has none"
+            ),
+        )
     elif not chat_template:
-        where += " (written by this course; the model never learned it)" if course_written else ", the model's own"
+        where += (
+            " (written by this course; the model never learned it)"
+            if course_written
+            else ", the model's own"
+        )
     return jinja_template(lm, own, where)
 
 
@@ -130,16 +192,26 @@ def jinja_template(lm, jinja: str, source: str) -> ChatTemplate:
     if lm.backend == "llama.cpp":
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        text = [lm.model.detokenize([i], special=True).decode("utf-8", "ignore")
-                for i in (lm.model.token_bos(), lm.model.token_eos())]
-        formatters = {g: Jinja2ChatFormatter(jinja, bos_token=text[0], eos_token=text[1], add_generation_prompt=g)
-                      for g in (True, False)}
+        text = [
+            lm.model.detokenize([i], special=True).decode("utf-8", "ignore")
+            for i in (lm.model.token_bos(), lm.model.token_eos())
+        ]
+        formatters = {
+            g: Jinja2ChatFormatter(
+                jinja, bos_token=text[0], eos_token=text[1], add_generation_prompt=g
+            )
+            for g in (True, False)
+        }
+
         def run(messages, generation):
             return formatters[generation](messages=messages).prompt
     else:
+
         def run(messages, generation):
-            return lm.tokenizer.apply_chat_template(messages, chat_template=jinja, add_generation_prompt=generation,
-                                                    tokenize=False)
+            return lm.tokenizer.apply_chat_template(
+                messages, chat_template=jinja, add_generation_prompt=generation, tokenize=False
+            )
+
     def render(messages, add_generation_prompt=True):
         try:
             return run(check_messages(messages), add_generation_prompt)
@@ -147,15 +219,22 @@ def jinja_template(lm, jinja: str, source: str) -> ChatTemplate:
             raise ChatError(f"the chat template refused these messages: {err}") from None
 
     try:
-        probe = render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "PROBE"}], False)
+        probe = render(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "PROBE"}], False
+        )
         marker = (probe.partition("PROBE")[2].split() or [""])[0]  # e.g. '<end_of_turn>'
     except Exception:  # some templates insist on ending with a user message
         marker = ""
     ids = []
     if marker:
-        ids = (lm.model.tokenize(marker.encode("utf-8"), add_bos=False, special=True) if lm.backend == "llama.cpp"
-               else lm.tokenizer(marker, add_special_tokens=False)["input_ids"])
-    return ChatTemplate("chat", source, render, [marker] if marker else [], list(ids) if len(ids) == 1 else [])
+        ids = (
+            lm.model.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
+            if lm.backend == "llama.cpp"
+            else lm.tokenizer(marker, add_special_tokens=False)["input_ids"]
+        )
+    return ChatTemplate(
+        "chat", source, render, [marker] if marker else [], list(ids) if len(ids) == 1 else []
+    )
 
 
 def count_prompt_tokens(lm, prompt: str, plain=()) -> int:

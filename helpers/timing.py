@@ -64,16 +64,33 @@ class Timing:
 
     def row(self) -> dict:
         gpu = [r.peak_gpu_bytes for r in self.runs if r.peak_gpu_bytes is not None]
-        return {"format": self.format, "backend": self.backend, "device": self.device, "dtype": self.dtype,
-                "threads": self.threads, "runs": len(self.runs), "load_s": self.load_s,
-                **{name: self.median(name) for name in ("prompt_tokens", "new_tokens", "ttft_s", "prompt_tok_s",
-                                                        "decode_tok_s")},
-                "decode_spread": self.spread("decode_tok_s"), "ttft_spread": self.spread("ttft_s"),
-                "peak_rss_MiB": max(r.peak_rss_bytes for r in self.runs) / 2**20,
-                "peak_gpu_MiB": max(gpu) / 2**20 if gpu else None}
+        return {
+            "format": self.format,
+            "backend": self.backend,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "runs": len(self.runs),
+            "load_s": self.load_s,
+            **{
+                name: self.median(name)
+                for name in (
+                    "prompt_tokens",
+                    "new_tokens",
+                    "ttft_s",
+                    "prompt_tok_s",
+                    "decode_tok_s",
+                )
+            },
+            "decode_spread": self.spread("decode_tok_s"),
+            "ttft_spread": self.spread("ttft_s"),
+            "peak_rss_MiB": max(r.peak_rss_bytes for r in self.runs) / 2**20,
+            "peak_gpu_MiB": max(gpu) / 2**20 if gpu else None,
+        }
 
 
 # ---- memory ---------------------------------------------------------------------------------
+
 
 def peak_rss_bytes() -> int:
     """Highest resident memory of this process (Linux VmHWM; elsewhere ru_maxrss)."""
@@ -104,8 +121,12 @@ def reset_peak_rss() -> bool:
 def _gpu_used_by_this_process() -> int | None:
     """GPU memory this process holds, from nvidia-smi (llama.cpp does not go through torch)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     for line in out.splitlines():
@@ -116,6 +137,7 @@ def _gpu_used_by_this_process() -> int | None:
 
 
 # ---- one generation -------------------------------------------------------------------------
+
 
 class _TokenClock:
     """A Transformers streamer that only notes when each new token arrives."""
@@ -156,14 +178,26 @@ def time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int = 
     times, prompt_tokens, text, gpu = run(lm, prompt, new_tokens)
     started, stamps = times[0], times[1:]
     ttft = stamps[0] - started
-    return RunTiming(prompt_tokens=prompt_tokens, new_tokens=len(stamps), ttft_s=ttft,
-                     prompt_tok_s=prompt_tokens / ttft, decode_tok_s=(len(stamps) - 1) / (stamps[-1] - stamps[0]),
-                     total_s=stamps[-1] - started, peak_rss_bytes=peak_rss_bytes(), peak_gpu_bytes=gpu, text=text)
+    return RunTiming(
+        prompt_tokens=prompt_tokens,
+        new_tokens=len(stamps),
+        ttft_s=ttft,
+        prompt_tok_s=prompt_tokens / ttft,
+        decode_tok_s=(len(stamps) - 1) / (stamps[-1] - stamps[0]),
+        total_s=stamps[-1] - started,
+        peak_rss_bytes=peak_rss_bytes(),
+        peak_gpu_bytes=gpu,
+        text=text,
+    )
 
 
 def _run_llama_cpp(lm: LoadedModel, prompt, new_tokens: int):
     llm = lm.model
-    ids = list(prompt) if isinstance(prompt, list) else llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+    ids = (
+        list(prompt)
+        if isinstance(prompt, list)
+        else llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+    )
     llm.reset()  # forget the previous prompt: its KV cache would skip the prompt pass
     # Llama.generate is the bare token iterator: unlike create_completion it never stops at
     # end-of-sequence, so counting tokens gives exactly new_tokens.
@@ -191,33 +225,60 @@ def _run_transformers(lm: LoadedModel, prompt, new_tokens: int):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     clock = _TokenClock()  # put() copies each token to the CPU, which also waits for the GPU
-    pad = pad_token_id(lm.tokenizer) if lm.tokenizer is not None else lm.model.generation_config.pad_token_id
+    pad = (
+        pad_token_id(lm.tokenizer)
+        if lm.tokenizer is not None
+        else lm.model.generation_config.pad_token_id
+    )
     started = time.perf_counter()
     with torch.inference_mode():
-        out = lm.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,  # EOS banned
-                                do_sample=False, top_p=None, top_k=None, temperature=None,
-                                pad_token_id=pad, streamer=clock)
+        out = lm.model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,  # EOS banned
+            do_sample=False,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+            pad_token_id=pad,
+            streamer=clock,
+        )
     gpu = int(torch.cuda.max_memory_allocated()) if on_gpu else None
-    new = out[0][inputs["input_ids"].shape[1]:]
+    new = out[0][inputs["input_ids"].shape[1] :]
     text = lm.tokenizer.decode(new, skip_special_tokens=True) if lm.tokenizer is not None else ""
     return [started] + clock.times, int(inputs["input_ids"].shape[1]), text, gpu
 
 
-def measure(lm: LoadedModel, prompts, new_tokens: int = 32, warmup: int = 1, repeats: int = 3,
-            threads: int | None = None) -> Timing:
+def measure(
+    lm: LoadedModel,
+    prompts,
+    new_tokens: int = 32,
+    warmup: int = 1,
+    repeats: int = 3,
+    threads: int | None = None,
+) -> Timing:
     """Warm up, then time `repeats` rounds over all prompts; returns the runs and their medians."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     threads = threads or default_threads()
     set_threads(lm, threads)
     for i in range(warmup):
         time_generation(lm, prompts[i % len(prompts)], new_tokens)
-    timing = Timing(format=lm.format, backend=lm.backend, device=lm.device, dtype=lm.dtype, threads=threads,
-                    load_s=lm.load_seconds)
-    timing.runs = [time_generation(lm, prompt, new_tokens) for _ in range(repeats) for prompt in prompts]
+    timing = Timing(
+        format=lm.format,
+        backend=lm.backend,
+        device=lm.device,
+        dtype=lm.dtype,
+        threads=threads,
+        load_s=lm.load_seconds,
+    )
+    timing.runs = [
+        time_generation(lm, prompt, new_tokens) for _ in range(repeats) for prompt in prompts
+    ]
     return timing
 
 
 # ---- the bandwidth ceiling ------------------------------------------------------------------
+
 
 def copy_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5) -> float:
     """Bytes/s of a large numpy copy, counting the read and the write; best of `repeats`."""
@@ -236,7 +297,9 @@ def copy_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5) -> float:
         if threads == 1:
             np.copyto(dst, src)
         else:
-            workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in bounds]
+            workers = [
+                threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b])) for a, b in bounds
+            ]
             for w in workers:  # numpy releases the GIL while it copies
                 w.start()
             for w in workers:
@@ -258,8 +321,12 @@ def gguf_bytes_per_token(source) -> int:
     """Weight bytes llama.cpp reads per decoded token, from a .gguf path or its header as `model_info.gguf_header`
     or `gguf_header_remote` give it (no weights needed): `weights_read_per_token`, head `output.weight`."""
     header = source if isinstance(source, dict) else gguf_header(source)
-    rows = header["shapes"].get("token_embd.weight", [1])[-1]  # GGUF order: the vocabulary comes last
-    return weights_read_per_token(header["tensor_bytes"], "token_embd.weight", "output.weight", rows)
+    rows = header["shapes"].get("token_embd.weight", [1])[
+        -1
+    ]  # GGUF order: the vocabulary comes last
+    return weights_read_per_token(
+        header["tensor_bytes"], "token_embd.weight", "output.weight", rows
+    )
 
 
 def torch_bytes_per_token(model) -> int:
@@ -278,7 +345,11 @@ def torch_bytes_per_token(model) -> int:
 
 def bytes_per_token(lm: LoadedModel) -> int:
     """Weight bytes read per decoded token for any loaded model."""
-    return gguf_bytes_per_token(lm.path) if lm.backend == "llama.cpp" else torch_bytes_per_token(lm.model)
+    return (
+        gguf_bytes_per_token(lm.path)
+        if lm.backend == "llama.cpp"
+        else torch_bytes_per_token(lm.model)
+    )
 
 
 def decode_ceiling(bandwidth_bytes_s: float, bytes_per_token_: int) -> float:

@@ -31,16 +31,25 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 # Every host name but 127.0.0.1 resolves to nothing: the page (its Colab badge image, any CDN) never
 # leaves the machine. Done in the browser, not with Playwright request routing, which sends every
 # request through Python and stalled JupyterLab's start-up on this machine.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
 
 # JupyterLab user settings for a predictable page: every cell in the DOM (no virtual scrolling),
 # no "get notified about news?" toast over the notebook.
 LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                       "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
 }
 
 T = TypeVar("T")
@@ -48,15 +57,20 @@ T = TypeVar("T")
 
 def chromium_path() -> str | None:
     """The system Chromium (QLLM_CHROMIUM overrides), or None when it is not installed."""
-    for candidate in (os.environ.get("QLLM_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("QLLM_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
 
 
-def wait_until(check: Callable[[], T], timeout: float, message: str | Callable[[], str],
-               interval: float = 0.2) -> T:
+def wait_until(
+    check: Callable[[], T], timeout: float, message: str | Callable[[], str], interval: float = 0.2
+) -> T:
     """Poll `check()` until it returns something truthy; fail with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,8 +89,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def copy_notebook(src: Path, dest_dir: Path, insert_before: str | None = None,
-                  insert_source: str | None = None) -> Path:
+def copy_notebook(
+    src: Path, dest_dir: Path, insert_before: str | None = None, insert_source: str | None = None
+) -> Path:
     """Copy a notebook; optionally insert a code cell before the first cell containing `insert_before`.
 
     The browser test uses this papermill-style to lengthen a generation, so it can be watched and stopped.
@@ -85,7 +100,9 @@ def copy_notebook(src: Path, dest_dir: Path, insert_before: str | None = None,
     if insert_before is not None:
         index = next((i for i, c in enumerate(nb.cells) if insert_before in c.source), None)
         if index is None:
-            raise AssertionError(f"{src.name}: no cell contains {insert_before!r}; the browser test needs updating")
+            raise AssertionError(
+                f"{src.name}: no cell contains {insert_before!r}; the browser test needs updating"
+            )
         cell = nbformat.v4.new_code_cell(insert_source)
         cell.metadata["tags"] = ["injected-parameters"]
         nb.cells.insert(index, cell)
@@ -116,7 +133,10 @@ class JupyterLab:
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 90) -> "JupyterLab":
-        dirs = {name: self.workdir / name for name in ("config", "data", "runtime", "settings", "workspaces")}
+        dirs = {
+            name: self.workdir / name
+            for name in ("config", "data", "runtime", "settings", "workspaces")
+        }
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         for rel, value in LAB_SETTINGS.items():
@@ -124,29 +144,59 @@ class JupyterLab:
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(json.dumps(value))
         env = dict(os.environ)
-        env.update({
-            "JUPYTER_CONFIG_DIR": str(dirs["config"]), "JUPYTER_DATA_DIR": str(dirs["data"]),
-            "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]), "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]),
-            "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]),
-            # the kernel imports this checkout's helpers, whatever is installed
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        })
+        env.update(
+            {
+                "JUPYTER_CONFIG_DIR": str(dirs["config"]),
+                "JUPYTER_DATA_DIR": str(dirs["data"]),
+                "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
+                "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]),
+                "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]),
+                # the kernel imports this checkout's helpers, whatever is installed
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+                ),
+            }
+        )
         env.update(self.extra_env)
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-               f"--port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-               f"--ServerApp.root_dir={self.root_dir}", "--ServerApp.terminals_enabled=False",
-               "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               "--LabApp.extension_manager=readonly"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root_dir}",
+            "--ServerApp.terminals_enabled=False",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+        ]
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=self.root_dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_until(self._answers, timeout,
-                   lambda: f"JupyterLab did not answer on {self.url}; its log:\n{self.log_tail()}", interval=0.5)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=self.root_dir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(
+            self._answers,
+            timeout,
+            lambda: f"JupyterLab did not answer on {self.url}; its log:\n{self.log_tail()}",
+            interval=0.5,
+        )
         return self
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"JupyterLab exited with code {self.proc.returncode}; its log:\n{self.log_tail()}")
+            raise AssertionError(
+                f"JupyterLab exited with code {self.proc.returncode}; its log:\n{self.log_tail()}"
+            )
         try:
             self.api("GET", "api/status")
             return True
@@ -155,8 +205,9 @@ class JupyterLab:
 
     def api(self, method: str, path: str):
         """Call the server's REST API with the token; return the decoded JSON (or None)."""
-        req = urllib.request.Request(self.url + path, method=method,
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            self.url + path, method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             body = r.read()
         return json.loads(body) if body else None
@@ -208,7 +259,9 @@ class JupyterLab:
 
 
 def launch_chromium(playwright):
-    return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(
+        executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
+    )
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -225,17 +278,30 @@ class NotebookPage:
     def open(self, timeout: float = 120) -> "NotebookPage":
         """Load the notebook page; return once its cells show their sources and its kernel is idle."""
         nb = nbformat.read(self.lab.root_dir / self.notebook, as_version=4)
-        first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip())
+        first = next(
+            i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()
+        )
         first_line = nb.cells[first].source.strip().splitlines()[0].strip()[:30]
         editor = self.cell(first).locator(".jp-InputArea-editor")
         self.page.goto(self.lab.page_url(self.notebook), timeout=timeout * 1000)
         # JupyterLab first draws a placeholder notebook (one empty cell, status "idle"), then the file
-        wait_until(lambda: self.cells.count() == len(nb.cells) and first_line in editor.inner_text(), timeout,
-                   lambda: f"{self.notebook}: expected {len(nb.cells)} cells, cell {first} starting "
-                           f"{first_line!r}; the page shows {self.cells.count()} cells")
-        wait_until(lambda: self.server_kernel_state() == "idle" and self.kernel_status() == "idle", timeout,
-                   lambda: f"{self.notebook}: the kernel did not become idle (server: {self.server_kernel_state()!r}, "
-                           f"page: {self.kernel_status()!r}); JupyterLab log:\n{self.lab.log_tail()}", interval=0.5)
+        wait_until(
+            lambda: self.cells.count() == len(nb.cells) and first_line in editor.inner_text(),
+            timeout,
+            lambda: (
+                f"{self.notebook}: expected {len(nb.cells)} cells, cell {first} starting "
+                f"{first_line!r}; the page shows {self.cells.count()} cells"
+            ),
+        )
+        wait_until(
+            lambda: self.server_kernel_state() == "idle" and self.kernel_status() == "idle",
+            timeout,
+            lambda: (
+                f"{self.notebook}: the kernel did not become idle (server: {self.server_kernel_state()!r}, "
+                f"page: {self.kernel_status()!r}); JupyterLab log:\n{self.lab.log_tail()}"
+            ),
+            interval=0.5,
+        )
         self.collapse_sidebar()
         return self
 
@@ -265,11 +331,19 @@ class NotebookPage:
         cell.scroll_into_view_if_needed()
         editor = cell.locator(".jp-InputArea-editor")
         # editors fill in after the page shows the cells: wait for the source, not only the cell
-        wait_until(lambda: expect in editor.inner_text(), 30,
-                   lambda: f"{self.notebook}: cell {i} should contain {expect!r}, it holds:\n{editor.inner_text()[:400]}")
+        wait_until(
+            lambda: expect in editor.inner_text(),
+            30,
+            lambda: (
+                f"{self.notebook}: cell {i} should contain {expect!r}, it holds:\n{editor.inner_text()[:400]}"
+            ),
+        )
         cell.locator(".jp-InputPrompt").click()
-        wait_until(lambda: "jp-mod-selected" in (cell.get_attribute("class") or ""), 10,
-                   f"{self.notebook}: cell {i} did not become selected")
+        wait_until(
+            lambda: "jp-mod-selected" in (cell.get_attribute("class") or ""),
+            10,
+            f"{self.notebook}: cell {i} did not become selected",
+        )
 
     def run_all_above(self, i: int, expect: str) -> None:
         """Run > Run All Above Selected Cell, with cell `i` selected."""
@@ -281,8 +355,11 @@ class NotebookPage:
         before = self.prompt(i)
         self.select(i, expect)
         self.run_menu("Run Selected Cell and Do not Advance")
-        wait_until(lambda: self.prompt(i) != before or "*" in self.prompt(i), 30,
-                   lambda: f"{self.notebook}: cell {i} did not start (prompt {self.prompt(i)!r})")
+        wait_until(
+            lambda: self.prompt(i) != before or "*" in self.prompt(i),
+            30,
+            lambda: f"{self.notebook}: cell {i} did not start (prompt {self.prompt(i)!r})",
+        )
 
     def run_menu(self, item: str) -> None:
         self.page.get_by_role("menuitem", name="Run", exact=True).click()
@@ -301,6 +378,7 @@ class NotebookPage:
 
     def wait_executed(self, indexes: list[int], timeout: float) -> None:
         """Wait until the code cells `indexes` all show an execution count; fail on an error or a widget error."""
+
         def done() -> bool:
             self.check_errors(indexes)
             prompts = [self.prompt(i) for i in indexes]
@@ -310,11 +388,20 @@ class NotebookPage:
                 # nothing runs, nothing queued, yet a cell has no count: the run stopped early
                 missing = [i for i, p in zip(indexes, prompts) if not re.fullmatch(r"\[\d+\]:", p)]
                 if missing and self._still_idle():
-                    raise AssertionError(f"{self.notebook}: cells {missing} were not executed (the run stopped)")
+                    raise AssertionError(
+                        f"{self.notebook}: cells {missing} were not executed (the run stopped)"
+                    )
             return False
 
-        wait_until(done, timeout, lambda: f"{self.notebook}: cells {indexes} did not finish; prompts "
-                                          f"{[self.prompt(i) for i in indexes]}", interval=0.5)
+        wait_until(
+            done,
+            timeout,
+            lambda: (
+                f"{self.notebook}: cells {indexes} did not finish; prompts "
+                f"{[self.prompt(i) for i in indexes]}"
+            ),
+            interval=0.5,
+        )
 
     def _still_idle(self) -> bool:
         time.sleep(1.0)  # the indicator can read idle between two queued cells
@@ -326,8 +413,10 @@ class NotebookPage:
             text = self.output_text(i)
             if "Error displaying widget" in text:
                 line = next(x for x in text.splitlines() if "Error displaying widget" in x)
-                raise AssertionError(f"{self.notebook}, cell {i}: JupyterLab shows {line.strip()!r} "
-                                     "(the ipywidgets front end and kernel side disagree)")
+                raise AssertionError(
+                    f"{self.notebook}, cell {i}: JupyterLab shows {line.strip()!r} "
+                    "(the ipywidgets front end and kernel side disagree)"
+                )
             if "Traceback (most recent call last)" in text:
                 raise AssertionError(f"{self.notebook}, cell {i} raised:\n{text[-2500:]}")
 

@@ -48,10 +48,18 @@ def tiny_gemma3(path: Path, vocab_size: int = 262144, layers: int = 1, seed: int
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256,
-                              num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                              head_dim=64, max_position_embeddings=1024, sliding_window=64,
-                              layer_types=["sliding_attention"] * layers)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=1024,
+        sliding_window=64,
+        layer_types=["sliding_attention"] * layers,
+    )
     model = Gemma3ForCausalLM(config).to(torch.bfloat16)
     with torch.no_grad():  # random (1 + w) gains around 1, one dead channel as in the real model
         for layer in model.model.layers:
@@ -72,7 +80,9 @@ def small_gguf(tmp_path_factory) -> bytes:
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_uint32("llama.context_length", 64)
     writer.add_string("general.name", "small")
-    writer.add_key_value("general.description", "", gguf.GGUFValueType.STRING)  # add_string skips ""
+    writer.add_key_value(
+        "general.description", "", gguf.GGUFValueType.STRING
+    )  # add_string skips ""
     writer.add_tensor("t0", np.arange(32, dtype=np.float32))
     writer.add_tensor("t1", np.ones((4, 8), dtype=np.float16))
     writer.write_header_to_file()
@@ -89,15 +99,23 @@ def tiny_compressed_tensors(source: Path, out: Path, group_size: int = 128) -> P
 
     import torch
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
-                                                 apply_quantization_config)
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
     from compressed_tensors.quantization.utils import calculate_qparams
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
-    weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size)
+    weights = QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size
+    )
     scheme = QuantizationScheme(targets=["Linear"], weights=weights)
-    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"]))
+    apply_quantization_config(
+        model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"])
+    )
     with torch.no_grad():
         for module in model.modules():
             if hasattr(module, "weight_scale"):

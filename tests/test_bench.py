@@ -13,7 +13,9 @@ from course.models import QUALITY_GATE
 
 
 def test_unknown_format_lists_the_known_ones():
-    with pytest.raises(compare.BenchError, match="gguf, gptq, awq, hf-bf16, hf-fp32, gguf-transformers"):
+    with pytest.raises(
+        compare.BenchError, match="gguf, gptq, awq, hf-bf16, hf-fp32, gguf-transformers"
+    ):
         compare.parse_formats("gguf,ggml")
     assert compare.parse_formats("gguf, hf-bf16,gguf") == ["gguf", "hf-bf16"]
 
@@ -28,9 +30,28 @@ def test_cli_bad_arguments_exit_2(capsys):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, course_cache):
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    code = main(["--formats", "gguf,hf-bf16", "--new-tokens", "3", "--warmup", "1", "--repeats", "2",
-                 "--prompt", "The printing press", "--threads", "2", "--progress", "none", "--out", str(out),
-                 "--long-prompt", "The printing press spread across Europe in a few decades. " * 8])
+    code = main(
+        [
+            "--formats",
+            "gguf,hf-bf16",
+            "--new-tokens",
+            "3",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--prompt",
+            "The printing press",
+            "--threads",
+            "2",
+            "--progress",
+            "none",
+            "--out",
+            str(out),
+            "--long-prompt",
+            "The printing press spread across Europe in a few decades. " * 8,
+        ]
+    )
     return code, out
 
 
@@ -38,9 +59,21 @@ def test_small_run_writes_complete_json(small_run):
     code, out = small_run
     assert code == 0
     report = json.loads(out.read_text(encoding="utf-8"))
-    assert {"schema", "created", "machine", "versions", "settings", "bandwidth", "results", "ratios", "runs"} <= set(report)
+    assert {
+        "schema",
+        "created",
+        "machine",
+        "versions",
+        "settings",
+        "bandwidth",
+        "results",
+        "ratios",
+        "runs",
+    } <= set(report)
     assert report["settings"]["new_tokens"] == 3
-    assert report["logs"] is None and not out.with_name("results-logs").exists()  # no failure, no logs left
+    assert (
+        report["logs"] is None and not out.with_name("results-logs").exists()
+    )  # no failure, no logs left
     assert report["bandwidth"]["cpu_Bps"] > 0
     rows = {r["format"]: r for r in report["results"]}
     assert list(rows) == ["gguf", "hf-bf16"]
@@ -50,23 +83,38 @@ def test_small_run_writes_complete_json(small_run):
             assert row[key] is not None and row[key] >= 0, (name, key)
         assert row["new_tokens"] == 3 and row["runs"] == 2
         assert row["peak_rss_MiB"] > row["runtime_rss_MiB"] > 0
-        assert row["ceiling_tok_s"] == pytest.approx(report["bandwidth"]["cpu_Bps"] / row["bytes_per_token"])
-        assert row["pct_of_ceiling"] == pytest.approx(100 * row["decode_tok_s"] / row["ceiling_tok_s"])
+        assert row["ceiling_tok_s"] == pytest.approx(
+            report["bandwidth"]["cpu_Bps"] / row["bytes_per_token"]
+        )
+        assert row["pct_of_ceiling"] == pytest.approx(
+            100 * row["decode_tok_s"] / row["ceiling_tok_s"]
+        )
     assert rows["gguf"]["backend"] == "llama.cpp" and rows["hf-bf16"]["backend"] == "transformers"
     assert rows["hf-bf16"]["top1_agreement"] == 1.0  # the reference agrees with itself
     assert 0.5 < rows["gguf"]["top1_agreement"] <= 1.0
-    assert rows["gguf"]["heldout_tokens"] == rows["hf-bf16"]["heldout_tokens"]  # same tokens, comparable
+    assert (
+        rows["gguf"]["heldout_tokens"] == rows["hf-bf16"]["heldout_tokens"]
+    )  # same tokens, comparable
     # the gguf is Q4_K_M quantized from hf-bf16 (the off-grid reference): it pays a 4-bit cost, within the gate
     assert 1.0 < rows["gguf"]["perplexity"] / rows["hf-bf16"]["perplexity"] <= QUALITY_GATE
     # and the same on the Chinese held-out text, measured separately (its own tokens, its own reference)
-    assert rows["hf-bf16"]["top1_agreement_zh"] == 1.0 and 0.5 < rows["gguf"]["top1_agreement_zh"] <= 1.0
-    assert rows["gguf"]["heldout_tokens_zh"] == rows["hf-bf16"]["heldout_tokens_zh"] != rows["gguf"]["heldout_tokens"]
+    assert (
+        rows["hf-bf16"]["top1_agreement_zh"] == 1.0
+        and 0.5 < rows["gguf"]["top1_agreement_zh"] <= 1.0
+    )
+    assert (
+        rows["gguf"]["heldout_tokens_zh"]
+        == rows["hf-bf16"]["heldout_tokens_zh"]
+        != rows["gguf"]["heldout_tokens"]
+    )
     assert 1.0 < rows["gguf"]["perplexity_zh"] / rows["hf-bf16"]["perplexity_zh"] <= QUALITY_GATE
     assert rows["gguf"]["perplexity_zh"] != rows["gguf"]["perplexity"]
     assert rows["gguf"]["bytes_per_token"] < rows["hf-bf16"]["bytes_per_token"]
     assert report["ratios"]["gguf"]["decode_speed"] == 1.0
     hf = report["ratios"]["hf-bf16"]
-    assert hf["decode_speed"] == pytest.approx(rows["hf-bf16"]["decode_tok_s"] / rows["gguf"]["decode_tok_s"])
+    assert hf["decode_speed"] == pytest.approx(
+        rows["hf-bf16"]["decode_tok_s"] / rows["gguf"]["decode_tok_s"]
+    )
     assert len(report["runs"]) == 2 * 2  # repeats x formats x one prompt
     assert {r["new_tokens"] for r in report["runs"]} == {3}
     # the long prompt ran on the formats asked for that were in the run (hf-fp32 was not), and only there
@@ -87,13 +135,31 @@ def test_table_shows_the_json_numbers(small_run):
     table = compare.results_table(report)
     assert list(table.index) == ["gguf", "hf-bf16"]
     assert table.loc["gguf", "decode tok/s"] == report["results"][0]["decode_tok_s"]
-    assert any("hf-bf16" in line and "x llama.cpp's speed" in line for line in compare.ratio_sentences(report))
+    assert any(
+        "hf-bf16" in line and "x llama.cpp's speed" in line
+        for line in compare.ratio_sentences(report)
+    )
 
 
 def test_a_format_that_fails_to_load_is_reported_not_fatal(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["--formats", "gguf", "--source", f"gguf={tmp_path / 'missing.gguf'}", "--no-quality",
-                 "--new-tokens", "2", "--repeats", "1", "--progress", "none", "--out", str(out)])
+    code = main(
+        [
+            "--formats",
+            "gguf",
+            "--source",
+            f"gguf={tmp_path / 'missing.gguf'}",
+            "--no-quality",
+            "--new-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--progress",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 1
     report = json.loads(out.read_text(encoding="utf-8"))
     assert "does not exist" in report["results"][0]["error"]
@@ -105,15 +171,26 @@ def test_a_format_that_fails_to_load_is_reported_not_fatal(tmp_path, capsys):
 
 # ---- predicted decode speed, and GGUF types as extra llama.cpp formats -------------------------
 
+
 def test_predictions_are_calibrated_on_one_row_per_backend():
-    results = [{"format": "gguf", "backend": "llama.cpp", "decode_tok_s": 50.0, "ceiling_tok_s": 100.0},
-               {"format": "gguf-F16", "backend": "llama.cpp", "decode_tok_s": 20.0, "ceiling_tok_s": 50.0},
-               {"format": "hf-bf16", "backend": "transformers", "decode_tok_s": 10.0, "ceiling_tok_s": 40.0},
-               {"format": "gptq", "backend": "transformers", "decode_tok_s": 5.0, "ceiling_tok_s": 60.0},
-               {"format": "awq", "error": "failed to load"}]
+    results = [
+        {"format": "gguf", "backend": "llama.cpp", "decode_tok_s": 50.0, "ceiling_tok_s": 100.0},
+        {"format": "gguf-F16", "backend": "llama.cpp", "decode_tok_s": 20.0, "ceiling_tok_s": 50.0},
+        {
+            "format": "hf-bf16",
+            "backend": "transformers",
+            "decode_tok_s": 10.0,
+            "ceiling_tok_s": 40.0,
+        },
+        {"format": "gptq", "backend": "transformers", "decode_tok_s": 5.0, "ceiling_tok_s": 60.0},
+        {"format": "awq", "error": "failed to load"},
+    ]
     predicted = compare.predictions(results)
     # ceiling x the efficiency of the backend's calibration row: gguf 50/100, hf-bf16 10/40
-    assert predicted["gguf"] == {"predicted_tok_s": 50.0, "predicted_vs_measured": 1.0}  # 1.00 by construction
+    assert predicted["gguf"] == {
+        "predicted_tok_s": 50.0,
+        "predicted_vs_measured": 1.0,
+    }  # 1.00 by construction
     assert predicted["hf-bf16"]["predicted_vs_measured"] == 1.0
     assert predicted["gguf-F16"] == {"predicted_tok_s": 25.0, "predicted_vs_measured": 1.25}
     assert predicted["gptq"] == {"predicted_tok_s": 15.0, "predicted_vs_measured": 3.0}
@@ -121,8 +198,12 @@ def test_predictions_are_calibrated_on_one_row_per_backend():
     report = {"results": [dict(r, **predicted.get(r["format"], {})) for r in results]}
     assert compare.prediction_sentences(report) == [
         "gguf-F16           predicted   25.0 tok/s, measured   20.0: 1.25 (within ±30%)",
-        "gptq               predicted   15.0 tok/s, measured    5.0: 3.00 (outside ±30%)"]
-    assert compare.predictions(results[1:]).keys() == {"hf-bf16", "gptq"}  # no gguf row: no llama.cpp prediction
+        "gptq               predicted   15.0 tok/s, measured    5.0: 3.00 (outside ±30%)",
+    ]
+    assert compare.predictions(results[1:]).keys() == {
+        "hf-bf16",
+        "gptq",
+    }  # no gguf row: no llama.cpp prediction
 
 
 def test_gguf_types_become_llama_cpp_formats_named_by_their_type(tmp_path):
@@ -134,8 +215,10 @@ def test_gguf_types_become_llama_cpp_formats_named_by_their_type(tmp_path):
     write_gguf(tmp_path / "a.gguf", False, LlamaFileType.MOSTLY_Q8_0)
     write_gguf(tmp_path / "b.gguf", False, LlamaFileType.MOSTLY_F16)
     (tmp_path / "b.gguf.log").write_text("not a model")
-    assert compare.gguf_type_formats(tmp_path) == {"gguf-Q8_0": str(tmp_path / "a.gguf"),
-                                                   "gguf-F16": str(tmp_path / "b.gguf")}
+    assert compare.gguf_type_formats(tmp_path) == {
+        "gguf-Q8_0": str(tmp_path / "a.gguf"),
+        "gguf-F16": str(tmp_path / "b.gguf"),
+    }
     assert worker.spec("gguf-Q8_0") == ("gguf", {}, "llama.cpp, GGUF Q8_0")
     assert worker.spec("gguf-transformers") == worker.FORMATS["gguf-transformers"]
     with pytest.raises(compare.BenchError, match="no such folder"):
@@ -147,16 +230,43 @@ def test_gguf_types_are_timed_in_llama_cpp_without_quality(tmp_path, course_cach
 
     types = tmp_path / "types"
     types.mkdir()
-    (types / "a-copy.gguf").symlink_to(course_models.model_path("gguf"))  # the same file, as a second format
+    (types / "a-copy.gguf").symlink_to(
+        course_models.model_path("gguf")
+    )  # the same file, as a second format
     out = tmp_path / "r.json"
-    code = main(["--formats", "gguf", "--gguf-types", str(types), "--new-tokens", "3", "--repeats", "1",
-                 "--prompt", "The printing press", "--threads", "2", "--progress", "none", "--out", str(out)])
+    code = main(
+        [
+            "--formats",
+            "gguf",
+            "--gguf-types",
+            str(types),
+            "--new-tokens",
+            "3",
+            "--repeats",
+            "1",
+            "--prompt",
+            "The printing press",
+            "--threads",
+            "2",
+            "--progress",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     rows = {r["format"]: r for r in report["results"]}
-    assert list(rows) == ["gguf", "gguf-Q4_K_M"] and report["settings"]["gguf_types"] == ["gguf-Q4_K_M"]
-    assert rows["gguf-Q4_K_M"]["backend"] == "llama.cpp" and rows["gguf-Q4_K_M"]["what"] == "llama.cpp, GGUF Q4_K_M"
-    assert "perplexity" in rows["gguf"] and "perplexity" not in rows["gguf-Q4_K_M"]  # quality only where asked
+    assert list(rows) == ["gguf", "gguf-Q4_K_M"] and report["settings"]["gguf_types"] == [
+        "gguf-Q4_K_M"
+    ]
+    assert (
+        rows["gguf-Q4_K_M"]["backend"] == "llama.cpp"
+        and rows["gguf-Q4_K_M"]["what"] == "llama.cpp, GGUF Q4_K_M"
+    )
+    assert (
+        "perplexity" in rows["gguf"] and "perplexity" not in rows["gguf-Q4_K_M"]
+    )  # quality only where asked
     assert rows["gguf"]["predicted_vs_measured"] == 1.0  # the llama.cpp calibration row, exactly
     # the same bytes per token as the calibration row: predicted = what the calibration row measured
     assert rows["gguf-Q4_K_M"]["predicted_tok_s"] == pytest.approx(rows["gguf"]["decode_tok_s"])

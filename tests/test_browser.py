@@ -17,11 +17,21 @@ import time
 
 import pytest
 
-from tests.browser_support import (ROOT, JupyterLab, NotebookPage, cell_index,
-                                   chromium_path, copy_notebook, launch_chromium, wait_until)
+from tests.browser_support import (
+    ROOT,
+    JupyterLab,
+    NotebookPage,
+    cell_index,
+    chromium_path,
+    copy_notebook,
+    launch_chromium,
+    wait_until,
+)
 
 NOTEBOOKS = ROOT / "notebooks"
-STREAM_TOKENS = 800  # the widget cell's generation, lengthened so there is time to watch it and press Stop
+STREAM_TOKENS = (
+    800  # the widget cell's generation, lengthened so there is time to watch it and press Stop
+)
 STATUS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
 CHAT_NOTEBOOK = NOTEBOOKS / "07_chat.ipynb"
 CHAT_MESSAGES = ["What does it mean to quantize a language model?", "用一句话解释什么是量化。"]
@@ -39,9 +49,13 @@ def playwright_api():
     try:
         from playwright import sync_api
     except ImportError:
-        skip_or_fail("Playwright is not installed (pip install playwright; the browser is the system Chromium)")
+        skip_or_fail(
+            "Playwright is not installed (pip install playwright; the browser is the system Chromium)"
+        )
     if chromium_path() is None:
-        skip_or_fail("Chromium is not installed (run tools/ci_system_deps.sh, or apt-get install chromium)")
+        skip_or_fail(
+            "Chromium is not installed (run tools/ci_system_deps.sh, or apt-get install chromium)"
+        )
     with sync_api.sync_playwright() as p:
         yield p
 
@@ -52,11 +66,23 @@ def lab(playwright_api, course_cache, tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
     root = work / "notebooks"
     root.mkdir()
-    copy_notebook(NOTEBOOKS / "06_streaming.ipynb", root, insert_before="streaming.stream(lm, PROMPT",
-                  insert_source=f"MAX_NEW_TOKENS = {STREAM_TOKENS}  # browser test: long enough to watch and Stop")
+    copy_notebook(
+        NOTEBOOKS / "06_streaming.ipynb",
+        root,
+        insert_before="streaming.stream(lm, PROMPT",
+        insert_source=f"MAX_NEW_TOKENS = {STREAM_TOKENS}  # browser test: long enough to watch and Stop",
+    )
     copy_notebook(CHAT_NOTEBOOK, root)
-    server = JupyterLab(work, root, env={"QLLM_THREADS": "2", "OMP_NUM_THREADS": "2",
-                                         "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"})
+    server = JupyterLab(
+        work,
+        root,
+        env={
+            "QLLM_THREADS": "2",
+            "OMP_NUM_THREADS": "2",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "TOKENIZERS_PARALLELISM": "false",
+        },
+    )
     try:
         server.start()
         yield server
@@ -68,7 +94,9 @@ def lab(playwright_api, course_cache, tmp_path_factory):
 def page(playwright_api, lab):
     browser = launch_chromium(playwright_api)
     try:
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, device_scale_factor=1
+        )
         page = context.new_page()
         page.set_default_timeout(30_000)
         yield page
@@ -96,36 +124,61 @@ def test_streaming_widget_in_jupyterlab(lab, page):
         nb.check_errors([widget_cell])
         return stop.count() == 1 and text.count() == 1
 
-    wait_until(widget_shown, 120, lambda: "no streaming widget (Stop button and text) appeared; the cell shows:\n"
-                                          + nb.output_text(widget_cell)[-1500:])
+    wait_until(
+        widget_shown,
+        120,
+        lambda: (
+            "no streaming widget (Stop button and text) appeared; the cell shows:\n"
+            + nb.output_text(widget_cell)[-1500:]
+        ),
+    )
     assert "a widget front end is here: True" in nb.output_text(widget_cell), (
-        "streaming.has_widget_frontend() should be True in JupyterLab:\n" + nb.output_text(widget_cell))
+        "streaming.has_widget_frontend() should be True in JupyterLab:\n"
+        + nb.output_text(widget_cell)
+    )
 
     # the text grows, sample after sample, while the status line reports live tokens/s
     lengths, speeds = [], []
     for _ in range(4):
         before = lengths[-1] if lengths else 0
-        wait_until(lambda: len(text.inner_text()) > before, 60,
-                   lambda: f"the streamed text stopped growing at {before} characters; status: {status.inner_text()!r}")
+        wait_until(
+            lambda: len(text.inner_text()) > before,
+            60,
+            lambda: (
+                f"the streamed text stopped growing at {before} characters; status: {status.inner_text()!r}"
+            ),
+        )
         lengths.append(len(text.inner_text()))
         line = status.inner_text()
-        assert line.startswith("generating"), f"status should say 'generating' while text arrives: {line!r}"
+        assert line.startswith("generating"), (
+            f"status should say 'generating' while text arrives: {line!r}"
+        )
         if m := STATUS.search(line):
             speeds.append(float(m.group(2)))
     assert lengths == sorted(set(lengths)), f"text lengths should strictly grow: {lengths}"
-    assert speeds and max(speeds) > 0, f"the status line should show a live tokens/s figure; saw speeds {speeds}"
+    assert speeds and max(speeds) > 0, (
+        f"the status line should show a live tokens/s figure; saw speeds {speeds}"
+    )
     assert stop.is_enabled(), "the Stop button should be enabled while generating"
     # screenshots for the README, once a few lines have arrived
-    wait_until(lambda: (m := STATUS.search(status.inner_text())) and int(m.group(1)) >= 40, 60,
-               lambda: f"the status line did not reach 40 tokens: {status.inner_text()!r}")
+    wait_until(
+        lambda: (m := STATUS.search(status.inner_text())) and int(m.group(1)) >= 40,
+        60,
+        lambda: f"the status line did not reach 40 tokens: {status.inner_text()!r}",
+    )
     cell.scroll_into_view_if_needed()
     nb.screenshot("streaming_widget.png", element=cell)
     nb.screenshot("streaming_jupyterlab.png")
 
     # Stop: the status turns to 'stopped', the text stops growing, the button is disabled again
     stop.click()
-    final = wait_until(lambda: status.inner_text().startswith("stopped") and status.inner_text(), 30,
-                       lambda: f"after Stop the status should start with 'stopped', it reads {status.inner_text()!r}")
+    final = wait_until(
+        lambda: status.inner_text().startswith("stopped") and status.inner_text(),
+        30,
+        lambda: (
+            f"after Stop the status should start with 'stopped', it reads {status.inner_text()!r}"
+        ),
+    )
     m = STATUS.search(final)
     assert m and int(m.group(1)) < STREAM_TOKENS, f"Stop should end the generation early: {final!r}"
     stopped_text = text.inner_text()
@@ -148,11 +201,17 @@ def test_missing_widget_model_is_reported(lab, page):
     show "Error displaying widget: model not found", and check_errors fails with that message."""
     import nbformat
 
-    source = ('from IPython.display import display\n'
-              'display({"application/vnd.jupyter.widget-view+json": {"model_id": "0" * 32, "version_major": 2, '
-              '"version_minor": 0}}, raw=True)')
+    source = (
+        "from IPython.display import display\n"
+        'display({"application/vnd.jupyter.widget-view+json": {"model_id": "0" * 32, "version_major": 2, '
+        '"version_minor": 0}}, raw=True)'
+    )
     nb_file = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
-    nb_file.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb_file.metadata["kernelspec"] = {
+        "display_name": "Python 3",
+        "language": "python",
+        "name": "python3",
+    }
     nbformat.write(nb_file, lab.root_dir / "widget_error.ipynb")
     nb = NotebookPage(page, lab, "widget_error.ipynb").open()
     nb.run_cell(0, expect="widget-view+json")
@@ -164,8 +223,14 @@ def test_missing_widget_model_is_reported(lab, page):
             return str(err)
         return None
 
-    message = wait_until(reported, 60, lambda: "JupyterLab showed no widget error for a widget without a model; "
-                                               f"the cell shows {nb.output_text(0)!r}")
+    message = wait_until(
+        reported,
+        60,
+        lambda: (
+            "JupyterLab showed no widget error for a widget without a model; "
+            f"the cell shows {nb.output_text(0)!r}"
+        ),
+    )
     assert "Error displaying widget: model not found" in message, message
 
 
@@ -183,40 +248,66 @@ def test_chat_widget_in_jupyterlab(lab, page):
     send = ui.locator("button.qllm-chat-send")
     messages = ui.locator(".qllm-chat-transcript .qllm-chat-message")
     users = ui.locator(".qllm-chat-transcript .qllm-chat-message.qllm-chat-user")
-    replies = ui.locator(".qllm-chat-transcript .qllm-chat-message.qllm-chat-assistant:not(.qllm-chat-live)")
+    replies = ui.locator(
+        ".qllm-chat-transcript .qllm-chat-message.qllm-chat-assistant:not(.qllm-chat-live)"
+    )
     status = ui.locator(".qllm-chat-status")
 
     def widget_shown():
         nb.check_errors([widget_cell])
         return ui.count() == 1 and box.count() == 1 and send.count() == 1
 
-    wait_until(widget_shown, 120, lambda: "no chat widget (.qllm-chat with text box and Send) appeared; the cell "
-                                          "shows:\n" + nb.output_text(widget_cell)[-1500:])
+    wait_until(
+        widget_shown,
+        120,
+        lambda: (
+            "no chat widget (.qllm-chat with text box and Send) appeared; the cell "
+            "shows:\n" + nb.output_text(widget_cell)[-1500:]
+        ),
+    )
 
     def idle() -> bool:
         return "qllm-chat-busy" not in (ui.get_attribute("class") or "") and send.is_enabled()
 
     for n, message in enumerate(CHAT_MESSAGES, 1):
-        wait_until(idle, 60, f"the chat widget is still busy before message {n}; status {status.inner_text()!r}")
+        wait_until(
+            idle,
+            60,
+            f"the chat widget is still busy before message {n}; status {status.inner_text()!r}",
+        )
         box.fill(message)
         send.click()
-        wait_until(lambda: users.count() == n, 30,
-                   lambda: f"message {n} did not appear in the transcript; status {status.inner_text()!r}, "
-                           f"transcript:\n{ui.locator('.qllm-chat-transcript').inner_text()}")
+        wait_until(
+            lambda: users.count() == n,
+            30,
+            lambda: (
+                f"message {n} did not appear in the transcript; status {status.inner_text()!r}, "
+                f"transcript:\n{ui.locator('.qllm-chat-transcript').inner_text()}"
+            ),
+        )
         assert message in users.nth(n - 1).inner_text(), (
-            f"the transcript shows {users.nth(n - 1).inner_text()!r} for message {n!r}")
-        wait_until(lambda: idle() and replies.count() == n, 180,
-                   lambda: f"no finished reply to message {n}; status {status.inner_text()!r}, transcript:\n"
-                           f"{ui.locator('.qllm-chat-transcript').inner_text()}")
+            f"the transcript shows {users.nth(n - 1).inner_text()!r} for message {n!r}"
+        )
+        wait_until(
+            lambda: idle() and replies.count() == n,
+            180,
+            lambda: (
+                f"no finished reply to message {n}; status {status.inner_text()!r}, transcript:\n"
+                f"{ui.locator('.qllm-chat-transcript').inner_text()}"
+            ),
+        )
         nb.check_errors([widget_cell])
         reply = replies.nth(n - 1).locator(".qllm-chat-content").inner_text()
         assert reply.strip(), f"the reply to message {n} is empty; status {status.inner_text()!r}"
-        assert STATUS.search(status.inner_text()), f"the status line should show tokens/s: {status.inner_text()!r}"
+        assert STATUS.search(status.inner_text()), (
+            f"the status line should show tokens/s: {status.inner_text()!r}"
+        )
         assert box.input_value() == "", "the text box should be emptied once a message is sent"
 
     roles = [m.get_attribute("data-role") for m in messages.all()]
     assert [r for r in roles if r != "system"] == ["user", "assistant"] * len(CHAT_MESSAGES), (
-        f"the transcript should alternate user/assistant: {roles}")
+        f"the transcript should alternate user/assistant: {roles}"
+    )
     cell.scroll_into_view_if_needed()
     nb.screenshot("chat_widget.png", element=ui)
 
@@ -225,7 +316,9 @@ def test_compare_plot_screenshot(playwright_api):
     """The comparison plot of notebook 08, from its HTML export (made by `make course`)."""
     html = ROOT / "build" / "html" / "08_compare.html"
     if not html.exists():
-        pytest.skip("build/html/08_compare.html does not exist (made by `make course`); no plot screenshot")
+        pytest.skip(
+            "build/html/08_compare.html does not exist (made by `make course`); no plot screenshot"
+        )
     browser = launch_chromium(playwright_api)
     try:
         context = browser.new_context(viewport={"width": 1100, "height": 900})
@@ -235,8 +328,11 @@ def test_compare_plot_screenshot(playwright_api):
         wait_until(lambda: plots.count() > 0, 30, "08_compare.html shows no plot")
         plot = plots.first
         plot.scroll_into_view_if_needed()
-        wait_until(lambda: plot.evaluate("img => img.complete && img.naturalWidth > 0"), 30,
-                   "the plot image did not load")
+        wait_until(
+            lambda: plot.evaluate("img => img.complete && img.naturalWidth > 0"),
+            30,
+            "the plot image did not load",
+        )
         from tests.browser_support import SCREENSHOTS
 
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

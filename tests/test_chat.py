@@ -25,8 +25,10 @@ SYSTEM = {"role": "system", "content": "Be brief."}
 def conversation(n_pairs: int, system: bool = True, size: int = 3) -> list[dict]:
     messages = [SYSTEM] if system else []
     for i in range(n_pairs):
-        messages += [{"role": "user", "content": f"question {i} " + "word " * size},
-                     {"role": "assistant", "content": f"answer {i} " + "word " * size}]
+        messages += [
+            {"role": "user", "content": f"question {i} " + "word " * size},
+            {"role": "assistant", "content": f"answer {i} " + "word " * size},
+        ]
     return messages + [{"role": "user", "content": "the newest question"}]
 
 
@@ -36,6 +38,7 @@ def word_count(messages: list[dict]) -> int:
 
 
 # ---- trimming, without a model ------------------------------------------------------------
+
 
 def test_nothing_is_trimmed_when_it_fits():
     messages = conversation(4)
@@ -53,7 +56,10 @@ def test_oldest_pairs_go_first_and_the_system_prompt_stays():
     assert result.messages[1:] == messages[3:]  # pair 0 (messages 1 and 2) is gone, the rest intact
     assert result.prompt_tokens <= budget
     tighter = chat.trim_history(messages, word_count, word_count([SYSTEM] + messages[-3:]))
-    assert tighter.messages == [SYSTEM] + messages[-3:] and (tighter.dropped_pairs, tighter.kept_pairs) == (5, 1)
+    assert tighter.messages == [SYSTEM] + messages[-3:] and (
+        tighter.dropped_pairs,
+        tighter.kept_pairs,
+    ) == (5, 1)
 
 
 def test_a_message_too_long_for_the_window_is_a_clear_error():
@@ -75,7 +81,9 @@ def test_bad_message_lists_are_refused_clearly():
 
 def test_trim_history_needs_the_question_last():
     with pytest.raises(chat.ChatError, match="end with a user message"):
-        chat.trim_history(conversation(1)[:-1], word_count, 100)  # it ends with a reply: nothing to answer
+        chat.trim_history(
+            conversation(1)[:-1], word_count, 100
+        )  # it ends with a reply: nothing to answer
 
 
 @st.composite
@@ -85,8 +93,10 @@ def histories(draw):
     words = st.integers(0, 40)
     messages = [{"role": "system", "content": "s " * draw(words)}] if system else []
     for i in range(pairs):
-        messages += [{"role": "user", "content": f"u{i} " + "w " * draw(words)},
-                     {"role": "assistant", "content": f"a{i} " + "w " * draw(words)}]
+        messages += [
+            {"role": "user", "content": f"u{i} " + "w " * draw(words)},
+            {"role": "assistant", "content": f"a{i} " + "w " * draw(words)},
+        ]
     messages.append({"role": "user", "content": "last " + "w " * draw(words)})
     return messages
 
@@ -103,18 +113,24 @@ def test_trimming_properties(messages, budget):
         return
     result = chat.trim_history(messages, word_count, budget)
     kept = result.messages
-    assert word_count(kept) == result.prompt_tokens <= budget                  # it fits
-    assert (kept[0] == system) if system else kept[0]["role"] == "user"        # system kept
+    assert word_count(kept) == result.prompt_tokens <= budget  # it fits
+    assert (kept[0] == system) if system else kept[0]["role"] == "user"  # system kept
     kept_turns = kept[1:] if system else kept
-    assert kept_turns == turns[len(turns) - len(kept_turns):]                  # a suffix of the turns
-    assert len(kept_turns) % 2 == 1 and kept_turns[0]["role"] == "user"        # whole pairs, then the question
-    assert result.dropped_pairs == (len(turns) - len(kept_turns)) // 2 and result.kept_pairs == len(kept_turns) // 2
-    if result.dropped_pairs:                                                    # and no more than needed
-        one_more = turns[len(turns) - len(kept_turns) - 2:]
+    assert kept_turns == turns[len(turns) - len(kept_turns) :]  # a suffix of the turns
+    assert (
+        len(kept_turns) % 2 == 1 and kept_turns[0]["role"] == "user"
+    )  # whole pairs, then the question
+    assert (
+        result.dropped_pairs == (len(turns) - len(kept_turns)) // 2
+        and result.kept_pairs == len(kept_turns) // 2
+    )
+    if result.dropped_pairs:  # and no more than needed
+        one_more = turns[len(turns) - len(kept_turns) - 2 :]
         assert word_count(([system] if system else []) + one_more) > budget
 
 
 # ---- stop strings: never shown, not even in part -----------------------------------------
+
 
 def test_stop_strings_end_the_text_and_never_show():
     tokens = streaming.TokenStream(None, "", stop_strings=["\nUser:"])
@@ -122,8 +138,12 @@ def test_stop_strings_end_the_text_and_never_show():
     for piece in [" Paris", " is", " the capital.\n", "Us", "er:", " Next", " question"]:
         raw += piece
         shown.append(tokens.visible(raw))
-    assert shown == [" Paris", " Paris is"] + [" Paris is the capital."] * 5  # "\n", "\nUs", ... held back
-    assert tokens.visible(" Paris.\nUs", final=True) == " Paris.\nUs"  # at the end a mere start is text
+    assert (
+        shown == [" Paris", " Paris is"] + [" Paris is the capital."] * 5
+    )  # "\n", "\nUs", ... held back
+    assert (
+        tokens.visible(" Paris.\nUs", final=True) == " Paris.\nUs"
+    )  # at the end a mere start is text
 
 
 def test_a_reply_ends_at_the_transcript_stop_string(gguf):
@@ -132,22 +152,36 @@ def test_a_reply_ends_at_the_transcript_stop_string(gguf):
     turn = session.start_turn("What is the capital of France?")
     for piece in turn:
         pieces.append(piece)
-    assert turn.reply.finish == "stop_string" and not turn.reply.stopped_by_user  # the few-shot "\nUser:"
+    assert (
+        turn.reply.finish == "stop_string" and not turn.reply.stopped_by_user
+    )  # the few-shot "\nUser:"
     assert "".join(pieces) == turn.reply.text == turn.text and "User" not in turn.reply.text
-    assert turn.reply.new_tokens < 24 and session.messages[-1] == {"role": "assistant", "content": turn.reply.text}
+    assert turn.reply.new_tokens < 24 and session.messages[-1] == {
+        "role": "assistant",
+        "content": turn.reply.text,
+    }
 
 
 # ---- save and load ------------------------------------------------------------------------
 
-HISTORY = [SYSTEM, {"role": "user", "content": "法国的首都是哪里？"}, {"role": "assistant", "content": "巴黎。"},
-           {"role": "user", "content": "And of Italy?"}, {"role": "assistant", "content": "Rome."}]
+HISTORY = [
+    SYSTEM,
+    {"role": "user", "content": "法国的首都是哪里？"},
+    {"role": "assistant", "content": "巴黎。"},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome."},
+]
 
 
 def test_save_and_load_round_trip(tmp_path):
-    path = chat.save_history(tmp_path / "sub" / "chat.json", HISTORY, model=tmp_path / "m.gguf", template="chat")
+    path = chat.save_history(
+        tmp_path / "sub" / "chat.json", HISTORY, model=tmp_path / "m.gguf", template="chat"
+    )
     document = json.loads(path.read_text(encoding="utf-8"))
     assert document["format"] == chat.HISTORY_FORMAT and document["messages"] == HISTORY
-    assert document["model"] == str(tmp_path / "m.gguf") and document["template"] == "chat"  # a Path is saved as text
+    assert (
+        document["model"] == str(tmp_path / "m.gguf") and document["template"] == "chat"
+    )  # a Path is saved as text
     assert "法国" in path.read_text(encoding="utf-8")  # readable, not \\u escapes
     messages, problem = chat.load_history(path)
     assert problem is None and messages == HISTORY
@@ -157,9 +191,18 @@ def test_save_and_load_round_trip(tmp_path):
     assert chat.load_history(bare) == (HISTORY[1:], None)
 
 
-@pytest.mark.parametrize("content", [b"", b"  \n", b'{"messages": [{"role": "user"', b"\xff\xfe garbage",
-                                     b'{"hello": 1}', b'[{"role": "robot", "content": "x"}]'],
-                         ids=["empty", "blank", "truncated", "not-utf8", "no-messages", "bad-role"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"  \n",
+        b'{"messages": [{"role": "user"',
+        b"\xff\xfe garbage",
+        b'{"hello": 1}',
+        b'[{"role": "robot", "content": "x"}]',
+    ],
+    ids=["empty", "blank", "truncated", "not-utf8", "no-messages", "bad-role"],
+)
 def test_a_damaged_file_gives_a_message_and_a_fresh_history_and_is_kept(tmp_path, content):
     path = tmp_path / "chat.json"
     path.write_bytes(content)
@@ -167,7 +210,9 @@ def test_a_damaged_file_gives_a_message_and_a_fresh_history_and_is_kept(tmp_path
     assert messages == [] and "not a usable chat history" in problem and "fresh history" in problem
     kept = list(tmp_path.glob("chat.json.corrupt-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == content and str(kept[0]) in problem
-    assert not path.exists()  # a later save writes a new file; the bad one is safe under its new name
+    assert (
+        not path.exists()
+    )  # a later save writes a new file; the bad one is safe under its new name
 
 
 def test_save_refuses_to_overwrite_a_file_that_is_not_a_history(tmp_path):
@@ -183,7 +228,9 @@ def test_an_unwritable_path_is_a_clear_error_and_the_old_file_survives(tmp_path,
     before = old.read_bytes()
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(chat.ChatHistoryError, match="Cannot save the chat to .*a-file is a file, not a folder"):
+    with pytest.raises(
+        chat.ChatHistoryError, match="Cannot save the chat to .*a-file is a file, not a folder"
+    ):
         chat.save_history(blocker / "chat.json", HISTORY)  # its "folder" is a file
     with pytest.raises(chat.ChatHistoryError, match="it is a folder"):
         chat.save_history(tmp_path, HISTORY)
@@ -196,7 +243,10 @@ def test_an_unwritable_path_is_a_clear_error_and_the_old_file_survives(tmp_path,
         chat.save_history(old, HISTORY)
     monkeypatch.undo()
     assert old.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "chat.json"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-file",
+        "chat.json",
+    ]  # no temporary file left
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -219,6 +269,7 @@ def test_loading_a_missing_file_is_a_clear_error(tmp_path):
 
 # ---- with the course model ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def gguf(course_cache):
     lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
@@ -232,38 +283,65 @@ def test_template_choice_is_explicit(gguf, course_cache):
     auto = chat.ChatSession(gguf)
     assert auto.template.kind == "few-shot" and "no chat template" in auto.template.describe()
     chat_kind = chat.ChatSession(gguf, template="chat")
-    assert chat_kind.template.kind == "chat" and "gemma_chat_template.jinja" in chat_kind.template.describe()
+    assert (
+        chat_kind.template.kind == "chat"
+        and "gemma_chat_template.jinja" in chat_kind.template.describe()
+    )
     assert chat_kind.template.end_token_ids == [106]  # <end_of_turn>
     tokenizer = AutoTokenizer.from_pretrained(course_models.model_path("hf"))
     for messages in (HISTORY + [{"role": "user", "content": "Thanks"}], HISTORY[1:2]):
         # GGUF (rendered here) and Transformers (apply_chat_template) make the same prompt
-        assert chat_kind.render(messages) == tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                                          tokenize=False)
+        assert chat_kind.render(messages) == tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
     examples = "".join(f"User: {q}\nAssistant: {a}\n" for q, a in templates.FEW_SHOT_EXAMPLES)
-    assert auto.render(HISTORY[:2]) == "Be brief.\n\n" + examples + "User: 法国的首都是哪里？\nAssistant:"
+    assert (
+        auto.render(HISTORY[:2])
+        == "Be brief.\n\n" + examples + "User: 法国的首都是哪里？\nAssistant:"
+    )
     plain = chat.ChatSession(gguf, template="completion")
-    assert plain.template.kind == "completion" and plain.render(HISTORY[:2]) == "Be brief.\n\nUser: 法国的首都是哪里？\nAssistant:"
-    assert chat.ChatSession(gguf, template="few-shot").render(HISTORY[:2]) == auto.render(HISTORY[:2])
+    assert (
+        plain.template.kind == "completion"
+        and plain.render(HISTORY[:2]) == "Be brief.\n\nUser: 法国的首都是哪里？\nAssistant:"
+    )
+    assert chat.ChatSession(gguf, template="few-shot").render(HISTORY[:2]) == auto.render(
+        HISTORY[:2]
+    )
     with pytest.raises(chat.ChatError, match="template must be"):
         chat.ChatSession(gguf, template="fancy")
 
 
 def test_a_session_trims_to_its_window_and_counts_like_the_stream(gguf):
     session = chat.ChatSession(gguf, system="Be brief.", max_new_tokens=24, context_window=160)
-    session.replace_history(HISTORY + [m for i in range(6) for m in (
-        {"role": "user", "content": f"Tell me fact number {i} about the sea."},
-        {"role": "assistant", "content": f"Fact {i}: the sea is salty and deep, and covers most of the planet."})])
+    session.replace_history(
+        HISTORY
+        + [
+            m
+            for i in range(6)
+            for m in (
+                {"role": "user", "content": f"Tell me fact number {i} about the sea."},
+                {
+                    "role": "assistant",
+                    "content": f"Fact {i}: the sea is salty and deep, and covers most of the planet.",
+                },
+            )
+        ]
+    )
     prompt, report = session.prepare("What did we talk about?")
     assert report.trimmed and report.prompt_tokens <= 160 - 24
     assert prompt.startswith("Be brief.\n\n") and "法国" not in prompt  # the oldest went first
     assert "Fact 5:" in prompt and prompt.endswith("User: What did we talk about?\nAssistant:")
     assert "no longer sees the" in str(report) and f"{report.dropped_pairs} oldest" in str(report)
     reply = session.reply("What did we talk about?")
-    assert reply.prompt_tokens == report.prompt_tokens  # what trimming counted is what the model read
+    assert (
+        reply.prompt_tokens == report.prompt_tokens
+    )  # what trimming counted is what the model read
     assert reply.prompt_tokens + reply.new_tokens <= 160
-    assert session.messages[-2:] == [{"role": "user", "content": "What did we talk about?"},
-                                     {"role": "assistant", "content": reply.text}]
-    assert session.messages[:len(HISTORY)] == HISTORY  # the history itself keeps everything
+    assert session.messages[-2:] == [
+        {"role": "user", "content": "What did we talk about?"},
+        {"role": "assistant", "content": reply.text},
+    ]
+    assert session.messages[: len(HISTORY)] == HISTORY  # the history itself keeps everything
     with pytest.raises(chat.ContextWindowError):
         session.reply("word " * 400)
     assert session.messages[-1]["content"] == reply.text  # a refused message leaves no trace
@@ -276,7 +354,10 @@ def test_the_same_session_code_runs_on_transformers(course_cache):
     reply = auto.reply("What is the capital of France?")
     assert reply.prompt_tokens == templates.count_prompt_tokens(hf, auto.render(auto.messages[:2]))
     turn = chat.ChatSession(hf, template="chat", max_new_tokens=4).start_turn("Hi")
-    assert turn.generate_kwargs["eos_token_id"] == [1, 106]  # <eos> and <end_of_turn> both end a reply
+    assert turn.generate_kwargs["eos_token_id"] == [
+        1,
+        106,
+    ]  # <eos> and <end_of_turn> both end a reply
     list(turn)
     assert turn.reply.new_tokens <= 4 and turn.session.messages[-1]["role"] == "assistant"
 
@@ -300,7 +381,9 @@ def test_typed_control_tokens_stay_text_in_both_backends(gguf, course_cache):
         default = generation.encode_prompt(lm, prompt)
         safe = generation.encode_prompt(lm, prompt, plain=[TYPED_MARKERS])
         assert default.count(106) == 2, lm.backend  # the trap: typed text became the control token
-        assert safe.count(106) == 1 and safe.count(105) == 2, lm.backend  # the template's markers only
+        assert safe.count(106) == 1 and safe.count(105) == 2, (
+            lm.backend
+        )  # the template's markers only
         assert _detokenize(lm, safe) == prompt  # nothing lost or added on the way
         assert session.count_tokens([{"role": "user", "content": TYPED_MARKERS}]) == len(safe)
         turn = session.start_turn(TYPED_MARKERS)
@@ -309,7 +392,9 @@ def test_typed_control_tokens_stay_text_in_both_backends(gguf, course_cache):
         assert session.messages[-2] == {"role": "user", "content": TYPED_MARKERS}
     plain = "What is the capital of France?"
     prompt = chat.ChatSession(gguf, template="chat").render([{"role": "user", "content": plain}])
-    assert generation.encode_prompt(gguf, prompt, plain=[plain]) == generation.encode_prompt(gguf, prompt)
+    assert generation.encode_prompt(gguf, prompt, plain=[plain]) == generation.encode_prompt(
+        gguf, prompt
+    )
 
 
 def test_session_load_of_a_damaged_file_starts_fresh(gguf, tmp_path):
@@ -324,7 +409,10 @@ def test_session_load_of_a_damaged_file_starts_fresh(gguf, tmp_path):
 def test_chat_widget_driven_from_code(gguf, tmp_path):
     ui = ChatWidget(gguf, mode="widget", system="Be brief.", max_new_tokens=32, context_window=512)
     assert ui.widget is not None and "qllm-chat" in ui.widget._dom_classes
-    assert "qllm-chat-send" in ui.send_button._dom_classes and "qllm-chat-input" in ui.input_box._dom_classes
+    assert (
+        "qllm-chat-send" in ui.send_button._dom_classes
+        and "qllm-chat-input" in ui.input_box._dom_classes
+    )
     first = ui.send("What is the capital of France?").wait(timeout=120)
     ui.input_box.value = "法国的首都是哪里？"
     ui.send_button.click()  # what the front end's click does
@@ -335,18 +423,31 @@ def test_chat_widget_driven_from_code(gguf, tmp_path):
     assert ui.transcript[2]["content"] == first.text and ui.transcript[4]["content"] == second.text
     assert ui.token_count == second.prompt_tokens + second.new_tokens and 0 < ui.token_count <= 512
     assert f"{ui.token_count} / 512 tokens" in ui.token_counter.value
-    assert ui.status.startswith("done") and not ui.running and "qllm-chat-busy" not in ui.widget._dom_classes
-    assert ui.transcript_box.value.count('data-role="assistant"') == 2 and "法国的首都是哪里" in ui.transcript_box.value
+    assert (
+        ui.status.startswith("done")
+        and not ui.running
+        and "qllm-chat-busy" not in ui.widget._dom_classes
+    )
+    assert (
+        ui.transcript_box.value.count('data-role="assistant"') == 2
+        and "法国的首都是哪里" in ui.transcript_box.value
+    )
 
-    long = ChatWidget(gguf, mode="widget", template="chat", max_new_tokens=400)  # the base model rambles
+    long = ChatWidget(
+        gguf, mode="widget", template="chat", max_new_tokens=400
+    )  # the base model rambles
     long.send("Tell me a story.")
     deadline = time.time() + 120
     while long.reply_tokens < 4 and long.running and time.time() < deadline:
         time.sleep(0.005)
-    assert long.running and "qllm-chat-busy" in long.widget._dom_classes and long.send_button.disabled
+    assert (
+        long.running and "qllm-chat-busy" in long.widget._dom_classes and long.send_button.disabled
+    )
     with pytest.raises(chat.ChatError, match="still answering"):
         long.send("another one")
-    assert long.transcript[-1]["role"] == "assistant"  # the reply being written is in the transcript
+    assert (
+        long.transcript[-1]["role"] == "assistant"
+    )  # the reply being written is in the transcript
     long.stop_button.click()
     reply = long.wait(timeout=120)
     assert reply.stopped_by_user and reply.finish == "user" and reply.new_tokens < 400
@@ -365,22 +466,38 @@ def test_chat_widget_falls_back_to_the_console_headless(gguf, capsys, monkeypatc
     assert ui.mode == "console" and ui.widget is None
     reply = ui.send("Hello!").wait()
     printed = capsys.readouterr().out
-    assert printed.startswith("you: Hello!\nmodel: ") and reply.text in printed and "[done · first token" in printed
+    assert (
+        printed.startswith("you: Hello!\nmodel: ")
+        and reply.text in printed
+        and "[done · first token" in printed
+    )
     assert ui.transcript[-1] == {"role": "assistant", "content": reply.text}
 
 
 # ---- the terminal chat ----------------------------------------------------------------------
 
+
 def run_chat(args, stdin: str, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "QLLM_THREADS": "2", "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-m", "course.chat_cli", *args], input=stdin, capture_output=True,
-                          text=True, encoding="utf-8", cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "course.chat_cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_terminal_chat_through_a_pipe(course_cache, tmp_path):
     saved, again = tmp_path / "chat.json", tmp_path / "again.json"
-    first = run_chat(["gguf", "--max-new-tokens", "24"],
-                     f"What is the capital of France?\n法国的首都是哪里？\n/save {saved}\n/exit\nnever read\n", tmp_path)
+    first = run_chat(
+        ["gguf", "--max-new-tokens", "24"],
+        f"What is the capital of France?\n法国的首都是哪里？\n/save {saved}\n/exit\nnever read\n",
+        tmp_path,
+    )
     assert first.returncode == 0, first.stderr
     out = first.stdout
     assert "few-shot template" in out and "you> 法国的首都是哪里？" in out
@@ -392,23 +509,36 @@ def test_terminal_chat_through_a_pipe(course_cache, tmp_path):
 
     bad = tmp_path / "bad.json"
     bad.write_text("not json")
-    second = run_chat(["gguf", "--max-new-tokens", "16", "--no-stream"],
-                      f"/load {bad}\n/load {saved}\nAnd of Italy?\n/frobnicate\n/save {again}\n", tmp_path)  # EOF ends it
+    second = run_chat(
+        ["gguf", "--max-new-tokens", "16", "--no-stream"],
+        f"/load {bad}\n/load {saved}\nAnd of Italy?\n/frobnicate\n/save {again}\n",
+        tmp_path,
+    )  # EOF ends it
     assert second.returncode == 0, second.stderr
     assert "not a usable chat history" in second.stdout and "loaded 4 messages" in second.stdout
-    assert "[unknown command /frobnicate]" in second.stdout and second.stdout.rstrip().endswith("bye")
+    assert "[unknown command /frobnicate]" in second.stdout and second.stdout.rstrip().endswith(
+        "bye"
+    )
     continued = json.loads(again.read_text(encoding="utf-8"))["messages"]
     assert continued[:5] == history and continued[5] == {"role": "user", "content": "And of Italy?"}
-    assert len(continued) == 7 and bad.exists() is False and list(tmp_path.glob("bad.json.corrupt-*"))
+    assert (
+        len(continued) == 7 and bad.exists() is False and list(tmp_path.glob("bad.json.corrupt-*"))
+    )
 
     third = run_chat(["gguf", "--max-new-tokens", "16"], f"/reset\n/save {again}\n", tmp_path)
-    assert [m["role"] for m in json.loads(again.read_text(encoding="utf-8"))["messages"]] == ["system"]
+    assert [m["role"] for m in json.loads(again.read_text(encoding="utf-8"))["messages"]] == [
+        "system"
+    ]
     assert "Traceback" not in first.stderr + second.stderr + third.stderr
 
 
 def test_terminal_chat_says_clearly_when_the_model_is_missing(tmp_path):
     result = run_chat([str(tmp_path / "nope.gguf")], "", tmp_path)
-    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2
+        and "does not exist" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_in_a_real_kernel_typing_and_clicking_send_streams_into_the_transcript(course_cache):
@@ -420,7 +550,9 @@ def test_in_a_real_kernel_typing_and_clicking_send_streams_into_the_transcript(c
 
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
     try:
-        first = run_in_kernel(kc, """
+        first = run_in_kernel(
+            kc,
+            """
 from course import models as course_models
 from course.chat_widget import ChatWidget
 from helpers import loading
@@ -428,29 +560,58 @@ lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
 ui = ChatWidget(lm, system="Be brief.", max_new_tokens=24)
 ui.show()
 print("mode:", ui.mode, "ids:", ui.input_box.model_id, ui.send_button.model_id, ui.transcript_box.model_id)
-""", allow_stdin=True)
+""",
+            allow_stdin=True,
+        )
         printed = kernel_stdout(first)
         assert "mode: widget" in printed
         input_id, send_id, transcript_id = re.search(r"ids: (\w+) (\w+) (\w+)", printed).groups()
-        kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": input_id, "data": {
-            "method": "update", "state": {"value": "What is the capital of France?"}, "buffer_paths": []}}))
-        kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": send_id, "data": {
-            "method": "custom", "content": {"event": "click"}}}))
+        kc.shell_channel.send(
+            kc.session.msg(
+                "comm_msg",
+                {
+                    "comm_id": input_id,
+                    "data": {
+                        "method": "update",
+                        "state": {"value": "What is the capital of France?"},
+                        "buffer_paths": [],
+                    },
+                },
+            )
+        )
+        kc.shell_channel.send(
+            kc.session.msg(
+                "comm_msg",
+                {"comm_id": send_id, "data": {"method": "custom", "content": {"event": "click"}}},
+            )
+        )
         values = []
         deadline = time.time() + 120
-        while time.time() < deadline and not (values and "qllm-chat-live" not in values[-1] and "assistant" in values[-1]):
+        while time.time() < deadline and not (
+            values and "qllm-chat-live" not in values[-1] and "assistant" in values[-1]
+        ):
             msg = kc.get_iopub_msg(timeout=120)
-            if msg["header"]["msg_type"] == "comm_msg" and msg["content"]["comm_id"] == transcript_id:
+            if (
+                msg["header"]["msg_type"] == "comm_msg"
+                and msg["content"]["comm_id"] == transcript_id
+            ):
                 state = msg["content"]["data"].get("state", {})
                 if "value" in state:
                     values.append(state["value"])
         assert any("qllm-chat-live" in v for v in values)  # the reply streamed in
-        second = run_in_kernel(kc, "import json; print('result:', json.dumps({'t': ui.transcript, 'box': ui.input_box.value, "
-                          "'status': ui.status}))", allow_stdin=True)
+        second = run_in_kernel(
+            kc,
+            "import json; print('result:', json.dumps({'t': ui.transcript, 'box': ui.input_box.value, "
+            "'status': ui.status}))",
+            allow_stdin=True,
+        )
         result = json.loads(kernel_stdout(second).split("result:", 1)[1])
         assert [m["role"] for m in result["t"]] == ["system", "user", "assistant"]
         assert result["t"][1]["content"] == "What is the capital of France?" and result["box"] == ""
-        assert result["status"].startswith("done") and html.escape(result["t"][2]["content"]) in values[-1]
+        assert (
+            result["status"].startswith("done")
+            and html.escape(result["t"][2]["content"]) in values[-1]
+        )
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -49,10 +49,14 @@ def test_gguf_builds_checks_sha_and_goes_stale_when_recipe_changes(tmp_cache):
 def test_a_build_says_first_what_it_builds_and_about_how_long(tmp_cache, capsys, monkeypatch):
     monkeypatch.setenv("QLLM_THREADS", "2")
     line = course_models.build_estimate(["hf", "gptq"])
-    reference = course_models.REFERENCE_BUILD_SECONDS["hf"] + course_models.REFERENCE_BUILD_SECONDS["gptq"]
+    reference = (
+        course_models.REFERENCE_BUILD_SECONDS["hf"] + course_models.REFERENCE_BUILD_SECONDS["gptq"]
+    )
     assert "hf, gptq" in line and f"({reference} s on the course's 2-core reference CPU)" in line
     monkeypatch.setenv("QLLM_THREADS", "1")  # half the cores, twice the time
-    assert f"roughly {round(2 * reference / 60)} min with 1 core " in course_models.build_estimate(["hf", "gptq"])
+    assert f"roughly {round(2 * reference / 60)} min with 1 core " in course_models.build_estimate(
+        ["hf", "gptq"]
+    )
     course_models.ensure(["gguf"])
     assert capsys.readouterr().out.startswith("Building the course model gguf (once per machine")
     course_models.ensure(["gguf"])  # nothing to build: nothing said
@@ -64,10 +68,17 @@ def test_killed_build_is_detected_and_never_used(tmp_cache):
     used, and the next build writes into a folder of its own."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-m", "course.models", "build", "--formats", "gguf"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "course.models", "build", "--formats", "gguf"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 60
-    while not list(tmp_cache.glob(f"gguf.partial-*/{course_models.GGUF_FILENAME}")) and time.time() < deadline:
+    while (
+        not list(tmp_cache.glob(f"gguf.partial-*/{course_models.GGUF_FILENAME}"))
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     [first] = tmp_cache.glob("gguf.partial-*")
     children = psutil.Process(proc.pid).children(recursive=True)
@@ -99,7 +110,9 @@ def test_each_build_gets_its_own_folder(tmp_cache, monkeypatch):
     course_models._build("gguf")
     assert len(folders) == 2 and folders[0] != folders[1]
     assert all(f.name.startswith("gguf.partial-") for f in folders)
-    assert course_models.read_stamp("gguf")["perplexity"] == 20.0 and not list(tmp_cache.glob("gguf.partial*"))
+    assert course_models.read_stamp("gguf")["perplexity"] == 20.0 and not list(
+        tmp_cache.glob("gguf.partial*")
+    )
 
 
 def test_calibration_rows_are_equal_length_and_start_with_bos(course_cache):
@@ -110,7 +123,9 @@ def test_calibration_rows_are_equal_length_and_start_with_bos(course_cache):
     assert len(rows) == course_models.CALIBRATION_BLOCKS
     assert {len(r["input_ids"]) for r in rows} == {course_models.BLOCK_TOKENS}
     assert all(r["input_ids"][0] == tokenizer.bos_token_id for r in rows)
-    assert len({tuple(r["input_ids"]) for r in rows}) == len(rows)  # spread over the text, no repeats
+    assert len({tuple(r["input_ids"]) for r in rows}) == len(
+        rows
+    )  # spread over the text, no repeats
 
 
 def test_calibration_and_heldout_texts_do_not_overlap():
@@ -118,7 +133,9 @@ def test_calibration_and_heldout_texts_do_not_overlap():
 
     from helpers.quality import heldout_text
 
-    calibration = resources.files("helpers").joinpath("data", "calibration.txt").read_text(encoding="utf-8")
+    calibration = (
+        resources.files("helpers").joinpath("data", "calibration.txt").read_text(encoding="utf-8")
+    )
     for paragraph in heldout_text("en").split("\n\n"):
         for sentence in paragraph.split(". "):
             if len(sentence) > 40:
@@ -127,7 +144,9 @@ def test_calibration_and_heldout_texts_do_not_overlap():
     assert len(chinese) > 20 and not [s for s in chinese if s.strip() in calibration]
     # and no shared run of 12 characters anywhere: a copied clause would show up here
     zh = heldout_text("zh")
-    assert not {zh[i:i + 12] for i in range(len(zh) - 12)} & {calibration[i:i + 12] for i in range(len(calibration) - 12)}
+    assert not {zh[i : i + 12] for i in range(len(zh) - 12)} & {
+        calibration[i : i + 12] for i in range(len(calibration) - 12)
+    }
 
 
 def test_built_models_record_recipe_and_pass_quality_gate(course_cache):
@@ -144,22 +163,30 @@ def test_built_models_record_recipe_and_pass_quality_gate(course_cache):
 def test_reference_is_off_the_q4_k_m_grid(course_cache):
     """The fair reference (issue 16): the shipped Q4_K_M computes what hf computes, while Q4_K_M made from hf
     pays a real quantization cost. Were hf still on the shipped file's grid, both would be ~1.00."""
-    ppl = {fmt: course_models.read_stamp(fmt)["perplexity"] for fmt in ("gguf", "hf", "gguf-from-hf")}
+    ppl = {
+        fmt: course_models.read_stamp(fmt)["perplexity"] for fmt in ("gguf", "hf", "gguf-from-hf")
+    }
     shipped, requantized = ppl["gguf"] / ppl["hf"], ppl["gguf-from-hf"] / ppl["hf"]
     assert abs(shipped - 1) < 0.01, shipped  # the rescaling kept the model's outputs
-    assert requantized - shipped > 0.03, (requantized, shipped)  # and moved its weights off the grid
+    assert requantized - shipped > 0.03, (
+        requantized,
+        shipped,
+    )  # and moved its weights off the grid
 
 
 def test_info_command_lists_all_formats_with_measured_figures(course_cache):
-    out = subprocess.run([sys.executable, "-m", "course.models", "info"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "course.models", "info"], capture_output=True, text=True, check=True
+    ).stdout
     for fmt in course_models.FORMATS:
         line = next(row for row in out.splitlines() if row.startswith(fmt + " "))
         assert "ready" in line
         assert "-" not in line.split()[2:5]  # size, perplexity and ratio are all filled
 
 
-def test_quality_gate_rejects_a_bad_checkpoint_and_installs_nothing(tmp_cache, course_cache, monkeypatch):
+def test_quality_gate_rejects_a_bad_checkpoint_and_installs_nothing(
+    tmp_cache, course_cache, monkeypatch
+):
     """A tiny random model scores far worse than the (faked) fp reference: the build must fail."""
     hf = tmp_cache / "hf"
     tiny_gemma3(hf)
@@ -182,7 +209,9 @@ def test_awq_norm_fold_is_exact_even_for_extreme_scales():
     from course.awq_gemma3 import fold_scales_into_gemma_norm
 
     torch.manual_seed(0)
-    config = Gemma3TextConfig(hidden_size=128, intermediate_size=256, hidden_activation="gelu_pytorch_tanh")
+    config = Gemma3TextConfig(
+        hidden_size=128, intermediate_size=256, hidden_activation="gelu_pytorch_tanh"
+    )
     norm, mlp = Gemma3RMSNorm(128).to(torch.bfloat16), Gemma3MLP(config).to(torch.bfloat16)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(128) * 3)
@@ -243,7 +272,10 @@ def test_tokenizer_config_lists_the_added_tokens_and_changes_nothing(course_cach
     folder = course_cache / fmt
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     listed = {int(i): token["content"] for i, token in config["added_tokens_decoder"].items()}
-    in_file = {t["id"]: t["content"] for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
+    in_file = {
+        t["id"]: t["content"]
+        for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+    }
     assert listed == in_file
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -253,7 +285,13 @@ def test_tokenizer_config_lists_the_added_tokens_and_changes_nothing(course_cach
     del config["added_tokens_decoder"]
     (plain / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     built, rebuilt = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(plain)
-    assert type(built) is type(rebuilt) and built.added_tokens_decoder == rebuilt.added_tokens_decoder
-    for text in (quality.heldout_text("en"), quality.heldout_text("zh"), "a <end_of_turn> b <start_of_turn>user\n<pad>"):
+    assert (
+        type(built) is type(rebuilt) and built.added_tokens_decoder == rebuilt.added_tokens_decoder
+    )
+    for text in (
+        quality.heldout_text("en"),
+        quality.heldout_text("zh"),
+        "a <end_of_turn> b <start_of_turn>user\n<pad>",
+    ):
         for kwargs in ({}, {"add_special_tokens": False}, {"split_special_tokens": True}):
             assert built(text, **kwargs)["input_ids"] == rebuilt(text, **kwargs)["input_ids"]

@@ -17,7 +17,11 @@ RECAP = re.compile(r"^## (Recap|What to remember|Summary)\b", re.M)
 
 
 def cells(path: Path, kind: str) -> list[str]:
-    return ["".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == kind]
+    return [
+        "".join(c["source"])
+        for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+        if c["cell_type"] == kind
+    ]
 
 
 def chapter(lesson: Path) -> str:
@@ -32,12 +36,22 @@ def test_every_lesson_ends_with_a_recap_and_checked_exercises(lesson):
     items = re.findall(r"^(\d+)\. (.+?)(?=^\d+\. |^\*\*Going further|\Z)", exercises, re.M | re.S)
     assert 3 <= len(items) <= 5, f"{lesson.name}: {len(items)} exercises"
     for number, text in items:  # each exercise names its own check
-        assert re.search(rf"{chapter(lesson)}\.check_{number}\(", text), f"{lesson.name}: exercise {number} has no check"
+        assert re.search(rf"{chapter(lesson)}\.check_{number}\(", text), (
+            f"{lesson.name}: exercise {number} has no check"
+        )
     module = importlib.import_module(f"exercises.{chapter(lesson)}")
-    checks = sorted(name for name, _ in inspect.getmembers(module, inspect.isfunction) if name.startswith("check_"))
+    checks = sorted(
+        name
+        for name, _ in inspect.getmembers(module, inspect.isfunction)
+        if name.startswith("check_")
+    )
     named = sorted(set(re.findall(rf"{chapter(lesson)}\.(check_\d)\(", exercises)))
-    assert named == checks and len(checks) >= 3, f"{lesson.name}: exercises name {named}, the module has {checks}"
-    assert "exercises" in cells(lesson, "code")[-1], f"{lesson.name}: the last code cell imports the checks"
+    assert named == checks and len(checks) >= 3, (
+        f"{lesson.name}: exercises name {named}, the module has {checks}"
+    )
+    assert "exercises" in cells(lesson, "code")[-1], (
+        f"{lesson.name}: the last code cell imports the checks"
+    )
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)
@@ -48,8 +62,12 @@ def test_every_check_is_asserted_by_a_solution(lesson):
     module = importlib.import_module(f"exercises.{chapter(lesson)}")
     for name, _ in inspect.getmembers(module, inspect.isfunction):
         if name.startswith("check_"):
-            assert re.search(rf"^assert {chapter(lesson)}\.{name}\(", code, re.M), f"{solution.name}: {name} not asserted"
-    assert not [c for c in json.loads(solution.read_text())["cells"] if c.get("outputs")], "commit with outputs cleared"
+            assert re.search(rf"^assert {chapter(lesson)}\.{name}\(", code, re.M), (
+                f"{solution.name}: {name} not asserted"
+            )
+    assert not [c for c in json.loads(solution.read_text())["cells"] if c.get("outputs")], (
+        "commit with outputs cleared"
+    )
 
 
 def test_helpers_never_import_exercises():
@@ -63,16 +81,58 @@ WRONG = [  # (module, check, a wrong answer, a hint word, the truth that must no
     ("ch01", "check_1", 494_000_000, "within 1%", "494032768"),
     ("ch01", "check_1", 400_000_000, "tied", None),
     ("ch01", "check_2", lambda path: "0" * 64, "binary mode", None),
-    ("ch01", "check_3", lambda paths, pattern: [p for p in paths if pattern.lower() in p.lower()], "fnmatch", None),
+    (
+        "ch01",
+        "check_3",
+        lambda paths, pattern: [p for p in paths if pattern.lower() in p.lower()],
+        "fnmatch",
+        None,
+    ),
     ("ch03", "check_3", lambda w, s: w / s, "Llama", None),
-    ("ch04", "check_1", {"Q4_0": 4.0, "Q5_0": 5.0, "Q8_0": 8.0, "Q4_K": 4.0, "Q6_K": 6.0}, "GGML_QUANT_SIZES", "4.5"),
+    (
+        "ch04",
+        "check_1",
+        {"Q4_0": 4.0, "Q5_0": 5.0, "Q8_0": 8.0, "Q4_K": 4.0, "Q6_K": 6.0},
+        "GGML_QUANT_SIZES",
+        "4.5",
+    ),
     ("ch04", "check_3", lambda requested: requested, "section 3", None),
     ("ch04b", "check_1", lambda width: width % 32 == 0, "block", None),
-    ("ch06", "check_1", lambda call, times, prompt: (times[0] - call, len(times) / (times[-1] - call)), "TTFT already", None),
-    ("ch06", "check_3", lambda text, stops: text.split(stops[0])[0] if stops else text, "earliest", None),
-    ("ch07", "check_1", lambda messages, count, budget: messages[-1:], "drop user/assistant pairs whole", None),
-    ("ch07", "check_2", lambda text, path: Path(path).write_text(text, encoding="utf-8"), "os.replace", None),
-    ("ch07", "check_3", lambda replies, questions: sum(p in r for (_, p), r in zip(questions, replies)), "re.search", None),
+    (
+        "ch06",
+        "check_1",
+        lambda call, times, prompt: (times[0] - call, len(times) / (times[-1] - call)),
+        "TTFT already",
+        None,
+    ),
+    (
+        "ch06",
+        "check_3",
+        lambda text, stops: text.split(stops[0])[0] if stops else text,
+        "earliest",
+        None,
+    ),
+    (
+        "ch07",
+        "check_1",
+        lambda messages, count, budget: messages[-1:],
+        "drop user/assistant pairs whole",
+        None,
+    ),
+    (
+        "ch07",
+        "check_2",
+        lambda text, path: Path(path).write_text(text, encoding="utf-8"),
+        "os.replace",
+        None,
+    ),
+    (
+        "ch07",
+        "check_3",
+        lambda replies, questions: sum(p in r for (_, p), r in zip(questions, replies)),
+        "re.search",
+        None,
+    ),
     ("ch09", "check_1", {"prompt": "What is GGUF?", "max_new_tokens": 32}, "max_tokens", None),
     ("ch09", "check_2", lambda lines: "".join(lines), "[DONE]", None),
     ("ch09", "check_3", "chat", "unchanged", "completions"),
@@ -80,7 +140,9 @@ WRONG = [  # (module, check, a wrong answer, a hint word, the truth that must no
 ]
 
 
-@pytest.mark.parametrize("module, check, answer, hint, truth", WRONG, ids=[f"{m}.{c}" for m, c, *_ in WRONG])
+@pytest.mark.parametrize(
+    "module, check, answer, hint, truth", WRONG, ids=[f"{m}.{c}" for m, c, *_ in WRONG]
+)
 def test_a_wrong_answer_gets_a_hint_not_the_answer(module, check, answer, hint, truth, capsys):
     assert getattr(importlib.import_module(f"exercises.{module}"), check)(answer) is False
     printed = capsys.readouterr().out

@@ -10,12 +10,16 @@ import pytest  # noqa: E402
 from course import figures  # noqa: E402
 
 
-@pytest.mark.parametrize("draw", [figures.gptq_update, figures.awq_scaling, figures.prefill_decode, figures.gguf_layout])
+@pytest.mark.parametrize(
+    "draw", [figures.gptq_update, figures.awq_scaling, figures.prefill_decode, figures.gguf_layout]
+)
 def test_each_figure_draws_with_a_title(draw):
     plt.close("all")
     draw()
     fig = plt.gcf()
-    titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+    titles = [ax.get_title() for ax in fig.axes] + [
+        fig._suptitle.get_text() if fig._suptitle else ""
+    ]
     assert any(titles), draw.__name__
     plt.close("all")
 
@@ -29,5 +33,8 @@ def test_gguf_layout_shows_the_files_own_counts(tmp_path, small_gguf):
     plt.close("all")
     figures.gguf_layout(header)
     texts = " ".join(t.get_text() for t in plt.gcf().axes[0].texts)
-    assert f"metadata: {len(header.metadata)} keys" in texts and f"tensor table: {len(header.tensors)} entries" in texts
+    assert (
+        f"metadata: {len(header.metadata)} keys" in texts
+        and f"tensor table: {len(header.tensors)} entries" in texts
+    )
     plt.close("all")

@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 from course import gguf_convert
 from helpers import generation, gguf_tools, loading, quality
 from helpers.errors import CourseError
-from helpers.errors import ContextOverflowError, ContextTruncationWarning, NotGGUFError, TruncatedGGUFError
+from helpers.errors import (
+    ContextOverflowError,
+    ContextTruncationWarning,
+    NotGGUFError,
+    TruncatedGGUFError,
+)
 from helpers.errors import ModelNotFoundError, NotAModelError
 
 
@@ -33,7 +38,9 @@ def header_bytes(course_gguf) -> bytes:
 def small_llm(course_gguf):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(course_gguf), n_ctx=256, n_threads=2, n_threads_batch=2, verbose=False)
+    llm = Llama(
+        model_path=str(course_gguf), n_ctx=256, n_threads=2, n_threads_batch=2, verbose=False
+    )
     yield llm
     llm.close()
 
@@ -47,6 +54,7 @@ def _cut_copy(header_bytes: bytes, total: int, length: int, path):
 
 
 # ---- what the header says ---------------------------------------------------------------------
+
 
 def test_metadata_of_the_course_gguf(course_gguf):
     header = gguf_tools.validate_gguf(course_gguf)
@@ -71,7 +79,10 @@ def test_quant_type_rows_group_tensors(course_gguf):
     assert "Q4_K" in rows["attn_output"]["types"]
     assert "Q6_K" in rows["ffn_down"]["types"]
     assert rows["attn_norm"]["bits/weight"] == 32.0
-    assert sum(r["parameters"] for r in rows.values()) == gguf_tools.summary(gguf_tools.read_gguf(course_gguf))["parameters"]
+    assert (
+        sum(r["parameters"] for r in rows.values())
+        == gguf_tools.summary(gguf_tools.read_gguf(course_gguf))["parameters"]
+    )
 
 
 def test_the_parser_agrees_with_the_gguf_package(course_gguf):
@@ -81,12 +92,14 @@ def test_the_parser_agrees_with_the_gguf_package(course_gguf):
     reader = GGUFReader(course_gguf)
     assert ours.data_offset == reader.data_offset
     assert [(t.name, t.type_name, t.n_bytes) for t in ours.tensors] == [
-        (t.name, t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors]
+        (t.name, t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors
+    ]
     for key in ("general.architecture", "gemma3.context_length", "gemma3.block_count"):
         assert ours.metadata[key] == reader.fields[key].contents()
 
 
 # ---- bad files --------------------------------------------------------------------------------
+
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nowhere" / "model.gguf"
@@ -96,12 +109,18 @@ def test_missing_file(tmp_path):
         loading.load_model(missing)
 
 
-@pytest.mark.parametrize("content, hint", [
-    (b"<!DOCTYPE html><html><body>401 Unauthorized</body></html>", "HTML"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 253113024\n", "Git LFS pointer"),
-    (b"PK\x03\x04" + bytes(60), "zip archive"),
-    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}", "safetensors"),
-])
+@pytest.mark.parametrize(
+    "content, hint",
+    [
+        (b"<!DOCTYPE html><html><body>401 Unauthorized</body></html>", "HTML"),
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 253113024\n",
+            "Git LFS pointer",
+        ),
+        (b"PK\x03\x04" + bytes(60), "zip archive"),
+        (b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1}', "safetensors"),
+    ],
+)
 def test_a_file_that_is_not_gguf(tmp_path, content, hint):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(content)
@@ -132,8 +151,11 @@ def test_a_truncated_gguf(tmp_path, course_gguf, monkeypatch):
     with open(course_gguf, "rb") as src, open(cut, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
         dst.truncate(size * 6 // 10)
-    with pytest.raises(TruncatedGGUFError, match=rf"truncated: .*236 tensors.*ends at byte {size:,}.*"
-                                                   rf"only {size * 6 // 10:,} bytes.*download the file again"):
+    with pytest.raises(
+        TruncatedGGUFError,
+        match=rf"truncated: .*236 tensors.*ends at byte {size:,}.*"
+        rf"only {size * 6 // 10:,} bytes.*download the file again",
+    ):
         gguf_tools.validate_gguf(cut)
 
     import llama_cpp
@@ -148,21 +170,30 @@ def test_a_truncated_gguf(tmp_path, course_gguf, monkeypatch):
 
 def test_a_gguf_cut_inside_its_header(tmp_path, header_bytes, course_gguf):
     cut = _cut_copy(header_bytes, course_gguf.stat().st_size, 3_000_000, tmp_path / "cut.gguf")
-    with pytest.raises(TruncatedGGUFError, match=r"header runs past the end of the file \(reading the value of "
-                                                   r"'tokenizer.ggml.tokens'"):
+    with pytest.raises(
+        TruncatedGGUFError,
+        match=r"header runs past the end of the file \(reading the value of "
+        r"'tokenizer.ggml.tokens'",
+    ):
         gguf_tools.validate_gguf(cut)
 
 
 # ---- properties: the checker never crashes with anything but a clear CourseError --------------------
 
-QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+QUICK = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @QUICK
 @given(st.data())
-def test_any_cut_of_the_real_file_is_reported_as_truncated(tmp_path, header_bytes, course_gguf, data):
+def test_any_cut_of_the_real_file_is_reported_as_truncated(
+    tmp_path, header_bytes, course_gguf, data
+):
     size = course_gguf.stat().st_size
-    length = data.draw(st.one_of(st.integers(0, len(header_bytes)), st.integers(0, size - 1)), label="length")
+    length = data.draw(
+        st.one_of(st.integers(0, len(header_bytes)), st.integers(0, size - 1)), label="length"
+    )
     path = _cut_copy(header_bytes, size, length, tmp_path / "cut.gguf")
     if length == 0:
         with pytest.raises(NotGGUFError, match="empty"):
@@ -205,21 +236,30 @@ def test_a_prompt_longer_than_n_ctx(small_llm):
     with pytest.raises(ValueError, match=r"Requested tokens \(\d+\) exceed context window of 256"):
         small_llm.create_completion(LONG_PROMPT, max_tokens=8)
     # What the course helper says instead, before anything runs.
-    with pytest.raises(ContextOverflowError, match=r"The prompt is \d+ tokens but the model was created with "
-                                                   r"n_ctx=256.*n_ctx >= 512"):
+    with pytest.raises(
+        ContextOverflowError,
+        match=r"The prompt is \d+ tokens but the model was created with "
+        r"n_ctx=256.*n_ctx >= 512",
+    ):
         generation.check_context(small_llm, LONG_PROMPT, 32)
 
 
 def test_prompt_plus_output_beyond_n_ctx_is_cut_short(small_llm):
     prompt = "Quantization stores each weight in fewer bits. " * 24  # ~220 tokens of 256
-    with pytest.warns(ContextTruncationWarning, match=r"will stop after \d+ tokens with finish_reason='length'"):
+    with pytest.warns(
+        ContextTruncationWarning, match=r"will stop after \d+ tokens with finish_reason='length'"
+    ):
         report = generation.check_context(small_llm, prompt, 100)
     assert not report["fits"] and report["suggested_n_ctx"] == 512
     eos = small_llm.token_eos()
-    out = small_llm.create_completion(prompt, max_tokens=100, temperature=0.0, logit_bias={eos: -100.0})
+    out = small_llm.create_completion(
+        prompt, max_tokens=100, temperature=0.0, logit_bias={eos: -100.0}
+    )
     assert out["choices"][0]["finish_reason"] == "length"
     assert out["usage"]["prompt_tokens"] == report["prompt_tokens"]
-    assert out["usage"]["completion_tokens"] == 256 - report["prompt_tokens"] == report["output_room"]
+    assert (
+        out["usage"]["completion_tokens"] == 256 - report["prompt_tokens"] == report["output_room"]
+    )
 
 
 def test_a_prompt_that_fits_passes_quietly(small_llm):
@@ -236,7 +276,9 @@ def test_n_ctx_that_is_not_a_multiple_of_256(course_gguf):
     llm = Llama(model_path=str(course_gguf), n_ctx=200, n_threads=2, verbose=False)
     try:
         assert llm.n_ctx() == 256 and generation.effective_n_ctx(llm) == 200
-        prompt = "Quantization stores each weight in fewer bits. " * 24  # between 200 and 256 tokens
+        prompt = (
+            "Quantization stores each weight in fewer bits. " * 24
+        )  # between 200 and 256 tokens
         n = len(llm.tokenize(prompt.encode()))
         assert 200 < n < 256
         with pytest.raises(ValueError, match="could not broadcast"):
@@ -255,6 +297,7 @@ def test_suggest_n_ctx():
 
 
 # ---- making GGUF files --------------------------------------------------------------------------
+
 
 def test_quantize_refuses_a_bad_type_and_a_bad_source(tmp_path, course_gguf):
     with pytest.raises(CourseError, match="Unknown quantization type 'Q3_X'"):
@@ -283,8 +326,11 @@ def test_sentencepiece_vocabulary_round_trips(tmp_path, course_gguf):
 
 def test_converter_missing_says_how_to_get_it(tmp_cache, monkeypatch):
     monkeypatch.setattr(gguf_convert, "find_sdist", lambda extra_dirs=(): None)
-    with pytest.raises(gguf_convert.ConverterNotFoundError, match=r"not installed.*pip download --no-deps "
-                                                                 r"--no-binary :all: llama-cpp-python=="):
+    with pytest.raises(
+        gguf_convert.ConverterNotFoundError,
+        match=r"not installed.*pip download --no-deps "
+        r"--no-binary :all: llama-cpp-python==",
+    ):
         gguf_convert.find_converter(download=False)
 
 
@@ -297,11 +343,12 @@ def test_the_sdist_is_found_in_pips_http_cache(tmp_path, monkeypatch):
     body = tmp_path / "pip" / "http-v2" / "a" / "b" / "c" / "d" / "e" / "0123abcd.body"
     body.parent.mkdir(parents=True)
     with tarfile.open(body, "w:gz") as tar:
-        for name, data in [(f"llama_cpp_python-{version}/PKG-INFO", b"x"),
-                           (f"llama_cpp_python-{version}/vendor/llama.cpp/convert_hf_to_gguf.py", b"print(1)")]:
+        for name, data in [
+            (f"llama_cpp_python-{version}/PKG-INFO", b"x"),
+            (f"llama_cpp_python-{version}/vendor/llama.cpp/convert_hf_to_gguf.py", b"print(1)"),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     monkeypatch.setattr(gguf_convert, "_pip_cache_dirs", lambda: [tmp_path / "pip"])
     assert gguf_convert.find_sdist() == body
-

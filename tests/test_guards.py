@@ -31,17 +31,33 @@ MIB, GIB = 2**20, 2**30
 
 # ---- the quality gate ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ppl, passes", [(29.8, True),    # 1.49x the fp perplexity of 20
-                                         (30.0, True),    # exactly 1.5x: still allowed
-                                         (30.2, False),   # 1.51x
-                                         (300.0, False), (1.0, True)])
+
+@pytest.mark.parametrize(
+    "ppl, passes",
+    [
+        (29.8, True),  # 1.49x the fp perplexity of 20
+        (30.0, True),  # exactly 1.5x: still allowed
+        (30.2, False),  # 1.51x
+        (300.0, False),
+        (1.0, True),
+    ],
+)
 def test_quality_gate_at_its_boundary(ppl, passes):
     """A quantized model may be at most 1.5x the fp model's perplexity, and not a hair more."""
     assert course_models.passes_quality_gate(ppl, 20.0) is passes
 
 
-@pytest.mark.parametrize("ppl, fp", [(math.nan, 20.0), (math.inf, 20.0), (-math.inf, 20.0),
-                                     (25.0, math.nan), (25.0, math.inf), (math.nan, math.nan)])
+@pytest.mark.parametrize(
+    "ppl, fp",
+    [
+        (math.nan, 20.0),
+        (math.inf, 20.0),
+        (-math.inf, 20.0),
+        (25.0, math.nan),
+        (25.0, math.inf),
+        (math.nan, math.nan),
+    ],
+)
 def test_quality_gate_refuses_nan_and_inf(ppl, fp):
     """A NaN or infinite perplexity (of either model) is a broken evaluation: it never passes."""
     assert course_models.passes_quality_gate(ppl, fp) is False
@@ -70,7 +86,9 @@ def fake_quantizer(tmp_cache, monkeypatch):
     monkeypatch.setitem(sys.modules, "gptqmodel", gptqmodel)
     tokenizer = types.SimpleNamespace(added_tokens_decoder={})
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: "model")
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: "model"
+    )
     monkeypatch.setattr(course_models, "calibration_rows", lambda tokenizer: [])
     monkeypatch.setattr(course_models, "read_stamp", lambda fmt: {"perplexity": 20.0})
 
@@ -93,11 +111,14 @@ def test_quality_gate_decides_the_build(fake_quantizer, capsys):
 
 # ---- the memory-fit check -----------------------------------------------------------------------
 
+
 def _safetensors_folder(path: Path) -> Path:
     """A model folder whose weights are 1000 bf16 values (2000 B) and 500 packed int32 (2000 B)."""
     path.mkdir()
-    header = {"embed": {"dtype": "BF16", "shape": [1000], "data_offsets": [0, 2000]},
-              "qweight": {"dtype": "I32", "shape": [500], "data_offsets": [2000, 4000]}}
+    header = {
+        "embed": {"dtype": "BF16", "shape": [1000], "data_offsets": [0, 2000]},
+        "qweight": {"dtype": "I32", "shape": [500], "data_offsets": [2000, 4000]},
+    }
     blob = json.dumps(header).encode()
     (path / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(4000))
     return path
@@ -136,16 +157,23 @@ def ram(monkeypatch):
     import psutil
 
     def set_free(available: int):
-        monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=available))
+        monkeypatch.setattr(
+            psutil, "virtual_memory", lambda: types.SimpleNamespace(available=available)
+        )
+
     return set_free
 
 
 def test_memory_estimate_is_weights_plus_the_stated_overhead(folder, gguf_file):
     """Transformers: weights in memory x1.5 + 600 MiB; llama.cpp: the file x1.2 + 300 MiB."""
-    assert memory.estimate_memory_bytes(folder, "hf", "float32") == 6000 * 3 // 2 + 600 * MIB  # bf16 doubles
+    assert (
+        memory.estimate_memory_bytes(folder, "hf", "float32") == 6000 * 3 // 2 + 600 * MIB
+    )  # bf16 doubles
     assert memory.estimate_memory_bytes(folder, "gptq", "bfloat16") == 4000 * 3 // 2 + 600 * MIB
     assert memory.estimate_memory_bytes(gguf_file, "gguf") == 12_000 + 300 * MIB
-    assert memory.estimate_memory_bytes(gguf_file, "gguf", "float32") == 12_000 + 300 * MIB  # no cast in GGUF
+    assert (
+        memory.estimate_memory_bytes(gguf_file, "gguf", "float32") == 12_000 + 300 * MIB
+    )  # no cast in GGUF
     assert memory.memory_overhead("gguf") == (0.2, 300 * MIB)
     assert memory.memory_overhead("awq") == (0.5, 600 * MIB)
 
@@ -154,8 +182,14 @@ def test_memory_fit_at_its_boundary(folder):
     """Free memory equal to the need fits; one byte less is refused before loading."""
     need = 6000 * 3 // 2 + 600 * MIB
     figures = memory.check_memory_fit(folder, "hf", dtype="float32", free_bytes=need)
-    assert figures == {"need_bytes": need, "free_bytes": need, "weights_bytes": 6000,
-                       "overhead_bytes": 3000 + 600 * MIB, "device": "cpu", "fits": True}
+    assert figures == {
+        "need_bytes": need,
+        "free_bytes": need,
+        "weights_bytes": 6000,
+        "overhead_bytes": 3000 + 600 * MIB,
+        "device": "cpu",
+        "fits": True,
+    }
     with pytest.raises(NotEnoughMemoryError):
         memory.check_memory_fit(folder, "hf", dtype="float32", free_bytes=need - 1)
 
@@ -163,7 +197,9 @@ def test_memory_fit_at_its_boundary(folder):
 def test_memory_fit_measures_free_memory_on_the_device_asked_for(folder, monkeypatch):
     """Without free_bytes, the check measures the free memory of the device it was given."""
     asked = []
-    monkeypatch.setattr(memory, "free_memory_bytes", lambda device="cpu": asked.append(device) or 64 * GIB)
+    monkeypatch.setattr(
+        memory, "free_memory_bytes", lambda device="cpu": asked.append(device) or 64 * GIB
+    )
     assert memory.check_memory_fit(folder, "awq", device="cuda:1")["free_bytes"] == 64 * GIB
     assert asked == ["cuda:1"]
     memory.check_memory_fit(folder, "awq", free_bytes=GIB)
@@ -199,20 +235,28 @@ def test_memory_refusal_gives_the_figures(folder, gguf_file):
     free = 3 * GIB // 10
     with pytest.raises(NotEnoughMemoryError) as err:
         memory.check_memory_fit(folder, "hf", device="cuda:1", dtype="float32", free_bytes=free)
-    assert ("it needs about 0.6 GiB of GPU memory (0.00 GiB of weights as float32 + 50% + 600 MiB overhead), "
-            "and only 0.3 GiB is free on cuda:1.") in str(err.value)
+    assert (
+        "it needs about 0.6 GiB of GPU memory (0.00 GiB of weights as float32 + 50% + 600 MiB overhead), "
+        "and only 0.3 GiB is free on cuda:1."
+    ) in str(err.value)
     assert "keep the checkpoint's dtype instead of float32" in str(err.value)
     with pytest.raises(NotEnoughMemoryError) as err:
         memory.check_memory_fit(folder, "hf", free_bytes=free)
-    assert "(0.00 GiB of weights + 50% + 600 MiB overhead), and only 0.3 GiB is free on cpu." in str(err.value)
+    assert (
+        "(0.00 GiB of weights + 50% + 600 MiB overhead), and only 0.3 GiB is free on cpu."
+        in str(err.value)
+    )
     assert "instead of float32" not in str(err.value)
     with pytest.raises(NotEnoughMemoryError) as err:
         memory.check_memory_fit(gguf_file, "gguf", dtype="float32", free_bytes=GIB // 10)
-    assert ("needs about 0.3 GiB of RAM (0.00 GiB of weights + 20% + 300 MiB overhead), and only 0.1 GiB is "
-            "free on cpu.") in str(err.value)
+    assert (
+        "needs about 0.3 GiB of RAM (0.00 GiB of weights + 20% + 300 MiB overhead), and only 0.1 GiB is "
+        "free on cpu."
+    ) in str(err.value)
 
 
 # ---- GGUF validation ----------------------------------------------------------------------------
+
 
 def test_gguf_validation_at_the_end_of_the_data(tmp_path, small_gguf):
     """A file that ends exactly where its last tensor ends is whole; one byte less is truncated."""
@@ -220,12 +264,17 @@ def test_gguf_validation_at_the_end_of_the_data(tmp_path, small_gguf):
     path.write_bytes(small_gguf)
     header = gguf_tools.validate_gguf(path)
     assert header.metadata["general.description"] == "" and len(header.tensors) == 2
-    assert header.data_end == header.data_offset + 128 + 64  # t0: 32 x f32; t1 (aligned at 128): 32 x f16
-    path.write_bytes(small_gguf[:header.data_end])
+    assert (
+        header.data_end == header.data_offset + 128 + 64
+    )  # t0: 32 x f32; t1 (aligned at 128): 32 x f16
+    path.write_bytes(small_gguf[: header.data_end])
     assert gguf_tools.validate_gguf(path).file_size == header.data_end
-    path.write_bytes(small_gguf[:header.data_end - 1])
-    with pytest.raises(TruncatedGGUFError, match=rf"ends at byte {header.data_end:,}, but the file has only "
-                                                 rf"{header.data_end - 1:,} bytes \(1 bytes, "):
+    path.write_bytes(small_gguf[: header.data_end - 1])
+    with pytest.raises(
+        TruncatedGGUFError,
+        match=rf"ends at byte {header.data_end:,}, but the file has only "
+        rf"{header.data_end - 1:,} bytes \(1 bytes, ",
+    ):
         gguf_tools.validate_gguf(path)
 
 
@@ -234,7 +283,7 @@ def test_gguf_header_reads_stop_exactly_at_the_end(small_gguf):
     header_bytes = gguf_tools.parse_gguf_bytes(small_gguf).header_bytes
     assert gguf_tools.parse_gguf_bytes(small_gguf[:header_bytes]).header_bytes == header_bytes
     with pytest.raises(TruncatedGGUFError, match="header runs past the end"):
-        gguf_tools.parse_gguf_bytes(small_gguf[:header_bytes - 1])
+        gguf_tools.parse_gguf_bytes(small_gguf[: header_bytes - 1])
 
 
 def test_gguf_cursor_bounds():
@@ -244,7 +293,9 @@ def test_gguf_cursor_bounds():
     assert cursor.take(3) == 0 and cursor.pos == 3
     assert cursor.take(1) == 3 and cursor.pos == 4
     assert cursor.take(0) == 4
-    with pytest.raises(TruncatedGGUFError, match="reading the header at byte 4, the file has 4 bytes"):
+    with pytest.raises(
+        TruncatedGGUFError, match="reading the header at byte 4, the file has 4 bytes"
+    ):
         cursor.take(1)
     with pytest.raises(TruncatedGGUFError):
         gguf_tools._Cursor(b"abcd", Path("x.gguf"), 4).take(-1)
@@ -252,16 +303,27 @@ def test_gguf_cursor_bounds():
 
 # ---- the context window -------------------------------------------------------------------------
 
+
 def _transformers_lm(window: int) -> loading.LoadedModel:
-    return loading.LoadedModel(model=None, tokenizer=None, format="hf", backend="transformers",
-                               path=Path("/models/tiny"), device="cpu", dtype="bfloat16", load_seconds=0.0,
-                               context_length=window)
+    return loading.LoadedModel(
+        model=None,
+        tokenizer=None,
+        format="hf",
+        backend="transformers",
+        path=Path("/models/tiny"),
+        device="cpu",
+        dtype="bfloat16",
+        load_seconds=0.0,
+        context_length=window,
+    )
 
 
 def test_context_fit_transformers_at_the_window():
     """A prompt filling the window is refused; prompt + answer exactly at the window pass without a word."""
     lm = _transformers_lm(100)
-    with pytest.raises(ContextOverflowError, match="The prompt is 100 tokens but tiny has a 100-token context"):
+    with pytest.raises(
+        ContextOverflowError, match="The prompt is 100 tokens but tiny has a 100-token context"
+    ):
         generation.fit_context(lm, 100, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -273,9 +335,12 @@ def test_context_fit_transformers_at_the_window():
 def test_context_fit_transformers_shortens_the_answer_with_a_warning():
     """One token more than fits: max_new_tokens becomes what is left, and the learner is told."""
     lm = _transformers_lm(100)
-    with pytest.warns(ContextTruncationWarning, match=r"prompt \(60 tokens\) \+ max_new_tokens \(41\) exceed "
-                                                      r"the 100-token context window of tiny: the answer will "
-                                                      r"stop after 40 tokens"):
+    with pytest.warns(
+        ContextTruncationWarning,
+        match=r"prompt \(60 tokens\) \+ max_new_tokens \(41\) exceed "
+        r"the 100-token context window of tiny: the answer will "
+        r"stop after 40 tokens",
+    ):
         assert generation.fit_context(lm, 60, 41) == 40
     with pytest.warns(ContextTruncationWarning):
         assert generation.fit_context(lm, 99, 500) == 1
@@ -313,22 +378,42 @@ def test_context_fit_llama_cpp_at_the_window():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert generation.check_context(llm, "a b c", 6) == {
-            "prompt_tokens": 4, "max_tokens": 6, "n_ctx": 10, "output_room": 6, "fits": True, "suggested_n_ctx": 256}
-    with pytest.warns(ContextTruncationWarning, match=r"prompt \(4 tokens\) \+ max_tokens \(7\) exceed n_ctx=10: "
-                                                      r"the answer will stop after 6 tokens"):
+            "prompt_tokens": 4,
+            "max_tokens": 6,
+            "n_ctx": 10,
+            "output_room": 6,
+            "fits": True,
+            "suggested_n_ctx": 256,
+        }
+    with pytest.warns(
+        ContextTruncationWarning,
+        match=r"prompt \(4 tokens\) \+ max_tokens \(7\) exceed n_ctx=10: "
+        r"the answer will stop after 6 tokens",
+    ):
         report = generation.check_context(llm, "a b c", 7)
     assert not report["fits"] and report["output_room"] == 6
     with pytest.warns(ContextTruncationWarning):
         assert generation.check_context(llm, "w " * 8, 2)["output_room"] == 1  # 9 tokens: 1 left
-    with pytest.raises(ContextOverflowError, match="The prompt is 10 tokens but the model was created with n_ctx=10"):
+    with pytest.raises(
+        ContextOverflowError,
+        match="The prompt is 10 tokens but the model was created with n_ctx=10",
+    ):
         generation.check_context(llm, "w " * 9, 1)
 
 
 def test_context_fit_llama_cpp_goes_by_n_ctx_not_the_trained_window():
     """generate() on a GGUF cuts the answer to what the n_ctx it was created with leaves, not to the trained window."""
-    lm = loading.LoadedModel(model=FakeLlama(10, 10), tokenizer=None, format="gguf", backend="llama.cpp",
-                             path=Path("/models/tiny.gguf"), device="cpu", dtype="Q4_K_M", load_seconds=0.0,
-                             context_length=4096)
+    lm = loading.LoadedModel(
+        model=FakeLlama(10, 10),
+        tokenizer=None,
+        format="gguf",
+        backend="llama.cpp",
+        path=Path("/models/tiny.gguf"),
+        device="cpu",
+        dtype="Q4_K_M",
+        load_seconds=0.0,
+        context_length=4096,
+    )
     with pytest.warns(ContextTruncationWarning, match="exceed n_ctx=10"):
         assert generation.fit_context(lm, 6, 8) == 4
 
@@ -347,15 +432,23 @@ def test_context_suggested_n_ctx():
     assert generation.suggest_n_ctx(1, 0) == 256
     assert generation.suggest_n_ctx(200, 56) == 256
     assert generation.suggest_n_ctx(200, 57) == 512
-    assert generation.suggest_n_ctx(200, 56, trained_context=256) == 256  # exactly the trained context
-    with pytest.raises(ContextOverflowError, match=r"prompt \(200\) \+ output \(57\) tokens exceed the model's "
-                                                   r"trained context of 256 tokens"):
+    assert (
+        generation.suggest_n_ctx(200, 56, trained_context=256) == 256
+    )  # exactly the trained context
+    with pytest.raises(
+        ContextOverflowError,
+        match=r"prompt \(200\) \+ output \(57\) tokens exceed the model's "
+        r"trained context of 256 tokens",
+    ):
         generation.suggest_n_ctx(200, 57, trained_context=256)
-    assert generation.suggest_n_ctx(10_000, 0, trained_context=0) == 10_240  # 0: unknown, not checked
+    assert (
+        generation.suggest_n_ctx(10_000, 0, trained_context=0) == 10_240
+    )  # 0: unknown, not checked
     assert generation.suggest_n_ctx(100, 100, multiple=64) == 256
 
 
 # ---- history trimming ---------------------------------------------------------------------------
+
 
 def _words(messages: list[dict]) -> int:
     return sum(len(m["content"].split()) + 2 for m in messages)
@@ -364,7 +457,10 @@ def _words(messages: list[dict]) -> int:
 def _history(pairs: int, system: bool = True) -> list[dict]:
     messages = [{"role": "system", "content": "be brief"}] if system else []
     for i in range(pairs):
-        messages += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+        messages += [
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
     return messages + [{"role": "user", "content": "the last question"}]
 
 
@@ -380,7 +476,11 @@ def test_trim_history_counts_tokens_a_logarithmic_number_of_times():
             raise AssertionError("trim_history keeps counting: its search does not end")
         return _words(kept)
 
-    for budget in (_words(messages) - 1, _words(messages[:1] + messages[-3:]), _words(messages[:1] + messages[-1:])):
+    for budget in (
+        _words(messages) - 1,
+        _words(messages[:1] + messages[-3:]),
+        _words(messages[:1] + messages[-1:]),
+    ):
         calls.clear()
         result = chat.trim_history(messages, counting, budget)
         assert result.prompt_tokens == _words(result.messages) <= budget
@@ -398,7 +498,11 @@ def test_trim_history_at_its_boundaries():
     assert (kept.prompt_tokens, kept.untrimmed_tokens) == (full - 8, full)
     alone = _words(messages[:1] + messages[-1:])
     bare = chat.trim_history(messages, _words, alone)
-    assert bare.messages == messages[:1] + messages[-1:] and bare.dropped_pairs == 3 and bare.prompt_tokens == alone
+    assert (
+        bare.messages == messages[:1] + messages[-1:]
+        and bare.dropped_pairs == 3
+        and bare.prompt_tokens == alone
+    )
     with pytest.raises(chat.ContextWindowError):
         chat.trim_history(messages, _words, alone - 1)
 
@@ -408,8 +512,9 @@ def test_trim_history_without_earlier_turns_or_system():
     lone = _history(0, system=False)
     result = chat.trim_history(lone, _words, _words(lone))
     assert result.messages == lone and result.dropped_pairs == 0
-    assert chat.trim_history(_history(2, system=False), _words, 12).messages == lone  # one pair would make 13
-
+    assert (
+        chat.trim_history(_history(2, system=False), _words, 12).messages == lone
+    )  # one pair would make 13
 
 
 # ---- the hub: what counts as already there, what a download fetches, what is checked after it ------
@@ -424,8 +529,12 @@ MODEL = ["*.json", "*.safetensors"]
 def guard_hub():
     from course.local_hub import LocalHub, Repo, RepoEntry
 
-    files = {"config.json": CONFIG, "model.safetensors": WEIGHTS, "tokenizer.json": b'{"version": "1.0"}',
-             "notes/train.log": b"log\n"}
+    files = {
+        "config.json": CONFIG,
+        "model.safetensors": WEIGHTS,
+        "tokenizer.json": b'{"version": "1.0"}',
+        "notes/train.log": b"log\n",
+    }
     repo = Repo(GUARD_REPO, {name: RepoEntry(name, data) for name, data in files.items()})
     with LocalHub({GUARD_REPO: repo}) as server:
         yield server
@@ -438,7 +547,9 @@ def hub_server(guard_hub, tmp_path, monkeypatch):
 
 def _spoil(path: Path, how: str) -> None:
     """Cut the weights one byte short, or make them one byte longer, as a later write would (mtime moves on)."""
-    path.write_bytes(WEIGHTS[:-1] if how == "cut" else WEIGHTS + b"!")  # through a cache link: the blob itself
+    path.write_bytes(
+        WEIGHTS[:-1] if how == "cut" else WEIGHTS + b"!"
+    )  # through a cache link: the blob itself
     later = time.time() + 5
     os.utime(path, (later, later))
 
@@ -447,14 +558,18 @@ def _fetched(server) -> list[str]:
     return sorted(r.path.rsplit("/", 1)[1] for r in server.file_gets())
 
 
-@pytest.mark.parametrize("mode", ["local_dir", "cache", "one file in local_dir", "one file in cache"])
+@pytest.mark.parametrize(
+    "mode", ["local_dir", "cache", "one file in local_dir", "one file in cache"]
+)
 def test_hub_files_already_there_are_not_fetched_again(hub_server, tmp_path, mode):
     """Local-first: a second download of complete files sends no request at all and points at the same files."""
     local_dir = tmp_path / "dl" if mode.endswith("local_dir") else None
 
     def get():
         if mode.startswith("one file"):
-            return downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=local_dir, quiet=True)
+            return downloading.download_file(
+                GUARD_REPO, "model.safetensors", local_dir=local_dir, quiet=True
+            )
         return downloading.download(GUARD_REPO, include=MODEL, local_dir=local_dir, quiet=True)
 
     first = get()
@@ -469,10 +584,17 @@ def test_hub_files_already_there_are_not_fetched_again(hub_server, tmp_path, mod
 
 def test_hub_a_file_in_a_folder_is_found_again_in_local_dir(hub_server, tmp_path):
     """One file inside a repo folder, downloaded again to the same local_dir: the same path, no request."""
-    first = downloading.download_file(GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True)
+    first = downloading.download_file(
+        GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True
+    )
     hub_server.clear_log()
-    again = downloading.download_file(GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True)
-    assert again.already_local and again.path == first.path == (tmp_path / "dl" / "notes" / "train.log").resolve()
+    again = downloading.download_file(
+        GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True
+    )
+    assert (
+        again.already_local
+        and again.path == first.path == (tmp_path / "dl" / "notes" / "train.log").resolve()
+    )
     assert hub_server.requests == []
 
 
@@ -511,23 +633,31 @@ def test_hub_files_placed_by_hand_count_at_their_listed_size_only(hub_server, tm
 @pytest.mark.parametrize("how", ["cut", "longer"])
 def test_hub_a_single_file_changed_since_its_download_is_fetched_again(hub_server, tmp_path, how):
     """download_file into local_dir: a file written after its download record is not taken as that download."""
-    got = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True)
+    got = downloading.download_file(
+        GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True
+    )
     _spoil(got.path, how)
     hub_server.clear_log()
-    again = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True)
+    again = downloading.download_file(
+        GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True
+    )
     assert not again.already_local and _fetched(hub_server) == ["model.safetensors"]
     assert got.path.read_bytes() == WEIGHTS
 
 
 @pytest.mark.parametrize("newer_by, counts", [(0.5, True), (1.0, True), (1.5, False)])
-def test_hub_a_single_file_counts_up_to_one_second_after_its_record(hub_server, tmp_path, newer_by, counts):
+def test_hub_a_single_file_counts_up_to_one_second_after_its_record(
+    hub_server, tmp_path, newer_by, counts
+):
     """huggingface_hub records when it finished each file; a file last changed up to 1 s after that (coarse
     file-system clocks) is that download, one changed later is checked with the hub again."""
     dest = tmp_path / "one"
     got = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=dest, quiet=True)
     record = dest / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
     lines = record.read_text().splitlines()
-    lines[2] = repr(got.path.stat().st_mtime - newer_by)  # the download "finished" newer_by s before the last change
+    lines[2] = repr(
+        got.path.stat().st_mtime - newer_by
+    )  # the download "finished" newer_by s before the last change
     record.write_text("\n".join(lines) + "\n")
     hub_server.clear_log()
     again = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=dest, quiet=True)
@@ -545,11 +675,17 @@ def test_hub_a_spoiled_file_in_the_cache_is_counted_and_never_taken_as_complete(
     plan = downloading.estimate(GUARD_REPO, include=MODEL)
     assert plan.need_bytes == len(WEIGHTS) and plan.present_bytes == plan.total_bytes - len(WEIGHTS)
     again = downloading.download(GUARD_REPO, include=MODEL, quiet=True)
-    assert not again.already_local and again.fetched_bytes == len(WEIGHTS) and weights.read_bytes() == WEIGHTS
+    assert (
+        not again.already_local
+        and again.fetched_bytes == len(WEIGHTS)
+        and weights.read_bytes() == WEIGHTS
+    )
 
 
 @pytest.mark.parametrize("newer_by, counts", [(0.5, True), (1.0, True), (1.5, False)])
-def test_hub_a_single_file_in_the_cache_counts_up_to_one_second_after_its_link(hub_server, newer_by, counts):
+def test_hub_a_single_file_in_the_cache_counts_up_to_one_second_after_its_link(
+    hub_server, newer_by, counts
+):
     """In the cache, huggingface_hub links snapshots/<commit>/<file> to its blob once the blob is complete: a blob
     last changed up to 1 s after the link is that download, one changed later is checked with the hub again."""
     got = downloading.download_file(GUARD_REPO, "model.safetensors", quiet=True)
@@ -579,7 +715,9 @@ def test_hub_a_single_file_in_a_folder_is_found_again_in_the_cache(hub_server):
 def test_hub_disk_space_is_measured_where_the_files_go(hub_server, tmp_path, monkeypatch):
     """The disk check measures the local_dir (or the hub cache), and takes a given free_bytes as it is."""
     asked = []
-    monkeypatch.setattr(downloading, "free_disk_bytes", lambda path: asked.append(Path(path)) or 10**12)
+    monkeypatch.setattr(
+        downloading, "free_disk_bytes", lambda path: asked.append(Path(path)) or 10**12
+    )
     downloading.estimate(GUARD_REPO, include=MODEL, local_dir=tmp_path / "dl")
     downloading.estimate(GUARD_REPO, include=MODEL)
     assert asked == [(tmp_path / "dl").resolve(), hub.hub_cache_dir()]
@@ -589,9 +727,19 @@ def test_hub_disk_space_is_measured_where_the_files_go(hub_server, tmp_path, mon
 
 def test_hub_disk_fit_at_its_boundary(tmp_path):
     """Free disk equal to the bytes still needed fits; one byte less is refused before anything is written."""
+
     def plan(free):
-        return downloading.DownloadPlan("me/x", "main", "c" * 40, [], tmp_path, total_bytes=100, present_bytes=30,
-                                free_bytes=free, cli="hf download me/x")
+        return downloading.DownloadPlan(
+            "me/x",
+            "main",
+            "c" * 40,
+            [],
+            tmp_path,
+            total_bytes=100,
+            present_bytes=30,
+            free_bytes=free,
+            cli="hf download me/x",
+        )
 
     enough = plan(70)
     assert enough.need_bytes == 70 and enough.fits and enough.check() is enough
@@ -613,9 +761,11 @@ def test_hub_check_accepts_complete_files(tmp_path):
     """An LFS file with its sha256 (its blob id is the pointer's, not checked), a small file with its blob id,
     and a small file the listing gave no hash for all pass."""
     data = b"0123456789"
-    files = [_on_disk(tmp_path, "lfs.safetensors", data, hashlib.sha256(data).hexdigest(), "f" * 40),
-             _on_disk(tmp_path, "config.json", data, None, _git_blob_id(data)),
-             _on_disk(tmp_path, "README.md", data)]
+    files = [
+        _on_disk(tmp_path, "lfs.safetensors", data, hashlib.sha256(data).hexdigest(), "f" * 40),
+        _on_disk(tmp_path, "config.json", data, None, _git_blob_id(data)),
+        _on_disk(tmp_path, "README.md", data),
+    ]
     downloading._check_files(tmp_path, files, verify=True)
     assert all((tmp_path / f.path).exists() for f in files)
 
@@ -626,7 +776,9 @@ def test_hub_check_refuses_a_missing_or_wrong_size_file_and_deletes_it(tmp_path)
         downloading._check_files(tmp_path, [hub.RepoFileInfo("gone.bin", 10)], verify=False)
     short = _on_disk(tmp_path, "short.bin", b"012345678")
     short.size = 10
-    with pytest.raises(errors.DownloadFailedError, match="short.bin has 9 bytes, expected 10; it was deleted"):
+    with pytest.raises(
+        errors.DownloadFailedError, match="short.bin has 9 bytes, expected 10; it was deleted"
+    ):
         downloading._check_files(tmp_path, [short], verify=False)
     assert not (tmp_path / "short.bin").exists()
 
@@ -661,5 +813,7 @@ def test_hub_check_hashes_blob_ids_of_files_under_10_mib_only(tmp_path):
     big = _on_disk(tmp_path, "big.txt", bytes(10 * MIB), None, wrong)
     downloading._check_files(tmp_path, [big], verify=True)
     just_under = _on_disk(tmp_path, "under.txt", bytes(10 * MIB - 1), None, wrong)
-    with pytest.raises(errors.DownloadFailedError, match="under.txt does not match its git blob id"):
+    with pytest.raises(
+        errors.DownloadFailedError, match="under.txt does not match its git blob id"
+    ):
         downloading._check_files(tmp_path, [just_under], verify=True)

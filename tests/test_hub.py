@@ -21,9 +21,19 @@ from tests.hub_support import point_at
 GGUF_REPO = "qllm-course/gemma-3-270m-GGUF"
 GGUF_FILE = "gemma-3-270m-Q4_K_M.gguf"
 GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-BIG = os.urandom(24 * 2**20)  # > huggingface_hub's 10 MiB write chunk, so a resume needs a Range request
-CONFIG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False}
+BIG = os.urandom(
+    24 * 2**20
+)  # > huggingface_hub's 10 MiB write chunk, so a resume needs a Range request
+CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1000,
+    "tie_word_embeddings": False,
+}
 
 
 def tiny_repos() -> dict[str, Repo]:
@@ -31,13 +41,32 @@ def tiny_repos() -> dict[str, Repo]:
         return Repo(repo_id, {name: RepoEntry(name, data) for name, data in files.items()})
 
     return {
-        "me/tiny": repo("me/tiny", {"config.json": json.dumps(CONFIG).encode(), "model.safetensors": BIG,
-                                    "tokenizer.json": b'{"version": "1.0"}', "README.md": b"# tiny\n",
-                                    "notes/train.log": b"log\n"}),
-        "me/pickle-only": repo("me/pickle-only", {"config.json": json.dumps(CONFIG).encode(),
-                                                  "pytorch_model.bin": b"\x80\x04pickle", "README.md": b"#\n"}),
-        "me/two-ggufs": repo("me/two-ggufs", {"m-Q4_K_M.gguf": b"GGUF" + bytes(60),
-                                              "m-Q8_0.gguf": b"GGUF" + bytes(90), "README.md": b"#\n"}),
+        "me/tiny": repo(
+            "me/tiny",
+            {
+                "config.json": json.dumps(CONFIG).encode(),
+                "model.safetensors": BIG,
+                "tokenizer.json": b'{"version": "1.0"}',
+                "README.md": b"# tiny\n",
+                "notes/train.log": b"log\n",
+            },
+        ),
+        "me/pickle-only": repo(
+            "me/pickle-only",
+            {
+                "config.json": json.dumps(CONFIG).encode(),
+                "pytorch_model.bin": b"\x80\x04pickle",
+                "README.md": b"#\n",
+            },
+        ),
+        "me/two-ggufs": repo(
+            "me/two-ggufs",
+            {
+                "m-Q4_K_M.gguf": b"GGUF" + bytes(60),
+                "m-Q8_0.gguf": b"GGUF" + bytes(90),
+                "README.md": b"#\n",
+            },
+        ),
     }
 
 
@@ -49,7 +78,9 @@ def tiny_hub():
 
 @pytest.fixture(scope="module")
 def course_hub(course_cache):
-    with LocalHub(course_repos(gguf_types=False)) as server:  # one .gguf file: a hub id alone names the model
+    with LocalHub(
+        course_repos(gguf_types=False)
+    ) as server:  # one .gguf file: a hub id alone names the model
         yield server
 
 
@@ -64,10 +95,15 @@ def course(course_hub, tmp_path, monkeypatch):
 
 
 def files_under(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+    return (
+        sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        if path.exists()
+        else []
+    )
 
 
 # ---- the server speaks the hub protocol -----------------------------------------------------
+
 
 def test_server_answers_what_the_hub_client_needs(tiny):
     import httpx2
@@ -81,7 +117,9 @@ def test_server_answers_what_the_hub_client_needs(tiny):
     assert weights.lfs.sha256 == hashlib.sha256(BIG).hexdigest()
     assert len(info.sha) == 40
     assert {f.path for f in api.list_repo_tree("me/tiny", recursive=True)} == set(sizes)
-    assert [f.path for f in api.get_paths_info("me/tiny", ["config.json", "missing.txt"])] == ["config.json"]
+    assert [f.path for f in api.get_paths_info("me/tiny", ["config.json", "missing.txt"])] == [
+        "config.json"
+    ]
 
     url = f"{tiny.url}/me/tiny/resolve/main/model.safetensors"
     head = httpx2.head(url)
@@ -92,15 +130,26 @@ def test_server_answers_what_the_hub_client_needs(tiny):
     assert part.status_code == 206 and part.headers["Content-Range"] == f"bytes 100-199/{len(BIG)}"
     assert part.content == BIG[100:200]
 
-    for path, status, code in [("/api/models/me/nothing", 401, "RepoNotFound"),
-                               ("/me/tiny/resolve/main/nothing.bin", 404, "EntryNotFound"),
-                               ("/me/tiny/resolve/v9/config.json", 404, "RevisionNotFound"),
-                               ("/api/models/me/tiny/revision/v9", 404, "RevisionNotFound")]:
+    for path, status, code in [
+        ("/api/models/me/nothing", 401, "RepoNotFound"),
+        ("/me/tiny/resolve/main/nothing.bin", 404, "EntryNotFound"),
+        ("/me/tiny/resolve/v9/config.json", 404, "RevisionNotFound"),
+        ("/api/models/me/tiny/revision/v9", 404, "RevisionNotFound"),
+    ]:
         answer = httpx2.get(tiny.url + path)
         assert (answer.status_code, answer.headers["X-Error-Code"]) == (status, code), path
-    assert httpx2.get(tiny.url + "/api/agent-harnesses").status_code == 404  # the CLI asks; 404 is fine
-    with httpx2.Client() as client:  # an error answer must not leave a request body in a kept-alive connection
-        assert client.post(tiny.url + "/api/models/me/nothing/paths-info/main", data={"paths": ["a"]}).status_code == 401
+    assert (
+        httpx2.get(tiny.url + "/api/agent-harnesses").status_code == 404
+    )  # the CLI asks; 404 is fine
+    with (
+        httpx2.Client() as client
+    ):  # an error answer must not leave a request body in a kept-alive connection
+        assert (
+            client.post(
+                tiny.url + "/api/models/me/nothing/paths-info/main", data={"paths": ["a"]}
+            ).status_code
+            == 401
+        )
         assert client.get(tiny.url + "/api/models/me/tiny").json()["id"] == "me/tiny"
 
 
@@ -112,7 +161,9 @@ def test_use_endpoint_restores_the_settings(monkeypatch):
     assert hub.endpoint() == "https://mirror.example" and "HF_HUB_DISABLE_XET" not in os.environ
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(start=st.integers(0, len(BIG) - 1), length=st.integers(1, 3000), open_ended=st.booleans())
 def test_any_range_returns_exactly_that_slice(tiny_hub, start, length, open_ended):
     import httpx2
@@ -121,12 +172,13 @@ def test_any_range_returns_exactly_that_slice(tiny_hub, start, length, open_ende
     wanted = f"bytes={start}-" if open_ended else f"bytes={start}-{end}"
     if open_ended:
         end = len(BIG) - 1
-    with httpx2.stream("GET", f"{tiny_hub.url}/me/tiny/resolve/main/model.safetensors",
-                       headers={"Range": wanted}) as answer:
+    with httpx2.stream(
+        "GET", f"{tiny_hub.url}/me/tiny/resolve/main/model.safetensors", headers={"Range": wanted}
+    ) as answer:
         body = answer.read()
     assert answer.status_code == 206
     assert answer.headers["Content-Range"] == f"bytes {start}-{end}/{len(BIG)}"
-    assert body == BIG[start:end + 1]
+    assert body == BIG[start : end + 1]
 
 
 def test_server_always_stops():
@@ -141,21 +193,30 @@ def test_server_always_stops():
 
 # ---- listing, picking, estimating -------------------------------------------------------------
 
+
 def test_list_and_pick_like_include(tiny):
     names = [f.path for f in hub.list_files("me/tiny")]
-    assert names == sorted(["config.json", "model.safetensors", "tokenizer.json", "README.md", "notes/train.log"])
+    assert names == sorted(
+        ["config.json", "model.safetensors", "tokenizer.json", "README.md", "notes/train.log"]
+    )
     files = hub.list_files("me/tiny")
     assert [f.path for f in hub.pick(files, include="*.json")] == ["config.json", "tokenizer.json"]
-    assert [f.path for f in hub.pick(files, include="notes/")] == ["notes/train.log"]  # a folder, as in the CLI
+    assert [f.path for f in hub.pick(files, include="notes/")] == [
+        "notes/train.log"
+    ]  # a folder, as in the CLI
     assert "model.safetensors" not in [f.path for f in hub.pick(files, exclude=["*.safetensors"])]
-    assert downloading.cli_command("me/tiny", include=["*.json", "*.safetensors"], local_dir="x") == \
-        'hf download me/tiny --include "*.json" --include "*.safetensors" --local-dir x'
+    assert (
+        downloading.cli_command("me/tiny", include=["*.json", "*.safetensors"], local_dir="x")
+        == 'hf download me/tiny --include "*.json" --include "*.safetensors" --local-dir x'
+    )
 
 
 def test_estimate_equals_bytes_actually_downloaded_and_the_gguf_is_the_real_one(course, tmp_path):
     plan = downloading.estimate(GGUF_REPO, include="*Q4_K_M.gguf", local_dir=tmp_path / "gguf")
     assert plan.total_bytes == 253_113_024 and plan.fits and plan.present_bytes == 0
-    got = downloading.download(GGUF_REPO, include="*Q4_K_M.gguf", local_dir=tmp_path / "gguf", quiet=True)
+    got = downloading.download(
+        GGUF_REPO, include="*Q4_K_M.gguf", local_dir=tmp_path / "gguf", quiet=True
+    )
     on_disk = sum((tmp_path / "gguf" / f.path).stat().st_size for f in got.files)
     sent = sum(r.bytes_sent for r in course.file_gets())
     assert plan.total_bytes == got.total_bytes == got.fetched_bytes == on_disk == sent
@@ -167,18 +228,27 @@ def test_estimate_equals_bytes_actually_downloaded_and_the_gguf_is_the_real_one(
     assert snap.path.is_relative_to(hub.hub_cache_dir())
 
 
-def test_the_gguf_repo_serves_the_course_gguf_types_when_they_were_made(course_cache, tmp_path, monkeypatch):
+def test_the_gguf_repo_serves_the_course_gguf_types_when_they_were_made(
+    course_cache, tmp_path, monkeypatch
+):
     from course import gguf_convert
 
     monkeypatch.setattr(gguf_convert, "types_dir", lambda: tmp_path)
-    assert [f for f in course_repos()[GGUF_REPO].files if f.endswith(".gguf")] == [GGUF_FILE]  # none made yet
+    assert [f for f in course_repos()[GGUF_REPO].files if f.endswith(".gguf")] == [
+        GGUF_FILE
+    ]  # none made yet
     (tmp_path / "gemma-3-270m-Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
     (tmp_path / "gemma-3-270m-Q8_0.gguf.log").write_text("a log is not served")
     with LocalHub(course_repos()) as server:
         point_at(server, tmp_path, monkeypatch)
         served = {f.path: f.size for f in hub.list_files(GGUF_REPO, include="*.gguf*")}
-    assert served == {GGUF_FILE: 253_113_024, "gemma-3-270m-Q8_0.gguf": 64}  # served in place; no log
-    assert [f for f in course_repos(gguf_types=False)[GGUF_REPO].files if f.endswith(".gguf")] == [GGUF_FILE]
+    assert served == {
+        GGUF_FILE: 253_113_024,
+        "gemma-3-270m-Q8_0.gguf": 64,
+    }  # served in place; no log
+    assert [f for f in course_repos(gguf_types=False)[GGUF_REPO].files if f.endswith(".gguf")] == [
+        GGUF_FILE
+    ]
 
 
 def test_how_big_is_a_model_from_config_and_from_the_gguf_header(course, course_cache):
@@ -200,7 +270,10 @@ def test_how_big_is_a_model_from_config_and_from_the_gguf_header(course, course_
     gets = course.file_gets()
     assert len(gets) > 1 and gets[0].range == f"bytes=0-{2**20 - 1}"
     for before, after in zip(gets, gets[1:]):
-        assert after.range == f"bytes={int(before.range.split('-')[1]) + 1}-{2 * int(before.range.split('-')[1]) + 1}"
+        assert (
+            after.range
+            == f"bytes={int(before.range.split('-')[1]) + 1}-{2 * int(before.range.split('-')[1]) + 1}"
+        )
 
 
 def safetensors_params(path: Path) -> int:
@@ -217,19 +290,37 @@ def safetensors_params(path: Path) -> int:
 
 
 def test_param_count_matches_published_7b_models():
-    mistral_7b_v03 = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
-                      "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-                      "vocab_size": 32768, "tie_word_embeddings": False}
-    qwen25_7b = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                 "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-                 "tie_word_embeddings": False}
+    mistral_7b_v03 = {
+        "model_type": "mistral",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 32768,
+        "tie_word_embeddings": False,
+    }
+    qwen25_7b = {
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    }
     assert model_info.param_count(mistral_7b_v03) == 7_248_023_552
     assert model_info.param_count(qwen25_7b) == 7_615_616_512
 
 
 @settings(max_examples=15, deadline=None)
-@given(kv=st.dictionaries(st.text("abcdefgh.", min_size=1, max_size=12), st.integers(0, 2**31 - 1), max_size=6),
-       shapes=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=3), min_size=1, max_size=5))
+@given(
+    kv=st.dictionaries(
+        st.text("abcdefgh.", min_size=1, max_size=12), st.integers(0, 2**31 - 1), max_size=6
+    ),
+    shapes=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=3), min_size=1, max_size=5),
+)
 def test_gguf_header_parser_agrees_with_the_gguf_writer(tmp_path_factory, kv, shapes):
     import numpy as np
     from gguf import GGUFWriter
@@ -260,29 +351,45 @@ def test_gguf_header_parser_agrees_with_the_gguf_writer(tmp_path_factory, kv, sh
 
 # ---- local-first ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["local_dir", "cache", "single file"])
 def test_local_first_does_not_fetch_again(tiny, tmp_path, capsys, mode):
     local_dir = tmp_path / "dl" if mode == "local_dir" else None
     if mode == "single file":
-        first = downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "one")
+        first = downloading.download_file(
+            "me/tiny", "model.safetensors", local_dir=tmp_path / "one"
+        )
     else:
-        first = downloading.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir)
+        first = downloading.download(
+            "me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir
+        )
     assert not first.already_local and first.fetched_bytes >= len(BIG)
     tiny.clear_log()
     if mode == "single file":
-        again = downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "one")
+        again = downloading.download_file(
+            "me/tiny", "model.safetensors", local_dir=tmp_path / "one"
+        )
     else:
-        again = downloading.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir)
+        again = downloading.download(
+            "me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir
+        )
     assert again.already_local and again.fetched_bytes == 0
     assert tiny.requests == []  # not a single request: no GET, no HEAD, no listing
     assert "already in" in capsys.readouterr().out
     assert again.path == first.path
     if mode != "single file":
-        downloading.download("me/tiny", include=["*.json", "*.safetensors"], local_dir=local_dir, force=True, quiet=True)
+        downloading.download(
+            "me/tiny",
+            include=["*.json", "*.safetensors"],
+            local_dir=local_dir,
+            force=True,
+            quiet=True,
+        )
         assert tiny.file_gets(), "force=True fetches again"
 
 
 # ---- bad input: each a clear error, nothing half-written ------------------------------------
+
 
 def test_wrong_repo_id(tiny, tmp_path):
     with pytest.raises(errors.RepoNotFoundError, match=r"No repo 'me/tinny'.*Check the spelling"):
@@ -293,7 +400,9 @@ def test_wrong_repo_id(tiny, tmp_path):
 
 
 def test_wrong_file_name_suggests_the_right_one(tiny, tmp_path):
-    with pytest.raises(errors.NoMatchingFilesError, match=r"no file 'Model.safetensors'.*'model.safetensors'"):
+    with pytest.raises(
+        errors.NoMatchingFilesError, match=r"no file 'Model.safetensors'.*'model.safetensors'"
+    ):
         downloading.download_file("me/tiny", "Model.safetensors", local_dir=tmp_path / "dl")
     assert files_under(tmp_path / "dl") == []
     # the same mistake reaching huggingface_hub directly (its EntryNotFound) reads the same way
@@ -301,11 +410,15 @@ def test_wrong_file_name_suggests_the_right_one(tiny, tmp_path):
 
     with pytest.raises(errors.NoMatchingFilesError, match="exact name"):
         with hub.hub_errors("me/tiny", "main", "Model.safetensors"):
-            hf_hub_download("me/tiny", "Model.safetensors", endpoint=tiny.url, cache_dir=tmp_path / "c")
+            hf_hub_download(
+                "me/tiny", "Model.safetensors", endpoint=tiny.url, cache_dir=tmp_path / "c"
+            )
 
 
 def test_pattern_matching_nothing(tiny, tmp_path):
-    with pytest.raises(errors.NoMatchingFilesError, match=r"Nothing in me/tiny matches include=\['\*.gguf'\]"):
+    with pytest.raises(
+        errors.NoMatchingFilesError, match=r"Nothing in me/tiny matches include=\['\*.gguf'\]"
+    ):
         downloading.download("me/tiny", include="*.gguf", local_dir=tmp_path / "dl")
     assert not tiny.file_gets() and files_under(tmp_path / "dl") == []
 
@@ -315,9 +428,14 @@ def test_unreachable_endpoint(tiny, tmp_path, monkeypatch):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    for call in (lambda: hub.list_files("me/tiny"), lambda: downloading.download("me/tiny", local_dir=tmp_path / "dl"),
-                 lambda: downloading.download_model("me/tiny")):
-        with pytest.raises(errors.HubUnreachableError, match=f"Cannot reach http://127.0.0.1:{port}.*HF_ENDPOINT"):
+    for call in (
+        lambda: hub.list_files("me/tiny"),
+        lambda: downloading.download("me/tiny", local_dir=tmp_path / "dl"),
+        lambda: downloading.download_model("me/tiny"),
+    ):
+        with pytest.raises(
+            errors.HubUnreachableError, match=f"Cannot reach http://127.0.0.1:{port}.*HF_ENDPOINT"
+        ):
             call()
     assert not (tmp_path / "dl").exists()
 
@@ -329,24 +447,37 @@ def test_offline_mode_is_named_as_the_reason(tiny, monkeypatch):
 
 
 def test_not_enough_disk_refuses_before_writing(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(downloading, "free_disk_bytes", lambda path: 5 * 2**20)  # the disk check sees 5 MiB free
+    monkeypatch.setattr(
+        downloading, "free_disk_bytes", lambda path: 5 * 2**20
+    )  # the disk check sees 5 MiB free
     plan = downloading.estimate("me/tiny", local_dir=tmp_path / "dl")
     assert not plan.fits and plan.need_bytes > plan.free_bytes
-    with pytest.raises(errors.NotEnoughDiskError, match=r"need 25.2 MB and only 5.2 MB is free.*include="):
+    with pytest.raises(
+        errors.NotEnoughDiskError, match=r"need 25.2 MB and only 5.2 MB is free.*include="
+    ):
         downloading.download("me/tiny", local_dir=tmp_path / "dl")
     with pytest.raises(errors.NotEnoughDiskError):
         downloading.download_model("me/tiny")
     assert not tiny.file_gets() and files_under(tmp_path / "dl") == []
-    assert downloading.download("me/tiny", include="*.json", local_dir=tmp_path / "dl", quiet=True).total_bytes < 2**20
+    assert (
+        downloading.download(
+            "me/tiny", include="*.json", local_dir=tmp_path / "dl", quiet=True
+        ).total_bytes
+        < 2**20
+    )
 
 
 def test_cut_transfer_resumes_with_range_and_sha256_verified(tiny, tmp_path):
     tiny.cut_next_transfer(15 * 2**20, path="model.safetensors")
-    got = downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
+    got = downloading.download_file(
+        "me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True
+    )
     gets = [(r.status, r.range, r.event) for r in tiny.file_gets()]
     assert gets[0] == (200, None, "cut")
     status, wanted, _ = gets[1]
-    assert status == 206 and wanted.startswith("bytes=") and int(wanted[6:].rstrip("-")) > 0  # resumed, not restarted
+    assert (
+        status == 206 and wanted.startswith("bytes=") and int(wanted[6:].rstrip("-")) > 0
+    )  # resumed, not restarted
     assert got.verified and downloading.sha256_file(got.path) == hashlib.sha256(BIG).hexdigest()
     assert hub.find_incomplete(tmp_path / "dl") == []
 
@@ -355,7 +486,9 @@ def test_transfer_that_never_recovers_leaves_nothing(tiny, tmp_path):
     tiny.cut_next_transfer(0, path="model.safetensors", times=50)  # every attempt dies at once
     try:
         with pytest.raises(errors.DownloadFailedError, match="run the download again"):
-            downloading.download_file("me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True)
+            downloading.download_file(
+                "me/tiny", "model.safetensors", local_dir=tmp_path / "dl", quiet=True
+            )
     finally:
         tiny._switches.clear()
     assert not (tmp_path / "dl" / "model.safetensors").exists()
@@ -363,8 +496,12 @@ def test_transfer_that_never_recovers_leaves_nothing(tiny, tmp_path):
 
 
 def test_corrupted_file_is_deleted_not_left_looking_complete(tmp_path, monkeypatch):
-    bad = RepoEntry("model.safetensors", BIG[: 2**20], _sha256="0" * 64)  # the hub says one sha, bytes say another
-    repo = Repo("me/corrupt", {"model.safetensors": bad, "config.json": RepoEntry("config.json", b"{}")})
+    bad = RepoEntry(
+        "model.safetensors", BIG[: 2**20], _sha256="0" * 64
+    )  # the hub says one sha, bytes say another
+    repo = Repo(
+        "me/corrupt", {"model.safetensors": bad, "config.json": RepoEntry("config.json", b"{}")}
+    )
     with LocalHub({"me/corrupt": repo}) as server:
         point_at(server, tmp_path, monkeypatch)
         for local_dir in (tmp_path / "dl", None):
@@ -382,7 +519,10 @@ def test_token_is_sent_but_never_printed(tiny, tmp_path, monkeypatch, capfd):
     assert shown["token"] == "set (hidden)"
     downloading.download("me/tiny", include="*.json", local_dir=tmp_path / "dl")
     errors = []
-    for call in (lambda: downloading.download("me/nothing"), lambda: downloading.download_file("me/tiny", "nope.bin")):
+    for call in (
+        lambda: downloading.download("me/nothing"),
+        lambda: downloading.download_file("me/tiny", "nope.bin"),
+    ):
         with pytest.raises(CourseError) as caught:
             call()
         errors.append(str(caught.value))
@@ -394,13 +534,15 @@ def test_token_is_sent_but_never_printed(tiny, tmp_path, monkeypatch, capfd):
 
 # ---- what load_model gets for a hub id --------------------------------------------------------
 
+
 def test_download_model_takes_config_weights_and_tokenizer_only(tiny):
     path = downloading.download_model("me/tiny", quiet=True)
     assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "tokenizer.json"]
     with pytest.raises(CourseError, match="pickle.*allow_pickle=True"):
         downloading.download_model("me/pickle-only")
-    assert sorted(os.listdir(downloading.download_model("me/pickle-only", allow_pickle=True, quiet=True))) == \
-        ["config.json", "pytorch_model.bin"]
+    assert sorted(
+        os.listdir(downloading.download_model("me/pickle-only", allow_pickle=True, quiet=True))
+    ) == ["config.json", "pytorch_model.bin"]
 
 
 def test_download_model_needs_one_gguf_out_of_several(tiny):
@@ -426,9 +568,16 @@ def test_load_model_accepts_a_hub_id(course):
 
 # ---- the real CLI, and what a killed process leaves behind ------------------------------------
 
+
 def hf_cli(*args, env, **kw):
-    return subprocess.run([sys.executable, "-m", "huggingface_hub.cli.hf", "download", *args], env=env,
-                          capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "huggingface_hub.cli.hf", "download", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
 
 
 def test_cli_downloads_from_the_local_hub(tiny, tmp_path):
@@ -436,17 +585,38 @@ def test_cli_downloads_from_the_local_hub(tiny, tmp_path):
     done = hf_cli("me/tiny", "--include", "*.json", "--local-dir", str(tmp_path / "cli"), env=env)
     assert done.returncode == 0, done.stderr
     # (plus huggingface_hub's own bookkeeping under .cache/huggingface/)
-    assert [f for f in files_under(tmp_path / "cli") if not f.startswith(".cache")] == ["config.json", "tokenizer.json"]
-    assert sorted(r.path.rsplit("/", 1)[1] for r in tiny.file_gets()) == ["config.json", "tokenizer.json"]
-    assert downloading.cli_command("me/tiny", include="*.json", local_dir=tmp_path / "cli").startswith("hf download me/tiny")
+    assert [f for f in files_under(tmp_path / "cli") if not f.startswith(".cache")] == [
+        "config.json",
+        "tokenizer.json",
+    ]
+    assert sorted(r.path.rsplit("/", 1)[1] for r in tiny.file_gets()) == [
+        "config.json",
+        "tokenizer.json",
+    ]
+    assert downloading.cli_command(
+        "me/tiny", include="*.json", local_dir=tmp_path / "cli"
+    ).startswith("hf download me/tiny")
 
 
 def test_killed_download_starts_over_and_leaves_an_orphan(course, tmp_path):
     """huggingface_hub 2.x: within a run it resumes (test above); after kill -9 it starts from zero."""
     dest = tmp_path / "dl"
-    argv = [sys.executable, "-m", "huggingface_hub.cli.hf", "download", GGUF_REPO, GGUF_FILE, "--local-dir", str(dest)]
-    left = course.kill_download_midway(argv, path=GGUF_FILE, local_dir=dest, at_bytes=40 * 2**20, timeout=60)
-    assert any(r.event == "stalled" for r in course.file_gets())  # the client really was cut mid-file
+    argv = [
+        sys.executable,
+        "-m",
+        "huggingface_hub.cli.hf",
+        "download",
+        GGUF_REPO,
+        GGUF_FILE,
+        "--local-dir",
+        str(dest),
+    ]
+    left = course.kill_download_midway(
+        argv, path=GGUF_FILE, local_dir=dest, at_bytes=40 * 2**20, timeout=60
+    )
+    assert any(
+        r.event == "stalled" for r in course.file_gets()
+    )  # the client really was cut mid-file
     orphans = hub.find_incomplete(dest)
     assert orphans == left and len(orphans) == 1 and orphans[0].stat().st_size == 40 * 2**20
     assert not (dest / GGUF_FILE).exists()  # nothing looks complete

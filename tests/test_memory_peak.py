@@ -55,12 +55,21 @@ def _status(fmt: str) -> str:
 
 # AWQ's peak varied from 785 to 1,320 MiB over six runs on a 2-core machine, against an estimate of
 # 1,155 MiB: the estimate does not always cover it (issue 15). Not strict: some runs fit.
-AWQ_OVER_ESTIMATE = pytest.mark.xfail(strict=False, reason="known: AWQ's measured peak growth sometimes exceeds "
-                                                           "the memory estimate (x1.5 + 600 MiB)")
+AWQ_OVER_ESTIMATE = pytest.mark.xfail(
+    strict=False,
+    reason="known: AWQ's measured peak growth sometimes exceeds "
+    "the memory estimate (x1.5 + 600 MiB)",
+)
 
 
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=AWQ_OVER_ESTIMATE) if f == "awq" else f
-                                 for f in course_models.FORMATS if f != "gguf-from-hf"])  # a Q4_K_M as gguf
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        pytest.param(f, marks=AWQ_OVER_ESTIMATE) if f == "awq" else f
+        for f in course_models.FORMATS
+        if f != "gguf-from-hf"
+    ],
+)  # a Q4_K_M as gguf
 def test_memory_estimate_covers_the_real_peak_of_each_course_model(fmt):
     """Peak RSS growth of load + generate <= the estimate < LOOSEST x that growth."""
     status = _status(fmt)
@@ -68,19 +77,31 @@ def test_memory_estimate_covers_the_real_peak_of_each_course_model(fmt):
         pytest.skip(f"the {fmt} course model is {status}, not ready (make models builds it)")
     path = course_models.model_path(fmt)
     env = dict(os.environ, QLLM_THREADS=os.environ.get("QLLM_THREADS", "2"))
-    done = subprocess.run([sys.executable, "-c", PROBE, fmt, str(path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, fmt, str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     if not measured["resettable"]:
-        pytest.skip("this system cannot reset the peak RSS (/proc/self/clear_refs): no clean measurement")
+        pytest.skip(
+            "this system cannot reset the peak RSS (/proc/self/clear_refs): no clean measurement"
+        )
     estimate = memory.estimate_memory_bytes(path, fmt)
     growth = measured["peak"] - measured["before"]
     mib = 2**20
-    figures = (f"{fmt}: estimate {estimate / mib:.0f} MiB; measured peak growth {growth / mib:.0f} MiB "
-               f"(RSS {measured['before'] / mib:.0f} MiB after the imports, peak {measured['peak'] / mib:.0f} MiB, "
-               f"{measured['after'] / mib:.0f} MiB after generating); weights "
-               f"{memory.weights_in_memory_bytes(path) / mib:.0f} MiB")
+    figures = (
+        f"{fmt}: estimate {estimate / mib:.0f} MiB; measured peak growth {growth / mib:.0f} MiB "
+        f"(RSS {measured['before'] / mib:.0f} MiB after the imports, peak {measured['peak'] / mib:.0f} MiB, "
+        f"{measured['after'] / mib:.0f} MiB after generating); weights "
+        f"{memory.weights_in_memory_bytes(path) / mib:.0f} MiB"
+    )
     assert measured["text"].strip(), figures
     assert growth <= estimate, "the estimate is below the real peak: " + figures
-    assert estimate < LOOSEST * growth, f"the estimate is more than {LOOSEST}x the real peak: " + figures
+    assert estimate < LOOSEST * growth, (
+        f"the estimate is more than {LOOSEST}x the real peak: " + figures
+    )

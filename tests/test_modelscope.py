@@ -12,7 +12,10 @@ from fnmatch import fnmatch
 
 import pytest
 
-pytest.importorskip("modelscope", reason="modelscope is not installed (make setup installs it: the modelscope extra)")
+pytest.importorskip(
+    "modelscope",
+    reason="modelscope is not installed (make setup installs it: the modelscope extra)",
+)
 
 from course.local_hub import Repo, RepoEntry  # noqa: E402
 from course.local_modelscope import LocalModelScope  # noqa: E402
@@ -24,8 +27,12 @@ PATTERN = "*Q4_K_M.gguf"
 
 @pytest.fixture(scope="module")
 def files() -> dict[str, bytes]:
-    return {WANTED: os.urandom(3 * 2**20), "tiny-Q8_0.gguf": os.urandom(2**20),
-            "README.md": b"# tiny\n", "configuration.json": b'{"framework": "other"}'}
+    return {
+        WANTED: os.urandom(3 * 2**20),
+        "tiny-Q8_0.gguf": os.urandom(2**20),
+        "README.md": b"# tiny\n",
+        "configuration.json": b'{"framework": "other"}',
+    }
 
 
 @pytest.fixture
@@ -42,7 +49,12 @@ def ms(files, tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib3.util.connection, "create_connection", local_only)
     with LocalModelScope({REPO: repo}) as server:
-        for name in ("MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "MODELSCOPE_HOME", "MODELSCOPE_API_TOKEN"):
+        for name in (
+            "MODELSCOPE_ENDPOINT",
+            "MODELSCOPE_CACHE",
+            "MODELSCOPE_HOME",
+            "MODELSCOPE_API_TOKEN",
+        ):
             monkeypatch.delenv(name, raising=False)  # serve_as_endpoint sets the first three
         server.serve_as_endpoint(tmp_path / "ms-home")
         # the client reads those variables once per process, into a shared config: start from a fresh one
@@ -60,14 +72,18 @@ def test_the_listing_gives_every_file_and_its_size_for_a_disk_check(ms, files, t
     from modelscope.hub.api import HubApi
 
     listing = HubApi().get_model_files(REPO)
-    assert {f["Path"]: f["Size"] for f in listing} == {name: len(data) for name, data in files.items()}
+    assert {f["Path"]: f["Size"] for f in listing} == {
+        name: len(data) for name, data in files.items()
+    }
     need = sum(f["Size"] for f in listing if fnmatch(f["Path"], PATTERN))
     assert need == len(files[WANTED]) < shutil.disk_usage(tmp_path).free
 
 
 def test_allow_patterns_takes_one_file_and_nothing_else(ms, files, tmp_path):
     out = download(tmp_path / "dl")
-    assert sorted(p.name for p in (tmp_path / "dl").rglob("*")) == [WANTED]  # no metadata folder either
+    assert sorted(p.name for p in (tmp_path / "dl").rglob("*")) == [
+        WANTED
+    ]  # no metadata folder either
     assert (tmp_path / "dl" / WANTED).read_bytes() == files[WANTED] and out == str(tmp_path / "dl")
     assert [r.path.rsplit("FilePath=", 1)[1] for r in ms.file_gets()] == [WANTED]
 
@@ -77,12 +93,16 @@ def test_local_first_lists_again_but_fetches_nothing(ms, files, tmp_path):
     ms.clear_log()
     download(tmp_path / "dl")
     assert ms.file_gets() == []
-    assert [r.path.split("?")[0] for r in ms.requests] == [f"/api/v1/models/{REPO}/repo/files"]  # not offline
+    assert [r.path.split("?")[0] for r in ms.requests] == [
+        f"/api/v1/models/{REPO}/repo/files"
+    ]  # not offline
 
 
 def test_a_file_with_the_right_size_but_wrong_bytes_is_fetched_again(ms, files, tmp_path):
     download(tmp_path / "dl")
-    (tmp_path / "dl" / WANTED).write_bytes(b"\0" * len(files[WANTED]))  # the client hashes what is there
+    (tmp_path / "dl" / WANTED).write_bytes(
+        b"\0" * len(files[WANTED])
+    )  # the client hashes what is there
     ms.clear_log()
     download(tmp_path / "dl")
     assert len(ms.file_gets()) == 1 and (tmp_path / "dl" / WANTED).read_bytes() == files[WANTED]
@@ -90,10 +110,16 @@ def test_a_file_with_the_right_size_but_wrong_bytes_is_fetched_again(ms, files, 
 
 def test_a_partial_file_from_a_killed_run_is_continued_with_a_range_request(ms, files, tmp_path):
     (tmp_path / "dl").mkdir()
-    (tmp_path / "dl" / f"{WANTED}.incomplete").write_bytes(files[WANTED][:2**20])  # what a kill -9 leaves
+    (tmp_path / "dl" / f"{WANTED}.incomplete").write_bytes(
+        files[WANTED][: 2**20]
+    )  # what a kill -9 leaves
     download(tmp_path / "dl")
     (get,) = ms.file_gets()
-    assert (get.status, get.range, get.bytes_sent) == (206, f"bytes={2**20}-", len(files[WANTED]) - 2**20)
+    assert (get.status, get.range, get.bytes_sent) == (
+        206,
+        f"bytes={2**20}-",
+        len(files[WANTED]) - 2**20,
+    )
     assert (tmp_path / "dl" / WANTED).read_bytes() == files[WANTED]
     assert not (tmp_path / "dl" / f"{WANTED}.incomplete").exists()
 

@@ -21,9 +21,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "zh-CN").glob("*.ipynb"))
-REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"].rstrip("/")
-REPO = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?", REPO_URL).group(1)  # owner/name
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted(
+    (ROOT / "notebooks" / "zh-CN").glob("*.ipynb")
+)
+REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"][
+    "Repository"
+].rstrip("/")
+REPO = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?", REPO_URL).group(
+    1
+)  # owner/name
 COLAB_GUARD = '"google.colab" in sys.modules'
 ABSOLUTE_PATH = re.compile(r"(?<![\w./:~-])/(?:work|root|home|tmp)(?:/|\b)")
 
@@ -40,7 +46,10 @@ def where(path: Path, nb, cell) -> str:
     return f"{path.name}, cell {nb.cells.index(cell)}"
 
 
-@pytest.fixture(params=NOTEBOOKS, ids=[p.relative_to(ROOT / "notebooks").with_suffix("").as_posix() for p in NOTEBOOKS])
+@pytest.fixture(
+    params=NOTEBOOKS,
+    ids=[p.relative_to(ROOT / "notebooks").with_suffix("").as_posix() for p in NOTEBOOKS],
+)
 def notebook(request):
     return request.param, load(request.param)
 
@@ -52,22 +61,37 @@ def test_there_are_notebooks():
 def test_valid_nbformat(notebook):
     path, nb = notebook
     nbformat.validate(nb)
-    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec should be python3"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", (
+        f"{path.name}: kernelspec should be python3"
+    )
 
 
 def test_title_learn_list_and_colab_badge(notebook):
     path, nb = notebook
     first = nb.cells[0]
-    assert first.cell_type == "markdown", f"{path.name}: the first cell should be the markdown title cell"
-    assert re.match(r"# \S", first.source), f"{path.name}: the first cell should start with a '# ' title"
-    assert re.search(r"what you will learn|你将学到", first.source, re.I), f"{path.name}: no 'What you will learn' section"
-    badge = re.search(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
-                      r"\((https://colab\.research\.google\.com/github/[^)\s]+)\)", first.source, re.I)
+    assert first.cell_type == "markdown", (
+        f"{path.name}: the first cell should be the markdown title cell"
+    )
+    assert re.match(r"# \S", first.source), (
+        f"{path.name}: the first cell should start with a '# ' title"
+    )
+    assert re.search(r"what you will learn|你将学到", first.source, re.I), (
+        f"{path.name}: no 'What you will learn' section"
+    )
+    badge = re.search(
+        r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
+        r"\((https://colab\.research\.google\.com/github/[^)\s]+)\)",
+        first.source,
+        re.I,
+    )
     assert badge, f"{path.name}: the title cell has no Open-in-Colab badge"
     rel = path.relative_to(ROOT).as_posix()
-    expected = re.compile(rf"https://colab\.research\.google\.com/github/{re.escape(REPO)}/blob/[^/]+/{re.escape(rel)}")
+    expected = re.compile(
+        rf"https://colab\.research\.google\.com/github/{re.escape(REPO)}/blob/[^/]+/{re.escape(rel)}"
+    )
     assert expected.fullmatch(badge.group(1)), (
-        f"{path.name}: the badge opens {badge.group(1)}, expected github/{REPO}/blob/<branch>/{rel}")
+        f"{path.name}: the badge opens {badge.group(1)}, expected github/{REPO}/blob/<branch>/{rel}"
+    )
 
 
 def test_first_code_cell_installs_only_on_colab(notebook):
@@ -75,60 +99,94 @@ def test_first_code_cell_installs_only_on_colab(notebook):
     cells = code_cells(nb)
     assert cells, f"{path.name}: no code cells"
     lines = cells[0].source.splitlines()
-    guard = next((i for i, line in enumerate(lines) if COLAB_GUARD in line and line.lstrip().startswith("if ")), None)
-    assert guard is not None, f"{path.name}: the first code cell should start an `if {COLAB_GUARD}:` block"
+    guard = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if COLAB_GUARD in line and line.lstrip().startswith("if ")
+        ),
+        None,
+    )
+    assert guard is not None, (
+        f"{path.name}: the first code cell should start an `if {COLAB_GUARD}:` block"
+    )
     indent = len(lines[guard]) - len(lines[guard].lstrip())
 
     def inside(i: int) -> bool:  # line i is in the guarded block
-        return i > guard and all(not ln.strip() or len(ln) - len(ln.lstrip()) > indent for ln in lines[guard + 1:i + 1])
+        return i > guard and all(
+            not ln.strip() or len(ln) - len(ln.lstrip()) > indent for ln in lines[guard + 1 : i + 1]
+        )
 
     installs = [i for i, line in enumerate(lines) if re.search(r"\bpip\b.*\binstall\b", line)]
     assert installs, f"{path.name}: the Colab cell installs nothing"
     for i in installs:
         assert inside(i), f"{path.name}: an install outside the Colab guard: {lines[i].strip()!r}"
         assert re.search(r"\b(torch|transformers)\b", lines[i]) is None, (
-            f"{path.name}: Colab already has torch and transformers; do not reinstall them: {lines[i].strip()!r}")
+            f"{path.name}: Colab already has torch and transformers; do not reinstall them: {lines[i].strip()!r}"
+        )
     spec = " ".join(lines[i] for i in installs)
     assert f"quantized-llms-locally[colab] @ git+{REPO_URL}" in spec, (
-        f"{path.name}: the Colab cell should install 'quantized-llms-locally[colab] @ git+{REPO_URL}'")
+        f"{path.name}: the Colab cell should install 'quantized-llms-locally[colab] @ git+{REPO_URL}'"
+    )
     manager = [i for i, line in enumerate(lines) if "enable_custom_widget_manager()" in line]
     assert manager and all(inside(i) for i in manager), (
-        f"{path.name}: the Colab cell should call output.enable_custom_widget_manager() inside the guard")
+        f"{path.name}: the Colab cell should call output.enable_custom_widget_manager() inside the guard"
+    )
 
 
 def test_one_parameters_cell(notebook):
     path, nb = notebook
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters', found cells {tagged}"
-    assert nb.cells[tagged[0]].cell_type == "code", f"{path.name}: the 'parameters' cell should be a code cell"
+    assert len(tagged) == 1, (
+        f"{path.name}: expected exactly one cell tagged 'parameters', found cells {tagged}"
+    )
+    assert nb.cells[tagged[0]].cell_type == "code", (
+        f"{path.name}: the 'parameters' cell should be a code cell"
+    )
 
 
 def test_no_absolute_paths(notebook):
     path, nb = notebook
-    found = [f"{where(path, nb, c)}: {m.group(0)!r} in {line.strip()[:100]!r}"
-             for c in nb.cells for line in c.source.splitlines() for m in ABSOLUTE_PATH.finditer(line)]
+    found = [
+        f"{where(path, nb, c)}: {m.group(0)!r} in {line.strip()[:100]!r}"
+        for c in nb.cells
+        for line in c.source.splitlines()
+        for m in ABSOLUTE_PATH.finditer(line)
+    ]
     assert not found, "absolute paths (they exist only on one machine):\n" + "\n".join(found)
 
 
 def test_no_input_calls(notebook):
     path, nb = notebook
-    found = [f"{where(path, nb, c)}: {line.strip()[:100]!r}" for c in code_cells(nb)
-             for line in c.source.splitlines() if re.search(r"(?<![\w.])input\s*\(", line.split("#")[0])]
+    found = [
+        f"{where(path, nb, c)}: {line.strip()[:100]!r}"
+        for c in code_cells(nb)
+        for line in c.source.splitlines()
+        if re.search(r"(?<![\w.])input\s*\(", line.split("#")[0])
+    ]
     assert not found, "input() blocks Run All and fails under nbmake:\n" + "\n".join(found)
 
 
 def test_no_trust_remote_code(notebook):
     # History cells (tagged skip-execution, never run) may quote the original tutorial's code.
     path, nb = notebook
-    found = [where(path, nb, c) for c in code_cells(nb) if "skip-execution" not in c.metadata.get("tags", [])
-             and re.search(r"trust_remote_code\s*=\s*True", c.source)]
+    found = [
+        where(path, nb, c)
+        for c in code_cells(nb)
+        if "skip-execution" not in c.metadata.get("tags", [])
+        and re.search(r"trust_remote_code\s*=\s*True", c.source)
+    ]
     assert not found, f"trust_remote_code=True appears in: {', '.join(found)}"
 
 
 def test_outputs_cleared(notebook):
     path, nb = notebook
-    dirty = [where(path, nb, c) for c in code_cells(nb) if c.outputs or c.execution_count is not None]
-    assert not dirty, f"commit notebooks with outputs cleared; these have outputs or counts: {', '.join(dirty)}"
+    dirty = [
+        where(path, nb, c) for c in code_cells(nb) if c.outputs or c.execution_count is not None
+    ]
+    assert not dirty, (
+        f"commit notebooks with outputs cleared; these have outputs or counts: {', '.join(dirty)}"
+    )
 
 
 def test_lessons_use_no_private_names(notebook):
@@ -137,4 +195,6 @@ def test_lessons_use_no_private_names(notebook):
     for cell in code_cells(nb):
         for line in cell.source.splitlines():
             code = line.split("#", 1)[0]
-            assert not re.search(r"\w\._[a-z]", code), f"{path.name}: a private name in a lesson cell: {line.strip()!r}"
+            assert not re.search(r"\w\._[a-z]", code), (
+                f"{path.name}: a private name in a lesson cell: {line.strip()!r}"
+            )

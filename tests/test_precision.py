@@ -14,17 +14,28 @@ import pytest
 
 from helpers import env, loading, memory, precision
 
-EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-PROBE = ("import json; from helpers import precision; native, found = precision.cpu_bf16(); "
-         "print(json.dumps({'native': native, 'found': found, "
-         "'batch': precision.compute_dtype('cpu', 'batch').dtype, "
-         "'decode': precision.compute_dtype('cpu', 'decode').dtype}))")
+EMULATE_AVX2 = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+PROBE = (
+    "import json; from helpers import precision; native, found = precision.cpu_bf16(); "
+    "print(json.dumps({'native': native, 'found': found, "
+    "'batch': precision.compute_dtype('cpu', 'batch').dtype, "
+    "'decode': precision.compute_dtype('cpu', 'decode').dtype}))"
+)
 
 
 def _probe(extra_env: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in EMULATE_AVX2}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**env, **extra_env}, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -48,10 +59,15 @@ def test_detection_under_the_avx2_emulation_says_no_native_bf16():
     assert (result["batch"], result["decode"]) == ("float32", "bfloat16")
 
 
-@pytest.mark.parametrize("native, work, expected", [
-    (True, "batch", "bfloat16"), (True, "decode", "bfloat16"),
-    (False, "batch", "float32"), (False, "decode", "bfloat16"),
-])
+@pytest.mark.parametrize(
+    "native, work, expected",
+    [
+        (True, "batch", "bfloat16"),
+        (True, "decode", "bfloat16"),
+        (False, "batch", "float32"),
+        (False, "decode", "bfloat16"),
+    ],
+)
 def test_cpu_rule(monkeypatch, native, work, expected):
     monkeypatch.setattr(precision, "cpu_bf16", lambda: (native, "test"))
     choice = precision.compute_dtype("cpu", work)
@@ -59,7 +75,9 @@ def test_cpu_rule(monkeypatch, native, work, expected):
     assert choice.reason and "test" in choice.reason  # the one-line reason names what was found
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 5), "float16"), ((8, 0), "bfloat16"), ((9, 0), "bfloat16")])
+@pytest.mark.parametrize(
+    "capability, expected", [((7, 5), "float16"), ((8, 0), "bfloat16"), ((9, 0), "bfloat16")]
+)
 def test_cuda_rule_fp16_before_ampere(monkeypatch, capability, expected):
     """A T4 (sm_75) gets fp16: no fast bf16 there, and GPTQ Marlin needs fp16."""
     import torch
@@ -122,10 +140,18 @@ def test_perplexity_products_in_fp32_only_where_bf16_is_emulated(tmp_path, monke
         assert head_out.dtype == torch.bfloat16
         assert not np.array_equal(logits, fp32_logits)
     else:
-        assert torch.equal(q_out, torch.nn.functional.linear(x.float(), q_proj.weight.detach().float()).to(torch.bfloat16))
+        assert torch.equal(
+            q_out,
+            torch.nn.functional.linear(x.float(), q_proj.weight.detach().float()).to(
+                torch.bfloat16
+            ),
+        )
         assert head_out.dtype == torch.float32
         np.testing.assert_allclose(logits, fp32_logits, rtol=1e-5, atol=1e-5)
-        with torch.inference_mode(), quality._products_in_fp32(model, rows=300):  # 4 chunks, one ragged
+        with (
+            torch.inference_mode(),
+            quality._products_in_fp32(model, rows=300),
+        ):  # 4 chunks, one ragged
             chunked = model(torch.tensor([ids])).logits[0].numpy()
         np.testing.assert_allclose(chunked, logits, rtol=1e-5, atol=1e-5)
     assert not any("forward" in vars(m) for m in model.modules())  # the patches are gone

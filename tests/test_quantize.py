@@ -53,14 +53,26 @@ def test_quiet_progress_raises_a_course_error_with_the_log_tail(tmp_path):
 
     from transformers.utils import logging as hf_logging
 
-    before = (sys.stdout, hf_logging.is_progress_bar_enabled(), {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT})
-    with pytest.raises(CourseError, match=r"(?s)quantizing failed: RuntimeError\('boom'\).*model.layers.0 started"):
+    before = (
+        sys.stdout,
+        hf_logging.is_progress_bar_enabled(),
+        {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT},
+    )
+    with pytest.raises(
+        CourseError, match=r"(?s)quantizing failed: RuntimeError\('boom'\).*model.layers.0 started"
+    ):
         with quantize.quiet_progress(tmp_path / "run.log", layers=2):
             print("model.layers.0 started")
             raise RuntimeError("boom")
     # redirect, Transformers' bars and LogBar's settings as they were
-    assert (sys.stdout, hf_logging.is_progress_bar_enabled(), {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT}) == before
-    with pytest.raises(KeyboardInterrupt):  # an interrupt stops the block as it is, not as a CourseError
+    assert (
+        sys.stdout,
+        hf_logging.is_progress_bar_enabled(),
+        {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT},
+    ) == before
+    with pytest.raises(
+        KeyboardInterrupt
+    ):  # an interrupt stops the block as it is, not as a CourseError
         with quantize.quiet_progress(tmp_path / "run.log", layers=2):
             raise KeyboardInterrupt
     assert sys.stdout is before[0]
@@ -136,7 +148,10 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
     config = QuantizeConfig(bits=4, group_size=128, sym=False, quant_method="awq", format="gemm")
     out = tmp_path / "awq"
     with quantize.quiet_progress(tmp_path / "awq.log", layers=2):
-        with gemma3_awq_fixes(clip_tokens=32, clip_grid=10, scale_rows=1), quantize.awq_search_in_fp32():
+        with (
+            gemma3_awq_fixes(clip_tokens=32, clip_grid=10, scale_rows=1),
+            quantize.awq_search_in_fp32(),
+        ):
             model = GPTQModel.load(str(hf), config, dtype=torch.bfloat16)
             model.quantize(rows, batch_size=1, backend=BACKEND.AWQ_TORCH)
         quantize.save_as(model, out, "bfloat16")
@@ -144,7 +159,11 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
     from safetensors import safe_open
 
     with safe_open(next(out.glob("*.safetensors")), "pt") as f:
-        floats = {str(f.get_slice(k).get_dtype()) for k in f.keys() if f.get_slice(k).get_dtype() not in ("I32",)}
+        floats = {
+            str(f.get_slice(k).get_dtype())
+            for k in f.keys()
+            if f.get_slice(k).get_dtype() not in ("I32",)
+        }
     assert floats == {"BF16"}
     ids = tokenizer("The history of the printing press begins in Europe", return_tensors="pt")
     with torch.inference_mode():
@@ -166,17 +185,32 @@ def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
     seen = []
 
     def recorder(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
-        seen.append((x[:, 0, 0].tolist(), [float(chunk[0, 0, 0]) for chunk in fp16_output],
-                     kwargs["attention_mask"][:, 0, 0, 0].tolist(), tuple(kwargs["position_embeddings"][0].shape)))
+        seen.append(
+            (
+                x[:, 0, 0].tolist(),
+                [float(chunk[0, 0, 0]) for chunk in fp16_output],
+                kwargs["attention_mask"][:, 0, 0, 0].tolist(),
+                tuple(kwargs["position_embeddings"][0].shape),
+            )
+        )
         return "scales", 0.0
 
     monkeypatch.setattr(AWQProcessor, "_compute_best_scale", recorder)
     x = torch.arange(4.0).view(4, 1, 1).expand(4, 3, 2)
-    chunks = [x[i:i + 1] * 10 for i in range(4)]
-    kwargs = {"attention_mask": torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 3, 3) * 100,  # per row
-              "position_embeddings": (torch.zeros(1, 3, 2), torch.zeros(1, 3, 2))}          # shared by all
+    chunks = [x[i : i + 1] * 10 for i in range(4)]
+    kwargs = {
+        "attention_mask": torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 3, 3) * 100,  # per row
+        "position_embeddings": (torch.zeros(1, 3, 2), torch.zeros(1, 3, 2)),
+    }  # shared by all
     with gemma3_awq_fixes(scale_rows=2):
-        assert AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks, kwargs) == ("scales", 0.0)
-    AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks, kwargs)  # the original again: all rows
-    assert seen == [([0.0, 2.0], [0.0, 20.0], [0.0, 200.0], (1, 3, 2)),
-                    ([0.0, 1.0, 2.0, 3.0], [0.0, 10.0, 20.0, 30.0], [0.0, 100.0, 200.0, 300.0], (1, 3, 2))]
+        assert AWQProcessor._compute_best_scale(None, x, None, None, None, [], chunks, kwargs) == (
+            "scales",
+            0.0,
+        )
+    AWQProcessor._compute_best_scale(
+        None, x, None, None, None, [], chunks, kwargs
+    )  # the original again: all rows
+    assert seen == [
+        ([0.0, 2.0], [0.0, 20.0], [0.0, 200.0], (1, 3, 2)),
+        ([0.0, 1.0, 2.0, 3.0], [0.0, 10.0, 20.0, 30.0], [0.0, 100.0, 200.0, 300.0], (1, 3, 2)),
+    ]

@@ -11,10 +11,18 @@ def _tiny(heads: int, kv_heads: int, layers: int = 2):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                              num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=16,
-                              max_position_embeddings=256, sliding_window=32,
-                              layer_types=["sliding_attention", "full_attention"][:layers])
+    config = Gemma3TextConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=32,
+        layer_types=["sliding_attention", "full_attention"][:layers],
+    )
     model = Gemma3ForCausalLM(config).float().eval()
     with torch.no_grad():  # gains around 1, and a dead channel (1 + w = 0) as the real model has
         for layer in model.model.layers:
@@ -40,8 +48,12 @@ def test_same_outputs_other_weights(heads, kv_heads):
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, weights[name])}
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         for i in range(2):
-            name = next(n for n in weights if n.endswith(f"layers.{i}.self_attn.{proj}.weight")
-                        or n.endswith(f"layers.{i}.mlp.{proj}.weight"))
+            name = next(
+                n
+                for n in weights
+                if n.endswith(f"layers.{i}.self_attn.{proj}.weight")
+                or n.endswith(f"layers.{i}.mlp.{proj}.weight")
+            )
             assert name in changed, name
             # every column moves by its own factor, between 1/1.25 and 1.25 (up_proj and v_proj: their rows too)
             bound = 1.25 ** (2 if proj in ("up_proj", "v_proj") else 1)
@@ -74,7 +86,15 @@ def test_refuses_other_architectures():
     from course.reference import move_off_grid
     from helpers.errors import CourseError
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     with pytest.raises(CourseError, match="Gemma 3 text models only"):
         move_off_grid(model)

@@ -32,26 +32,48 @@ def test_serves_openai_completions_chat_and_streams_then_stops(course_cache):
 
     with serving.llama_server(course_models.model_path("gguf"), n_ctx=512, n_threads=2) as server:
         pid, port, log = server.pid, server.port, server.log_path
-        assert server.running and serving.port_is_open(HOST, port) and server.base_url.startswith("http://127.0.0.1:")
+        assert (
+            server.running
+            and serving.port_is_open(HOST, port)
+            and server.base_url.startswith("http://127.0.0.1:")
+        )
         client = openai.OpenAI(base_url=server.base_url, api_key="not-needed")
         assert [m.id for m in client.models.list().data] == [server.model_alias]
-        plain = client.completions.create(model=server.model_alias, prompt="The capital of France is",
-                                          max_tokens=8, temperature=0)
+        plain = client.completions.create(
+            model=server.model_alias, prompt="The capital of France is", max_tokens=8, temperature=0
+        )
         assert plain.usage.completion_tokens == 8 and plain.choices[0].text.strip()
-        pieces = [c.choices[0].text for c in client.completions.create(
-            model=server.model_alias, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True)]
+        pieces = [
+            c.choices[0].text
+            for c in client.completions.create(
+                model=server.model_alias,
+                prompt="The capital of France is",
+                max_tokens=8,
+                temperature=0,
+                stream=True,
+            )
+        ]
         assert "".join(pieces) == plain.choices[0].text and len(pieces) > 1
-        answer = client.chat.completions.create(model=server.model_alias, max_tokens=8, temperature=0,
-                                                messages=[{"role": "user", "content": "你好"}])
+        answer = client.chat.completions.create(
+            model=server.model_alias,
+            max_tokens=8,
+            temperature=0,
+            messages=[{"role": "user", "content": "你好"}],
+        )
         assert answer.choices[0].message.role == "assistant" and answer.usage.prompt_tokens > 0
-        assert server.command[:3] == ["python", "-m", "llama_cpp.server"] and "--chat_format" in server.command
+        assert (
+            server.command[:3] == ["python", "-m", "llama_cpp.server"]
+            and "--chat_format" in server.command
+        )
     assert gone(pid, port) and not server.running
     assert not log.exists()  # a temporary log goes with a normal stop
 
 
 def test_nothing_is_left_behind_when_the_body_raises(course_cache):
     with pytest.raises(RuntimeError, match="a cell failed"):
-        with serving.llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1) as server:
+        with serving.llama_server(
+            course_models.model_path("gguf"), n_ctx=256, n_threads=1
+        ) as server:
             pid, port = server.pid, server.port
             assert serving.process_exists(pid)
             raise RuntimeError("a cell failed")
@@ -64,17 +86,23 @@ def test_nothing_is_left_behind_when_the_body_raises(course_cache):
 def test_a_server_that_cannot_start_is_a_clear_error_with_its_log(course_cache, tmp_path):
     before = set(serving._running)
     log = tmp_path / "server.log"
-    with pytest.raises(serving.ServerError, match=r"exited with code \d+ before it was ready.*(?s:.*)n_ctx") as err:
-        serving.start_llama_server(course_models.model_path("gguf"), extra_args=["--n_ctx", "not-a-number"],
-                                   log_path=log)
+    with pytest.raises(
+        serving.ServerError, match=r"exited with code \d+ before it was ready.*(?s:.*)n_ctx"
+    ) as err:
+        serving.start_llama_server(
+            course_models.model_path("gguf"), extra_args=["--n_ctx", "not-a-number"], log_path=log
+        )
     assert set(serving._running) == before
-    assert str(log) in str(err.value) and "not-a-number" in log.read_text()  # the log is kept for reading
+    assert (
+        str(log) in str(err.value) and "not-a-number" in log.read_text()
+    )  # the log is kept for reading
 
 
 def test_a_server_that_never_answers_is_stopped_after_the_timeout(course_cache, tmp_path):
     with pytest.raises(serving.ServerError, match="did not answer .* within 0 s"):
-        serving.start_llama_server(course_models.model_path("gguf"), ready_timeout_s=0.0,
-                                   log_path=tmp_path / "server.log")
+        serving.start_llama_server(
+            course_models.model_path("gguf"), ready_timeout_s=0.0, log_path=tmp_path / "server.log"
+        )
     assert not serving._running
 
 
@@ -112,8 +140,13 @@ time.sleep(600)          # killed from outside: the parent-death signal must do 
 
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_the_server_does_not_outlive_the_python_that_started_it(course_cache, how, tmp_path):
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, how, str(tmp_path / "server.log")], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "QLLM_THREADS": "1"})
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, how, str(tmp_path / "server.log")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "QLLM_THREADS": "1"},
+    )
     try:
         pid, port = map(int, owner.stdout.readline().split())
         if how == "kill":
@@ -140,18 +173,25 @@ def test_a_notebook_whose_cell_fails_leaves_no_server_behind(course_cache, tmp_p
     from nbclient.exceptions import CellExecutionError
 
     pid_file = tmp_path / "pid"
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(f"""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(f"""
 from pathlib import Path
 from course import models as course_models
 from course import serving
 server = serving.start_llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1)
 Path({str(pid_file)!r}).write_text(f"{{server.pid}} {{server.port}}")
 """),
-        nbformat.v4.new_code_cell("import time; time.sleep(1); assert serving.process_exists(server.pid)"),
-        nbformat.v4.new_code_cell("raise RuntimeError('a cell failed')"),
-        nbformat.v4.new_code_cell("server.stop()  # never reached")])
-    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+            nbformat.v4.new_code_cell(
+                "import time; time.sleep(1); assert serving.process_exists(server.pid)"
+            ),
+            nbformat.v4.new_code_cell("raise RuntimeError('a cell failed')"),
+            nbformat.v4.new_code_cell("server.stop()  # never reached"),
+        ]
+    )
+    client = NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
     with pytest.raises(CellExecutionError, match="a cell failed"):
         client.execute()
     pid, port = map(int, pid_file.read_text().split())
@@ -162,6 +202,10 @@ def test_vllm_is_refused_clearly_where_it_is_missing(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
     with pytest.raises(serving.ServerError, match="vLLM is not installed.*pip install vllm"):
-        serving.start_vllm_server("neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit", quantization="gptq_marlin")
+        serving.start_vllm_server(
+            "neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit", quantization="gptq_marlin"
+        )

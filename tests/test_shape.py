@@ -15,15 +15,26 @@ HELPERS = ROOT / "helpers"
 # Three tiers, each in order: a module may import any module of a lower tier, or one listed before
 # it in its own tier. So every import points down this list, and no cycle is possible.
 TIERS = {
-    "bottom": ["errors", "env", "precision", "gguf_tools"],              # facts, files, errors
-    "middle": ["hub", "downloading", "model_info", "memory", "kernels", "loading", "generation",  # get, fit, load, run
-               "quality", "timing", "plan", "setup_check"],              # measure, plan
-    "top": ["streaming", "templates", "chat"],                           # what a learner drives
+    "bottom": ["errors", "env", "precision", "gguf_tools"],  # facts, files, errors
+    "middle": [
+        "hub",
+        "downloading",
+        "model_info",
+        "memory",
+        "kernels",
+        "loading",
+        "generation",  # get, fit, load, run
+        "quality",
+        "timing",
+        "plan",
+        "setup_check",
+    ],  # measure, plan
+    "top": ["streaming", "templates", "chat"],  # what a learner drives
 }
 ORDER = [name for tier in TIERS.values() for name in tier]
 MACHINERY = ("course", "bench", "tools", "tests", "exercises")
-MODULE_LINES = 300     # a learner-facing module, read in a minute
-PACKAGE_LINES = 2600   # all of helpers/
+MODULE_LINES = 300  # a learner-facing module, read in a minute
+PACKAGE_LINES = 2600  # all of helpers/
 
 
 def helpers_modules() -> dict[str, Path]:
@@ -55,18 +66,27 @@ def imports_of(path: Path) -> list[tuple[str, list[str], int]]:
 def helpers_graph() -> dict[str, set[str]]:
     graph = {}
     for name, path in helpers_modules().items():
-        graph[name] = {imported.split(".")[1] for imported, _, _ in imports_of(path)
-                       if imported.startswith("helpers.") and imported.split(".")[1] != name}
+        graph[name] = {
+            imported.split(".")[1]
+            for imported, _, _ in imports_of(path)
+            if imported.startswith("helpers.") and imported.split(".")[1] != name
+        }
     return graph
 
 
 def test_every_module_has_a_place_in_the_tiers():
-    assert sorted(helpers_modules()) == sorted(ORDER), "give a new helpers module its place in TIERS"
+    assert sorted(helpers_modules()) == sorted(ORDER), (
+        "give a new helpers module its place in TIERS"
+    )
 
 
 def test_imports_go_down_only():
-    upward = [f"{name} imports {dep}, which TIERS puts above it"
-              for name, deps in helpers_graph().items() for dep in deps if ORDER.index(dep) > ORDER.index(name)]
+    upward = [
+        f"{name} imports {dep}, which TIERS puts above it"
+        for name, deps in helpers_graph().items()
+        for dep in deps
+        if ORDER.index(dep) > ORDER.index(name)
+    ]
     assert not upward, upward
 
 
@@ -78,7 +98,9 @@ def test_no_import_cycle():
         state[node] = "open"
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+                raise AssertionError(
+                    "import cycle: " + " -> ".join(path[path.index(dep) :] + [dep])
+                )
             if dep not in state:
                 visit(dep, path + [dep])
         state[node] = "done"
@@ -89,8 +111,12 @@ def test_no_import_cycle():
 
 
 def test_helpers_never_import_the_course_machinery():
-    bad = [f"helpers/{name}.py:{line} imports {imported}" for name, path in helpers_modules().items()
-           for imported, _, line in imports_of(path) if imported.split(".")[0] in MACHINERY]
+    bad = [
+        f"helpers/{name}.py:{line} imports {imported}"
+        for name, path in helpers_modules().items()
+        for imported, _, line in imports_of(path)
+        if imported.split(".")[0] in MACHINERY
+    ]
     assert not bad, bad
 
 
@@ -99,13 +125,25 @@ def test_no_private_name_crosses_a_module():
     for name, path in helpers_modules().items():
         for imported, names, line in imports_of(path):
             if imported.startswith("helpers."):
-                bad += [f"helpers/{name}.py:{line} takes {n} from {imported}" for n in names if n.startswith("_")]
+                bad += [
+                    f"helpers/{name}.py:{line} takes {n} from {imported}"
+                    for n in names
+                    if n.startswith("_")
+                ]
         # helpers_module._name after `from . import helpers_module`
-        aliases = {imported.split(".")[1] for imported, names, _ in imports_of(path)
-                   if imported.startswith("helpers.") and not names}
+        aliases = {
+            imported.split(".")[1]
+            for imported, names, _ in imports_of(path)
+            if imported.startswith("helpers.") and not names
+        }
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and node.value.id in aliases):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
                 bad.append(f"helpers/{name}.py:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not bad, bad
 
@@ -117,12 +155,18 @@ def test_the_shape_test_sees_function_local_imports(tmp_path):
 
 
 def line_counts() -> dict[str, int]:
-    return {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in helpers_modules().items()}
+    return {
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in helpers_modules().items()
+    }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: every module is within 300 lines, but helpers/ as a whole is "
-                                       "over 2,600; this test starts passing, and must then lose this mark, when "
-                                       "it is")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: every module is within 300 lines, but helpers/ as a whole is "
+    "over 2,600; this test starts passing, and must then lose this mark, when "
+    "it is",
+)
 def test_line_budgets():
     counts = line_counts()
     over = {name: n for name, n in counts.items() if n > MODULE_LINES}

@@ -98,12 +98,18 @@ def test_stop_strings_end_the_stream_and_never_show(lm):
     """A stop string from the middle of the greedy answer, across tokens: the text ends before it, and no
     piece ever showed any of it (Transformers' streamer alone would hand it over)."""
     expected = generation.generate(lm, PROMPTS[0], max_new_tokens=TOKENS)
-    stop = expected[len(expected) // 2:len(expected) // 2 + 4]
+    stop = expected[len(expected) // 2 : len(expected) // 2 + 4]
     tokens = streaming.TokenStream(lm, PROMPTS[0], max_new_tokens=TOKENS, stop_strings=[stop])
     shown = [tokens.text for _piece in tokens]
-    assert shown[-1] == tokens.result.text == expected[:expected.find(stop)]
-    assert all(shown[-1].startswith(text) for text in shown)  # only ever grew towards the final text
-    assert tokens.hit_stop_string and not tokens.result.stopped_by_user and tokens.result.new_tokens < TOKENS
+    assert shown[-1] == tokens.result.text == expected[: expected.find(stop)]
+    assert all(
+        shown[-1].startswith(text) for text in shown
+    )  # only ever grew towards the final text
+    assert (
+        tokens.hit_stop_string
+        and not tokens.result.stopped_by_user
+        and tokens.result.new_tokens < TOKENS
+    )
 
 
 def test_widget_stop_button_in_widget_mode(lm):
@@ -119,7 +125,9 @@ def test_widget_stop_button_in_widget_mode(lm):
     assert result.stopped_by_user and at_stop <= result.new_tokens <= at_stop + 1
     assert sw.stop_button.disabled and not sw.running
     assert sw.status.startswith("stopped · first token")
-    assert f"{result.new_tokens} tokens" in sw.status and sw.status_line.value == html.escape(sw.status)
+    assert f"{result.new_tokens} tokens" in sw.status and sw.status_line.value == html.escape(
+        sw.status
+    )
     assert shown_text(sw.text_box.value) == sw.text == result.text
 
 
@@ -163,7 +171,9 @@ def test_by_line_refresh_shows_whole_lines_only(gguf):
     assert values[-1] == result.text
     assert all(v.endswith("\n") for v in values[:-1] if v)
     out = io.StringIO()
-    streaming.print_stream(streaming.TokenStream(gguf, prompt, max_new_tokens=40), by_line=True, file=out)
+    streaming.print_stream(
+        streaming.TokenStream(gguf, prompt, max_new_tokens=40), by_line=True, file=out
+    )
     assert out.getvalue().startswith(result.text)
 
 
@@ -171,7 +181,9 @@ def test_console_streaming_prints_text_then_status(gguf, capsys):
     result = streaming.print_stream(streaming.TokenStream(gguf, PROMPTS[0], max_new_tokens=10))
     printed = capsys.readouterr().out
     assert printed.startswith(result.text)
-    assert re.search(r"\[done · first token \d+\.\d\d s · 10 tokens · \d+\.\d tokens/s\]\n$", printed)
+    assert re.search(
+        r"\[done · first token \d+\.\d\d s · 10 tokens · \d+\.\d tokens/s\]\n$", printed
+    )
 
 
 def test_ctrl_c_in_the_console_acts_as_stop(lm):
@@ -185,7 +197,9 @@ def test_ctrl_c_in_the_console_acts_as_stop(lm):
             return super().write(text)
 
     out = InterruptOnThirdWrite()
-    result = streaming.print_stream(streaming.TokenStream(lm, PROMPTS[0], max_new_tokens=200), file=out)
+    result = streaming.print_stream(
+        streaming.TokenStream(lm, PROMPTS[0], max_new_tokens=200), file=out
+    )
     assert result.stopped_by_user and result.new_tokens < 200
     assert "[stopped · first token" in out.getvalue()
 
@@ -211,7 +225,7 @@ def test_front_end_detection(monkeypatch):
 
     monkeypatch.delenv("QLLM_STREAM_MODE", raising=False)
     monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
-    assert streaming.has_widget_frontend() is True   # Jupyter, VS Code: input() may ask
+    assert streaming.has_widget_frontend() is True  # Jupyter, VS Code: input() may ask
     Kernel._allow_stdin = False
     assert streaming.has_widget_frontend() is False  # nbclient, nbmake, papermill
     monkeypatch.setenv("QLLM_STREAM_MODE", "widget")
@@ -230,7 +244,9 @@ def test_clear_errors(lm):
     with pytest.raises((TypeError, ValueError), match="no_such_option"):
         sw.start("Hello").wait(timeout=60)  # the generation's error reaches the caller
     assert sw.status.startswith("error: ") and sw.stop_button.disabled and not sw.running
-    assert streaming.StreamWidget(lm, max_new_tokens=2, mode="widget").start("Hello").wait(timeout=60)  # model free
+    assert (
+        streaming.StreamWidget(lm, max_new_tokens=2, mode="widget").start("Hello").wait(timeout=60)
+    )  # model free
     tokens = streaming.TokenStream(lm, "Hello", max_new_tokens=2)
     list(tokens)
     with pytest.raises(CourseError, match="runs once"):
@@ -239,6 +255,7 @@ def test_clear_errors(lm):
 
 # ---- inside real kernels -------------------------------------------------------------------
 
+
 def test_in_a_real_kernel_widget_values_flow_and_stop_button_works(course_cache):
     """ipykernel 7: values set from the reader thread reach the front end's channel while the
     kernel is idle, and a Stop click sent as the front end sends it ends generation."""
@@ -246,7 +263,9 @@ def test_in_a_real_kernel_widget_values_flow_and_stop_button_works(course_cache)
 
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
     try:
-        first = run_in_kernel(kc, f"""
+        first = run_in_kernel(
+            kc,
+            f"""
 import threading
 from course import models as course_models
 from helpers import loading, streaming
@@ -258,11 +277,17 @@ sw.text_box.observe(lambda change: setters.append(threading.current_thread().nam
 display(sw.widget)
 sw.start({PROMPTS[0]!r})
 print("ids:", sw.text_box.model_id, sw.stop_button.model_id)
-""", allow_stdin=True)  # a human front end: Jupyter sends allow_stdin=True
+""",
+            allow_stdin=True,
+        )  # a human front end: Jupyter sends allow_stdin=True
         printed = kernel_stdout(first)
         assert "auto mode: True" in printed
         text_id, button_id = re.search(r"ids: (\w+) (\w+)", printed).groups()
-        opened = [m["content"]["data"]["state"]["_model_name"] for m in first if m["header"]["msg_type"] == "comm_open"]
+        opened = [
+            m["content"]["data"]["state"]["_model_name"]
+            for m in first
+            if m["header"]["msg_type"] == "comm_open"
+        ]
         assert "HTMLModel" in opened and "ButtonModel" in opened and "OutputModel" not in opened
 
         # the cell is over and the kernel idle; the text keeps arriving as widget value updates
@@ -275,20 +300,29 @@ print("ids:", sw.text_box.model_id, sw.stop_button.model_id)
                 updates.append(data["state"]["value"])
         assert len(updates) == 3 and len(shown_text(updates[-1])) > len(shown_text(updates[0]))
 
-        click = kc.session.msg("comm_msg", {"comm_id": button_id,
-                                            "data": {"method": "custom", "content": {"event": "click"}}})
+        click = kc.session.msg(
+            "comm_msg",
+            {"comm_id": button_id, "data": {"method": "custom", "content": {"event": "click"}}},
+        )
         kc.shell_channel.send(click)  # exactly what JupyterLab sends when Stop is clicked
-        second = run_in_kernel(kc, """
+        second = run_in_kernel(
+            kc,
+            """
 import json
 r = sw.wait(timeout=120)
 print("result:", json.dumps({"text": r.text, "new_tokens": r.new_tokens, "stopped": r.stopped_by_user,
                              "setters": sorted(set(setters)), "value": sw.text_box.value}))
-""", allow_stdin=True)
+""",
+            allow_stdin=True,
+        )
         result = json.loads(kernel_stdout(second).split("result:", 1)[1])
         assert result["stopped"] is True and result["new_tokens"] < 2000
         assert result["setters"] == ["qllm-stream-reader"]
-        on_the_wire = updates + [m["content"]["data"]["state"]["value"] for m in second
-                                 if m["header"]["msg_type"] == "comm_msg" and m["content"]["comm_id"] == text_id]
+        on_the_wire = updates + [
+            m["content"]["data"]["state"]["value"]
+            for m in second
+            if m["header"]["msg_type"] == "comm_msg" and m["content"]["comm_id"] == text_id
+        ]
         assert shown_text(on_the_wire[-1]) == shown_text(result["value"]) == result["text"]
         assert not any(m["header"]["msg_type"] == "error" for m in first + second)
     finally:
@@ -301,17 +335,25 @@ def test_headless_notebook_run_falls_back_to_console(course_cache, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(f"""
 from course import models as course_models
 from helpers import loading, streaming
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
 run = streaming.stream(lm, {PROMPTS[0]!r}, max_new_tokens=12)
 result = run.wait()
 print("mode:", run.mode, "| same text:", result.text == run.text)
-""")])
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+""")
+        ]
+    )
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     outputs = nb.cells[0].outputs
-    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    printed = "".join(
+        o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout"
+    )
     assert "[done · first token" in printed and "12 tokens" in printed
     assert "mode: console | same text: True" in printed
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
@@ -327,14 +369,23 @@ def test_one_stream_per_model_at_a_time(gguf):
     finally:
         first.stop()
         first.wait(timeout=120)
-    assert streaming.StreamWidget(gguf, max_new_tokens=4, mode="widget").start(PROMPTS[0]).wait(timeout=60).new_tokens == 4
+    assert (
+        streaming.StreamWidget(gguf, max_new_tokens=4, mode="widget")
+        .start(PROMPTS[0])
+        .wait(timeout=60)
+        .new_tokens
+        == 4
+    )
 
 
 def test_a_rendered_chat_prompt_gets_one_bos(gguf, hf):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    rendered = hf.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = hf.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"]
+    rendered = hf.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    ids = hf.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     assert rendered.startswith("<bos>")
     for lm in (hf, gguf):
         tokens = streaming.TokenStream(lm, rendered, max_new_tokens=2)
@@ -351,4 +402,6 @@ def test_refresh_s_limits_how_often_the_widget_is_redrawn(gguf):
         result = sw.start(PROMPTS[0]).wait(timeout=120)
         assert shown_text(values[-1]) == result.text
         counts[refresh_s] = len(values)
-    assert counts[0.0] > 3 and counts[3600.0] == 2  # every piece vs the first piece and the final text
+    assert (
+        counts[0.0] > 3 and counts[3600.0] == 2
+    )  # every piece vs the first piece and the final text

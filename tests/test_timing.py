@@ -53,12 +53,28 @@ def test_measure_summary_and_row(gguf_lm):
     t = timing.measure(gguf_lm, PROMPTS, new_tokens=4, warmup=1, repeats=2, threads=2)
     assert len(t.runs) == 4  # repeats x prompts; the warm-up is not kept
     row = t.row()
-    for key in ("format", "backend", "threads", "load_s", "ttft_s", "prompt_tok_s", "decode_tok_s",
-                "decode_spread", "ttft_spread", "peak_rss_MiB", "new_tokens", "runs"):
+    for key in (
+        "format",
+        "backend",
+        "threads",
+        "load_s",
+        "ttft_s",
+        "prompt_tok_s",
+        "decode_tok_s",
+        "decode_spread",
+        "ttft_spread",
+        "peak_rss_MiB",
+        "new_tokens",
+        "runs",
+    ):
         assert key in row
     assert row["new_tokens"] == 4 and row["runs"] == 4 and row["threads"] == 2
     assert row["format"] == "gguf" and row["backend"] == "llama.cpp"
-    assert min(r.decode_tok_s for r in t.runs) <= row["decode_tok_s"] <= max(r.decode_tok_s for r in t.runs)
+    assert (
+        min(r.decode_tok_s for r in t.runs)
+        <= row["decode_tok_s"]
+        <= max(r.decode_tok_s for r in t.runs)
+    )
     assert row["decode_spread"] >= 0
     import pandas as pd
 
@@ -76,9 +92,17 @@ def tiny_lm(tmp_path_factory, course_cache):
     path = tmp_path_factory.mktemp("tiny")
     model = tiny_gemma3(path, layers=1).eval()
     tokenizer = AutoTokenizer.from_pretrained(course_models.model_path("hf"))
-    return loading.LoadedModel(model=model, tokenizer=tokenizer, format="hf", backend="transformers", path=path,
-                               device="cpu", dtype=str(model.dtype).replace("torch.", ""), load_seconds=0.0,
-                               context_length=1024), torch
+    return loading.LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        format="hf",
+        backend="transformers",
+        path=path,
+        device="cpu",
+        dtype=str(model.dtype).replace("torch.", ""),
+        load_seconds=0.0,
+        context_length=1024,
+    ), torch
 
 
 def test_transformers_run_is_forced_past_end_of_sequence(tiny_lm):
@@ -128,12 +152,17 @@ def test_peak_rss_grows_and_resets():
 
 # ---- bytes read per token, by hand ---------------------------------------------------------------
 
+
 def _tiny_weights_by_hand(vocab, hidden=128, inter=256, heads=2, kv_heads=1, head_dim=64, layers=1):
     """Parameter count of tests.conftest.tiny_gemma3, written out."""
-    attention = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    attention = (
+        hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    )
     mlp = 3 * hidden * inter  # gate, up, down
     norms = 4 * hidden + 2 * head_dim  # input, post-attention, pre/post-feedforward; q_norm, k_norm
-    return vocab * hidden, layers * (attention + mlp + norms) + hidden  # (embedding, the rest + final norm)
+    return vocab * hidden, layers * (
+        attention + mlp + norms
+    ) + hidden  # (embedding, the rest + final norm)
 
 
 def test_bytes_per_token_tied_head_counts_embedding_once(tmp_path):
@@ -162,8 +191,15 @@ def _write_gguf(path, with_output: bool):
     writer = GGUFWriter(str(path), "llama")
     writer.add_token_list(["<s>", "a", "b"])  # a string array the reader must skip
     writer.add_array("test.numbers", [1, 2, 3])
-    embedding = quants.quantize(np.random.rand(10, 64).astype(np.float32), GGMLQuantizationType.Q8_0)
-    writer.add_tensor("token_embd.weight", embedding, raw_shape=embedding.shape, raw_dtype=GGMLQuantizationType.Q8_0)
+    embedding = quants.quantize(
+        np.random.rand(10, 64).astype(np.float32), GGMLQuantizationType.Q8_0
+    )
+    writer.add_tensor(
+        "token_embd.weight",
+        embedding,
+        raw_shape=embedding.shape,
+        raw_dtype=GGMLQuantizationType.Q8_0,
+    )
     writer.add_tensor("blk.0.ffn_up.weight", np.ones((8, 64), dtype=np.float16))
     writer.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
     if with_output:
@@ -210,7 +246,9 @@ def test_course_gguf_bytes_per_token(course_cache):
 
     path = course_models.model_path("gguf")
     tensors = read_gguf(path).tensors
-    assert "output.weight" not in {t.name for t in tensors}  # Gemma 3 ties its head to the embedding
+    assert "output.weight" not in {
+        t.name for t in tensors
+    }  # Gemma 3 ties its head to the embedding
     total = timing.gguf_bytes_per_token(path)
     assert total == sum(t.n_bytes for t in tensors)
     assert 0.9 < total / path.stat().st_size < 1.0  # the file is the tensors plus metadata

@@ -17,7 +17,10 @@ zh_cn = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(zh_cn)
 PAIRS = zh_cn.pairs()
 # a lesson's id is its name (05_prompt_templates), a solution's is prefixed (solutions/05_prompt_templates)
-IDS = [en.stem if en.parent == ROOT / "notebooks" else en.relative_to(ROOT).with_suffix("").as_posix() for en, _ in PAIRS]
+IDS = [
+    en.stem if en.parent == ROOT / "notebooks" else en.relative_to(ROOT).with_suffix("").as_posix()
+    for en, _ in PAIRS
+]
 
 
 @pytest.mark.parametrize("english, chinese", PAIRS, ids=IDS)
@@ -30,7 +33,9 @@ def test_the_check_catches_drift(tmp_path):
     english = sorted((ROOT / "notebooks").glob("*.ipynb"))[0]
     twin = tmp_path / "zh-CN" / english.name
     zh_cn.sync(english, twin)
-    assert any("still to translate" in p for p in zh_cn.problems(english, twin))  # fresh twin: all English
+    assert any(
+        "still to translate" in p for p in zh_cn.problems(english, twin)
+    )  # fresh twin: all English
     nb = json.loads(twin.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":
@@ -49,7 +54,9 @@ def test_the_check_catches_drift(tmp_path):
     zh_cn.write(twin, nb)
     assert any("space between Chinese and Latin" in p for p in zh_cn.problems(english, twin))
     english_nb = json.loads(english.read_text(encoding="utf-8"))
-    next(c for c in english_nb["cells"] if c["cell_type"] == "markdown")["source"].append("\nNew English text.")
+    next(c for c in english_nb["cells"] if c["cell_type"] == "markdown")["source"].append(
+        "\nNew English text."
+    )
     changed = tmp_path / english.name
     zh_cn.write(changed, english_nb)
     assert any("English text changed" in p for p in zh_cn.problems(changed, twin))

@@ -26,7 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PREINSTALLED = Path(__file__).with_name("colab_preinstalled.txt")
-MUST_KEEP = ("torch", "ipython", "ipykernel")  # Colab's CUDA torch; the kernel its front end is built for
+MUST_KEEP = (
+    "torch",
+    "ipython",
+    "ipykernel",
+)  # Colab's CUDA torch; the kernel its front end is built for
 
 
 def canonical(name: str) -> str:
@@ -34,7 +38,11 @@ def canonical(name: str) -> str:
 
 
 def preinstalled() -> dict[str, str]:
-    pairs = [line.split("==") for line in PREINSTALLED.read_text().splitlines() if line and not line.startswith("#")]
+    pairs = [
+        line.split("==")
+        for line in PREINSTALLED.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return {canonical(name): version for name, version in pairs}
 
 
@@ -54,24 +62,51 @@ def dry_run(requirement: str = f"{ROOT}[colab]") -> dict:
     with tempfile.TemporaryDirectory(prefix="qllm-colab-") as tmp:
         venv.create(tmp, with_pip=True)
         python = Path(tmp) / "bin" / "python"
-        site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                            text=True).strip())
+        site = Path(
+            subprocess.check_output(
+                [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                text=True,
+            ).strip()
+        )
         fake_installed(site, colab)
-        done = subprocess.run([python, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
-                               "--disable-pip-version-check", requirement],
-                              capture_output=True, text=True,  # pip's own index settings (PIP_INDEX_URL, pip.conf) apply
-                              env={**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
-                                   "CMAKE_ARGS": "-DLLAVA_BUILD=OFF"})
+        done = subprocess.run(
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--quiet",
+                "--report",
+                "-",
+                "--disable-pip-version-check",
+                requirement,
+            ],
+            capture_output=True,
+            text=True,  # pip's own index settings (PIP_INDEX_URL, pip.conf) apply
+            env={
+                **{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
+                "CMAKE_ARGS": "-DLLAVA_BUILD=OFF",
+            },
+        )
     if done.returncode != 0:
         reason = "\n".join(line for line in done.stderr.splitlines() if line.strip())[-3000:]
         return {"ok": False, "reason": reason}
-    chosen = {canonical(item["metadata"]["name"]): item["metadata"]["version"]
-              for item in json.loads(done.stdout)["install"]}
+    chosen = {
+        canonical(item["metadata"]["name"]): item["metadata"]["version"]
+        for item in json.loads(done.stdout)["install"]
+    }
     replace = {name: (colab[name], version) for name, version in chosen.items() if name in colab}
     add = {name: version for name, version in chosen.items() if name not in colab}
     untouchable = sorted(set(replace) & set(MUST_KEEP))
-    return {"ok": not untouchable, "would_replace": replace, "would_add": add,
-            "reason": f"the cell would replace Colab's own {', '.join(untouchable)}" if untouchable else ""}
+    return {
+        "ok": not untouchable,
+        "would_replace": replace,
+        "would_add": add,
+        "reason": f"the cell would replace Colab's own {', '.join(untouchable)}"
+        if untouchable
+        else "",
+    }
 
 
 def main() -> int:
@@ -82,7 +117,10 @@ def main() -> int:
     print(f"On a Colab-like runtime ({PREINSTALLED.name}), the install cell would replace:")
     for name, (old, new) in sorted(result["would_replace"].items()):
         print(f"  {name:24} {old:>16} -> {new}")
-    print(f"and add {len(result['would_add'])} packages: " + ", ".join(f"{n} {v}" for n, v in sorted(result["would_add"].items())))
+    print(
+        f"and add {len(result['would_add'])} packages: "
+        + ", ".join(f"{n} {v}" for n, v in sorted(result["would_add"].items()))
+    )
     if not result["ok"]:
         print("PROBLEM: " + result["reason"])
     return 0 if result["ok"] else 1

@@ -28,7 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+EMULATE_AVX2 = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
 ROWS = (1, 8, 64, 256)
 
 
@@ -57,10 +61,14 @@ def linear_ratios() -> dict:
             w, xx = weight.to(dtype), x.to(dtype)
             repeats = max(5, 400 // rows)
             with torch.inference_mode():
-                seconds[str(dtype).replace("torch.", "")] = _best_time(lambda: torch.nn.functional.linear(xx, w),
-                                                                      repeats)
-        out[rows] = {"fp32_ms": seconds["float32"] * 1e3, "bf16_ms": seconds["bfloat16"] * 1e3,
-                     "bf16_over_fp32": seconds["bfloat16"] / seconds["float32"]}
+                seconds[str(dtype).replace("torch.", "")] = _best_time(
+                    lambda: torch.nn.functional.linear(xx, w), repeats
+                )
+        out[rows] = {
+            "fp32_ms": seconds["float32"] * 1e3,
+            "bf16_ms": seconds["bfloat16"] * 1e3,
+            "bf16_over_fp32": seconds["bfloat16"] / seconds["float32"],
+        }
     return out
 
 
@@ -81,21 +89,38 @@ def model_timings(threads: int, new_tokens: int = 32) -> dict:
     out = {}
     for dtype in ("float32", "bfloat16"):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-        lm = LoadedModel(model=model, tokenizer=tokenizer, format="hf", backend="transformers", path=path,
-                         device="cpu", dtype=dtype, load_seconds=0.0, context_length=32768)
+        lm = LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            format="hf",
+            backend="transformers",
+            path=path,
+            device="cpu",
+            dtype=dtype,
+            load_seconds=0.0,
+            context_length=32768,
+        )
         timing.time_generation(lm, "Warm-up.", 4)
-        short = [timing.time_generation(lm, "The history of the printing press begins", new_tokens)
-                 for _ in range(3)]
+        short = [
+            timing.time_generation(lm, "The history of the printing press begins", new_tokens)
+            for _ in range(3)
+        ]
         long = [timing.time_generation(lm, long_prompt, 2) for _ in range(2)]
         ppl_s = _best_time(lambda m=model: quality.transformers_logits(m, heldout_ids), 2)
-        out[dtype] = {"decode_tok_s": statistics.median(r.decode_tok_s for r in short),
-                      "long_prompt_tokens": long[0].prompt_tokens,
-                      "long_prompt_tok_s": statistics.median(r.prompt_tok_s for r in long),
-                      "perplexity_pass_s": ppl_s, "heldout_tokens": len(heldout_ids)}
+        out[dtype] = {
+            "decode_tok_s": statistics.median(r.decode_tok_s for r in short),
+            "long_prompt_tokens": long[0].prompt_tokens,
+            "long_prompt_tok_s": statistics.median(r.prompt_tok_s for r in long),
+            "perplexity_pass_s": ppl_s,
+            "heldout_tokens": len(heldout_ids),
+        }
         del model, lm
     ratio = lambda key: out["bfloat16"][key] / out["float32"][key]  # noqa: E731
-    out["bf16_vs_fp32"] = {"decode_speed": ratio("decode_tok_s"), "long_prompt_speed": ratio("long_prompt_tok_s"),
-                           "perplexity_time": ratio("perplexity_pass_s")}
+    out["bf16_vs_fp32"] = {
+        "decode_speed": ratio("decode_tok_s"),
+        "long_prompt_speed": ratio("long_prompt_tok_s"),
+        "perplexity_time": ratio("perplexity_pass_s"),
+    }
     return out
 
 
@@ -105,26 +130,40 @@ def run(threads: int, skip_model: bool) -> dict:
     from helpers import precision
 
     native, found = precision.cpu_bf16()
-    result = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native, "found": found,
-              "emulated_avx2": all(os.environ.get(k) == v for k, v in EMULATE_AVX2.items()),
-              "threads": threads, "linear_1_thread": linear_ratios(),
-              "rule": {w: str(precision.compute_dtype("cpu", w)) for w in precision.WORKS}}
+    result = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native,
+        "found": found,
+        "emulated_avx2": all(os.environ.get(k) == v for k, v in EMULATE_AVX2.items()),
+        "threads": threads,
+        "linear_1_thread": linear_ratios(),
+        "rule": {w: str(precision.compute_dtype("cpu", w)) for w in precision.WORKS},
+    }
     if not skip_model:
         result["course_model"] = model_timings(threads)
     return result
 
 
 def print_result(name: str, r: dict) -> None:
-    print(f"\n== {name}: torch capability {r['cpu_capability']}, native bf16: {r['native_bf16']} ({r['found']})")
-    print("F.linear, 8192x640 weight, 1 thread:  rows " + "  ".join(f"{k:>6}" for k in r["linear_1_thread"]))
-    print("                        bf16 / fp32 time:      "
-          + "  ".join(f"{v['bf16_over_fp32']:6.2f}" for v in r["linear_1_thread"].values()))
+    print(
+        f"\n== {name}: torch capability {r['cpu_capability']}, native bf16: {r['native_bf16']} ({r['found']})"
+    )
+    print(
+        "F.linear, 8192x640 weight, 1 thread:  rows "
+        + "  ".join(f"{k:>6}" for k in r["linear_1_thread"])
+    )
+    print(
+        "                        bf16 / fp32 time:      "
+        + "  ".join(f"{v['bf16_over_fp32']:6.2f}" for v in r["linear_1_thread"].values())
+    )
     m = r.get("course_model")
     if m:
         print(f"course hf model, {r['threads']} threads:        fp32      bf16   bf16/fp32")
-        for key, label in (("decode_tok_s", "decode tok/s"), ("long_prompt_tok_s",
-                           f"prompt tok/s ({m['float32']['long_prompt_tokens']} tokens)"),
-                           ("perplexity_pass_s", f"perplexity pass s ({m['float32']['heldout_tokens']} tok)")):
+        for key, label in (
+            ("decode_tok_s", "decode tok/s"),
+            ("long_prompt_tok_s", f"prompt tok/s ({m['float32']['long_prompt_tokens']} tokens)"),
+            ("perplexity_pass_s", f"perplexity pass s ({m['float32']['heldout_tokens']} tok)"),
+        ):
             f, b = m["float32"][key], m["bfloat16"][key]
             print(f"  {label:34} {f:8.2f}  {b:8.2f}  {b / f:6.2f}")
     for work, choice in r["rule"].items():
@@ -133,16 +172,30 @@ def print_result(name: str, r: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--emulate-avx2", action="store_true", help="compute bf16 as an AVX2-only CPU does")
-    parser.add_argument("--both", action="store_true", help="this CPU, then the AVX2 emulation (two processes)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1))
-    parser.add_argument("--skip-model", action="store_true", help="only the F.linear part (no course model needed)")
+    parser.add_argument(
+        "--emulate-avx2", action="store_true", help="compute bf16 as an AVX2-only CPU does"
+    )
+    parser.add_argument(
+        "--both", action="store_true", help="this CPU, then the AVX2 emulation (two processes)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1)
+    )
+    parser.add_argument(
+        "--skip-model", action="store_true", help="only the F.linear part (no course model needed)"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--json-stdout", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
-    if args.both or (args.emulate_avx2 and not all(os.environ.get(k) == v for k, v in EMULATE_AVX2.items())):
+    if args.both or (
+        args.emulate_avx2 and not all(os.environ.get(k) == v for k, v in EMULATE_AVX2.items())
+    ):
         # the variables must be set before torch starts: run a child process
-        modes = {"this CPU": {}, "AVX2 emulation": EMULATE_AVX2} if args.both else {"AVX2 emulation": EMULATE_AVX2}
+        modes = (
+            {"this CPU": {}, "AVX2 emulation": EMULATE_AVX2}
+            if args.both
+            else {"AVX2 emulation": EMULATE_AVX2}
+        )
         results = {}
         for name, extra in modes.items():
             cmd = [sys.executable, __file__, "--json-stdout", "--threads", str(args.threads)]
@@ -153,7 +206,9 @@ def main(argv=None) -> int:
                 return child.returncode
             results[name] = json.loads(child.stdout.strip().splitlines()[-1])
     else:
-        results = {"emulated AVX2" if args.emulate_avx2 else "this CPU": run(args.threads, args.skip_model)}
+        results = {
+            "emulated AVX2" if args.emulate_avx2 else "this CPU": run(args.threads, args.skip_model)
+        }
         if args.json_stdout:
             print(json.dumps(next(iter(results.values()))))
             return 0
@@ -161,7 +216,11 @@ def main(argv=None) -> int:
         print_result(name, r)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"created": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}, indent=2
+            )
+        )
         print(f"\nwrote {args.out}")
     return 0
 

@@ -37,7 +37,9 @@ FALLBACK_BACKEND = {"gptq": "gptq_torch", "awq": "torch_awq"}
 def _peak_gib(device: str):
     import torch
 
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+    return (
+        round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+    )
 
 
 def _reset_peak(device: str) -> None:
@@ -54,11 +56,16 @@ def decode_speed(lm, new_tokens: int) -> dict:
     from helpers import timing
 
     t = timing.measure(lm, PROMPT, new_tokens=new_tokens, warmup=1, repeats=3)
-    return {"decode_tok_s": round(t.median("decode_tok_s"), 1), "ttft_s": round(t.median("ttft_s"), 4),
-            "new_tokens": new_tokens}
+    return {
+        "decode_tok_s": round(t.median("decode_tok_s"), 1),
+        "ttft_s": round(t.median("ttft_s"), 4),
+        "new_tokens": new_tokens,
+    }
 
 
-def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: str = "cuda") -> list[dict]:
+def check_one(
+    fmt: str, source: str, new_tokens: int, fallback: bool, device: str = "cuda"
+) -> list[dict]:
     """Rows for one checkpoint: the kernel GPTQModel picks, then (optionally) the forced fallback."""
     from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
 
@@ -73,30 +80,59 @@ def check_one(fmt: str, source: str, new_tokens: int, fallback: bool, device: st
     print(f"\n== {fmt.upper()} {source} (kernel GPTQModel picked) ==")
     kernels.print_kernel_report(report)
     speed = decode_speed(lm, new_tokens)
-    rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
-                 "dtype": lm.dtype, "load_s": round(lm.load_seconds, 1), **speed,
-                 "peak_gpu_GiB": _peak_gib(device),
-                 "warning": report["warning"], "sample": generation.generate(lm, PROMPT, max_new_tokens=16)})
+    rows.append(
+        {
+            "format": fmt,
+            "source": str(source),
+            "kernel": ", ".join(report["quantized_linear"]),
+            "dtype": lm.dtype,
+            "load_s": round(lm.load_seconds, 1),
+            **speed,
+            "peak_gpu_GiB": _peak_gib(device),
+            "warning": report["warning"],
+            "sample": generation.generate(lm, PROMPT, max_new_tokens=16),
+        }
+    )
     path, base = lm.path, dataclasses.replace(lm, model=None)
     del lm
     if fallback:
-        warnings.filterwarnings("ignore", message=".*already has a `quantization_config`.*")  # intended here
-        config = (GPTQConfig(bits=4, backend=FALLBACK_BACKEND[fmt]) if fmt == "gptq"
-                  else AwqConfig(bits=4, backend=FALLBACK_BACKEND[fmt]))
+        warnings.filterwarnings(
+            "ignore", message=".*already has a `quantization_config`.*"
+        )  # intended here
+        config = (
+            GPTQConfig(bits=4, backend=FALLBACK_BACKEND[fmt])
+            if fmt == "gptq"
+            else AwqConfig(bits=4, backend=FALLBACK_BACKEND[fmt])
+        )
         _reset_peak(device)
         started = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map=device, quantization_config=config)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype="auto", device_map=device, quantization_config=config
+        )
         load_s = time.perf_counter() - started
         report = kernels.kernel_report(model)
-        print(f"\n== {fmt.upper()} {source} (forced backend={FALLBACK_BACKEND[fmt]!r}: the slow-fallback trap) ==")
+        print(
+            f"\n== {fmt.upper()} {source} (forced backend={FALLBACK_BACKEND[fmt]!r}: the slow-fallback trap) =="
+        )
         kernels.print_kernel_report(report)
         speed = decode_speed(dataclasses.replace(base, model=model), new_tokens)
-        rows.append({"format": fmt, "source": str(source), "kernel": ", ".join(report["quantized_linear"]),
-                     "dtype": str(model.dtype).replace("torch.", ""), "load_s": round(load_s, 1), **speed,
-                     "peak_gpu_GiB": _peak_gib(device),
-                     "warning": report["warning"], "sample": ""})
+        rows.append(
+            {
+                "format": fmt,
+                "source": str(source),
+                "kernel": ", ".join(report["quantized_linear"]),
+                "dtype": str(model.dtype).replace("torch.", ""),
+                "load_s": round(load_s, 1),
+                **speed,
+                "peak_gpu_GiB": _peak_gib(device),
+                "warning": report["warning"],
+                "sample": "",
+            }
+        )
         del model
-        rows[-1]["slowdown_vs_picked"] = round(rows[0]["decode_tok_s"] / max(rows[-1]["decode_tok_s"], 1e-9), 1)
+        rows[-1]["slowdown_vs_picked"] = round(
+            rows[0]["decode_tok_s"] / max(rows[-1]["decode_tok_s"], 1e-9), 1
+        )
     return rows
 
 
@@ -104,11 +140,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gptq", help="GPTQ folder or hub id (default: the course GPTQ model)")
     parser.add_argument("--awq", help="AWQ folder or hub id (default: the course AWQ model)")
-    parser.add_argument("--new-tokens", type=int, default=128, help="tokens to decode per timing run")
-    parser.add_argument("--no-fallback", action="store_true", help="skip the forced pure-PyTorch kernel runs")
+    parser.add_argument(
+        "--new-tokens", type=int, default=128, help="tokens to decode per timing run"
+    )
+    parser.add_argument(
+        "--no-fallback", action="store_true", help="skip the forced pure-PyTorch kernel runs"
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                        help="cpu: a dry run that tests this script (CPU figures, not GPU ones)")
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: a dry run that tests this script (CPU figures, not GPU ones)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -117,10 +161,16 @@ def main(argv=None) -> int:
         print("torch is not installed: nothing measured. Run `make setup` first.")
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
-        kind = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        print(f"No CUDA GPU is visible to torch {torch.__version__} ({kind}) on {platform.node()}. "
-              "Nothing was measured: this check only means something on an NVIDIA GPU. Run it there with a "
-              "CUDA build of torch and gptqmodel installed; notebooks 02 and 03 explain what to look for.")
+        kind = (
+            "a CPU-only build"
+            if torch.version.cuda is None
+            else f"built for CUDA {torch.version.cuda}"
+        )
+        print(
+            f"No CUDA GPU is visible to torch {torch.__version__} ({kind}) on {platform.node()}. "
+            "Nothing was measured: this check only means something on an NVIDIA GPU. Run it there with a "
+            "CUDA build of torch and gptqmodel installed; notebooks 02 and 03 explain what to look for."
+        )
         return 0
 
     from course import models as course_models
@@ -136,25 +186,41 @@ def main(argv=None) -> int:
                 sources[fmt] = str(course_models.model_path(fmt))
         rows = []
         for fmt, source in sources.items():
-            rows += check_one(fmt, source, args.new_tokens, fallback=not args.no_fallback, device=args.device)
+            rows += check_one(
+                fmt, source, args.new_tokens, fallback=not args.no_fallback, device=args.device
+            )
     except CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    record = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "none: CPU dry run",
-              "compute_capability": (".".join(map(str, torch.cuda.get_device_capability(0)))
-                                     if args.device == "cuda" else "-"),
-              "versions": {name: installed_version(name)
-                           for name in ("torch", "transformers", "gptqmodel", "optimum")},
-              "prompt": PROMPT, "rows": rows}
-    print(f"\n{record['date_utc']}  {record['gpu']} (compute capability {record['compute_capability']})  "
-          + "  ".join(f"{k} {v}" for k, v in record["versions"].items()))
-    print(f"{'format':6} {'kernel':24} {'dtype':9} {'decode tok/s':>12} {'slowdown':>9} {'peak GiB':>9}")
+    record = {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "none: CPU dry run",
+        "compute_capability": (
+            ".".join(map(str, torch.cuda.get_device_capability(0)))
+            if args.device == "cuda"
+            else "-"
+        ),
+        "versions": {
+            name: installed_version(name)
+            for name in ("torch", "transformers", "gptqmodel", "optimum")
+        },
+        "prompt": PROMPT,
+        "rows": rows,
+    }
+    print(
+        f"\n{record['date_utc']}  {record['gpu']} (compute capability {record['compute_capability']})  "
+        + "  ".join(f"{k} {v}" for k, v in record["versions"].items())
+    )
+    print(
+        f"{'format':6} {'kernel':24} {'dtype':9} {'decode tok/s':>12} {'slowdown':>9} {'peak GiB':>9}"
+    )
     for r in rows:
         slow = f"{r['slowdown_vs_picked']}x" if "slowdown_vs_picked" in r else "-"
         peak = "-" if r["peak_gpu_GiB"] is None else r["peak_gpu_GiB"]
-        print(f"{r['format']:6} {r['kernel'][:24]:24} {r['dtype']:9} {r['decode_tok_s']:>12} {slow:>9} {peak:>9}")
+        print(
+            f"{r['format']:6} {r['kernel'][:24]:24} {r['dtype']:9} {r['decode_tok_s']:>12} {slow:>9} {peak:>9}"
+        )
     if args.json:
         args.json.write_text(json.dumps(record, indent=2, ensure_ascii=False))
         print(f"figures written to {args.json}")

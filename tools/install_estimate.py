@@ -25,8 +25,12 @@ MEASURED_2_CORES = {
 def cached_llama_wheel(python: str) -> bool:
     """Whether pip's cache already holds a llama-cpp-python wheel it built (then nothing compiles)."""
     try:
-        out = subprocess.run([python, "-m", "pip", "cache", "list", "llama_cpp_python"], capture_output=True,
-                             text=True, timeout=60).stdout
+        out = subprocess.run(
+            [python, "-m", "pip", "cache", "list", "llama_cpp_python"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return False
     return "llama_cpp_python-" in out
@@ -34,17 +38,25 @@ def cached_llama_wheel(python: str) -> bool:
 
 def estimate_line(cores: int, cached: bool) -> str:
     if cached:
-        return ("Installing: about 1-2 min (pip reuses the llama-cpp-python wheel it built before; the rest "
-                "is downloads and unpacking).")
+        return (
+            "Installing: about 1-2 min (pip reuses the llama-cpp-python wheel it built before; the rest "
+            "is downloads and unpacking)."
+        )
     # the compile scales with cores (ninja runs one job per core); downloads and unpacking do not
-    spans = [(total - compile_s) + compile_s * 2 / max(1, min(cores, 16))
-             for total, compile_s in MEASURED_2_CORES.values()]
+    spans = [
+        (total - compile_s) + compile_s * 2 / max(1, min(cores, 16))
+        for total, compile_s in MEASURED_2_CORES.values()
+    ]
     low, high = min(spans) / 60, max(spans) / 60
-    measured = "; ".join(f"{name}: {total // 60} min {total % 60:02d} s"
-                         for name, (total, _) in MEASURED_2_CORES.items())
-    return (f"Installing: about {low:.0f}-{high:.0f} min on {cores} cores, most of it compiling llama-cpp-python "
-            f"(no wheel on PyPI); pip caches it, so the next install takes a minute or two. "
-            f"[measured on 2 cores, {measured}]")
+    measured = "; ".join(
+        f"{name}: {total // 60} min {total % 60:02d} s"
+        for name, (total, _) in MEASURED_2_CORES.items()
+    )
+    return (
+        f"Installing: about {low:.0f}-{high:.0f} min on {cores} cores, most of it compiling llama-cpp-python "
+        f"(no wheel on PyPI); pip caches it, so the next install takes a minute or two. "
+        f"[measured on 2 cores, {measured}]"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -20,10 +20,17 @@ import sys
 
 # ggml option -> the /proc/cpuinfo flags it needs (all of them)
 GGML_X86 = {
-    "GGML_SSE42": ["sse4_2"], "GGML_AVX": ["avx"], "GGML_AVX2": ["avx2"], "GGML_FMA": ["fma"],
-    "GGML_F16C": ["f16c"], "GGML_BMI2": ["bmi2"], "GGML_AVX_VNNI": ["avx_vnni"],
+    "GGML_SSE42": ["sse4_2"],
+    "GGML_AVX": ["avx"],
+    "GGML_AVX2": ["avx2"],
+    "GGML_FMA": ["fma"],
+    "GGML_F16C": ["f16c"],
+    "GGML_BMI2": ["bmi2"],
+    "GGML_AVX_VNNI": ["avx_vnni"],
     "GGML_AVX512": ["avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"],
-    "GGML_AVX512_VBMI": ["avx512vbmi"], "GGML_AVX512_VNNI": ["avx512_vnni"], "GGML_AVX512_BF16": ["avx512_bf16"],
+    "GGML_AVX512_VBMI": ["avx512vbmi"],
+    "GGML_AVX512_VNNI": ["avx512_vnni"],
+    "GGML_AVX512_BF16": ["avx512_bf16"],
 }
 AMX_FLAGS = {"amx_tile", "amx_int8", "amx_bf16"}
 
@@ -50,8 +57,10 @@ def cmake_args(flags: set[str] | None = None, machine: str | None = None) -> tup
     for option, needs in GGML_X86.items():
         args.append(f"-D{option}={'ON' if all(f in flags for f in needs) else 'OFF'}")
     args += ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
-    return args, ("this CPU lists AMX, whose llama.cpp kernels crashed (SIGILL) on such machines: building "
-                  "for its other instruction sets, AMX off")
+    return args, (
+        "this CPU lists AMX, whose llama.cpp kernels crashed (SIGILL) on such machines: building "
+        "for its other instruction sets, AMX off"
+    )
 
 
 if __name__ == "__main__":

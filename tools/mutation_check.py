@@ -49,10 +49,10 @@ GUARDS = "tests/test_guards.py"
 class Target:
     """One guard: a function (or Class.method, or a module-level constant) and the tests that guard it."""
 
-    name: str          # a short label for the report
-    module: str        # path of the source file, relative to the repo
-    symbol: str        # "function", "Class.method" or "CONSTANT"
-    tests: list[str]   # pytest arguments: files, node ids, "-k" expressions
+    name: str  # a short label for the report
+    module: str  # path of the source file, relative to the repo
+    symbol: str  # "function", "Class.method" or "CONSTANT"
+    tests: list[str]  # pytest arguments: files, node ids, "-k" expressions
 
 
 def _guards(keyword: str, *extra: str) -> list[str]:
@@ -86,40 +86,67 @@ TARGETS = [
     Target("hub size", "helpers/downloading.py", "DownloadPlan.check", _guards("hub")),
     Target("hub size", "helpers/downloading.py", "_check_files", _guards("hub")),
     # history trimming (the chat)
-    Target("history trimming", "helpers/chat.py", "trim_history",
-           _guards("trim or oldest_pairs or too_long_for_the_window",
-                   "tests/test_chat.py::test_nothing_is_trimmed_when_it_fits",
-                   "tests/test_chat.py::test_oldest_pairs_go_first_and_the_system_prompt_stays",
-                   "tests/test_chat.py::test_a_message_too_long_for_the_window_is_a_clear_error",
-                   "tests/test_chat.py::test_trim_history_needs_the_question_last",
-                   "tests/test_chat.py::test_trimming_properties",
-                   "tests/test_faults.py::test_property_trim_history")),
+    Target(
+        "history trimming",
+        "helpers/chat.py",
+        "trim_history",
+        _guards(
+            "trim or oldest_pairs or too_long_for_the_window",
+            "tests/test_chat.py::test_nothing_is_trimmed_when_it_fits",
+            "tests/test_chat.py::test_oldest_pairs_go_first_and_the_system_prompt_stays",
+            "tests/test_chat.py::test_a_message_too_long_for_the_window_is_a_clear_error",
+            "tests/test_chat.py::test_trim_history_needs_the_question_last",
+            "tests/test_chat.py::test_trimming_properties",
+            "tests/test_faults.py::test_property_trim_history",
+        ),
+    ),
     # context fit, both backends: helpers/generation.py (context_report holds llama.cpp's decisions)
     Target("context fit", "helpers/generation.py", "fit_context", _guards("context")),
     Target("context fit", "helpers/generation.py", "check_context", _guards("context")),
-    Target("context fit", "helpers/generation.py", "context_report",
-           _guards("context", "tests/test_gguf.py::test_n_ctx_that_is_not_a_multiple_of_256")),
+    Target(
+        "context fit",
+        "helpers/generation.py",
+        "context_report",
+        _guards("context", "tests/test_gguf.py::test_n_ctx_that_is_not_a_multiple_of_256"),
+    ),
     Target("context fit", "helpers/generation.py", "effective_n_ctx", _guards("context")),
-    Target("context fit", "helpers/generation.py", "suggest_n_ctx",
-           _guards("context or suggest_n_ctx", "tests/test_gguf.py::test_suggest_n_ctx")),
+    Target(
+        "context fit",
+        "helpers/generation.py",
+        "suggest_n_ctx",
+        _guards("context or suggest_n_ctx", "tests/test_gguf.py::test_suggest_n_ctx"),
+    ),
 ]
 
 # Mutants that cannot change behaviour, keyed by (symbol, original code, mutated code) as --list prints
 # them. Keep this short; each entry says why no test can tell the mutant from the original.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("_local_first", "return None", "(dropped)"):
-        "the function's last statement: without it the function ends and returns None all the same",
-    ("local_file_record", "return None", "(dropped)"):
-        "the last statement (in the except clause that ends the function): it returns None without it too",
-    ("context_report", "max(n_ctx - prompt_tokens, 0)", "max(n_ctx - prompt_tokens, 1)"):
-        "output_room is returned or shown only when prompt_tokens < n_ctx, where n_ctx - prompt_tokens >= 1; "
-        "a prompt that fills n_ctx raises first, and the error does not show output_room",
-    ("context_report", "max(n_ctx - prompt_tokens, 0)", "max(n_ctx - prompt_tokens, -1)"):
-        "the same clamp: it only matters when prompt_tokens >= n_ctx, which raises before output_room is used",
+    (
+        "_local_first",
+        "return None",
+        "(dropped)",
+    ): "the function's last statement: without it the function ends and returns None all the same",
+    (
+        "local_file_record",
+        "return None",
+        "(dropped)",
+    ): "the last statement (in the except clause that ends the function): it returns None without it too",
+    (
+        "context_report",
+        "max(n_ctx - prompt_tokens, 0)",
+        "max(n_ctx - prompt_tokens, 1)",
+    ): "output_room is returned or shown only when prompt_tokens < n_ctx, where n_ctx - prompt_tokens >= 1; "
+    "a prompt that fills n_ctx raises first, and the error does not show output_room",
+    (
+        "context_report",
+        "max(n_ctx - prompt_tokens, 0)",
+        "max(n_ctx - prompt_tokens, -1)",
+    ): "the same clamp: it only matters when prompt_tokens >= n_ctx, which raises before output_room is used",
 }
 
 
 # ---- finding the code ---------------------------------------------------------------------------
+
 
 def _find(tree: ast.Module, symbol: str) -> ast.AST:
     """The FunctionDef for "f" / "Class.f", or the module-level Assign of "CONSTANT"."""
@@ -144,15 +171,18 @@ def _first_line(node: ast.AST) -> int:
 
 # ---- making mutants -----------------------------------------------------------------------------
 
+
 @dataclass
 class Mutant:
     target: Target
-    index: int                 # position in the walk of the target's tree (the site)
+    index: int  # position in the walk of the target's tree (the site)
     kind: str
-    before: str                # the original code at the site
-    after: str                 # the same code mutated
-    apply: object = field(repr=False, default=None)  # (node copy, parent copy, field, index) -> None
-    result: str = ""           # "caught", "timeout", "SURVIVED", "equivalent"
+    before: str  # the original code at the site
+    after: str  # the same code mutated
+    apply: object = field(
+        repr=False, default=None
+    )  # (node copy, parent copy, field, index) -> None
+    result: str = ""  # "caught", "timeout", "SURVIVED", "equivalent"
     seconds: float = 0.0
 
     @property
@@ -160,21 +190,46 @@ class Mutant:
         return (self.target.symbol, self.before, self.after)
 
 
-COMPARE_SWAPS = {ast.Lt: [ast.LtE, ast.GtE], ast.LtE: [ast.Lt, ast.Gt], ast.Gt: [ast.GtE, ast.LtE],
-                 ast.GtE: [ast.Gt, ast.Lt], ast.Eq: [ast.NotEq], ast.NotEq: [ast.Eq], ast.Is: [ast.IsNot],
-                 ast.IsNot: [ast.Is], ast.In: [ast.NotIn], ast.NotIn: [ast.In]}
-BINOP_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div}
+COMPARE_SWAPS = {
+    ast.Lt: [ast.LtE, ast.GtE],
+    ast.LtE: [ast.Lt, ast.Gt],
+    ast.Gt: [ast.GtE, ast.LtE],
+    ast.GtE: [ast.Gt, ast.Lt],
+    ast.Eq: [ast.NotEq],
+    ast.NotEq: [ast.Eq],
+    ast.Is: [ast.IsNot],
+    ast.IsNot: [ast.Is],
+    ast.In: [ast.NotIn],
+    ast.NotIn: [ast.In],
+}
+BINOP_SWAPS = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Div,
+}
 
 
 def _is_message(node: ast.AST) -> bool:
     """Text for the learner: an f-string, a string constant, or a warnings.warn(...) call."""
-    if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+    if isinstance(node, ast.JoinedStr) or (
+        isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ):
         return True
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "warn")
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "warn"
+    )
 
 
 def _is_docstring(node: ast.AST) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def _walk(node: ast.AST, parent=None, field_name=None, index=None):
@@ -206,19 +261,30 @@ def _variants(node: ast.AST, parent, field_name, index):
     if isinstance(node, ast.Compare):
         for i, op in enumerate(node.ops):
             for new in COMPARE_SWAPS.get(type(op), []):
+
                 def apply(n, p, f, x, i=i, new=new):
                     n.ops[i] = new()
+
                 yield "compare", apply
     elif isinstance(node, ast.BoolOp):
-        yield "boolean", lambda n, p, f, x: setattr(n, "op", ast.Or() if isinstance(n.op, ast.And) else ast.And())
+        yield (
+            "boolean",
+            lambda n, p, f, x: setattr(
+                n, "op", ast.Or() if isinstance(n.op, ast.And) else ast.And()
+            ),
+        )
         for i in range(len(node.values)):
+
             def drop(n, p, f, x, i=i):
-                rest = n.values[:i] + n.values[i + 1:]
+                rest = n.values[:i] + n.values[i + 1 :]
                 _replace(p, f, x, rest[0] if len(rest) == 1 else ast.BoolOp(op=n.op, values=rest))
+
             yield "boolean", drop
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
-        yield ("boolean" if isinstance(node.op, ast.Not) else "arithmetic"), \
-            lambda n, p, f, x: _replace(p, f, x, n.operand)
+        yield (
+            ("boolean" if isinstance(node.op, ast.Not) else "arithmetic"),
+            lambda n, p, f, x: _replace(p, f, x, n.operand),
+        )
     elif isinstance(node, ast.Constant) and isinstance(node.value, bool):
         yield "boolean", lambda n, p, f, x: setattr(n, "value", not n.value)
     elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
@@ -231,19 +297,27 @@ def _variants(node: ast.AST, parent, field_name, index):
                 yield "number", lambda n, p, f, x, value=value: setattr(n, "value", value)
     elif isinstance(node, ast.BinOp) and type(node.op) in BINOP_SWAPS:
         yield "arithmetic", lambda n, p, f, x: setattr(n, "op", BINOP_SWAPS[type(n.op)]())
-    if isinstance(parent, (ast.If, ast.IfExp, ast.While)) and field_name == "test" or \
-            isinstance(parent, ast.comprehension) and field_name == "ifs":
+    if (
+        isinstance(parent, (ast.If, ast.IfExp, ast.While))
+        and field_name == "test"
+        or isinstance(parent, ast.comprehension)
+        and field_name == "ifs"
+    ):
         simple_compare = isinstance(node, ast.Compare) and len(node.ops) == 1
         is_not = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
         if not simple_compare and not is_not:
             yield "condition", lambda n, p, f, x: _replace(p, f, x, _not(n))
-    if isinstance(node, (ast.Return, ast.Raise)) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
+    if isinstance(node, (ast.Return, ast.Raise)) or (
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+    ):
         if isinstance(getattr(parent, field_name, None), list):
+
             def drop_statement(n, p, f, x):
                 body = getattr(p, f)
                 del body[x]
                 if not body:
                     body.append(ast.Pass())
+
             yield "statement", drop_statement
 
 
@@ -263,7 +337,9 @@ def _short(node: ast.AST) -> str:
 def _apply(root: ast.AST, index: int, kind: str, apply) -> tuple[str, str]:
     """Mutate the copy `root` at its walk position `index`; return (code before, code after) for the report."""
     site, parent, field_name, position = list(_walk(root))[index]
-    context = isinstance(site, ast.Constant) and isinstance(parent, ast.expr)  # a number: show its expression
+    context = isinstance(site, ast.Constant) and isinstance(
+        parent, ast.expr
+    )  # a number: show its expression
     before = _short(parent if context else site)
     apply(site, parent, field_name, position)
     ast.fix_missing_locations(root)
@@ -295,14 +371,22 @@ def mutated_source(mutant: Mutant) -> str:
     mutated = "".join(lines[:start]) + new + "".join(lines[end:])
     compile(mutated, mutant.target.module, "exec")  # a mutant is a small bug, never a syntax error
     if ast.dump(ast.parse(mutated)) == ast.dump(ast.parse(source)):
-        raise SystemExit(f"mutation_check: the mutant {mutant.before!r} -> {mutant.after!r} changed nothing")
+        raise SystemExit(
+            f"mutation_check: the mutant {mutant.before!r} -> {mutant.after!r} changed nothing"
+        )
     return mutated
 
 
 # ---- running the tests ----------------------------------------------------------------------------
 
-TEST_ENV = {"QLLM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",
-            "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1"}
+TEST_ENV = {
+    "QLLM_THREADS": "2",
+    "OMP_NUM_THREADS": "2",
+    "MKL_NUM_THREADS": "2",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
 
 
 def make_copy(where: Path) -> Path:
@@ -320,29 +404,66 @@ def make_copy(where: Path) -> Path:
 
 def run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
     """("passed" | "failed" | "timeout", seconds, output tail) of the given tests in the copy `repo`."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-           "--hypothesis-seed=0", *tests]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "--hypothesis-seed=0",
+        *tests,
+    ]
     started = time.perf_counter()
     try:
-        done = subprocess.run(cmd, cwd=repo, env={**os.environ, **TEST_ENV}, capture_output=True, text=True,
-                              timeout=timeout, start_new_session=True)
+        done = subprocess.run(
+            cmd,
+            cwd=repo,
+            env={**os.environ, **TEST_ENV},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
     except subprocess.TimeoutExpired as err:
-        out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        out = (
+            err.stdout.decode(errors="replace")
+            if isinstance(err.stdout, bytes)
+            else (err.stdout or "")
+        )
         return "timeout", time.perf_counter() - started, out[-2000:]
     seconds = time.perf_counter() - started
     out = done.stdout + done.stderr
-    if done.returncode in (4, 5):  # a usage error or no test selected: the selection is wrong, not the code
-        raise SystemExit(f"mutation_check: pytest {' '.join(tests)} selects nothing or fails to start:\n{out[-2000:]}")
-    outcome = {0: "passed", 1: "failed"}.get(done.returncode, "error")  # 2: a collection (import) error
+    if done.returncode in (
+        4,
+        5,
+    ):  # a usage error or no test selected: the selection is wrong, not the code
+        raise SystemExit(
+            f"mutation_check: pytest {' '.join(tests)} selects nothing or fails to start:\n{out[-2000:]}"
+        )
+    outcome = {0: "passed", 1: "failed"}.get(
+        done.returncode, "error"
+    )  # 2: a collection (import) error
     return outcome, seconds, out[-4000:]
 
 
 def check_copy_imports_itself(repo: Path) -> None:
     """The tests must import the copy's helpers, not the editable install of the working tree."""
-    done = subprocess.run([sys.executable, "-c", "import helpers; print(helpers.__file__)"], cwd=repo,
-                          env={**os.environ, **TEST_ENV}, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import helpers; print(helpers.__file__)"],
+        cwd=repo,
+        env={**os.environ, **TEST_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     if not Path(done.stdout.strip()).resolve().is_relative_to(repo.resolve()):
-        raise SystemExit(f"mutation_check: the copy imports helpers from {done.stdout.strip()}, not {repo}")
+        raise SystemExit(
+            f"mutation_check: the copy imports helpers from {done.stdout.strip()}, not {repo}"
+        )
 
 
 def main(argv=None) -> int:
@@ -373,15 +494,22 @@ def main(argv=None) -> int:
             print(f"baseline {outcome:7} {seconds:5.1f} s  {' '.join(selection)}", flush=True)
             if outcome != "passed":
                 print(out)
-                raise SystemExit("mutation_check: the tests fail without any mutation; fix that first")
-            budgets[selection] = max(30.0, 3 * seconds)  # past this, a mutant hangs: it counts as caught
+                raise SystemExit(
+                    "mutation_check: the tests fail without any mutation; fix that first"
+                )
+            budgets[selection] = max(
+                30.0, 3 * seconds
+            )  # past this, a mutant hangs: it counts as caught
 
         free = list(repos)
 
         def run_one(m: Mutant) -> Mutant:
             if m.key in EQUIVALENT:
                 m.result = "equivalent"
-                print(f"{m.result:14}          {m.target.symbol}: {m.before}  ->  {m.after}", flush=True)
+                print(
+                    f"{m.result:14}          {m.target.symbol}: {m.before}  ->  {m.after}",
+                    flush=True,
+                )
                 return m
             repo = free.pop()
             try:
@@ -389,15 +517,22 @@ def main(argv=None) -> int:
                 original = path.read_text()
                 path.write_text(mutated_source(m))
                 try:
-                    outcome, m.seconds, out = run_tests(repo, m.target.tests, budgets[tuple(m.target.tests)])
+                    outcome, m.seconds, out = run_tests(
+                        repo, m.target.tests, budgets[tuple(m.target.tests)]
+                    )
                 finally:
                     path.write_text(original)
             finally:
                 free.append(repo)
-            m.result = {"failed": "caught", "timeout": "timeout", "passed": "SURVIVED"}.get(outcome, "caught")
+            m.result = {"failed": "caught", "timeout": "timeout", "passed": "SURVIVED"}.get(
+                outcome, "caught"
+            )
             if outcome == "error":
                 m.result = "caught (error)"
-            print(f"{m.result:14} {m.seconds:5.1f} s  {m.target.symbol}: {m.before}  ->  {m.after}", flush=True)
+            print(
+                f"{m.result:14} {m.seconds:5.1f} s  {m.target.symbol}: {m.before}  ->  {m.after}",
+                flush=True,
+            )
             return m
 
         with ThreadPoolExecutor(max_workers=len(repos)) as pool:

@@ -24,7 +24,9 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spreads", default="1.0,1.1,1.25,1.5")
-    parser.add_argument("--gptq", action="store_true", help="also quantize each reference with GPTQ (slow)")
+    parser.add_argument(
+        "--gptq", action="store_true", help="also quantize each reference with GPTQ (slow)"
+    )
     args = parser.parse_args()
     # as `course.models` sets them for its builds
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
@@ -71,17 +73,25 @@ def main() -> None:
 
                 from course.quantize import save_as
 
-                quantized = GPTQModel.load(str(folder), QuantizeConfig(bits=4, group_size=128, sym=True),
-                                           dtype=getattr(torch, course_models.BUILD_DTYPE))
+                quantized = GPTQModel.load(
+                    str(folder),
+                    QuantizeConfig(bits=4, group_size=128, sym=True),
+                    dtype=getattr(torch, course_models.BUILD_DTYPE),
+                )
                 quantized.quantize(course_models.calibration_rows(tokenizer), batch_size=1)
                 save_as(quantized, Path(tmp) / "gptq", "bfloat16")
                 del quantized
-                reloaded = AutoModelForCausalLM.from_pretrained(Path(tmp) / "gptq", dtype=torch.bfloat16)
+                reloaded = AutoModelForCausalLM.from_pretrained(
+                    Path(tmp) / "gptq", dtype=torch.bfloat16
+                )
                 ppl["GPTQ"] = transformers_perplexity(reloaded, tokenizer)
                 shutil.rmtree(Path(tmp) / "gptq")
             shutil.rmtree(folder)
             rows[spread] = {"reference ppl": ppl.pop("reference")} | ppl
-            print(f"spread {spread}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[spread].items()), flush=True)
+            print(
+                f"spread {spread}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[spread].items()),
+                flush=True,
+            )
     table = pd.DataFrame(rows).T
     for column in table.columns[1:]:
         table[column] = table[column] / table["reference ppl"]

@@ -40,8 +40,14 @@ def run_notebook(path: Path) -> tuple[bool, float, str]:
         config = Config()
         config.KernelManager.transport = "ipc"
         config.KernelManager.ip = os.path.join(sockets, "kernel")
-        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", coalesce_streams=True,
-                                resources={"metadata": {"path": str(path.parent)}}, config=config)
+        client = NotebookClient(
+            nb,
+            timeout=CELL_TIMEOUT,
+            kernel_name="python3",
+            coalesce_streams=True,
+            resources={"metadata": {"path": str(path.parent)}},
+            config=config,
+        )
         try:
             client.execute()
         except CellExecutionError as err:
@@ -69,7 +75,9 @@ def main(argv: list[str]) -> int:
         results.append((path.name, ok, seconds, message))
         tqdm.write(f"{'ok  ' if ok else 'FAIL'} {path.name:32} {seconds:6.0f} s  {message}")
     failed = [r for r in results if not r[1]]
-    print(f"\nCourse run: {len(results) - len(failed)}/{len(results)} notebooks ok in {time.time() - started:.0f} s")
+    print(
+        f"\nCourse run: {len(results) - len(failed)}/{len(results)} notebooks ok in {time.time() - started:.0f} s"
+    )
     html = BUILD / "html" / folder.relative_to(ROOT / "notebooks")
     print(f"Executed notebooks: {BUILD / 'notebooks' / folder.relative_to(ROOT / 'notebooks')}")
     print(f"HTML, to read in a browser: {html}  (start with {html / '00_setup.html'})")

@@ -26,7 +26,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = [ROOT / "notebooks", ROOT / "solutions"]  # English notebooks; each folder's Chinese twins are in FOLDER/zh-CN/
+FOLDERS = [
+    ROOT / "notebooks",
+    ROOT / "solutions",
+]  # English notebooks; each folder's Chinese twins are in FOLDER/zh-CN/
 TODO = "zh_cn_todo"
 FROM = "zh_cn_from"
 HAN = "\u4e00-\u9fff"
@@ -36,7 +39,11 @@ UNSPACED = re.compile(rf"[{HAN}][A-Za-z0-9]|[A-Za-z0-9][{HAN}]")
 
 def pairs() -> list[tuple[Path, Path]]:
     """(English notebook, its Chinese twin) for every notebook of every folder in FOLDERS."""
-    return [(en, folder / "zh-CN" / en.name) for folder in FOLDERS for en in sorted(folder.glob("*.ipynb"))]
+    return [
+        (en, folder / "zh-CN" / en.name)
+        for folder in FOLDERS
+        for en in sorted(folder.glob("*.ipynb"))
+    ]
 
 
 def shown(path: Path) -> str:
@@ -85,7 +92,9 @@ def problems(en_path: Path, zh_path: Path) -> list[str]:
     en_ids = [(c["id"], c["cell_type"]) for c in en["cells"]]
     zh_ids = [(c["id"], c["cell_type"]) for c in zh["cells"]]
     if en_ids != zh_ids:
-        return [f"{name}: cells differ from the English edition's (ids or types or order; run sync)"]
+        return [
+            f"{name}: cells differ from the English edition's (ids or types or order; run sync)"
+        ]
     found = []
     for i, (a, b) in enumerate(zip(en["cells"], zh["cells"])):
         if a["cell_type"] == "code":
@@ -103,7 +112,9 @@ def problems(en_path: Path, zh_path: Path) -> list[str]:
                 found.append(f"{name} cell {i}: no Chinese in a prose cell")
             for line in prose(text).splitlines():
                 if UNSPACED.search(line):
-                    found.append(f"{name} cell {i}: put a space between Chinese and Latin text: {line.strip()[:60]!r}")
+                    found.append(
+                        f"{name} cell {i}: put a space between Chinese and Latin text: {line.strip()[:60]!r}"
+                    )
                     break
     return found
 
@@ -141,7 +152,9 @@ def sync(en_path: Path, zh_path: Path) -> list[str]:
 
 def mark_translated(zh_path: Path, ids: list[str]) -> None:
     """Record that these markdown cells now translate the current English text."""
-    english = {c["id"]: c for c in read(zh_path.parent.parent / zh_path.name)["cells"]}  # FOLDER/zh-CN/X -> FOLDER/X
+    english = {
+        c["id"]: c for c in read(zh_path.parent.parent / zh_path.name)["cells"]
+    }  # FOLDER/zh-CN/X -> FOLDER/X
     with locked(zh_path):
         nb = read(zh_path)
         for cell in nb["cells"]:
