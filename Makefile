@@ -1,6 +1,7 @@
 # Quantized LLMs, locally -- every command sets itself up on a fresh machine.
 #   make course   install, build the course models, run every notebook into build/
-#   make test     install, build the course models, unit tests + every notebook (nbmake)
+#   make test     install, lint, build the course models, unit tests + every notebook (nbmake)
+#   make lint     ruff format --check and ruff check (pyproject.toml's [tool.ruff])
 #   make lab      JupyterLab on the course
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -14,7 +15,7 @@ export CMAKE_ARGS ?= $(shell $(PYTHON) tools/llama_cpp_cmake_args.py)
 # spinning threads made torch and llama.cpp 5-10x slower when started from the main thread.
 TEST_ENV := QLLM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup models course course-zh test browser-deps lab clean clean-models
+.PHONY: setup lint models course course-zh test browser-deps lab clean clean-models
 
 setup: $(VENV)/.installed
 
@@ -24,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python tools/install_estimate.py $(BIN)/python
 	$(BIN)/python -m pip install --progress-bar off -e '.[all]'
 	@touch $@
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 models: setup
 	@# llama.cpp's HF->GGUF converter (notebook 04b, and the gguf-from-hf model) ships only in the
@@ -46,7 +51,8 @@ course-zh: models
 browser-deps:
 	@tools/ci_system_deps.sh || echo "(no Chromium: the browser test will be skipped)"
 
-test: models browser-deps
+# The lint comes first: a finding fails the run before the long tests start.
+test: lint models browser-deps
 	$(TEST_ENV) $(BIN)/python -m pytest
 
 lab: models
