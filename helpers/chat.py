@@ -1,23 +1,26 @@
 """Multi-turn chat with any course model: history, trimming, streaming, save/load.
 
-    session = ChatSession(lm, system="You are a helpful assistant.")   # lm from loading.load_model
-    reply = session.ask("What is GPTQ?")          # prints as it streams; reply.text, reply.finish, reply.trim
-    session.ask("用一句话解释一下。")                 # the history goes along with every turn
+    # lm from loading.load_model
+    session = ChatSession(lm, system="You are a helpful assistant.")
+    # prints as it streams; reply.text, reply.finish, reply.trim
+    reply = session.ask("What is GPTQ?")
+    session.ask("用一句话解释一下。")  # the history goes along with every turn
     session.save("chat.json"); session.load("chat.json")
 
-Prompts come from helpers.templates; front ends: course.chat_widget (Jupyter), course.chat_cli (terminal). When
-prompt + reply would overflow the window, the oldest exchanges leave the prompt (never the system prompt, and
-never the history, which is what you see and save): `reply.trim` says what the model did not see.
+Prompts come from helpers.templates; front ends: course.chat_widget (Jupyter), course.chat_cli
+(terminal). When prompt + reply would overflow the window, the oldest exchanges leave the prompt
+(never the system prompt, and never the history, which is what you see and save): `reply.trim` says
+what the model did not see.
 """
 
 import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from .errors import ChatError, ChatHistoryError, ContextWindowError
 from .streaming import StreamResult, TokenStream, claim_model, print_stream
@@ -28,11 +31,11 @@ HISTORY_FORMAT = "qllm-chat-history"
 
 @dataclass
 class TrimReport:
-    """What trimming did for one prompt: the messages sent, the exchanges left out, and the figures."""
+    """What trimming did for one prompt: the messages sent, the exchanges left out, and the
+    figures."""
 
-    messages: list[
-        dict
-    ]  # what is sent: the system message, the kept exchanges, the new user message
+    # what is sent: the system message, the kept exchanges, the new user message
+    messages: list[dict]
     dropped_pairs: int  # user/assistant exchanges left out, oldest first
     kept_pairs: int  # earlier exchanges still in the prompt
     prompt_tokens: int  # tokens of the prompt that is sent
@@ -52,9 +55,9 @@ class TrimReport:
             return f"nothing trimmed: {fit}"
         return (
             f"trimmed: the model no longer sees the {self.dropped_pairs} oldest exchange"
-            f"{'s' if self.dropped_pairs > 1 else ''} ({2 * self.dropped_pairs} messages, {self.dropped_tokens} "
-            f"tokens); the system prompt and {self.kept_pairs} later exchange{'s' if self.kept_pairs != 1 else ''} "
-            f"stay; {fit}"
+            f"{'s' if self.dropped_pairs > 1 else ''} ({2 * self.dropped_pairs} messages, "
+            f"{self.dropped_tokens} tokens); the system prompt and {self.kept_pairs} later "
+            f"exchange{'s' if self.kept_pairs != 1 else ''} stay; {fit}"
         )
 
 
@@ -63,9 +66,10 @@ def trim_history(
 ) -> TrimReport:
     """Drop the fewest oldest user/assistant pairs so that count_tokens(kept) <= budget.
 
-    The system message and the final user message always stay; pairs go whole, oldest first. Raises
-    ContextWindowError when even those two exceed the budget. count_tokens(messages) counts their rendered
-    prompt, which only grows with more pairs: a binary search finds the cut in a few counts.
+    The system message and the final user message always stay; pairs go whole, oldest first.
+    Raises ContextWindowError when even those two exceed the budget. count_tokens(messages) counts
+    their rendered prompt, which only grows with more pairs: a binary search finds the cut in a few
+    counts.
     """
     messages = check_messages(messages, ends_with_user=True)
     head = messages[:1] if messages[0]["role"] == "system" else []
@@ -76,15 +80,14 @@ def trim_history(
     counts[pairs] = count_tokens(head + turns[-1:])
     if counts[pairs] > budget:
         raise ContextWindowError(
-            f"The newest message is too long for the context window: with the system prompt and the template "
-            f"it makes a {counts[pairs]}-token prompt, and only {budget} tokens are left once the reply's room "
-            "(max_new_tokens) is set aside. Shorten the message (or the system prompt), lower max_new_tokens, "
-            "or give the model a larger window (load_model(..., n_ctx=...) for GGUF)."
+            "The newest message is too long for the context window: with the system prompt and the "
+            f"template it makes a {counts[pairs]}-token prompt, and only {budget} tokens are left "
+            "once the reply's room (max_new_tokens) is set aside. Shorten the message (or the "
+            "system prompt), lower max_new_tokens, or give the model a larger window "
+            "(load_model(..., n_ctx=...) for GGUF)."
         )
-    low, high = (
-        1,
-        pairs,
-    )  # the fewest pairs to drop lie in between: the count only shrinks as pairs go
+    # the fewest pairs to drop lie in between: the count only shrinks as pairs go
+    low, high = 1, pairs
     while low < high:
         mid = (low + high) // 2
         counts[mid] = count_tokens(head + turns[2 * mid :])
@@ -101,9 +104,9 @@ class ChatReply(StreamResult):
 
 
 class ChatTurn(TokenStream):
-    """One reply being generated: a TokenStream that ends at the template's stop strings and end-of-turn
-    token and shows the reply stripped. When it ends, also by Stop (not by an error), the user message and
-    the reply join the session's history, and `reply` is its ChatReply."""
+    """One reply being generated: a TokenStream that ends at the template's stop strings and
+    end-of-turn token and shows the reply stripped. When it ends, also by Stop (not by an error),
+    the user message and the reply join the session's history, and `reply` is its ChatReply."""
 
     def __init__(self, session: "ChatSession", user_text: str, prompt: str, trim: TrimReport):
         lm, template, extra = session.lm, session.template, {}
@@ -120,12 +123,10 @@ class ChatTurn(TokenStream):
             plain_texts=[m["content"] for m in trim.messages],
             **extra,
         )  # typed text stays text
-        self.session, self.user_text, self.trim, self.prompt_tokens = (
-            session,
-            user_text,
-            trim,
-            trim.prompt_tokens,
-        )
+        self.session = session
+        self.user_text = user_text
+        self.trim = trim
+        self.prompt_tokens = trim.prompt_tokens
         self.reply: ChatReply | None = None
         self.state = "running"  # then "committed" (in the history) or "failed"
 
@@ -165,8 +166,8 @@ class ChatTurn(TokenStream):
 class ChatSession:
     """A conversation with one model: history, template, trimming, streaming, save/load.
 
-    context_window: the tokens prompt + reply may take (default: the model's context length; for GGUF at
-    most the n_ctx it was loaded with). Set it lower to see trimming at work.
+    context_window: the tokens prompt + reply may take (default: the model's context length; for
+    GGUF at most the n_ctx it was loaded with). Set it lower to see trimming at work.
     """
 
     def __init__(
@@ -180,22 +181,21 @@ class ChatSession:
         chat_template: str | None = None,
         history: list[dict] | None = None,
     ):
-        self.lm, self.system, self.template = (
-            lm,
-            system,
-            choose_template(lm, template, chat_template),
-        )
+        self.lm = lm
+        self.system = system
+        self.template = choose_template(lm, template, chat_template)
         self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
         self.context_window = window = int(context_window or lm.context_length)
         if lm.backend == "llama.cpp" and window > lm.context_length:
             raise ChatError(
-                f"context_window={window} is larger than the {lm.context_length} tokens this GGUF model "
-                f"was loaded with (n_ctx); load it with load_model(..., n_ctx={window}) or lower it."
+                f"context_window={window} is larger than the {lm.context_length} tokens this GGUF "
+                f"model was loaded with (n_ctx); load it with load_model(..., n_ctx={window}) or "
+                "lower it."
             )
         if self.max_new_tokens >= window:
             raise ChatError(
-                f"max_new_tokens={self.max_new_tokens} leaves no room for the prompt in a {window}-token "
-                "context window: lower it, or use a larger window."
+                f"max_new_tokens={self.max_new_tokens} leaves no room for the prompt in a "
+                f"{window}-token context window: lower it, or use a larger window."
             )
         self.lock = threading.Lock()  # guards the history, which a front end's reader thread writes
         self.replace_history(history or [])
@@ -213,7 +213,8 @@ class ChatSession:
         return count_prompt_tokens(self.lm, self.render(messages), [m["content"] for m in messages])
 
     def prepare(self, user_text: str) -> tuple[str, TrimReport]:
-        """The prompt for the next turn (history + user_text), trimmed to fit, and what trimming did."""
+        """The prompt for the next turn (history + user_text), trimmed to fit, and what trimming
+        did."""
         if not isinstance(user_text, str) or not user_text.strip():
             raise ChatError("Type a message first: it is empty.")
         report = trim_history(
@@ -225,13 +226,15 @@ class ChatSession:
         return self.render(report.messages), report
 
     def start_turn(self, user_text: str) -> ChatTurn:
-        """A ChatTurn for `user_text`: iterate it to generate (it joins the history when it ends)."""
+        """A ChatTurn for `user_text`: iterate it to generate (it joins the history when it
+        ends)."""
         claim_model(self.lm, check_only=True)
         prompt, self.last_trim = self.prepare(user_text)
         return ChatTurn(self, user_text, prompt, self.last_trim)
 
     def ask(self, user_text: str, stream: bool = True, file=None) -> ChatReply:
-        """Answer `user_text`, printing the reply as it streams (or when done), then a status line."""
+        """Answer `user_text`, printing the reply as it streams (or when done), then a status
+        line."""
         turn = self.start_turn(user_text)
         if turn.trim.trimmed:
             print(f"[{turn.trim}]", file=file)
@@ -250,7 +253,8 @@ class ChatSession:
         self.replace_history([])
 
     def replace_history(self, messages: list[dict]) -> None:
-        """Continue from `messages` (a saved history); its system message, if any, becomes the system prompt."""
+        """Continue from `messages` (a saved history); its system message, if any, becomes the
+        system prompt."""
         messages = check_messages(messages)
         if messages and messages[-1]["role"] == "user":
             raise ChatError(
@@ -272,23 +276,29 @@ class ChatSession:
         )
 
     def load(self, path) -> str:
-        """Continue from a saved history; returns what happened, in words (a bad file: a fresh history)."""
+        """Continue from a saved history; returns what happened, in words (a bad file: a fresh
+        history)."""
         messages, problem = load_history(path)
         try:
             self.replace_history(messages)
         except ChatError as err:
             self.reset()
-            return f"{path} holds a history this session cannot continue ({err}); starting a fresh history."
+            return (
+                f"{path} holds a history this session cannot continue ({err}); "
+                "starting a fresh history."
+            )
         return problem or f"loaded {len(self.turns())} messages from {path}"
 
 
 def save_history(path, messages: list[dict], **meta) -> Path:
-    """Write messages (+ meta) as JSON: a temporary file in the same folder, then os.replace. Refuses to
-    replace a file that is not a chat history; on any failure the old file is left as it was."""
+    """Write messages (+ meta) as JSON: a temporary file in the same folder, then os.replace.
+    Refuses to replace a file that is not a chat history; on any failure the old file is left as it
+    was."""
     path, messages = Path(path).expanduser(), check_messages(messages)
     if path.is_dir():
         raise ChatHistoryError(
-            f"Cannot save the chat to {path}: it is a folder. Give a file name, e.g. {path / 'chat.json'}."
+            f"Cannot save the chat to {path}: it is a folder. "
+            f"Give a file name, e.g. {path / 'chat.json'}."
         )
     folder = next((p for p in path.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
@@ -333,7 +343,8 @@ def save_history(path, messages: list[dict], **meta) -> Path:
 
 
 def _read_history(path: Path) -> tuple[list[dict] | None, str | None]:
-    """(messages, None) or (None, what is wrong) for a history file (a bare list of messages is one too)."""
+    """(messages, None) or (None, what is wrong) for a history file (a bare list of messages is one
+    too)."""
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -354,8 +365,9 @@ def _read_history(path: Path) -> tuple[list[dict] | None, str | None]:
 
 
 def load_history(path) -> tuple[list[dict], str | None]:
-    """Read a saved history: (messages, None), or ([], a message) when the file is empty or damaged. A
-    damaged file is renamed to `<name>.corrupt-<time>` and kept, never overwritten; a missing one is an error."""
+    """Read a saved history: (messages, None), or ([], a message) when the file is empty or damaged.
+    A damaged file is renamed to `<name>.corrupt-<time>` and kept, never overwritten; a missing one
+    is an error."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ChatHistoryError(
@@ -376,5 +388,8 @@ def load_history(path) -> tuple[list[dict], str | None]:
         os.replace(path, target)
         kept = f"it is kept as {target}"
     except OSError as err:
-        kept = f"it could not be renamed ({err.strerror or err}) and stays where it is; saving over it is refused"
+        kept = (
+            f"it could not be renamed ({err.strerror or err}) and stays where it is; "
+            "saving over it is refused"
+        )
     return [], f"{path} is not a usable chat history ({problem}); {kept}. Starting a fresh history."

@@ -23,7 +23,8 @@ def cache_dir() -> Path:
 
 
 def default_threads() -> int:
-    """Threads for CPU inference: $QLLM_THREADS, else all cores (tests pin it to avoid oversubscription)."""
+    """Threads for CPU inference: $QLLM_THREADS, else all cores (tests pin it to avoid
+    oversubscription)."""
     return int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1)
 
 
@@ -36,7 +37,8 @@ def installed_version(name: str) -> str:
 
 
 def _cpuinfo(*keys: str) -> str | None:
-    """The first /proc/cpuinfo value whose line starts with one of `keys` (Linux; None elsewhere)."""
+    """The first /proc/cpuinfo value whose line starts with one of `keys` (Linux; None
+    elsewhere)."""
     try:
         with open("/proc/cpuinfo") as handle:
             return next(
@@ -52,5 +54,6 @@ def cpu_name() -> str:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags as the kernel lists them (x86 "flags", Arm "Features"); empty elsewhere."""
+    """The CPU's feature flags as the kernel lists them (x86 "flags", Arm "Features"); empty
+    elsewhere."""
     return set((_cpuinfo("flags", "Features") or "").split())

@@ -1,9 +1,11 @@
 """Generate with any loaded model, both backends under the same rules.
 
 generate(lm, "The capital of France is", max_new_tokens=20)   # only the new text, greedy
-encode_prompt(lm, prompt, plain=[typed])    # the ids fed: one <bos>, typed control tokens kept as text
+# the ids fed: one <bos>, typed control tokens kept as text
+encode_prompt(lm, prompt, plain=[typed])
 fit_context(lm, prompt_tokens, max_new_tokens), pad_token_id(tokenizer)
-check_context(llm, prompt, max_tokens)    # a llama_cpp.Llama: refuse a prompt that cannot fit n_ctx, say how to size it
+# a llama_cpp.Llama: refuse a prompt that cannot fit n_ctx, say how to size it
+check_context(llm, prompt, max_tokens)
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ def bos_text(lm: LoadedModel) -> str:
 
 
 def encode_prompt(lm: LoadedModel, prompt: str, plain=()) -> list[int]:
-    """The token ids the course feeds for `prompt`, on either backend, with exactly one <bos>: a prompt
-    rendered by a chat template already starts with one, and a second would change the model's answer.
+    """The token ids the course feeds for `prompt`, on either backend, with exactly one <bos>: a
+    prompt rendered by a chat template already starts with one, and a second would change the
+    model's answer.
 
-    `plain`: the texts inside `prompt` that a person typed (chat messages). A control token's text in
-    them, such as a typed "<end_of_turn>", stays text. The libraries' defaults (Transformers'
-    split_special_tokens=False, llama.cpp's special=True, both needed for the template's own markers)
-    would turn it into the real token, and a user could end their turn and write the model's.
+    `plain`: the texts inside `prompt` that a person typed (chat messages). A control token's text
+    in them, such as a typed "<end_of_turn>", stays text. The libraries' defaults (Transformers'
+    split_special_tokens=False, llama.cpp's special=True, both needed for the template's own
+    markers) would turn it into the real token, and a user could end their turn and write the
+    model's.
     """
     bos = bos_text(lm)
     has_bos = bool(bos) and prompt.startswith(bos)
@@ -55,7 +59,8 @@ def encode_prompt(lm: LoadedModel, prompt: str, plain=()) -> list[int]:
 
 
 def _tokenize(lm: LoadedModel, text: str, special: bool, bos: bool = False) -> list[int]:
-    """Ids of `text` alone; special=False keeps control-token text as text. bos: just the <bos> id, if any."""
+    """Ids of `text` alone; special=False keeps control-token text as text. bos: just the <bos> id,
+    if any."""
     if lm.backend == "llama.cpp":
         return (
             lm.model.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
@@ -84,9 +89,8 @@ def generate(
 ) -> str:
     """Complete `prompt` and return only the new text (greedy when temperature is 0)."""
     ids = encode_prompt(lm, prompt)  # one <bos>, never two
-    max_new_tokens = fit_context(
-        lm, len(ids), max_new_tokens
-    )  # a clear error, not a bare ValueError
+    # a clear error, not a bare ValueError
+    max_new_tokens = fit_context(lm, len(ids), max_new_tokens)
     if lm.backend == "llama.cpp":
         out = lm.model.create_completion(
             ids, max_tokens=max_new_tokens, temperature=temperature, **kwargs
@@ -94,7 +98,8 @@ def generate(
         return out["choices"][0]["text"]
     import torch
 
-    # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would count the prompt too)
+    # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would count
+    # the prompt too)
     inputs = {"input_ids": torch.tensor([ids], device=lm.model.device)}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     sampling = (
@@ -112,9 +117,10 @@ def generate(
 
 
 def fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:
-    """Refuse a prompt that fills the context window; shorten max_new_tokens to what fits, with a warning.
-    llama.cpp: its n_ctx (context_report below; llama-cpp-python itself raises a bare ValueError).
-    Transformers would generate past the positions the model was trained on without a word; not here."""
+    """Refuse a prompt that fills the context window; shorten max_new_tokens to what fits, with a
+    warning. llama.cpp: its n_ctx (context_report below; llama-cpp-python itself raises a bare
+    ValueError). Transformers would generate past the positions the model was trained on without a
+    word; not here."""
     if lm.backend == "llama.cpp":
         return min(
             max_new_tokens, context_report(lm.model, prompt_tokens, max_new_tokens)["output_room"]
@@ -122,16 +128,17 @@ def fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int
     window = lm.context_length
     if prompt_tokens >= window:
         raise ContextOverflowError(
-            f"The prompt is {prompt_tokens:,} tokens but {lm.path.name} has a {window:,}-token context window "
-            "(max_position_embeddings in its config.json), so nothing is left for the answer. Shorten the "
-            "prompt (or trim the chat history), or use a model with a longer context window."
+            f"The prompt is {prompt_tokens:,} tokens but {lm.path.name} has a {window:,}-token "
+            "context window (max_position_embeddings in its config.json), so nothing is left for "
+            "the answer. Shorten the prompt (or trim the chat history), or use a model with a "
+            "longer context window."
         )
     room = window - prompt_tokens
     if max_new_tokens > room:
         warnings.warn(
-            f"prompt ({prompt_tokens:,} tokens) + max_new_tokens ({max_new_tokens:,}) exceed the {window:,}-token "
-            f"context window of {lm.path.name}: the answer will stop after {room:,} tokens. Shorten the prompt "
-            "or lower max_new_tokens to get all of it.",
+            f"prompt ({prompt_tokens:,} tokens) + max_new_tokens ({max_new_tokens:,}) exceed the "
+            f"{window:,}-token context window of {lm.path.name}: the answer will stop after "
+            f"{room:,} tokens. Shorten the prompt or lower max_new_tokens to get all of it.",
             ContextTruncationWarning,
             stacklevel=3,
         )
@@ -169,23 +176,25 @@ def context_report(llm, prompt_tokens: int, max_tokens: int) -> dict:
             ""
             if llm.n_ctx() == n_ctx
             else (
-                f" (llm.n_ctx() says {llm.n_ctx()}: llama.cpp rounds up to a multiple of 256, but llama-cpp-python "
-                f"keeps buffers for the {n_ctx} you asked for, and fails with 'could not broadcast' in between: "
-                "ask for a multiple of 256.)"
+                f" (llm.n_ctx() says {llm.n_ctx()}: llama.cpp rounds up to a multiple of 256, "
+                f"but llama-cpp-python keeps buffers for the {n_ctx} you asked for, and fails with "
+                "'could not broadcast' in between: ask for a multiple of 256.)"
             )
         )
         raise ContextOverflowError(
-            f"The prompt is {prompt_tokens:,} tokens but the model was created with n_ctx={n_ctx:,}, so "
-            "nothing is left for the answer (llama-cpp-python would raise 'Requested tokens exceed context "
-            f"window'). Load it with n_ctx >= {report['suggested_n_ctx']:,} (load_model(path, n_ctx=...) or "
+            f"The prompt is {prompt_tokens:,} tokens but the model was created with "
+            f"n_ctx={n_ctx:,}, so nothing is left for the answer (llama-cpp-python would raise "
+            "'Requested tokens exceed context window'). Load it with "
+            f"n_ctx >= {report['suggested_n_ctx']:,} (load_model(path, n_ctx=...) or "
             f"Llama(..., n_ctx=...); prompt + {max_tokens} new tokens), or shorten the prompt."
             + rounding
         )
     if not fits:
         warnings.warn(
-            f"prompt ({prompt_tokens:,} tokens) + max_tokens ({max_tokens:,}) exceed n_ctx={n_ctx:,}: the answer "
-            f"will stop after {report['output_room']:,} tokens with finish_reason='length'. Load the model "
-            f"with n_ctx >= {report['suggested_n_ctx']:,} to get all of it.",
+            f"prompt ({prompt_tokens:,} tokens) + max_tokens ({max_tokens:,}) exceed "
+            f"n_ctx={n_ctx:,}: the answer will stop after {report['output_room']:,} tokens with "
+            f"finish_reason='length'. Load the model with n_ctx >= {report['suggested_n_ctx']:,} "
+            "to get all of it.",
             ContextTruncationWarning,
             stacklevel=2,
         )
@@ -202,11 +211,13 @@ def effective_n_ctx(llm) -> int:
 def suggest_n_ctx(
     prompt_tokens: int, max_tokens: int, trained_context: int | None = None, multiple: int = 256
 ) -> int:
-    """Smallest n_ctx (rounded up to `multiple`) that holds prompt + output; never above the trained length."""
+    """Smallest n_ctx (rounded up to `multiple`) that holds prompt + output; never above the trained
+    length."""
     need = -(-(prompt_tokens + max_tokens) // multiple) * multiple
     if trained_context and need > trained_context:
         raise ContextOverflowError(
-            f"prompt ({prompt_tokens:,}) + output ({max_tokens:,}) tokens exceed the model's trained context "
-            f"of {trained_context:,} tokens. Shorten the prompt or summarise earlier turns."
+            f"prompt ({prompt_tokens:,}) + output ({max_tokens:,}) tokens exceed the model's "
+            f"trained context of {trained_context:,} tokens. Shorten the prompt or summarise "
+            "earlier turns."
         )
     return need

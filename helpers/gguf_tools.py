@@ -1,13 +1,14 @@
 """GGUF files: what is inside, and whether they are whole.
 
-    header = validate_gguf(path)              # clear CourseError if missing, not GGUF, or truncated
-    summary(header)                           # architecture, context, layers, chat template, file type
-    quant_type_rows(header)                   # which quantization type each tensor group uses
+    header = validate_gguf(path)  # clear CourseError if missing, not GGUF, or truncated
+    summary(header)               # architecture, context, layers, chat template, file type
+    quant_type_rows(header)       # which quantization type each tensor group uses
 
 Making GGUF files (llama.cpp's converter and quantizer) is course machinery: `course.gguf_convert`.
 
 Our own header parser, with the gguf package's type tables: it skips tensor data and the vocabulary
-(~0.15 s per file; gguf.GGUFReader builds an object per vocabulary entry, ~100x slower on Gemma's 262k).
+(~0.15 s per file; gguf.GGUFReader builds an object per vocabulary entry, ~100x slower on Gemma's
+262k).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class _Cursor:
             raise _damaged(self.path, f"{self.what} is not valid UTF-8 text") from None
 
     def enum(self, kind, code: int, what: str):
-        """kind(code) from the gguf package's tables, or a clear error for a code they do not know."""
+        """kind(code) from the gguf package's tables, or a clear error for a code they do not
+        know."""
         try:
             return kind(code)
         except ValueError:
@@ -109,7 +111,8 @@ def _damaged(path: Path, why: str) -> NotGGUFError:
 
 
 def _read_value(cur: _Cursor, code: int, keep_arrays: bool, depth: int = 0):
-    """One metadata value; an array longer than SMALL_ARRAY is an ArraySummary (its values only if kept)."""
+    """One metadata value; an array longer than SMALL_ARRAY is an ArraySummary (its values only if
+    kept)."""
     from gguf import GGUFValueType
 
     vtype = cur.enum(GGUFValueType, code, "value type")
@@ -173,7 +176,8 @@ def read_gguf(path, keep_arrays: bool = False) -> GGUFHeader:
     size = path.stat().st_size
     if size == 0:
         raise NotGGUFError(
-            f"{path} is empty (0 bytes): the download or copy failed. Download it again (notebook 01)."
+            f"{path} is empty (0 bytes): the download or copy failed. "
+            "Download it again (notebook 01)."
         )
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         return _parse_header(buf, size, path, keep_arrays)
@@ -197,7 +201,8 @@ def _parse_header(buf, size: int, path: Path, keep_arrays: bool) -> GGUFHeader:
         )
     if head[:4] != b"GGUF":
         raise NotGGUFError(
-            f"{path} is not a GGUF file: it starts with {head[:4]!r}, a GGUF file starts with b'GGUF'. "
+            f"{path} is not a GGUF file: it starts with {head[:4]!r}, "
+            "a GGUF file starts with b'GGUF'. "
             f"It looks like {_describe_start(head)}. Download the .gguf file again (notebook 01) "
             "or pick the right file."
         )
@@ -227,13 +232,10 @@ def _parse_header(buf, size: int, path: Path, keep_arrays: bool) -> GGUFHeader:
         if n_dims > 8:
             raise _damaged(path, f"tensor {name!r} claims {n_dims} dimensions")
         shape = tuple(cur.scalar("<Q") for _ in range(n_dims))
-        qtype, offset = (
-            cur.enum(GGMLQuantizationType, cur.scalar("<I"), "tensor type"),
-            cur.scalar("<Q"),
-        )
-        block, type_size = GGML_QUANT_SIZES[
-            qtype
-        ]  # the gguf package has a size for each of its types
+        qtype = cur.enum(GGMLQuantizationType, cur.scalar("<I"), "tensor type")
+        offset = cur.scalar("<Q")
+        # the gguf package has a size for each of its types
+        block, type_size = GGML_QUANT_SIZES[qtype]
         n_elements = math.prod(shape)
         if shape and shape[0] % block:
             raise _damaged(
@@ -261,11 +263,11 @@ def validate_gguf(path) -> GGUFHeader:
     if header.file_size < header.data_end:
         missing = header.data_end - header.file_size
         raise TruncatedGGUFError(
-            f"{header.path} is truncated: its header describes {len(header.tensors)} tensors whose data "
-            f"ends at byte {header.data_end:,}, but the file has only {header.file_size:,} bytes "
-            f"({missing:,} bytes, {missing / header.data_end:.1%}, are missing). The download or copy was "
-            "cut short: download the file again (notebook 01); llama.cpp would fail on it with only "
-            "'Failed to load model from file'."
+            f"{header.path} is truncated: its header describes {len(header.tensors)} tensors "
+            f"whose data ends at byte {header.data_end:,}, but the file has only "
+            f"{header.file_size:,} bytes ({missing:,} bytes, {missing / header.data_end:.1%}, are "
+            "missing). The download or copy was cut short: download the file again (notebook 01); "
+            "llama.cpp would fail on it with only 'Failed to load model from file'."
         )
     return header
 
@@ -286,7 +288,8 @@ def file_type_name(code) -> str | None:
 
 
 def summary(header: GGUFHeader) -> dict:
-    """The facts a user asks first: architecture, size, context, layers, file type, chat template."""
+    """The facts a user asks first: architecture, size, context, layers, file type, chat
+    template."""
     meta = header.metadata
     arch = meta.get("general.architecture", "?")
     tokens = meta.get("tokenizer.ggml.tokens")
@@ -321,7 +324,8 @@ def tensor_group(name: str) -> str:
 
 
 def quant_type_rows(header: GGUFHeader) -> list[dict]:
-    """One row per tensor group: how many tensors of each type, parameters, bytes, bits per weight."""
+    """One row per tensor group: how many tensors of each type, parameters, bytes, bits per
+    weight."""
     groups: dict[str, dict] = {}
     for t in header.tensors:
         row = groups.setdefault(

@@ -1,13 +1,15 @@
-"""What is in a Hub repo, and what of it is already here: listing, choosing files, settings, local records.
+"""What is in a Hub repo, and what of it is already here: listing, choosing files, settings, local
+records.
 
-    files = list_files("bartowski/Mistral-7B-Instruct-v0.3-GGUF")    # names, sizes, sha256
-    pick(files, include="*Q4_K_M.gguf")                               # exactly the files you mean, or a clear error
-    settings(); use_endpoint("https://hf-mirror.com")                 # mirror, cache, token set or not
-    find_incomplete("models"); clean_incomplete("models")             # leftovers of interrupted downloads
+    files = list_files("bartowski/Mistral-7B-Instruct-v0.3-GGUF")  # names, sizes, sha256
+    pick(files, include="*Q4_K_M.gguf")  # exactly the files you mean, or a clear error
+    settings(); use_endpoint("https://hf-mirror.com")  # mirror, cache, token set or not
+    find_incomplete("models"); clean_incomplete("models")  # leftovers of interrupted downloads
 
-A thin layer over `huggingface_hub`; downloading is `helpers.downloading`. Settings are read from the
-environment at each call, like the `hf` CLI: HF_ENDPOINT (a mirror), HF_HOME / HF_HUB_CACHE (the cache),
-HF_TOKEN (sent with each request, never printed). Failures raise a `HubError` that says what to do.
+A thin layer over `huggingface_hub`; downloading is `helpers.downloading`. Settings are read from
+the environment at each call, like the `hf` CLI: HF_ENDPOINT (a mirror), HF_HOME / HF_HUB_CACHE
+(the cache), HF_TOKEN (sent with each request, never printed). Failures raise a `HubError` that
+says what to do.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 
 
 def endpoint() -> str:
-    """The hub to talk to: $HF_ENDPOINT (a mirror, or the course's local hub), else huggingface.co."""
+    """The hub to talk to: $HF_ENDPOINT (a mirror, or the course's local hub), else
+    huggingface.co."""
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 def hub_cache_dir() -> Path:
-    """Where downloads are cached: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    # not huggingface_hub.constants.HF_HUB_CACHE: fixed at its import, while HF_HOME may change later (each test sets it)
+    """Where downloads are cached: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    ~/.cache/huggingface/hub."""
+    # not huggingface_hub.constants.HF_HUB_CACHE: fixed at its import, while HF_HOME may change
+    # later (each test sets it)
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = (
@@ -58,9 +63,8 @@ def settings() -> dict:
 
     _sync_env_flags()
     token_set = bool(os.environ.get("HF_TOKEN"))
-    with contextlib.suppress(
-        Exception
-    ):  # get_token also finds `hf auth login`'s token; an OIDC exchange may raise
+    # get_token also finds `hf auth login`'s token; an OIDC exchange may raise
+    with contextlib.suppress(Exception):
         token_set = token_set or get_token() is not None
     return {
         "endpoint (HF_ENDPOINT)": endpoint(),
@@ -75,7 +79,8 @@ def settings() -> dict:
 
 @contextlib.contextmanager
 def use_endpoint(url: str, disable_xet: bool = True):
-    """Inside the with-block, download from `url` (a mirror, or the local hub); then restore the settings."""
+    """Inside the with-block, download from `url` (a mirror, or the local hub); then restore the
+    settings."""
     saved = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET")}
     os.environ["HF_ENDPOINT"] = url
     if disable_xet:  # Xet transfers go to Xet's own servers, not through HF_ENDPOINT
@@ -91,7 +96,8 @@ def use_endpoint(url: str, disable_xet: bool = True):
 
 
 def _sync_env_flags() -> None:
-    """huggingface_hub reads HF_HUB_OFFLINE and HF_HUB_DISABLE_XET once, at import; follow the environment now."""
+    """huggingface_hub reads HF_HUB_OFFLINE and HF_HUB_DISABLE_XET once, at import; follow the
+    environment now."""
     from huggingface_hub import constants
 
     for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_XET"):
@@ -137,10 +143,10 @@ def as_list(patterns) -> list[str] | None:
 def pick(
     files: list[RepoFileInfo], include=None, exclude=None, repo_id: str = ""
 ) -> list[RepoFileInfo]:
-    """The files that `hf download --include ... --exclude ...` would take; error if patterns match nothing."""
-    from huggingface_hub.utils import (
-        filter_repo_objects,
-    )  # the very filter `hf download --include` uses
+    """The files that `hf download --include ... --exclude ...` would take; error if patterns match
+    nothing."""
+    # the very filter `hf download --include` uses
+    from huggingface_hub.utils import filter_repo_objects
 
     include, exclude = as_list(include), as_list(exclude)
     chosen = list(
@@ -162,17 +168,17 @@ def pick(
             f", ... ({len(names) - 12} more)" if len(names) > 12 else ""
         )
         raise NoMatchingFilesError(
-            f"Nothing in {repo_id or 'the repo'} matches include={include} exclude={exclude}.{hint} The repo has: "
-            f"{shown}. Patterns are shell globs matched against the whole path (e.g. '*Q4_K_M.gguf', "
-            "'*.safetensors'); names are case-sensitive."
+            f"Nothing in {repo_id or 'the repo'} matches include={include} exclude={exclude}."
+            f"{hint} The repo has: {shown}. Patterns are shell globs matched against the whole "
+            "path (e.g. '*Q4_K_M.gguf', '*.safetensors'); names are case-sensitive."
         )
     return chosen
 
 
 @contextlib.contextmanager
 def hub_errors(repo_id: str, revision: str = "main", filename: str | None = None):
-    """Around a huggingface_hub call: follow HF_HUB_OFFLINE / HF_HUB_DISABLE_XET as set now, and turn its
-    exceptions (and the network's) into HubErrors that say what to do."""
+    """Around a huggingface_hub call: follow HF_HUB_OFFLINE / HF_HUB_DISABLE_XET as set now, and
+    turn its exceptions (and the network's) into HubErrors that say what to do."""
     import httpx2
     from huggingface_hub import errors as hf
 
@@ -182,15 +188,15 @@ def hub_errors(repo_id: str, revision: str = "main", filename: str | None = None
         yield
     except hf.GatedRepoError:
         raise RepoNotFoundError(
-            f"{repo_id} is a gated repo at {where}: accept its licence on {where}/{repo_id} while logged in, then "
-            "make a token (Settings > Access Tokens) and set HF_TOKEN before starting Python (or run `hf auth "
-            "login`)."
+            f"{repo_id} is a gated repo at {where}: accept its licence on {where}/{repo_id} while "
+            "logged in, then make a token (Settings > Access Tokens) and set HF_TOKEN before "
+            "starting Python (or run `hf auth login`)."
         ) from None
     except hf.RepositoryNotFoundError:
         raise RepoNotFoundError(
-            f"No repo {repo_id!r} at {where} (or it is private and your token does not open it). Check the spelling "
-            f"(owner/name, case-sensitive) on {where}/{repo_id}; for a private repo set HF_TOKEN to a token that "
-            "can read it."
+            f"No repo {repo_id!r} at {where} (or it is private and your token does not open it). "
+            f"Check the spelling (owner/name, case-sensitive) on {where}/{repo_id}; for a private "
+            "repo set HF_TOKEN to a token that can read it."
         ) from None
     except hf.RevisionNotFoundError:
         raise RevisionNotFoundError(
@@ -209,33 +215,34 @@ def hub_errors(repo_id: str, revision: str = "main", filename: str | None = None
         ) from None
     except hf.OfflineModeIsEnabled:
         raise HubUnreachableError(
-            "HF_HUB_OFFLINE=1 is set, so no request leaves this machine (not even to a local mirror). Files you "
-            "already downloaded still load; to download, set HF_HUB_OFFLINE=0."
+            "HF_HUB_OFFLINE=1 is set, so no request leaves this machine (not even to a local "
+            "mirror). Files you already downloaded still load; to download, set HF_HUB_OFFLINE=0."
         ) from None
     except (httpx2.ConnectError, httpx2.TimeoutException, hf.LocalEntryNotFoundError) as err:
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise HubUnreachableError(
             f"Cannot reach {where} ({reason}). "
             + (
-                f"HF_ENDPOINT is set to {where}: is that mirror up, and are its scheme and port right? Unset "
-                "HF_ENDPOINT to use huggingface.co itself. "
+                f"HF_ENDPOINT is set to {where}: is that mirror up, and are its scheme and port "
+                "right? Unset HF_ENDPOINT to use huggingface.co itself. "
                 if "HF_ENDPOINT" in os.environ
-                else "Check your internet connection, proxy (HTTPS_PROXY) or firewall; where huggingface.co is blocked, "
-                "use a mirror: HF_ENDPOINT=https://hf-mirror.com with HF_HUB_DISABLE_XET=1. "
+                else "Check your internet connection, proxy (HTTPS_PROXY) or firewall; where "
+                "huggingface.co is blocked, use a mirror: HF_ENDPOINT=https://hf-mirror.com with "
+                "HF_HUB_DISABLE_XET=1. "
             )
             + "Files already downloaded keep working offline."
         ) from None
     except (httpx2.RemoteProtocolError, httpx2.ReadError) as err:
         raise DownloadFailedError(
-            f"The transfer from {where} broke and did not recover ({str(err)[:160]}). Nothing incomplete was kept "
-            "as if complete; run the download again."
+            f"The transfer from {where} broke and did not recover ({str(err)[:160]}). "
+            "Nothing incomplete was kept as if complete; run the download again."
         ) from None
     except hf.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
         raise HubUnreachableError(
-            f"{where} answered HTTP {status} for {repo_id}{'/' + filename if filename else ''}. If it is a 5xx the "
-            "hub or mirror is having trouble: retry later. A 401/403 means the token is missing or lacks access: "
-            "set HF_TOKEN."
+            f"{where} answered HTTP {status} for {repo_id}{'/' + filename if filename else ''}. "
+            "If it is a 5xx the hub or mirror is having trouble: retry later. A 401/403 means the "
+            "token is missing or lacks access: set HF_TOKEN."
         ) from None
     except OSError as err:
         if "Consistency check failed" in str(err):
@@ -249,9 +256,8 @@ def hub_errors(repo_id: str, revision: str = "main", filename: str | None = None
 def remote_listing(repo_id: str, revision: str = "main") -> Listing:
     from huggingface_hub import HfApi
 
-    with hub_errors(
-        repo_id, revision
-    ):  # one request: sizes, sha256, blob ids and the commit (list_repo_tree lacks it)
+    # one request: sizes, sha256, blob ids and the commit (list_repo_tree lacks it)
+    with hub_errors(repo_id, revision):
         info = HfApi(endpoint=endpoint()).model_info(
             repo_id, revision=revision, files_metadata=True
         )
@@ -265,7 +271,8 @@ def remote_listing(repo_id: str, revision: str = "main") -> Listing:
 def list_files(
     repo_id: str, include=None, exclude=None, revision: str = "main"
 ) -> list[RepoFileInfo]:
-    """A repo's files with sizes (and sha256 for LFS files), optionally filtered like `--include`."""
+    """A repo's files with sizes (and sha256 for LFS files), optionally filtered like
+    `--include`."""
     return pick(remote_listing(repo_id, revision).files, include, exclude, repo_id)
 
 
@@ -277,7 +284,8 @@ def storage_folder(repo_id: str) -> Path:
 
 
 def base_dir(repo_id: str, commit: str, local_dir) -> Path:
-    """Where the repo's files end up: the local folder, or the cache's snapshot folder for that commit."""
+    """Where the repo's files end up: the local folder, or the cache's snapshot folder for that
+    commit."""
     return (
         Path(local_dir).expanduser().resolve()
         if local_dir is not None
@@ -324,7 +332,8 @@ def local_file_record(repo_id: str, filename: str, revision: str, local_dir) -> 
             return path if path.stat().st_mtime - 1 <= path.lstat().st_mtime else None
         return None
     # huggingface_hub writes .cache/huggingface/download/<file>.metadata (commit, etag, time) only
-    # after a complete download; a file changed since then does not count. Read-only: no lock, no mkdir.
+    # after a complete download; a file changed since then does not count. Read-only: no lock, no
+    # mkdir.
     local_dir = Path(local_dir).expanduser().resolve()
     path = local_dir / filename
     meta = local_dir / ".cache" / "huggingface" / "download" / f"{filename}.metadata"
@@ -342,10 +351,11 @@ def find_incomplete(path) -> list[Path]:
 
 
 def clean_incomplete(path, older_than_s: float = 60.0) -> tuple[int, int]:
-    """Delete `*.incomplete` files under `path` untouched for `older_than_s` (a live download is spared).
+    """Delete `*.incomplete` files under `path` untouched for `older_than_s` (a live download is
+    spared).
 
-    huggingface_hub 2.x names each partial file uniquely per process, so a rerun never resumes one left by a
-    killed process: these files are dead weight. Returns (files, bytes) removed.
+    huggingface_hub 2.x names each partial file uniquely per process, so a rerun never resumes one
+    left by a killed process: these files are dead weight. Returns (files, bytes) removed.
     """
     count = size = 0
     for part in find_incomplete(path):

@@ -1,12 +1,16 @@
-"""What a repo's model is before you download it: its parameters, its size at each precision, its GGUF header.
+"""What a repo's model is before you download it: its parameters, its size at each precision, its
+GGUF header.
 
-    param_count(config)                                            # parameters from a config.json (a dict)
-    model_size("neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit")   # params -> fp32/bf16/8/4-bit vs the files
-    gguf_header_remote(repo, "Mistral-7B-Instruct-v0.3-Q4_K_M.gguf")  # the header over HTTP Range, not the file
-    gguf_header("models/gemma-3-270m-Q4_K_M.gguf")                 # the same for a local file
-    safetensors_tensors_remote(repo, "model.safetensors")          # name -> (dtype, shape), from the header
+    param_count(config)  # parameters from a config.json (a dict)
+    # params -> fp32/bf16/8/4-bit vs the files
+    model_size("neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit")
+    # the header over HTTP Range, not the file
+    gguf_header_remote(repo, "Mistral-7B-Instruct-v0.3-Q4_K_M.gguf")
+    gguf_header("models/gemma-3-270m-Q4_K_M.gguf")  # the same for a local file
+    safetensors_tensors_remote(repo, "model.safetensors")  # name -> (dtype, shape), from the header
 
-Only config.json or a header travels (kept in memory, never saved); `helpers.gguf_tools` parses GGUF headers.
+Only config.json or a header travels (kept in memory, never saved); `helpers.gguf_tools` parses
+GGUF headers.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ BYTES_PER_PARAM = {"fp32": 4.0, "bf16 / fp16": 2.0, "8-bit": 1.0, "4-bit": 0.5}
 
 
 def param_count(config: dict) -> int:
-    """Parameters of a Llama-style decoder (Llama, Mistral, Qwen2/3, Gemma 1-3) from its config.json.
+    """Parameters of a Llama-style decoder (Llama, Mistral, Qwen2/3, Gemma 1-3) from its
+    config.json.
 
-    Embedding + per layer (attention q/k/v/o, gated MLP, norms) + final norm + output head (unless tied to the
-    embedding); MoE configs count every expert. Not get_safetensors_metadata: that counts GPTQ/AWQ's packed int32
-    words (181 M instead of 268 M for the course model).
+    Embedding + per layer (attention q/k/v/o, gated MLP, norms) + final norm + output head (unless
+    tied to the embedding); MoE configs count every expert. Not get_safetensors_metadata: that
+    counts GPTQ/AWQ's packed int32 words (181 M instead of 268 M for the course model).
     """
     cfg = config.get("text_config") or config
     hidden, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
@@ -63,7 +68,8 @@ def param_count(config: dict) -> int:
 
 @dataclass
 class ModelSize:
-    """A model's parameter count, what that weighs at each precision, and its actual weight files."""
+    """A model's parameter count, what that weighs at each precision, and its actual weight
+    files."""
 
     repo_id: str
     params: int
@@ -81,12 +87,14 @@ class ModelSize:
     def __repr__(self) -> str:
         return (
             f"ModelSize({self.repo_id}: {self.params / 1e9:.3f} B params from {self.source}; bf16 "
-            f"{2 * self.params / 1e9:.2f} GB, 4-bit {self.params / 2e9:.2f} GB, files {self.files_bytes / 1e9:.2f} GB)"
+            f"{2 * self.params / 1e9:.2f} GB, 4-bit {self.params / 2e9:.2f} GB, "
+            f"files {self.files_bytes / 1e9:.2f} GB)"
         )
 
 
 def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = None) -> ModelSize:
-    """Parameters from the repo's config.json (or from a GGUF file's header) next to the size of its weight files."""
+    """Parameters from the repo's config.json (or from a GGUF file's header) next to the size of
+    its weight files."""
     files = hub.list_files(repo_id, revision=revision)
     if "config.json" in {f.path for f in files} and not gguf_file:
         config = read_json(repo_id, "config.json", revision)
@@ -108,7 +116,8 @@ def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = Non
 def _read(
     repo_id: str, filename: str, revision: str, start: int = 0, stop: int | None = None
 ) -> bytes:
-    """Bytes start..stop of a repo file (an HTTP Range request), in memory; a server ignoring Range sends the rest."""
+    """Bytes start..stop of a repo file (an HTTP Range request), in memory; a server ignoring Range
+    sends the rest."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -149,12 +158,12 @@ def gguf_header_remote(
     first_bytes: int = 4 * 2**20,
     max_bytes: int = 128 * 2**20,
 ) -> dict:
-    """A remote GGUF's header (version, tensor_count, params, metadata, shapes, tensor_bytes), over HTTP Range."""
+    """A remote GGUF's header (version, tensor_count, params, metadata, shapes, tensor_bytes), over
+    HTTP Range."""
     data, want = b"", first_bytes
     while True:
-        data += _read(
-            repo_id, filename, revision, start=len(data), stop=want
-        )  # only the part not read yet
+        # only the part not read yet
+        data += _read(repo_id, filename, revision, start=len(data), stop=want)
         try:
             return _header_dict(parse_gguf_bytes(data, label=f"{repo_id}/{filename}"))
         except TruncatedGGUFError:  # the header goes on past what we fetched: fetch more
@@ -174,16 +183,16 @@ def gguf_header(path) -> dict:
 def safetensors_tensors_remote(
     repo_id: str, filename: str, revision: str = "main"
 ) -> dict[str, tuple[str, list]]:
-    """name -> (dtype, shape) from a remote safetensors header (Range requests: its length, then the JSON), as
-    `helpers.memory` reads a local one: compressed-tensors' few-byte `*.weight_shape` tensors with their values."""
+    """name -> (dtype, shape) from a remote safetensors header (Range requests: its length, then the
+    JSON), as `helpers.memory` reads a local one: compressed-tensors' few-byte `*.weight_shape`
+    tensors with their values."""
     size = struct.unpack("<Q", _read(repo_id, filename, revision, 0, 8)[:8])[0]
     header = json.loads(_read(repo_id, filename, revision, 8, 8 + size)[:size])
     header.pop("__metadata__", None)
     tensors = {name: (t["dtype"], t["shape"]) for name, t in header.items()}
     shapes = {name: t for name, t in header.items() if name.endswith(".weight_shape")}
-    if (
-        shapes
-    ):  # one request for all of them: safetensors stores tensors of one dtype next to each other
+    # one request for all of them: safetensors stores tensors of one dtype next to each other
+    if shapes:
         start = min(t["data_offsets"][0] for t in shapes.values())
         stop = max(t["data_offsets"][1] for t in shapes.values())
         data = _read(repo_id, filename, revision, 8 + size + start, 8 + size + stop)[: stop - start]

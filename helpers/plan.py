@@ -1,13 +1,19 @@
-"""A plan before the download: what each model file of a repo would cost on this machine, from headers only.
+"""A plan before the download: what each model file of a repo would cost on this machine, from
+headers only.
 
     bandwidth = timing.copy_bandwidth(threads=env.default_threads())
-    eff = {"llama.cpp": efficiency(run.median("decode_tok_s"), timing.bytes_per_token(lm), bandwidth)}
-    pd.DataFrame(plan("bartowski/Mistral-7B-Instruct-v0.3-GGUF", efficiency=eff, bandwidth=bandwidth))
+    eff = {
+        "llama.cpp": efficiency(run.median("decode_tok_s"), timing.bytes_per_token(lm), bandwidth)
+    }
+    pd.DataFrame(
+        plan("bartowski/Mistral-7B-Instruct-v0.3-GGUF", efficiency=eff, bandwidth=bandwidth)
+    )
 
-One row per candidate: each GGUF file (the parts of a split one together), or the safetensors set of a
-Transformers repo (GPTQ, AWQ, compressed-tensors, plain). Only GGUF/safetensors headers and JSON travel.
-predicted tok/s = ceiling (bandwidth / bytes read per token) x efficiency, where efficiency is what this machine
-reached on a measured model of the same backend: its measured decode tok/s / its own ceiling.
+One row per candidate: each GGUF file (the parts of a split one together), or the safetensors set
+of a Transformers repo (GPTQ, AWQ, compressed-tensors, plain). Only GGUF/safetensors headers and
+JSON travel. predicted tok/s = ceiling (bandwidth / bytes read per token) x efficiency, where
+efficiency is what this machine reached on a measured model of the same backend: its measured
+decode tok/s / its own ceiling.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$")  # llama.cpp's split files: model-
 
 
 def efficiency(decode_tok_s: float, bytes_per_token: int, bandwidth: float) -> float:
-    """How close a measured run came to its ceiling: measured decode tok/s / (bandwidth / bytes per token)."""
+    """How close a measured run came to its ceiling: measured decode tok/s / (bandwidth / bytes per
+    token)."""
     return decode_tok_s / decode_ceiling(bandwidth, bytes_per_token)
 
 
@@ -48,10 +55,11 @@ def plan(
     free_ram: int | None = None,
     free_vram: int | None = None,
 ) -> list[dict]:
-    """One row per candidate of `repo_id`: download_bytes; memory_bytes, by load_model's fit rule on `device`;
-    fits_RAM (and fits_VRAM with a GPU); bytes_per_token, the weights each decoded token reads; and, given
-    `bandwidth` (bytes/s) and `efficiency` ({"llama.cpp": e, "transformers": e}), ceiling_tok_s and
-    predicted_tok_s = ceiling x efficiency. free_ram / free_vram replace the measured free memory."""
+    """One row per candidate of `repo_id`: download_bytes; memory_bytes, by load_model's fit rule on
+    `device`; fits_RAM (and fits_VRAM with a GPU); bytes_per_token, the weights each decoded token
+    reads; and, given `bandwidth` (bytes/s) and `efficiency` ({"llama.cpp": e, "transformers": e}),
+    ceiling_tok_s and predicted_tok_s = ceiling x efficiency. free_ram / free_vram replace the
+    measured free memory."""
     listing = hub.list_files(repo_id, revision=revision)
     files = hub.pick(listing, include=["*.gguf", "*.safetensors"], repo_id=repo_id)
     device = pick_device(device)
@@ -81,7 +89,8 @@ def plan(
 
 
 def _gguf_groups(files) -> dict[str, list]:
-    """The .gguf files by model: a split file's parts together; multimodal projectors (mmproj) left out."""
+    """The .gguf files by model: a split file's parts together; multimodal projectors (mmproj) left
+    out."""
     groups: dict[str, list] = {}
     for f in files:
         if f.path.endswith(".gguf") and "mmproj" not in f.path.lower():
@@ -107,7 +116,8 @@ def _gguf_row(repo_id: str, parts: list, revision: str) -> dict:
 
 
 def _safetensors_row(repo_id: str, files: list, revision: str, device: str) -> dict:
-    """The safetensors set, loaded as load_model would on `device`: its format, dtype and fit rule."""
+    """The safetensors set, loaded as load_model would on `device`: its format, dtype and fit
+    rule."""
     config = model_info.read_json(repo_id, "config.json", revision)
     fmt = config_format(config, repo_id)
     names = [f.path for f in files if "/" not in f.path]
@@ -119,9 +129,8 @@ def _safetensors_row(repo_id: str, files: list, revision: str, device: str) -> d
     tensors = {}
     for name in weights:
         tensors.update(model_info.safetensors_tensors_remote(repo_id, name, revision))
-    dtype = resolve_dtype(
-        None, fmt, device
-    ).dtype  # what load_model picks, and casts to unless it is the checkpoint's
+    # what load_model picks, and casts to unless it is the checkpoint's
+    dtype = resolve_dtype(None, fmt, device).dtype
     on_disk = sum(f.size for f in files if f.path in weights)
     loaded = in_memory_bytes(tensors, on_disk, None if dtype == checkpoint_dtype(config) else dtype)
     each = tensors_in_memory(tensors, dtype)

@@ -18,7 +18,8 @@ from .precision import compute_dtype
 
 
 def heldout_text(language: str = "en") -> str:
-    """The course's held-out evaluation text, "en" or "zh" (never used for calibration: course/models.py reads that)."""
+    """The course's held-out evaluation text, "en" or "zh" (never used for calibration:
+    course/models.py reads that)."""
     name = {"en": "heldout.txt", "zh": "heldout_zh.txt"}[language]
     return resources.files("helpers").joinpath("data", name).read_text(encoding="utf-8")
 
@@ -43,7 +44,8 @@ def perplexity_from_logits(logits: np.ndarray, token_ids: list[int], chunk: int 
 
 
 def top1_agreement(predicted, reference) -> float:
-    """Fraction of positions where two models pick the same next token (from logits, or argmax ids)."""
+    """Fraction of positions where two models pick the same next token (from logits, or argmax
+    ids)."""
     predicted, reference = (np.asarray(x) for x in (predicted, reference))
     predicted, reference = (x.argmax(-1) if x.ndim == 2 else x for x in (predicted, reference))
     n = min(len(predicted), len(reference))
@@ -53,9 +55,10 @@ def top1_agreement(predicted, reference) -> float:
 def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
     """Next-token logits (float32 numpy) of a Transformers model for one sequence.
 
-    On a CPU without native bf16 its 16-bit products run in float32 here (helpers.precision, "batch"):
-    under the AVX2 emulation, Gemma's 262k-row output layer took 11 of a 13-second perplexity pass
-    in emulated bf16 and 2.7 s in float32, and the whole bf16 model's pass 12.4 s against 5.2 s."""
+    On a CPU without native bf16 its 16-bit products run in float32 here (helpers.precision,
+    "batch"): under the AVX2 emulation, Gemma's 262k-row output layer took 11 of a 13-second
+    perplexity pass in emulated bf16 and 2.7 s in float32, and the whole bf16 model's pass 12.4 s
+    against 5.2 s."""
     import torch
 
     with torch.inference_mode(), _products_in_fp32(model):
@@ -65,11 +68,13 @@ def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
 
 @contextlib.contextmanager
 def _products_in_fp32(model, rows: int = 32768):
-    """Inside, the model's 16-bit nn.Linear layers on the CPU multiply in float32, when the rule says so.
+    """Inside, the model's 16-bit nn.Linear layers on the CPU multiply in float32, when the rule
+    says so.
 
     Each output is rounded back to the layer's dtype, as a native bf16 product that accumulates in
-    float32 returns it, so a bf16 model stays a bf16 model. The output layer keeps float32 logits and
-    works `rows` vocabulary rows at a time (84 MB each). GPTQ/AWQ layers are not nn.Linear: untouched."""
+    float32 returns it, so a bf16 model stays a bf16 model. The output layer keeps float32 logits
+    and works `rows` vocabulary rows at a time (84 MB each). GPTQ/AWQ layers are not nn.Linear:
+    untouched."""
     import torch
 
     layers = [
@@ -119,9 +124,8 @@ def gguf_logits(path, token_ids: list[int], **llama_kwargs) -> np.ndarray:
     )
     try:
         llm.eval(token_ids)
-        return np.array(
-            llm.scores[: len(token_ids)], dtype=np.float32
-        )  # a copy: scores dies with llm
+        # a copy: scores dies with llm
+        return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
     finally:
         llm.close()
 

@@ -1,6 +1,8 @@
 """Notebook 00's environment check: versions, hardware, kernels, course models, and a verdict.
 
-verdict(package_versions(), hardware(), llama_cpp_build(), course_models.info_rows(), kernel_reports)
+verdict(
+    package_versions(), hardware(), llama_cpp_build(), course_models.info_rows(), kernel_reports
+)
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Watch a model write: stream its answer to a terminal, or to a notebook widget with a Stop button.
 
-run = stream(lm, "The capital of France is", max_new_tokens=64)  # lm from helpers.loading.load_model
-result = run.wait()   # StreamResult(text, prompt_tokens, new_tokens, ttft_s, seconds, tokens_per_s, stopped_by_user)
-print_stream(TokenStream(lm, prompt))   # the console; a TokenStream is a plain iterator of text pieces
+# lm from helpers.loading.load_model
+run = stream(lm, "The capital of France is", max_new_tokens=64)
+# StreamResult(text, prompt_tokens, new_tokens, ttft_s, seconds, tokens_per_s, stopped_by_user)
+result = run.wait()
+# the console; a TokenStream is a plain iterator of text pieces
+print_stream(TokenStream(lm, prompt))
 """
 
 import html
@@ -17,7 +20,10 @@ from dataclasses import dataclass
 from .errors import CourseError
 from .generation import encode_prompt, fit_context, pad_token_id
 
-PRE = '<pre style="white-space: pre-wrap; margin: 0; font-family: var(--jp-code-font-family, monospace)">{}</pre>'
+PRE = (
+    '<pre style="white-space: pre-wrap; margin: 0; '
+    'font-family: var(--jp-code-font-family, monospace)">{}</pre>'
+)
 
 
 @dataclass
@@ -34,10 +40,10 @@ class StreamResult:
 
 
 class TokenStream:
-    """One generation as an iterator of text pieces, for Transformers and llama.cpp alike: iterate it once,
-    `stop()` it from any thread (a stopping criterion checks after every token: no thread is killed). `text`,
-    `new_tokens`, `ttft_s`, `tokens_per_s` are live, `result` is set at the end; `plain_texts`, what a person
-    typed into `prompt`, stay text (generation.encode_prompt)."""
+    """One generation as an iterator of text pieces, for Transformers and llama.cpp alike: iterate
+    it once, `stop()` it from any thread (a stopping criterion checks after every token: no thread
+    is killed). `text`, `new_tokens`, `ttft_s`, `tokens_per_s` are live, `result` is set at the
+    end; `plain_texts`, what a person typed into `prompt`, stay text (generation.encode_prompt)."""
 
     def __init__(
         self,
@@ -49,17 +55,13 @@ class TokenStream:
         stop_strings=(),
         **generate_kwargs,
     ):
-        self.lm, self.prompt, self.plain_texts, self.stop_strings = (
-            lm,
-            prompt,
-            list(plain_texts),
-            list(stop_strings),
-        )
-        self.max_new_tokens, self.temperature, self.generate_kwargs = (
-            max_new_tokens,
-            temperature,
-            generate_kwargs,
-        )
+        self.lm = lm
+        self.prompt = prompt
+        self.plain_texts = list(plain_texts)
+        self.stop_strings = list(stop_strings)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.generate_kwargs = generate_kwargs
         self.text, self.prompt_tokens, self.new_tokens, self.ttft_s = "", 0, 0, None
         self.stopped_by_user, self.hit_stop_string, self.result = False, False, None
         self._stop, self._started = threading.Event(), None
@@ -70,17 +72,17 @@ class TokenStream:
         self._stop.set()
 
     @property
-    def tokens_per_s(
-        self,
-    ) -> float:  # decode speed: tokens after the first over the time since it came
+    def tokens_per_s(self) -> float:
+        # decode speed: tokens after the first over the time since it came
         elapsed = (
             time.perf_counter() - self._started - self.ttft_s if self.ttft_s is not None else 0
         )
         return (self.new_tokens - 1) / elapsed if self.new_tokens > 1 and elapsed > 0 else 0.0
 
     def visible(self, raw: str, final: bool = False) -> str:
-        """What of `raw` may show: up to the first stop string, less a tail that may begin one (until `final`).
-        Not the libraries' stop strings: Transformers' streamer shows one before generate(stop_strings=) ends."""
+        """What of `raw` may show: up to the first stop string, less a tail that may begin one
+        (until `final`). Not the libraries' stop strings: Transformers' streamer shows one before
+        generate(stop_strings=) ends."""
         cut = min((raw.find(s) for s in self.stop_strings if s in raw), default=-1)
         if cut >= 0 or final:
             return raw[:cut] if cut >= 0 else raw
@@ -101,13 +103,13 @@ class TokenStream:
         self._started, raw, ended = time.perf_counter(), "", False
         pieces = self._llama_cpp() if self.lm.backend == "llama.cpp" else self._transformers()
         try:
-            for piece in itertools.chain(
-                pieces, [None]
-            ):  # None: the end, which shows what was held back
+            # None: the end, which shows what was held back
+            for piece in itertools.chain(pieces, [None]):
                 raw += piece or ""
                 if not self.hit_stop_string and any(s in raw for s in self.stop_strings):
                     self.hit_stop_string = True
-                    self._stop.set()  # the generation ends within one token; visible() cuts before the stop
+                    # the generation ends within one token; visible() cuts before the stop
+                    self._stop.set()
                 shown = self.visible(raw, final=piece is None)
                 if len(shown) > len(self.text):
                     piece, self.text = shown[len(self.text) :], shown
@@ -128,14 +130,11 @@ class TokenStream:
             )
 
     def _count(self, new_tokens: int) -> None:
-        self.ttft_s, self.new_tokens = (
-            self.ttft_s or time.perf_counter() - self._started,
-            new_tokens,
-        )
+        self.ttft_s = self.ttft_s or time.perf_counter() - self._started
+        self.new_tokens = new_tokens
 
-    def _prompt_ids(
-        self,
-    ) -> list[int]:  # one <bos>, never two; refused, or max_new_tokens shortened, at the window
+    def _prompt_ids(self) -> list[int]:
+        # one <bos>, never two; refused, or max_new_tokens shortened, at the window
         ids = encode_prompt(self.lm, self.prompt, self.plain_texts)
         self.prompt_tokens = len(ids)
         self.max_new_tokens = fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
@@ -148,9 +147,8 @@ class TokenStream:
         model, tokenizer = self.lm.model, self.lm.tokenizer
         ids = torch.tensor([self._prompt_ids()], device=model.device)
 
-        def watch(
-            input_ids, scores, **kwargs
-        ):  # after every token, which is kept (so counted) even after Stop
+        def watch(input_ids, scores, **kwargs):
+            # after every token, which is kept (so counted) even after Stop
             self._count(input_ids.shape[1] - self.prompt_tokens)
             return torch.full(
                 (input_ids.shape[0],),
@@ -177,9 +175,8 @@ class TokenStream:
                 **sampling,
                 **self.generate_kwargs,
             )
-            job.add_done_callback(
-                lambda job: job.exception() and streamer.end()
-            )  # an error unblocks the reader
+            # an error unblocks the reader
+            job.add_done_callback(lambda job: job.exception() and streamer.end())
             try:
                 yield from streamer
             finally:
@@ -187,12 +184,10 @@ class TokenStream:
         job.result()  # re-raises the generation's error
 
     def _llama_cpp(self):
-        def watch(
-            input_ids, logits
-        ) -> bool:  # per sampled token, given the ids before it; then once more
-            stop = (
-                self._stop.is_set()
-            )  # at the end, with no new one. A token sampled after Stop is dropped.
+        # per sampled token, given the ids before it; then once more at the end, with no new one.
+        # A token sampled after Stop is dropped.
+        def watch(input_ids, logits) -> bool:
+            stop = self._stop.is_set()
             if not stop:
                 self._count(len(input_ids) + 1 - self.prompt_tokens)
             return stop
@@ -215,7 +210,8 @@ _busy, _busy_lock = set(), threading.Lock()  # id(lm.model) of the models genera
 
 
 def claim_model(lm, check_only: bool = False) -> None:
-    """One stream per model at a time: a second generation on the same llama.cpp model corrupts it."""
+    """One stream per model at a time: a second generation on the same llama.cpp model corrupts
+    it."""
     with _busy_lock:
         if id(lm.model) in _busy:
             raise CourseError(
@@ -226,24 +222,24 @@ def claim_model(lm, check_only: bool = False) -> None:
 
 
 def has_widget_frontend(mode: str = "auto") -> bool:
-    """True in Jupyter, Colab or VS Code; False in a terminal, plain Python, nbclient/nbmake/papermill.
-    mode="widget" or "console" (else QLLM_STREAM_MODE=widget|console) decides instead."""
+    """True in Jupyter, Colab or VS Code; False in a terminal, plain Python,
+    nbclient/nbmake/papermill. mode="widget" or "console" (else QLLM_STREAM_MODE=widget|console)
+    decides instead."""
     if mode not in ("auto", "widget", "console"):
         raise CourseError(f"mode must be 'auto', 'widget' or 'console', not {mode!r}.")
     forced = mode if mode != "auto" else os.environ.get("QLLM_STREAM_MODE", "").strip().lower()
     if forced in ("widget", "console") or "google.colab" in sys.modules:
         return forced != "console"
     ipython = sys.modules.get("IPython")
-    kernel = getattr(
-        ipython.get_ipython() if ipython else None, "kernel", None
-    )  # None: plain or terminal Python
-    return bool(
-        getattr(kernel, "_allow_stdin", False)
-    )  # False under nbclient (nbmake, papermill): nobody to click
+    # None: plain or terminal Python
+    kernel = getattr(ipython.get_ipython() if ipython else None, "kernel", None)
+    # False under nbclient (nbmake, papermill): nobody to click
+    return bool(getattr(kernel, "_allow_stdin", False))
 
 
 def format_status(run, state: str | None = None) -> str:
-    """'done · first token 0.12 s · 15 tokens · 48.1 tokens/s' for a TokenStream (live) or a StreamResult."""
+    """'done · first token 0.12 s · 15 tokens · 48.1 tokens/s' for a TokenStream (live) or a
+    StreamResult."""
     first = (
         f"first token {run.ttft_s:.2f} s"
         if run.ttft_s is not None
@@ -256,12 +252,11 @@ def format_status(run, state: str | None = None) -> str:
 def print_stream(
     tokens: TokenStream, by_line: bool = False, file=None, live: bool = True
 ) -> StreamResult:
-    """Run a TokenStream, printing its text as it comes (by_line: whole lines; live=False: at the end), then a
-    status line. Ctrl-C (or the notebook's interrupt button) acts as Stop."""
+    """Run a TokenStream, printing its text as it comes (by_line: whole lines; live=False: at the
+    end), then a status line. Ctrl-C (or the notebook's interrupt button) acts as Stop."""
     out, pieces, shown = file or sys.stdout, iter(tokens), 0
-    flush_each = not type(out).__module__.startswith(
-        "ipykernel"
-    )  # a kernel's stdout sends by itself every 0.2 s
+    # a kernel's stdout sends by itself every 0.2 s
+    flush_each = not type(out).__module__.startswith("ipykernel")
     try:
         for _piece in pieces:
             text = tokens.text[: tokens.text.rfind("\n") + 1] if by_line else tokens.text
@@ -279,7 +274,8 @@ def print_stream(
 
 
 def join_reader(widget, timeout: float | None) -> None:
-    """Wait for a widget's reader thread, then re-raise what went wrong in it (stream and chat widgets)."""
+    """Wait for a widget's reader thread, then re-raise what went wrong in it (stream and chat
+    widgets)."""
     thread = widget.reader_thread
     if thread is not None and (thread.join(timeout) or thread.is_alive()):  # join() returns None
         raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
@@ -294,9 +290,10 @@ class StreamWidget:
         display(sw.widget); sw.start(prompt)        # or simply: sw = stream(lm, prompt)
         sw.stop(); result = sw.wait()               # sw.text, sw.new_tokens and sw.status are live
 
-    Widget mode: `start` returns at once; a reader thread sets the widget values at most every `refresh_s` s
-    (never prints into an ipywidgets.Output: ipykernel 7 can lose that, ipywidgets issue 4020). Console mode:
-    `start` prints and returns at the end. `on_done(result)` runs after each generation."""
+    Widget mode: `start` returns at once; a reader thread sets the widget values at most every
+    `refresh_s` s (never prints into an ipywidgets.Output: ipykernel 7 can lose that, ipywidgets
+    issue 4020). Console mode: `start` prints and returns at the end. `on_done(result)` runs after
+    each generation."""
 
     def __init__(
         self,
@@ -314,19 +311,15 @@ class StreamWidget:
         self.settings = dict(
             max_new_tokens=max_new_tokens, temperature=temperature, **generate_kwargs
         )
-        self.status, self.update_seconds = (
-            "ready",
-            0.0,
-        )  # update_seconds: the reader's time on the widget
+        self.status = "ready"
+        self.update_seconds = 0.0  # the reader's time on the widget
         self.tokens = self.error = self.reader_thread = None
         self.widget = self.text_box = self.status_line = self.stop_button = None
         if self.mode == "widget":
             import ipywidgets as widgets
 
-            self.text_box, self.status_line = (
-                widgets.HTML(PRE.format("")),
-                widgets.HTML(self.status),
-            )
+            self.text_box = widgets.HTML(PRE.format(""))
+            self.status_line = widgets.HTML(self.status)
             self.stop_button = widgets.Button(
                 description="Stop",
                 icon="stop",
@@ -346,14 +339,14 @@ class StreamWidget:
     new_tokens = property(lambda self: self.tokens.new_tokens if self.tokens else 0)
 
     def start(self, prompt: str) -> "StreamWidget":
-        """Begin generating from `prompt` (widget mode: returns at once; console mode: when done)."""
+        """Begin generating from `prompt` (widget mode: returns at once; console mode: when
+        done)."""
         if self.running:
             raise CourseError(
                 "This stream is still generating: call stop() and wait() before starting again."
             )
-        claim_model(
-            self.lm, check_only=True
-        )  # fail here, in the caller, rather than in the reader thread
+        # fail here, in the caller, rather than in the reader thread
+        claim_model(self.lm, check_only=True)
         self.error, self.update_seconds = None, 0.0
         self.tokens = TokenStream(self.lm, prompt, **self.settings)
         if self.mode == "console":
@@ -414,8 +407,9 @@ class StreamWidget:
 
 
 def stream(lm, prompt: str, **settings) -> StreamWidget:
-    """Stream `prompt`'s completion into a StreamWidget (a widget with Stop where a front end can show it, else
-    the console; `settings` as StreamWidget's) and return it; `.wait()` gives the StreamResult."""
+    """Stream `prompt`'s completion into a StreamWidget (a widget with Stop where a front end can
+    show it, else the console; `settings` as StreamWidget's) and return it; `.wait()` gives the
+    StreamResult."""
     sw = StreamWidget(lm, **settings)
     if sw.mode == "widget":
         from IPython.display import display

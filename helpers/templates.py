@@ -1,20 +1,24 @@
-"""How chat messages become one prompt: the model's chat template, or a transcript a base model continues.
+"""How chat messages become one prompt: the model's chat template, or a transcript a base model
+continues.
 
-    template = choose_template(lm, "auto")        # "auto" | "chat" | "few-shot" | "completion"
-    print(template.describe()); prompt = template.render(messages)   # [{"role": ..., "content": ...}, ...]
-    count_prompt_tokens(lm, prompt, plain=[m["content"] for m in messages])   # as the model reads it
+    template = choose_template(lm, "auto")  # "auto" | "chat" | "few-shot" | "completion"
+    # [{"role": ..., "content": ...}, ...]
+    print(template.describe()); prompt = template.render(messages)
+    # as the model reads it
+    count_prompt_tokens(lm, prompt, plain=[m["content"] for m in messages])
 
-"chat": the model's chat template (the tokenizer's, the GGUF's, or for a Gemma GGUF without one the course's
-copy of Gemma's turn format), rendered as text for both backends. "completion": a "User: ...\\nAssistant:"
-transcript a *base* model can continue; "few-shot": the same, opened by FEW_SHOT_EXAMPLES (on the course model
-it answers more of SCORED_QUESTIONS than the other two: notebook 07). "auto": the model's own chat template,
-else few-shot (the course model's template was written by the course, not learned).
+"chat": the model's chat template (the tokenizer's, the GGUF's, or for a Gemma GGUF without one the
+course's copy of Gemma's turn format), rendered as text for both backends. "completion": a
+"User: ...\\nAssistant:" transcript a *base* model can continue; "few-shot": the same, opened by
+FEW_SHOT_EXAMPLES (on the course model it answers more of SCORED_QUESTIONS than the other two:
+notebook 07). "auto": the model's own chat template, else few-shot (the course model's template was
+written by the course, not learned).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from jinja2.exceptions import TemplateError
 
@@ -25,15 +29,16 @@ COURSE_TEMPLATE_FILE = Path(__file__).parent / "data" / "gemma_chat_template.jin
 COURSE_TEMPLATE_MARK = "written for this course"  # in the course's own Gemma template
 ROLES = ("system", "user", "assistant")
 TEMPLATES = ("auto", "chat", "few-shot", "completion")
-# A base model continues documents: a few answered questions show it the pattern (short, English and Chinese).
+# A base model continues documents: a few answered questions show it the pattern (short, English
+# and Chinese).
 FEW_SHOT_EXAMPLES = [
     ("What is the capital of Japan?", "Tokyo."),
     ("How many legs does a spider have?", "Eight."),
     ("日本的首都是哪里？", "东京。"),
     ("一年有几个月？", "十二个月。"),
 ]
-# Fixed questions (none among the examples) and what a right reply contains, a regular expression: the
-# templates are scored on them in notebooks 07 and 09.
+# Fixed questions (none among the examples) and what a right reply contains, a regular expression:
+# the templates are scored on them in notebooks 07 and 09.
 SCORED_QUESTIONS = [
     ("What is the capital of France?", r"Paris"),
     ("Who wrote Romeo and Juliet?", r"Shakespeare"),
@@ -49,11 +54,12 @@ SCORED_QUESTIONS = [
 
 
 def check_messages(messages, ends_with_user: bool = False) -> list[dict]:
-    """Validate a message list (an optional leading system message, then user/assistant turns in turn);
-    return plain {"role", "content"} dicts, or raise ChatError saying what is wrong."""
+    """Validate a message list (an optional leading system message, then user/assistant turns in
+    turn); return plain {"role", "content"} dicts, or raise ChatError saying what is wrong."""
     if not isinstance(messages, list):
         raise ChatError(
-            f"messages must be a list of {{'role': ..., 'content': ...}} dicts, not {type(messages).__name__}."
+            "messages must be a list of {'role': ..., 'content': ...} dicts, "
+            f"not {type(messages).__name__}."
         )
     start = (
         1
@@ -76,8 +82,8 @@ def check_messages(messages, ends_with_user: bool = False) -> list[dict]:
         expected = "system" if i < start else "user" if (i - start) % 2 == 0 else "assistant"
         if m["role"] != expected:
             raise ChatError(
-                f"message {i} is a {m['role']!r} message where a {expected!r} one belongs: after an "
-                "optional system message, turns alternate user, assistant, user, ..."
+                f"message {i} is a {m['role']!r} message where a {expected!r} one belongs: "
+                "after an optional system message, turns alternate user, assistant, user, ..."
             )
     if ends_with_user and (len(messages) == start or messages[-1]["role"] != "user"):
         raise ChatError("the messages must end with a user message (the one to answer).")
@@ -86,7 +92,8 @@ def check_messages(messages, ends_with_user: bool = False) -> list[dict]:
 
 @dataclass
 class ChatTemplate:
-    """How messages become a prompt: kind "chat" (a Jinja chat template), "few-shot" or "completion"."""
+    """How messages become a prompt: kind "chat" (a Jinja chat template), "few-shot" or
+    "completion"."""
 
     kind: str
     source: str  # where it comes from, in words
@@ -100,8 +107,8 @@ class ChatTemplate:
 
 
 def render_completion(messages: list[dict], add_generation_prompt: bool = True, examples=()) -> str:
-    """A transcript a base model can continue: system text, then "User: ..." / "Assistant: ..." lines,
-    opened by the (question, answer) pairs in `examples` (a few-shot transcript)."""
+    """A transcript a base model can continue: system text, then "User: ..." / "Assistant: ..."
+    lines, opened by the (question, answer) pairs in `examples` (a few-shot transcript)."""
     messages = check_messages(messages)
     system = (
         [messages.pop(0)["content"].strip() + "\n\n"]
@@ -116,14 +123,16 @@ def render_completion(messages: list[dict], add_generation_prompt: bool = True, 
 def own_chat_template(lm) -> tuple[str | None, str]:
     """The chat template the model ships (tokenizer or GGUF metadata), and where it was found."""
     if lm.backend == "llama.cpp":
-        return lm.model.metadata.get(
-            "tokenizer.chat_template"
-        ), "the GGUF metadata (tokenizer.chat_template)"
+        return (
+            lm.model.metadata.get("tokenizer.chat_template"),
+            "the GGUF metadata (tokenizer.chat_template)",
+        )
     return getattr(lm.tokenizer, "chat_template", None), "the tokenizer's chat_template"
 
 
 def choose_template(lm, template: str = "auto", chat_template: str | None = None) -> ChatTemplate:
-    """Pick how to render prompts for `lm` (module docstring); `chat_template` (Jinja) overrides the model's."""
+    """Pick how to render prompts for `lm` (module docstring); `chat_template` (Jinja) overrides the
+    model's."""
     if template not in TEMPLATES:
         raise ChatError(
             f"template must be one of {', '.join(repr(t) for t in TEMPLATES)}, not {template!r}."
@@ -131,10 +140,8 @@ def choose_template(lm, template: str = "auto", chat_template: str | None = None
     own, where = (
         (chat_template, "the chat_template you passed") if chat_template else own_chat_template(lm)
     )
-    template, course_written = (
-        "chat" if chat_template else template,
-        bool(own) and COURSE_TEMPLATE_MARK in own,
-    )
+    template = "chat" if chat_template else template
+    course_written = bool(own) and COURSE_TEMPLATE_MARK in own
     reason = ""
     if template == "auto" and not own:
         reason = (
@@ -142,8 +149,9 @@ def choose_template(lm, template: str = "auto", chat_template: str | None = None
         )
     elif template == "auto" and course_written:
         reason = (
-            "auto: the model's only chat template was written by this course for a base model that never "
-            "learned it (a few-shot transcript answers better: notebook 07); pass template='chat' to use it anyway"
+            "auto: the model's only chat template was written by this course for a base model "
+            "that never learned it (a few-shot transcript answers better: notebook 07); pass "
+            "template='chat' to use it anyway"
         )
     if template in ("completion", "few-shot") or reason:
         examples = FEW_SHOT_EXAMPLES if template != "completion" else ()
@@ -165,9 +173,10 @@ def choose_template(lm, template: str = "auto", chat_template: str | None = None
         )
         if not arch.startswith("gemma"):
             raise ChatError(
-                f"This model has no chat template in {where}, and its architecture ({arch or 'unknown'}) has no "
-                "format the course knows. Use template='completion', or pass chat_template='...' (the Jinja "
-                "template from the model's tokenizer_config.json or model card)."
+                f"This model has no chat template in {where}, and its architecture "
+                f"({arch or 'unknown'}) has no format the course knows. Use template='completion', "
+                "or pass chat_template='...' (the Jinja template from the model's "
+                "tokenizer_config.json or model card)."
             )
         own, where = (
             COURSE_TEMPLATE_FILE.read_text(),
@@ -187,8 +196,8 @@ def choose_template(lm, template: str = "auto", chat_template: str | None = None
 
 def jinja_template(lm, jinja: str, source: str) -> ChatTemplate:
     """A "chat" ChatTemplate running `jinja` as the backend's library does (llama-cpp-python's
-    Jinja2ChatFormatter, Transformers' apply_chat_template); the reply ends at the template's end-of-turn
-    marker, found by rendering one assistant message."""
+    Jinja2ChatFormatter, Transformers' apply_chat_template); the reply ends at the template's
+    end-of-turn marker, found by rendering one assistant message."""
     if lm.backend == "llama.cpp":
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -238,5 +247,6 @@ def jinja_template(lm, jinja: str, source: str) -> ChatTemplate:
 
 
 def count_prompt_tokens(lm, prompt: str, plain=()) -> int:
-    """Tokens `prompt` takes, counted as TokenStream feeds it (one <bos>; the typed texts in `plain` as text)."""
+    """Tokens `prompt` takes, counted as TokenStream feeds it (one <bos>; the typed texts in `plain`
+    as text)."""
     return len(encode_prompt(lm, prompt, plain))

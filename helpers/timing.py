@@ -7,7 +7,8 @@
 Every run decodes greedily and exactly `new_tokens` tokens (end-of-sequence cannot stop it
 early), so formats are compared on equal work. Thread counts are fixed (QLLM_THREADS).
 The speed ceiling of decoding is memory bandwidth: each new token reads every weight once, so
-`decode_ceiling(copy_bandwidth(), bytes_per_token(lm))` is the most tokens/s this machine could give.
+`decode_ceiling(copy_bandwidth(), bytes_per_token(lm))` is the most tokens/s this machine could
+give.
 """
 
 from __future__ import annotations
@@ -168,10 +169,12 @@ def set_threads(lm: LoadedModel, threads: int) -> None:
 
 
 def time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int = 32) -> RunTiming:
-    """Generate exactly `new_tokens` tokens greedily after `prompt` (text, or token ids) and time each phase.
+    """Generate exactly `new_tokens` tokens greedily after `prompt` (text, or token ids) and time
+    each phase.
 
     The course's one definition of the figures: TTFT from the call to the first new token (reading
-    the prompt included); decode tokens/s = tokens after the first / time from the first to the last."""
+    the prompt included); decode tokens/s = tokens after the first / time from the first to the
+    last."""
     if new_tokens < 2:
         raise CourseError(f"new_tokens={new_tokens}: decode speed needs at least 2 new tokens.")
     run = _run_llama_cpp if lm.backend == "llama.cpp" else _run_transformers
@@ -309,8 +312,9 @@ def copy_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5) -> float:
 
 
 def weights_read_per_token(sizes: dict[str, int], embedding: str, head: str, rows: int) -> int:
-    """Bytes read per decoded token, from each weight's bytes: every weight once, except an input `embedding`
-    with a separate output `head`, of which one of its `rows` rows is read (tied, it is the head: read whole)."""
+    """Bytes read per decoded token, from each weight's bytes: every weight once, except an input
+    `embedding` with a separate output `head`, of which one of its `rows` rows is read (tied, it is
+    the head: read whole)."""
     total = sum(sizes.values())
     if head in sizes and embedding in sizes:
         total -= sizes[embedding] - sizes[embedding] // rows
@@ -318,21 +322,22 @@ def weights_read_per_token(sizes: dict[str, int], embedding: str, head: str, row
 
 
 def gguf_bytes_per_token(source) -> int:
-    """Weight bytes llama.cpp reads per decoded token, from a .gguf path or its header as `model_info.gguf_header`
-    or `gguf_header_remote` give it (no weights needed): `weights_read_per_token`, head `output.weight`."""
+    """Weight bytes llama.cpp reads per decoded token, from a .gguf path or its header as
+    `model_info.gguf_header` or `gguf_header_remote` give it (no weights needed):
+    `weights_read_per_token`, head `output.weight`."""
     header = source if isinstance(source, dict) else gguf_header(source)
-    rows = header["shapes"].get("token_embd.weight", [1])[
-        -1
-    ]  # GGUF order: the vocabulary comes last
+    # GGUF order: the vocabulary comes last
+    rows = header["shapes"].get("token_embd.weight", [1])[-1]
     return weights_read_per_token(
         header["tensor_bytes"], "token_embd.weight", "output.weight", rows
     )
 
 
 def torch_bytes_per_token(model) -> int:
-    """Weight bytes a Transformers model reads per decoded token: every tensor of its state dict once
-    (a tied one once), but only one row of an input embedding not tied to the output head. Quantized
-    layers count their packed weights, scales and zeros (CPU kernels repack them to about that size)."""
+    """Weight bytes a Transformers model reads per decoded token: every tensor of its state dict
+    once (a tied one once), but only one row of an input embedding not tied to the output head.
+    Quantized layers count their packed weights, scales and zeros (CPU kernels repack them to about
+    that size)."""
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     sizes = {}  # by storage: a tied tensor counts once
