@@ -1,13 +1,15 @@
-"""Drive the course in a real browser: JupyterLab on 127.0.0.1 and Debian's Chromium through Playwright.
+"""Drive the course in a real browser: JupyterLab on 127.0.0.1 and Debian's Chromium through
+Playwright.
 
-Used by tests/test_browser.py. Everything runs against copies of the notebooks in a temporary folder,
-with Jupyter's config, data, runtime, settings and workspace folders there too, so the repository and
-the user's Jupyter setup are never touched. The browser is the system Chromium (never one that
-Playwright downloads); what it needs from Debian is installed by tools/ci_system_deps.sh.
+Used by tests/test_browser.py. Everything runs against copies of the notebooks in a temporary
+folder, with Jupyter's config, data, runtime, settings and workspace folders there too, so the
+repository and the user's Jupyter setup are never touched. The browser is the system Chromium (never
+one that Playwright downloads); what it needs from Debian is installed by tools/ci_system_deps.sh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,8 +21,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import nbformat
 
@@ -71,7 +74,8 @@ def chromium_path() -> str | None:
 def wait_until(
     check: Callable[[], T], timeout: float, message: str | Callable[[], str], interval: float = 0.2
 ) -> T:
-    """Poll `check()` until it returns something truthy; fail with `message` after `timeout` seconds."""
+    """Poll `check()` until it returns something truthy; fail with `message` after `timeout`
+    seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -92,9 +96,11 @@ def free_port() -> int:
 def copy_notebook(
     src: Path, dest_dir: Path, insert_before: str | None = None, insert_source: str | None = None
 ) -> Path:
-    """Copy a notebook; optionally insert a code cell before the first cell containing `insert_before`.
+    """Copy a notebook; optionally insert a code cell before the first cell containing
+    `insert_before`.
 
-    The browser test uses this papermill-style to lengthen a generation, so it can be watched and stopped.
+    The browser test uses this papermill-style to lengthen a generation, so it can be watched and
+    stopped.
     """
     nb = nbformat.read(src, as_version=4)
     if insert_before is not None:
@@ -132,7 +138,7 @@ class JupyterLab:
         self.log_path = workdir / "jupyterlab.log"
         self.url = f"http://127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 90) -> "JupyterLab":
+    def start(self, timeout: float = 90) -> JupyterLab:
         dirs = {
             name: self.workdir / name
             for name in ("config", "data", "runtime", "settings", "workspaces")
@@ -174,7 +180,7 @@ class JupyterLab:
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.extension_manager=readonly",
         ]
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 -- open while the server runs; stop() closes it
         self.proc = subprocess.Popen(
             cmd,
             cwd=self.root_dir,
@@ -249,10 +255,8 @@ class JupyterLab:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         for child in children:
-            try:
+            with contextlib.suppress(psutil.Error):
                 child.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(children, timeout=10)
         self._log.close()
         self.proc = None
@@ -275,8 +279,9 @@ class NotebookPage:
         self.panel = page.locator(".jp-NotebookPanel").filter(visible=True)
         self.cells = self.panel.locator(".jp-Notebook .jp-Cell")
 
-    def open(self, timeout: float = 120) -> "NotebookPage":
-        """Load the notebook page; return once its cells show their sources and its kernel is idle."""
+    def open(self, timeout: float = 120) -> NotebookPage:
+        """Load the notebook page; return once its cells show their sources and its kernel is
+        idle."""
         nb = nbformat.read(self.lab.root_dir / self.notebook, as_version=4)
         first = next(
             i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()
@@ -284,7 +289,8 @@ class NotebookPage:
         first_line = nb.cells[first].source.strip().splitlines()[0].strip()[:30]
         editor = self.cell(first).locator(".jp-InputArea-editor")
         self.page.goto(self.lab.page_url(self.notebook), timeout=timeout * 1000)
-        # JupyterLab first draws a placeholder notebook (one empty cell, status "idle"), then the file
+        # JupyterLab first draws a placeholder notebook (one empty cell, status "idle"), then the
+        # file
         wait_until(
             lambda: self.cells.count() == len(nb.cells) and first_line in editor.inner_text(),
             timeout,
@@ -297,8 +303,9 @@ class NotebookPage:
             lambda: self.server_kernel_state() == "idle" and self.kernel_status() == "idle",
             timeout,
             lambda: (
-                f"{self.notebook}: the kernel did not become idle (server: {self.server_kernel_state()!r}, "
-                f"page: {self.kernel_status()!r}); JupyterLab log:\n{self.lab.log_tail()}"
+                f"{self.notebook}: the kernel did not become idle "
+                f"(server: {self.server_kernel_state()!r}, page: {self.kernel_status()!r}); "
+                f"JupyterLab log:\n{self.lab.log_tail()}"
             ),
             interval=0.5,
         )
@@ -335,7 +342,8 @@ class NotebookPage:
             lambda: expect in editor.inner_text(),
             30,
             lambda: (
-                f"{self.notebook}: cell {i} should contain {expect!r}, it holds:\n{editor.inner_text()[:400]}"
+                f"{self.notebook}: cell {i} should contain {expect!r}, it holds:\n"
+                f"{editor.inner_text()[:400]}"
             ),
         )
         cell.locator(".jp-InputPrompt").click()
@@ -351,7 +359,8 @@ class NotebookPage:
         self.run_menu("Run All Above Selected Cell")
 
     def run_cell(self, i: int, expect: str) -> None:
-        """Run > Run Selected Cell and Do not Advance, with cell `i` selected; wait until it is queued."""
+        """Run > Run Selected Cell and Do not Advance, with cell `i` selected; wait until it is
+        queued."""
         before = self.prompt(i)
         self.select(i, expect)
         self.run_menu("Run Selected Cell and Do not Advance")
@@ -377,7 +386,8 @@ class NotebookPage:
         return "jp-CodeCell" in (self.cell(i).get_attribute("class") or "")
 
     def wait_executed(self, indexes: list[int], timeout: float) -> None:
-        """Wait until the code cells `indexes` all show an execution count; fail on an error or a widget error."""
+        """Wait until the code cells `indexes` all show an execution count; fail on an error or a
+        widget error."""
 
         def done() -> bool:
             self.check_errors(indexes)
@@ -386,7 +396,11 @@ class NotebookPage:
                 return True
             if self.kernel_status() == "idle" and not any("*" in p for p in prompts):
                 # nothing runs, nothing queued, yet a cell has no count: the run stopped early
-                missing = [i for i, p in zip(indexes, prompts) if not re.fullmatch(r"\[\d+\]:", p)]
+                missing = [
+                    i
+                    for i, p in zip(indexes, prompts, strict=True)
+                    if not re.fullmatch(r"\[\d+\]:", p)
+                ]
                 if missing and self._still_idle():
                     raise AssertionError(
                         f"{self.notebook}: cells {missing} were not executed (the run stopped)"
@@ -408,7 +422,8 @@ class NotebookPage:
         return self.kernel_status() == "idle"
 
     def check_errors(self, indexes: list[int]) -> None:
-        """Fail with the message a learner would see: a traceback, or a widget that cannot be displayed."""
+        """Fail with the message a learner would see: a traceback, or a widget that cannot be
+        displayed."""
         for i in indexes:
             text = self.output_text(i)
             if "Error displaying widget" in text:

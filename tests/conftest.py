@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests never download anything: models are the course's own or tiny random ones."""
+"""Shared fixtures. Tests never download anything: models are the course's own or tiny random
+ones."""
 
 import os
 from pathlib import Path
@@ -30,7 +31,8 @@ def course_cache() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, course_cache) -> Path:
-    """A tiny random Gemma 3 (1 layer, safetensors, 1024-token window) with the course tokenizer: loads in seconds."""
+    """A tiny random Gemma 3 (1 layer, safetensors, 1024-token window) with the course tokenizer:
+    loads in seconds."""
     import shutil
 
     from course import models as course_models
@@ -72,7 +74,8 @@ def tiny_gemma3(path: Path, vocab_size: int = 262144, layers: int = 1, seed: int
 
 @pytest.fixture(scope="module")
 def small_gguf(tmp_path_factory) -> bytes:
-    """A complete 2-tensor GGUF file (an empty string value included), written with the gguf package."""
+    """A complete 2-tensor GGUF file (an empty string value included), written with the gguf
+    package."""
     import gguf
     import numpy as np
 
@@ -93,8 +96,9 @@ def small_gguf(tmp_path_factory) -> bytes:
 
 
 def tiny_compressed_tensors(source: Path, out: Path, group_size: int = 128) -> Path:
-    """A W4A16 compressed-tensors checkpoint of the model in `source`, made the way llm-compressor saves one,
-    with round-to-nearest scales (compressed-tensors' own `calculate_qparams`) instead of its GPTQ pass."""
+    """A W4A16 compressed-tensors checkpoint of the model in `source`, made the way llm-compressor
+    saves one, with round-to-nearest scales (compressed-tensors' own `calculate_qparams`) instead of
+    its GPTQ pass."""
     import shutil
 
     import torch

@@ -95,9 +95,11 @@ def test_small_run_writes_complete_json(small_run):
     assert (
         rows["gguf"]["heldout_tokens"] == rows["hf-bf16"]["heldout_tokens"]
     )  # same tokens, comparable
-    # the gguf is Q4_K_M quantized from hf-bf16 (the off-grid reference): it pays a 4-bit cost, within the gate
+    # the gguf is Q4_K_M quantized from hf-bf16 (the off-grid reference): it pays a 4-bit cost,
+    # within the gate
     assert 1.0 < rows["gguf"]["perplexity"] / rows["hf-bf16"]["perplexity"] <= QUALITY_GATE
-    # and the same on the Chinese held-out text, measured separately (its own tokens, its own reference)
+    # and the same on the Chinese held-out text, measured separately (its own tokens, its own
+    # reference)
     assert (
         rows["hf-bf16"]["top1_agreement_zh"] == 1.0
         and 0.5 < rows["gguf"]["top1_agreement_zh"] <= 1.0
@@ -117,7 +119,8 @@ def test_small_run_writes_complete_json(small_run):
     )
     assert len(report["runs"]) == 2 * 2  # repeats x formats x one prompt
     assert {r["new_tokens"] for r in report["runs"]} == {3}
-    # the long prompt ran on the formats asked for that were in the run (hf-fp32 was not), and only there
+    # the long prompt ran on the formats asked for that were in the run (hf-fp32 was not), and only
+    # there
     assert report["settings"]["long_prompt_formats"] == ["hf-bf16"]
     assert rows["hf-bf16"]["long_prompt_tokens"] > 8 * rows["hf-bf16"]["prompt_tokens"] / 2
     assert rows["hf-bf16"]["long_prompt_tok_s"] > 0

@@ -1,9 +1,11 @@
-"""The course the way a learner sees it: JupyterLab in a real (headless) Chromium, driven by Playwright.
+"""The course the way a learner sees it: JupyterLab in a real (headless) Chromium, driven by
+Playwright.
 
-Notebook 06: Run All Above the streaming-widget cell, run it, watch the text grow and the status line
-show tokens/s, press Stop, and see the generation end. Notebook 07: send two messages through the chat
-widget and see both, with replies, in the transcript. Screenshots go to build/screenshots/ (the README
-uses them). Any "Error displaying widget: model not found" fails the test with that message.
+Notebook 06: Run All Above the streaming-widget cell, run it, watch the text grow and the status
+line show tokens/s, press Stop, and see the generation end. Notebook 07: send two messages through
+the chat widget and see both, with replies, in the transcript. Screenshots go to build/screenshots/
+(the README uses them). Any "Error displaying widget: model not found" fails the test with that
+message.
 
 Skipped, with the reason, when Playwright or the system Chromium is missing (tools/ci_system_deps.sh
 installs Chromium; `pip install playwright` the rest; never `playwright install`).
@@ -50,7 +52,8 @@ def playwright_api():
         from playwright import sync_api
     except ImportError:
         skip_or_fail(
-            "Playwright is not installed (pip install playwright; the browser is the system Chromium)"
+            "Playwright is not installed (pip install playwright; "
+            "the browser is the system Chromium)"
         )
     if chromium_path() is None:
         skip_or_fail(
@@ -70,7 +73,9 @@ def lab(playwright_api, course_cache, tmp_path_factory):
         NOTEBOOKS / "06_streaming.ipynb",
         root,
         insert_before="streaming.stream(lm, PROMPT",
-        insert_source=f"MAX_NEW_TOKENS = {STREAM_TOKENS}  # browser test: long enough to watch and Stop",
+        insert_source=(
+            f"MAX_NEW_TOKENS = {STREAM_TOKENS}  # browser test: long enough to watch and Stop"
+        ),
     )
     copy_notebook(CHAT_NOTEBOOK, root)
     server = JupyterLab(
@@ -142,10 +147,11 @@ def test_streaming_widget_in_jupyterlab(lab, page):
     for _ in range(4):
         before = lengths[-1] if lengths else 0
         wait_until(
-            lambda: len(text.inner_text()) > before,
+            lambda before=before: len(text.inner_text()) > before,
             60,
-            lambda: (
-                f"the streamed text stopped growing at {before} characters; status: {status.inner_text()!r}"
+            lambda before=before: (
+                f"the streamed text stopped growing at {before} characters; status: "
+                f"{status.inner_text()!r}"
             ),
         )
         lengths.append(len(text.inner_text()))
@@ -203,8 +209,8 @@ def test_missing_widget_model_is_reported(lab, page):
 
     source = (
         "from IPython.display import display\n"
-        'display({"application/vnd.jupyter.widget-view+json": {"model_id": "0" * 32, "version_major": 2, '
-        '"version_minor": 0}}, raw=True)'
+        'display({"application/vnd.jupyter.widget-view+json": {"model_id": "0" * 32, '
+        '"version_major": 2, "version_minor": 0}}, raw=True)'
     )
     nb_file = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
     nb_file.metadata["kernelspec"] = {
@@ -278,9 +284,9 @@ def test_chat_widget_in_jupyterlab(lab, page):
         box.fill(message)
         send.click()
         wait_until(
-            lambda: users.count() == n,
+            lambda n=n: users.count() == n,
             30,
-            lambda: (
+            lambda n=n: (
                 f"message {n} did not appear in the transcript; status {status.inner_text()!r}, "
                 f"transcript:\n{ui.locator('.qllm-chat-transcript').inner_text()}"
             ),
@@ -289,9 +295,9 @@ def test_chat_widget_in_jupyterlab(lab, page):
             f"the transcript shows {users.nth(n - 1).inner_text()!r} for message {n!r}"
         )
         wait_until(
-            lambda: idle() and replies.count() == n,
+            lambda n=n: idle() and replies.count() == n,
             180,
-            lambda: (
+            lambda n=n: (
                 f"no finished reply to message {n}; status {status.inner_text()!r}, transcript:\n"
                 f"{ui.locator('.qllm-chat-transcript').inner_text()}"
             ),

@@ -1,5 +1,6 @@
-"""helpers.chat and helpers.templates: trimming (unit + property), templates, stop strings, save/load
-safety, the course's ChatWidget driven from code, and the terminal chat driven through a pipe."""
+"""helpers.chat and helpers.templates: trimming (unit + property), templates, stop strings,
+save/load safety, the course's ChatWidget driven from code, and the terminal chat driven through a
+pipe."""
 
 import html
 import json
@@ -322,7 +323,9 @@ def test_a_session_trims_to_its_window_and_counts_like_the_stream(gguf):
                 {"role": "user", "content": f"Tell me fact number {i} about the sea."},
                 {
                     "role": "assistant",
-                    "content": f"Fact {i}: the sea is salty and deep, and covers most of the planet.",
+                    "content": (
+                        f"Fact {i}: the sea is salty and deep, and covers most of the planet."
+                    ),
                 },
             )
         ]
@@ -372,7 +375,8 @@ def _detokenize(lm, ids) -> str:
 
 
 def test_typed_control_tokens_stay_text_in_both_backends(gguf, course_cache):
-    """A user who types "<end_of_turn>" must not end their turn: with the libraries' defaults they would."""
+    """A user who types "<end_of_turn>" must not end their turn: with the libraries' defaults they
+    would."""
     hf = loading.load_model(course_models.model_path("hf"))
     for lm in (gguf, hf):
         session = chat.ChatSession(lm, template="chat", max_new_tokens=2)
@@ -542,8 +546,8 @@ def test_terminal_chat_says_clearly_when_the_model_is_missing(tmp_path):
 
 
 def test_in_a_real_kernel_typing_and_clicking_send_streams_into_the_transcript(course_cache):
-    """What a browser does: set the text box's value and click Send through the widget comms of a real
-    ipykernel; the reply then arrives as transcript value updates while the kernel is idle."""
+    """What a browser does: set the text box's value and click Send through the widget comms of a
+    real ipykernel; the reply then arrives as transcript value updates while the kernel is idle."""
     import re
 
     from jupyter_client.manager import start_new_kernel
@@ -560,7 +564,7 @@ lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
 ui = ChatWidget(lm, system="Be brief.", max_new_tokens=24)
 ui.show()
 print("mode:", ui.mode, "ids:", ui.input_box.model_id, ui.send_button.model_id, ui.transcript_box.model_id)
-""",
+""",  # noqa: E501 -- kernel source; wrapping it would change the code it runs
             allow_stdin=True,
         )
         printed = kernel_stdout(first)
@@ -601,8 +605,8 @@ print("mode:", ui.mode, "ids:", ui.input_box.model_id, ui.send_button.model_id, 
         assert any("qllm-chat-live" in v for v in values)  # the reply streamed in
         second = run_in_kernel(
             kc,
-            "import json; print('result:', json.dumps({'t': ui.transcript, 'box': ui.input_box.value, "
-            "'status': ui.status}))",
+            "import json; print('result:', json.dumps({'t': ui.transcript, "
+            "'box': ui.input_box.value, 'status': ui.status}))",
             allow_stdin=True,
         )
         result = json.loads(kernel_stdout(second).split("result:", 1)[1])

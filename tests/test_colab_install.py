@@ -1,6 +1,7 @@
-"""The notebooks' Colab install cell, replayed with pip's resolver on a Colab-like set of preinstalled
-packages (tools/colab_dry_run.py): it must resolve, and it must leave Colab's own torch, ipython and
-ipykernel alone. What it would replace is printed (run `python tools/colab_dry_run.py` to see it)."""
+"""The notebooks' Colab install cell, replayed with pip's resolver on a Colab-like set of
+preinstalled packages (tools/colab_dry_run.py): it must resolve, and it must leave Colab's own
+torch, ipython and ipykernel alone. What it would replace is printed (run
+`python tools/colab_dry_run.py` to see it)."""
 
 import subprocess
 import sys
@@ -32,6 +33,6 @@ def test_the_colab_cell_resolves_and_keeps_colabs_own_runtime():
         "would replace:" in done.stdout
         and "torch " not in done.stdout.split("would replace:")[1].split("and add")[0]
     )
-    # Colab's Transformers 4.x gives way to the tested 5.x, and numpy to gptqmodel's pin: the cell detects
-    # when that needs a runtime restart (numpy is imported before the cell runs)
+    # Colab's Transformers 4.x gives way to the tested 5.x, and numpy to gptqmodel's pin: the cell
+    # detects when that needs a runtime restart (numpy is imported before the cell runs)
     assert "transformers" in done.stdout and "numpy" in done.stdout

@@ -1,4 +1,5 @@
-"""The course-model builder: caching, staleness, interrupted builds, the quality gate, the AWQ fix."""
+"""The course-model builder: caching, staleness, interrupted builds, the quality gate, the AWQ
+fix."""
 
 import json
 import re
@@ -64,8 +65,8 @@ def test_a_build_says_first_what_it_builds_and_about_how_long(tmp_cache, capsys,
 
 
 def test_killed_build_is_detected_and_never_used(tmp_cache):
-    """kill -9 of the builder alone, mid-build: its child dies with it, the half-made folder is never
-    used, and the next build writes into a folder of its own."""
+    """kill -9 of the builder alone, mid-build: its child dies with it, the half-made folder is
+    never used, and the next build writes into a folder of its own."""
     import psutil
 
     proc = subprocess.Popen(
@@ -96,7 +97,8 @@ def test_killed_build_is_detected_and_never_used(tmp_cache):
 
 
 def test_each_build_gets_its_own_folder(tmp_cache, monkeypatch):
-    """Two builds of one format never share a folder, so a stray writer cannot mix files into a build."""
+    """Two builds of one format never share a folder, so a stray writer cannot mix files into a
+    build."""
     folders = []
 
     def fake_child(argv, stdout, stderr, env):
@@ -161,8 +163,9 @@ def test_built_models_record_recipe_and_pass_quality_gate(course_cache):
 
 
 def test_reference_is_off_the_q4_k_m_grid(course_cache):
-    """The fair reference (issue 16): the shipped Q4_K_M computes what hf computes, while Q4_K_M made from hf
-    pays a real quantization cost. Were hf still on the shipped file's grid, both would be ~1.00."""
+    """The fair reference (issue 16): the shipped Q4_K_M computes what hf computes, while Q4_K_M
+    made from hf pays a real quantization cost. Were hf still on the shipped file's grid, both would
+    be ~1.00."""
     ppl = {
         fmt: course_models.read_stamp(fmt)["perplexity"] for fmt in ("gguf", "hf", "gguf-from-hf")
     }
@@ -243,8 +246,9 @@ def test_awq_fixes_are_undone_on_exit():
 
 
 def test_hf_build_parses_the_gguf_once(tmp_path, small_gguf):
-    """Transformers opens a new gguf.GGUFReader for the config, the tokenizer and the weights; inside
-    the hf build they share one (each parse walks a 262k vocabulary), and GGUFReader is itself again after."""
+    """Transformers opens a new gguf.GGUFReader for the config, the tokenizer and the weights;
+    inside the hf build they share one (each parse walks a 262k vocabulary), and GGUFReader is
+    itself again after."""
     import gguf
 
     path = tmp_path / "small.gguf"
@@ -260,8 +264,9 @@ def test_hf_build_parses_the_gguf_once(tmp_path, small_gguf):
 
 @pytest.mark.parametrize("fmt", ["hf", "gptq", "awq"])
 def test_tokenizer_config_lists_the_added_tokens_and_changes_nothing(course_cache, tmp_path, fmt):
-    """The build writes the added tokens into tokenizer_config.json (so Transformers need not re-parse
-    tokenizer.json to find them); a copy without them tokenizes every text exactly alike."""
+    """The build writes the added tokens into tokenizer_config.json (so Transformers need not
+    re-parse tokenizer.json to find them); a copy without them tokenizes every text exactly
+    alike."""
     import json
     import shutil
 

@@ -1,5 +1,6 @@
-"""The exercises: every lesson ends with a recap and 3-5 exercises, each with a check; every check has a
-solution in solutions/ that asserts it (nbmake runs those); a wrong answer gets a hint, never the answer."""
+"""The exercises: every lesson ends with a recap and 3-5 exercises, each with a check; every check
+has a solution in solutions/ that asserts it (nbmake runs those); a wrong answer gets a hint, never
+the answer."""
 
 from __future__ import annotations
 
@@ -129,7 +130,9 @@ WRONG = [  # (module, check, a wrong answer, a hint word, the truth that must no
     (
         "ch07",
         "check_3",
-        lambda replies, questions: sum(p in r for (_, p), r in zip(questions, replies)),
+        lambda replies, questions: sum(
+            p in r for (_, p), r in zip(questions, replies, strict=False)
+        ),
         "re.search",
         None,
     ),
@@ -161,8 +164,8 @@ def test_a_learners_error_is_reported_not_raised(capsys):
 
 
 def test_gptq_checks_on_the_course_model(course_cache, capsys):
-    """The checks that read the course's GPTQ file: a forgotten +1 on the zero points is named as such,
-    and a size off by one tensor is rejected without printing the right size."""
+    """The checks that read the course's GPTQ file: a forgotten +1 on the zero points is named as
+    such, and a size off by one tensor is rejected without printing the right size."""
     import torch
 
     from course import quantize

@@ -1,35 +1,88 @@
-"""Bad input, faults and safe defaults across the helpers: the matrix of issue 10, one row at a time.
+"""Bad input, faults and safe defaults across the helpers: the matrix of issue 10, one row at a
+time.
 
 Each test asserts the message a learner sees (what went wrong + what to do) and that nothing is
 left half-written looking complete. Nothing is downloaded: the models are the course's own or a
 tiny random Gemma 3, the hub is the course's local hub server, and course-model builds run in a
 temporary QLLM_CACHE_DIR.
 
-row | fault                                        | test                                              | the learner sees (start)
-----|----------------------------------------------|---------------------------------------------------|-------------------------------------------
-1   | path that does not exist                     | test_row1_a_path_that_does_not_exist              | "<path> does not exist. Build the course models with ..."
-1   | folder / file that is not a model            | test_row1_a_folder_or_file_that_is_not_a_model    | "<path> is a folder but not a model folder: it has no config.json. ..."
-2   | .gguf with the wrong magic                   | test_row2_a_gguf_with_the_wrong_magic             | "<path> is not a GGUF file: it starts with b'<!DO' (an HTML page ...) ..."
-2   | truncated .gguf                              | test_row2_a_truncated_gguf                        | "<path> is truncated: ... download the file again ..."
-3   | GPTQ/AWQ without gptqmodel                   | test_row3_gptq_awq_without_gptqmodel              | "This is a GPTQ checkpoint; Transformers 5 loads GPTQ through GPTQModel ..."
-3   | gptqmodel installed but broken               | test_row3_gptqmodel_that_fails_to_import          | "... gptqmodel is installed but fails to import ..."
-3   | compressed-tensors without its package       | test_loading.py::test_compressed_tensors_without_its_package_is_one_clear_line | "This is a compressed-tensors checkpoint (llm-compressor's format); ... pip install compressed-tensors==0.20.1 ..."
-4   | model larger than free RAM / VRAM            | test_row4_too_big_for_free_ram_or_vram            | "Not loading <name>: it needs about X GiB of RAM (...), and only Y GiB is free on cpu. ..."
-5   | prompt + max_new_tokens > window (both)      | test_row5_context_window_transformers / _llama_cpp / _streaming | "The prompt is N tokens but ..."
-6   | download cut mid-file                        | test_row6_a_download_cut_mid_file                 | "The transfer from <endpoint> broke and did not recover ..."
-6   | download arrives corrupted                   | test_row6_a_corrupted_download_is_deleted         | "model.safetensors has the wrong sha256 (...); it was deleted ..."
-6   | unreachable endpoint                         | test_row6_an_unreachable_endpoint                 | "Cannot reach http://127.0.0.1:<port> (...). HF_ENDPOINT is set to ..."
-6   | wrong repo / file name                       | test_row6_a_wrong_repo_or_file_name               | "No repo 'me/tinny' at ... Check the spelling ..."
-6   | not enough disk                              | test_row6_not_enough_disk                         | "Not downloading me/tiny: the 4 chosen file(s) need ... and only ... is free ..."
-7   | corrupt or empty chat history                | test_row7_a_damaged_history_file                  | "<path> is not a usable chat history (...); it is kept as <path>.corrupt-... Starting a fresh history."
-7   | save to an unwritable path                   | test_row7_a_failed_save_keeps_the_old_file        | "Cannot save the chat to <path>: ... The old file is unchanged. ..."
-8   | interrupted course-model build               | test_row8_an_interrupted_build_is_detected_and_rebuilt (+ _real_gguf_) | status "interrupted"; "<path> does not exist. Build the course models ..."
-9   | trust_remote_code                            | test_row9_trust_remote_code_off_unless_asked      | "... The course keeps trust_remote_code=False. ..." / warning "trust_remote_code=True: ..."
-9   | pickle weights                               | test_row9_safetensors_only_unless_allow_pickle    | "<path> has only pickle weights (*.bin/*.pt), which can run code ..." / warning "allow_pickle=True: ..."
-9   | HF token never shown                         | test_row9_token_never_printed_by_the_hub_helpers, test_row9_token_never_in_the_executed_notebook_01 | "token": "set (hidden)"
-10  | server stopped when the code using it fails  | test_row10_server_stops_when_the_with_body_raises, test_row10_server_dies_with_its_owner | (no message: pid gone, port closed)
-+   | property: GGUF header check                  | test_property_gguf_header_check_*                 |
-+   | property: history trimming                   | test_property_trim_history                        |
+The matrix, one entry per fault: its row and the fault, the test(s), and what the learner sees
+(the start of it).
+
+1   path that does not exist
+    test: test_row1_a_path_that_does_not_exist
+    sees: "<path> does not exist. Build the course models with ..."
+1   folder / file that is not a model
+    test: test_row1_a_folder_or_file_that_is_not_a_model
+    sees: "<path> is a folder but not a model folder: it has no config.json. ..."
+2   .gguf with the wrong magic
+    test: test_row2_a_gguf_with_the_wrong_magic
+    sees: "<path> is not a GGUF file: it starts with b'<!DO' (an HTML page ...) ..."
+2   truncated .gguf
+    test: test_row2_a_truncated_gguf
+    sees: "<path> is truncated: ... download the file again ..."
+3   GPTQ/AWQ without gptqmodel
+    test: test_row3_gptq_awq_without_gptqmodel
+    sees: "This is a GPTQ checkpoint; Transformers 5 loads GPTQ through GPTQModel ..."
+3   gptqmodel installed but broken
+    test: test_row3_gptqmodel_that_fails_to_import
+    sees: "... gptqmodel is installed but fails to import ..."
+3   compressed-tensors without its package
+    test: test_loading.py::test_compressed_tensors_without_its_package_is_one_clear_line
+    sees: "This is a compressed-tensors checkpoint (llm-compressor's format); ...
+          pip install compressed-tensors==0.20.1 ..."
+4   model larger than free RAM / VRAM
+    test: test_row4_too_big_for_free_ram_or_vram
+    sees: "Not loading <name>: it needs about X GiB of RAM (...),
+          and only Y GiB is free on cpu. ..."
+5   prompt + max_new_tokens > window (both)
+    test: test_row5_context_window_transformers / _llama_cpp / _streaming
+    sees: "The prompt is N tokens but ..."
+6   download cut mid-file
+    test: test_row6_a_download_cut_mid_file
+    sees: "The transfer from <endpoint> broke and did not recover ..."
+6   download arrives corrupted
+    test: test_row6_a_corrupted_download_is_deleted
+    sees: "model.safetensors has the wrong sha256 (...); it was deleted ..."
+6   unreachable endpoint
+    test: test_row6_an_unreachable_endpoint
+    sees: "Cannot reach http://127.0.0.1:<port> (...). HF_ENDPOINT is set to ..."
+6   wrong repo / file name
+    test: test_row6_a_wrong_repo_or_file_name
+    sees: "No repo 'me/tinny' at ... Check the spelling ..."
+6   not enough disk
+    test: test_row6_not_enough_disk
+    sees: "Not downloading me/tiny: the 4 chosen file(s) need ... and only ... is free ..."
+7   corrupt or empty chat history
+    test: test_row7_a_damaged_history_file
+    sees: "<path> is not a usable chat history (...); it is kept as <path>.corrupt-...
+          Starting a fresh history."
+7   save to an unwritable path
+    test: test_row7_a_failed_save_keeps_the_old_file
+    sees: "Cannot save the chat to <path>: ... The old file is unchanged. ..."
+8   interrupted course-model build
+    test: test_row8_an_interrupted_build_is_detected_and_rebuilt (+ _real_gguf_)
+    sees: status "interrupted"; "<path> does not exist. Build the course models ..."
+9   trust_remote_code
+    test: test_row9_trust_remote_code_off_unless_asked
+    sees: "... The course keeps trust_remote_code=False. ..."
+          / warning "trust_remote_code=True: ..."
+9   pickle weights
+    test: test_row9_safetensors_only_unless_allow_pickle
+    sees: "<path> has only pickle weights (*.bin/*.pt), which can run code ..."
+          / warning "allow_pickle=True: ..."
+9   HF token never shown
+    test: test_row9_token_never_printed_by_the_hub_helpers,
+          test_row9_token_never_in_the_executed_notebook_01
+    sees: "token": "set (hidden)"
+10  server stopped when the code using it fails
+    test: test_row10_server_stops_when_the_with_body_raises,
+          test_row10_server_dies_with_its_owner
+    sees: (no message: pid gone, port closed)
++   property: GGUF header check
+    test: test_property_gguf_header_check_*
++   property: history trimming
+    test: test_property_trim_history
 """
 
 import builtins
@@ -186,8 +239,8 @@ def test_row1_a_path_that_does_not_exist(tmp_path, monkeypatch):
         with pytest.raises(ModelNotFoundError) as err:
             loading.load_model(missing)
         assert str(err.value).endswith(
-            "does not exist. Build the course models with `python -m course.models build`, download a "
-            "model (notebook 01), or check the spelling of the path."
+            "does not exist. Build the course models with `python -m course.models build`, "
+            "download a model (notebook 01), or check the spelling of the path."
         )
     assert files_under(tmp_path) == []
 
@@ -240,9 +293,9 @@ def test_row2_a_gguf_with_the_wrong_magic(tmp_path, monkeypatch):
     with pytest.raises(NotGGUFError) as err:
         loading.load_model(html)
     assert str(err.value) == (
-        f"{html} is not a GGUF file: it starts with b'<!DO', a GGUF file starts with b'GGUF'. It looks like an "
-        "HTML/XML page (a login or error page saved instead of the model?). Download the .gguf file again "
-        "(notebook 01) or pick the right file."
+        f"{html} is not a GGUF file: it starts with b'<!DO', a GGUF file starts with b'GGUF'. It "
+        "looks like an HTML/XML page (a login or error page saved instead of the model?). Download "
+        "the .gguf file again (notebook 01) or pick the right file."
     )
     empty = tmp_path / "empty.gguf"
     empty.write_bytes(b"")
@@ -346,9 +399,10 @@ def test_row4_too_big_for_free_ram_or_vram(course_cache, monkeypatch, fmt, devic
     with pytest.raises(NotEnoughMemoryError) as err:
         loading.load_model(path, device=device)
     assert str(err.value) == (
-        f"Not loading {path.name}: it needs about {need / GIB:.1f} GiB of {where} ({weights / GIB:.2f} GiB of weights "
-        f"{overhead}), and only 0.2 GiB is free on {device}. Close other notebooks or kernels, choose a smaller "
-        "model or a 4-bit one (GGUF Q4_K_M, GPTQ or AWQ), or pass check_memory=False if you know better."
+        f"Not loading {path.name}: it needs about {need / GIB:.1f} GiB of {where} "
+        f"({weights / GIB:.2f} GiB of weights {overhead}), and only 0.2 GiB is free on {device}. "
+        "Close other notebooks or kernels, choose a smaller model or a 4-bit one (GGUF Q4_K_M, "
+        "GPTQ or AWQ), or pass check_memory=False if you know better."
     )
 
 
@@ -375,9 +429,9 @@ def test_row5_context_window_transformers(tiny_lm, monkeypatch):
     with pytest.raises(ContextOverflowError) as err:
         generation.generate(tiny_lm, too_long, max_new_tokens=8)
     assert str(err.value) == (
-        f"The prompt is {n:,} tokens but tiny-gemma3 has a 1,024-token context window (max_position_embeddings in "
-        "its config.json), so nothing is left for the answer. Shorten the prompt (or trim the chat history), or "
-        "use a model with a longer context window."
+        f"The prompt is {n:,} tokens but tiny-gemma3 has a 1,024-token context window "
+        "(max_position_embeddings in its config.json), so nothing is left for the answer. Shorten "
+        "the prompt (or trim the chat history), or use a model with a longer context window."
     )
     assert seen == {}  # refused before generating
     near = "word " * 1000
@@ -488,9 +542,9 @@ def test_row6_an_unreachable_endpoint(hub_env, tmp_path, monkeypatch):
             call()
         assert f"Cannot reach http://127.0.0.1:{port} (" in str(err.value)
         assert (
-            f"HF_ENDPOINT is set to http://127.0.0.1:{port}: is that mirror up, and are its scheme and port "
-            "right? Unset HF_ENDPOINT to use huggingface.co itself. Files already downloaded keep working "
-            "offline."
+            f"HF_ENDPOINT is set to http://127.0.0.1:{port}: is that mirror up, and are its scheme "
+            "and port right? Unset HF_ENDPOINT to use huggingface.co itself. Files already "
+            "downloaded keep working offline."
         ) in str(err.value)
     assert "'me/tiny' is not a file or folder here" in str(
         err.value
@@ -524,9 +578,10 @@ def test_row6_not_enough_disk(hub_env, tmp_path, monkeypatch):
     with pytest.raises(errors.NotEnoughDiskError) as err:
         downloading.download("me/tiny", local_dir=tmp_path / "dl")
     assert str(err.value) == (
-        f"Not downloading me/tiny: the 4 chosen file(s) need 12.6 MB and only 5.2 MB is free at {tmp_path / 'dl'}. "
-        "Free some space, download to another disk (local_dir=..., or HF_HOME for the cache), or take fewer files "
-        "with include=... (one GGUF quantization instead of the whole repo)."
+        "Not downloading me/tiny: the 4 chosen file(s) need 12.6 MB and only 5.2 MB is free at "
+        f"{tmp_path / 'dl'}. Free some space, download to another disk (local_dir=..., or HF_HOME "
+        "for the cache), or take fewer files with include=... (one GGUF quantization instead of "
+        "the whole repo)."
     )
     assert not hub_env.file_gets() and files_under(tmp_path / "dl") == []
 
@@ -718,9 +773,10 @@ def test_row9_trust_remote_code_off_unless_asked(tiny_folder, tmp_path, monkeypa
     with pytest.raises(CourseError) as err:
         loading.load_model(_custom_code_folder(tmp_path, marker), check_memory=False)
     assert str(err.value) == (
-        "custom defines its architecture ('my_secret_arch') in Python code shipped with the model (modeling_my.py), "
-        "and loading it would run that code. The course keeps trust_remote_code=False. Prefer a model "
-        "Transformers supports natively; if you have read that code and trust it, pass trust_remote_code=True."
+        "custom defines its architecture ('my_secret_arch') in Python code shipped with the model "
+        "(modeling_my.py), and loading it would run that code. The course keeps "
+        "trust_remote_code=False. Prefer a model Transformers supports natively; if you have read "
+        "that code and trust it, pass trust_remote_code=True."
     )
     assert not marker.exists()
 
@@ -759,8 +815,9 @@ def test_row9_safetensors_only_unless_allow_pickle(tiny_folder, tmp_path, hub_en
     with pytest.raises(CourseError) as err:
         loading.load_model(folder, device="cpu")
     assert str(err.value) == (
-        f"{folder} has only pickle weights (*.bin/*.pt), which can run code when loaded. Prefer a safetensors copy "
-        "of the model; to load these anyway, pass allow_pickle=True (only for sources you trust)."
+        f"{folder} has only pickle weights (*.bin/*.pt), which can run code when loaded. Prefer a "
+        "safetensors copy of the model; to load these anyway, pass allow_pickle=True (only for "
+        "sources you trust)."
     )
     with pytest.warns(
         UserWarning,
@@ -807,13 +864,15 @@ def test_row9_token_never_printed_by_the_hub_helpers(hub_env, tmp_path, monkeypa
 
 
 def test_row9_token_never_in_the_executed_notebook_01(course_cache, tmp_path, monkeypatch):
-    """Notebook 01 (local hub, ~15-60 s) run with a token set; every output and the saved file are scanned."""
+    """Notebook 01 (local hub, ~15-60 s) run with a token set; every output and the saved file are
+    scanned."""
     import nbformat
     from nbclient import NotebookClient
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     nb = nbformat.read(ROOT / "notebooks" / "01_download.ipynb", as_version=4)
-    # the last cell shows the hub settings: the learner's token must still be set after the notebook's token demo
+    # the last cell shows the hub settings: the learner's token must still be set after the
+    # notebook's token demo
     nb.cells.append(nbformat.v4.new_code_cell("from helpers import hub\nprint(hub.settings())"))
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
@@ -840,13 +899,14 @@ def gone(pid: int, port: int, wait_s: float = 20.0) -> bool:
 
 
 def test_row10_server_stops_when_the_with_body_raises(course_cache):
-    with pytest.raises(ZeroDivisionError):  # the learner's own error comes through, unchanged
-        with serving.llama_server(
-            course_models.model_path("gguf"), n_ctx=256, n_threads=1
-        ) as server:
-            pid, port = server.pid, server.port
-            assert serving.process_exists(pid) and serving.port_is_open("127.0.0.1", port)
-            1 / 0
+    # the learner's own error comes through, unchanged
+    with (
+        pytest.raises(ZeroDivisionError),
+        serving.llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1) as server,
+    ):
+        pid, port = server.pid, server.port
+        assert serving.process_exists(pid) and serving.port_is_open("127.0.0.1", port)
+        _ = 1 / 0
     assert gone(pid, port) and not server.running
 
 
@@ -859,7 +919,7 @@ print(server.pid, server.port, flush=True)
 if sys.argv[1] == "raise":
     raise RuntimeError("the code using the server failed")  # uncaught: the atexit hook must stop it
 time.sleep(600)  # killed from outside: the parent-death signal must stop it
-"""
+"""  # noqa: E501 -- child-process source; wrapping it would change the code it runs
 
 
 @pytest.mark.parametrize("how", ["raise", "kill"])

@@ -1,4 +1,5 @@
-"""The concept figures draw, headless, and a GGUF layout carries the counts of the file it is given."""
+"""The concept figures draw, headless, and a GGUF layout carries the counts of the file it is
+given."""
 
 import matplotlib
 

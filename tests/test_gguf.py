@@ -28,7 +28,8 @@ def course_gguf(course_cache):
 
 @pytest.fixture(scope="module")
 def header_bytes(course_gguf) -> bytes:
-    """The course GGUF up to the start of its tensor data (~6.5 MB): everything the checker reads."""
+    """The course GGUF up to the start of its tensor data (~6.5 MB): everything the checker
+    reads."""
     header = gguf_tools.read_gguf(course_gguf)
     with open(course_gguf, "rb") as handle:
         return handle.read(header.data_offset)
@@ -46,7 +47,8 @@ def small_llm(course_gguf):
 
 
 def _cut_copy(header_bytes: bytes, total: int, length: int, path):
-    """A copy of the course GGUF cut at `length` bytes; the tensor data is sparse zeros (never read)."""
+    """A copy of the course GGUF cut at `length` bytes; the tensor data is sparse zeros (never
+    read)."""
     with open(path, "wb") as handle:
         handle.write(header_bytes[:length])
         handle.truncate(min(length, total))
@@ -178,7 +180,7 @@ def test_a_gguf_cut_inside_its_header(tmp_path, header_bytes, course_gguf):
         gguf_tools.validate_gguf(cut)
 
 
-# ---- properties: the checker never crashes with anything but a clear CourseError --------------------
+# ---- properties: the checker never crashes with anything but a clear CourseError -----------------
 
 QUICK = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -206,7 +208,8 @@ def test_any_cut_of_the_real_file_is_reported_as_truncated(
 @QUICK
 @given(st.data())
 def test_damaged_headers_give_a_clear_error(tmp_path, header_bytes, course_gguf, data):
-    """Random bytes overwritten inside the metadata or tensor table: a clear error, or a file that still checks."""
+    """Random bytes overwritten inside the metadata or tensor table: a clear error, or a file that
+    still checks."""
     damaged = bytearray(header_bytes)
     for _ in range(data.draw(st.integers(1, 4), label="flips")):
         where = data.draw(st.integers(4, len(header_bytes) - 1), label="offset")

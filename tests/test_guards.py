@@ -1,10 +1,10 @@
-"""The guard functions, pinned at their boundaries (issue 15): the quality gate, the memory-fit check,
-GGUF validation, hub presence and size, history trimming and the context fit.
+"""The guard functions, pinned at their boundaries (issue 15): the quality gate, the memory-fit
+check, GGUF validation, hub presence and size, history trimming and the context fit.
 
-Every test here runs without the course models and in seconds: `tools/mutation_check.py` (make mutation)
-runs them against small deliberate bugs in each guard and expects every one to be caught. Test names
-carry the guard's keyword (quality_gate, memory, gguf, hub, trim, context): the mutation check selects
-them with `-k`.
+Every test here runs without the course models and in seconds: `tools/mutation_check.py` (make
+mutation) runs them against small deliberate bugs in each guard and expects every one to be caught.
+Test names carry the guard's keyword (quality_gate, memory, gguf, hub, trim, context): the mutation
+check selects them with `-k`.
 """
 
 import hashlib
@@ -65,7 +65,8 @@ def test_quality_gate_refuses_nan_and_inf(ppl, fp):
 
 @pytest.fixture
 def fake_quantizer(tmp_cache, monkeypatch):
-    """_build_quantized with GPTQModel, the checkpoints and the calibration faked: only the gate is real."""
+    """_build_quantized with GPTQModel, the checkpoints and the calibration faked: only the gate is
+    real."""
     import transformers
 
     from helpers import quality
@@ -100,7 +101,8 @@ def fake_quantizer(tmp_cache, monkeypatch):
 
 
 def test_quality_gate_decides_the_build(fake_quantizer, capsys):
-    """The build keeps a checkpoint at 1.49x the fp perplexity and discards it (exit 3) at 1.51x or NaN."""
+    """The build keeps a checkpoint at 1.49x the fp perplexity and discards it (exit 3) at 1.51x or
+    NaN."""
     assert fake_quantizer(29.8)["perplexity"] == 29.8
     for bad in (30.2, math.nan):
         with pytest.raises(SystemExit) as exit_:
@@ -231,13 +233,14 @@ def test_memory_fit_on_cuda_uses_gpu_memory_not_ram(folder, monkeypatch, ram):
 
 
 def test_memory_refusal_gives_the_figures(folder, gguf_file):
-    """The refusal names the need, the weights (and the dtype they are cast to), the overhead and the free memory."""
+    """The refusal names the need, the weights (and the dtype they are cast to), the overhead and
+    the free memory."""
     free = 3 * GIB // 10
     with pytest.raises(NotEnoughMemoryError) as err:
         memory.check_memory_fit(folder, "hf", device="cuda:1", dtype="float32", free_bytes=free)
     assert (
-        "it needs about 0.6 GiB of GPU memory (0.00 GiB of weights as float32 + 50% + 600 MiB overhead), "
-        "and only 0.3 GiB is free on cuda:1."
+        "it needs about 0.6 GiB of GPU memory (0.00 GiB of weights as float32 + 50% + 600 MiB "
+        "overhead), and only 0.3 GiB is free on cuda:1."
     ) in str(err.value)
     assert "keep the checkpoint's dtype instead of float32" in str(err.value)
     with pytest.raises(NotEnoughMemoryError) as err:
@@ -250,8 +253,8 @@ def test_memory_refusal_gives_the_figures(folder, gguf_file):
     with pytest.raises(NotEnoughMemoryError) as err:
         memory.check_memory_fit(gguf_file, "gguf", dtype="float32", free_bytes=GIB // 10)
     assert (
-        "needs about 0.3 GiB of RAM (0.00 GiB of weights + 20% + 300 MiB overhead), and only 0.1 GiB is "
-        "free on cpu."
+        "needs about 0.3 GiB of RAM (0.00 GiB of weights + 20% + 300 MiB overhead), "
+        "and only 0.1 GiB is free on cpu."
     ) in str(err.value)
 
 
@@ -279,7 +282,8 @@ def test_gguf_validation_at_the_end_of_the_data(tmp_path, small_gguf):
 
 
 def test_gguf_header_reads_stop_exactly_at_the_end(small_gguf):
-    """The header parses from exactly its own bytes; one byte short is truncated, never a struct error."""
+    """The header parses from exactly its own bytes; one byte short is truncated, never a struct
+    error."""
     header_bytes = gguf_tools.parse_gguf_bytes(small_gguf).header_bytes
     assert gguf_tools.parse_gguf_bytes(small_gguf[:header_bytes]).header_bytes == header_bytes
     with pytest.raises(TruncatedGGUFError, match="header runs past the end"):
@@ -319,7 +323,8 @@ def _transformers_lm(window: int) -> loading.LoadedModel:
 
 
 def test_context_fit_transformers_at_the_window():
-    """A prompt filling the window is refused; prompt + answer exactly at the window pass without a word."""
+    """A prompt filling the window is refused; prompt + answer exactly at the window pass without a
+    word."""
     lm = _transformers_lm(100)
     with pytest.raises(
         ContextOverflowError, match="The prompt is 100 tokens but tiny has a 100-token context"
@@ -373,7 +378,8 @@ def test_context_fit_llama_cpp_counts_like_llama_cpp():
 
 
 def test_context_fit_llama_cpp_at_the_window():
-    """BOS + 3 words = 4 tokens in n_ctx=10: 6 new tokens fit quietly, 7 warn, a 10-token prompt is refused."""
+    """BOS + 3 words = 4 tokens in n_ctx=10: 6 new tokens fit quietly, 7 warn, a 10-token prompt is
+    refused."""
     llm = FakeLlama(10, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -402,7 +408,8 @@ def test_context_fit_llama_cpp_at_the_window():
 
 
 def test_context_fit_llama_cpp_goes_by_n_ctx_not_the_trained_window():
-    """generate() on a GGUF cuts the answer to what the n_ctx it was created with leaves, not to the trained window."""
+    """generate() on a GGUF cuts the answer to what the n_ctx it was created with leaves, not to the
+    trained window."""
     lm = loading.LoadedModel(
         model=FakeLlama(10, 10),
         tokenizer=None,
@@ -419,7 +426,8 @@ def test_context_fit_llama_cpp_goes_by_n_ctx_not_the_trained_window():
 
 
 def test_context_fit_llama_cpp_uses_the_smaller_buffer():
-    """llama-cpp-python's own token buffer can be smaller than llama.cpp's n_ctx(): the smaller one counts."""
+    """llama-cpp-python's own token buffer can be smaller than llama.cpp's n_ctx(): the smaller one
+    counts."""
     assert generation.effective_n_ctx(FakeLlama(256, 200)) == 200
     assert generation.effective_n_ctx(FakeLlama(256, 300)) == 256
     assert generation.effective_n_ctx(FakeLlama(256)) == 256  # no buffer yet
@@ -488,8 +496,8 @@ def test_trim_history_counts_tokens_a_logarithmic_number_of_times():
 
 
 def test_trim_history_at_its_boundaries():
-    """A budget of exactly the full prompt keeps everything; exactly system + question drops every pair;
-    one token less than that is an error."""
+    """A budget of exactly the full prompt keeps everything; exactly system + question drops every
+    pair; one token less than that is an error."""
     messages = _history(3)
     full = _words(messages)
     assert chat.trim_history(messages, _words, full).dropped_pairs == 0
@@ -517,7 +525,7 @@ def test_trim_history_without_earlier_turns_or_system():
     )  # one pair would make 13
 
 
-# ---- the hub: what counts as already there, what a download fetches, what is checked after it ------
+# ---- the hub: what counts as already there, what a download fetches, what is checked after it ---
 
 GUARD_REPO = "me/guard"
 WEIGHTS = os.urandom(2**20)
@@ -546,7 +554,8 @@ def hub_server(guard_hub, tmp_path, monkeypatch):
 
 
 def _spoil(path: Path, how: str) -> None:
-    """Cut the weights one byte short, or make them one byte longer, as a later write would (mtime moves on)."""
+    """Cut the weights one byte short, or make them one byte longer, as a later write would (mtime
+    moves on)."""
     path.write_bytes(
         WEIGHTS[:-1] if how == "cut" else WEIGHTS + b"!"
     )  # through a cache link: the blob itself
@@ -562,7 +571,8 @@ def _fetched(server) -> list[str]:
     "mode", ["local_dir", "cache", "one file in local_dir", "one file in cache"]
 )
 def test_hub_files_already_there_are_not_fetched_again(hub_server, tmp_path, mode):
-    """Local-first: a second download of complete files sends no request at all and points at the same files."""
+    """Local-first: a second download of complete files sends no request at all and points at the
+    same files."""
     local_dir = tmp_path / "dl" if mode.endswith("local_dir") else None
 
     def get():
@@ -583,7 +593,8 @@ def test_hub_files_already_there_are_not_fetched_again(hub_server, tmp_path, mod
 
 
 def test_hub_a_file_in_a_folder_is_found_again_in_local_dir(hub_server, tmp_path):
-    """One file inside a repo folder, downloaded again to the same local_dir: the same path, no request."""
+    """One file inside a repo folder, downloaded again to the same local_dir: the same path, no
+    request."""
     first = downloading.download_file(
         GUARD_REPO, "notes/train.log", local_dir=tmp_path / "dl", quiet=True
     )
@@ -607,7 +618,8 @@ def test_hub_a_pattern_matching_nothing_is_never_already_there(hub_server, tmp_p
 
 @pytest.mark.parametrize("how", ["cut", "longer"])
 def test_hub_a_spoiled_file_in_local_dir_is_counted_and_fetched_again(hub_server, tmp_path, how):
-    """A cut-short or altered weights file in local_dir: estimate counts its bytes, download fetches it again."""
+    """A cut-short or altered weights file in local_dir: estimate counts its bytes, download fetches
+    it again."""
     dest = tmp_path / "dl"
     downloading.download(GUARD_REPO, include=MODEL, local_dir=dest, quiet=True)
     _spoil(dest / "model.safetensors", how)
@@ -621,7 +633,8 @@ def test_hub_a_spoiled_file_in_local_dir_is_counted_and_fetched_again(hub_server
 
 
 def test_hub_files_placed_by_hand_count_at_their_listed_size_only(hub_server, tmp_path):
-    """Files copied into local_dir before any download: a complete one counts, a cut-short one does not."""
+    """Files copied into local_dir before any download: a complete one counts, a cut-short one does
+    not."""
     dest = tmp_path / "dl"
     dest.mkdir()
     (dest / "config.json").write_bytes(CONFIG)
@@ -632,7 +645,8 @@ def test_hub_files_placed_by_hand_count_at_their_listed_size_only(hub_server, tm
 
 @pytest.mark.parametrize("how", ["cut", "longer"])
 def test_hub_a_single_file_changed_since_its_download_is_fetched_again(hub_server, tmp_path, how):
-    """download_file into local_dir: a file written after its download record is not taken as that download."""
+    """download_file into local_dir: a file written after its download record is not taken as that
+    download."""
     got = downloading.download_file(
         GUARD_REPO, "model.safetensors", local_dir=tmp_path / "one", quiet=True
     )
@@ -649,8 +663,9 @@ def test_hub_a_single_file_changed_since_its_download_is_fetched_again(hub_serve
 def test_hub_a_single_file_counts_up_to_one_second_after_its_record(
     hub_server, tmp_path, newer_by, counts
 ):
-    """huggingface_hub records when it finished each file; a file last changed up to 1 s after that (coarse
-    file-system clocks) is that download, one changed later is checked with the hub again."""
+    """huggingface_hub records when it finished each file; a file last changed up to 1 s after
+    that (coarse file-system clocks) is that download, one changed later is checked with the hub
+    again."""
     dest = tmp_path / "one"
     got = downloading.download_file(GUARD_REPO, "model.safetensors", local_dir=dest, quiet=True)
     record = dest / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
@@ -667,8 +682,8 @@ def test_hub_a_single_file_counts_up_to_one_second_after_its_record(
 
 @pytest.mark.parametrize("how", ["cut", "longer"])
 def test_hub_a_spoiled_file_in_the_cache_is_counted_and_never_taken_as_complete(hub_server, how):
-    """A cut-short or altered blob behind a cache snapshot: estimate counts it, and the next download
-    fetches the whole file again at once (never "already there", never an error)."""
+    """A cut-short or altered blob behind a cache snapshot: estimate counts it, and the next
+    download fetches the whole file again at once (never "already there", never an error)."""
     first = downloading.download(GUARD_REPO, include=MODEL, quiet=True)
     weights = first.path / "model.safetensors"
     _spoil(weights, how)
@@ -686,8 +701,9 @@ def test_hub_a_spoiled_file_in_the_cache_is_counted_and_never_taken_as_complete(
 def test_hub_a_single_file_in_the_cache_counts_up_to_one_second_after_its_link(
     hub_server, newer_by, counts
 ):
-    """In the cache, huggingface_hub links snapshots/<commit>/<file> to its blob once the blob is complete: a blob
-    last changed up to 1 s after the link is that download, one changed later is checked with the hub again."""
+    """In the cache, huggingface_hub links snapshots/<commit>/<file> to its blob once the blob is
+    complete: a blob last changed up to 1 s after the link is that download, one changed later is
+    checked with the hub again."""
     got = downloading.download_file(GUARD_REPO, "model.safetensors", quiet=True)
     changed = got.path.lstat().st_mtime_ns + int(newer_by * 1e9)
     os.utime(got.path, ns=(changed, changed))  # follows the link: the blob
@@ -713,7 +729,8 @@ def test_hub_a_single_file_in_a_folder_is_found_again_in_the_cache(hub_server):
 
 
 def test_hub_disk_space_is_measured_where_the_files_go(hub_server, tmp_path, monkeypatch):
-    """The disk check measures the local_dir (or the hub cache), and takes a given free_bytes as it is."""
+    """The disk check measures the local_dir (or the hub cache), and takes a given free_bytes as it
+    is."""
     asked = []
     monkeypatch.setattr(
         downloading, "free_disk_bytes", lambda path: asked.append(Path(path)) or 10**12
@@ -726,7 +743,8 @@ def test_hub_disk_space_is_measured_where_the_files_go(hub_server, tmp_path, mon
 
 
 def test_hub_disk_fit_at_its_boundary(tmp_path):
-    """Free disk equal to the bytes still needed fits; one byte less is refused before anything is written."""
+    """Free disk equal to the bytes still needed fits; one byte less is refused before anything is
+    written."""
 
     def plan(free):
         return downloading.DownloadPlan(
@@ -758,8 +776,8 @@ def _on_disk(base: Path, name: str, data: bytes, sha256=None, blob_id=None) -> h
 
 
 def test_hub_check_accepts_complete_files(tmp_path):
-    """An LFS file with its sha256 (its blob id is the pointer's, not checked), a small file with its blob id,
-    and a small file the listing gave no hash for all pass."""
+    """An LFS file with its sha256 (its blob id is the pointer's, not checked), a small file with
+    its blob id, and a small file the listing gave no hash for all pass."""
     data = b"0123456789"
     files = [
         _on_disk(tmp_path, "lfs.safetensors", data, hashlib.sha256(data).hexdigest(), "f" * 40),
@@ -771,7 +789,8 @@ def test_hub_check_accepts_complete_files(tmp_path):
 
 
 def test_hub_check_refuses_a_missing_or_wrong_size_file_and_deletes_it(tmp_path):
-    """Sizes are always checked; a file of the wrong size is deleted, never left looking complete."""
+    """Sizes are always checked; a file of the wrong size is deleted, never left looking
+    complete."""
     with pytest.raises(errors.DownloadFailedError, match="gone.bin is missing after the download"):
         downloading._check_files(tmp_path, [hub.RepoFileInfo("gone.bin", 10)], verify=False)
     short = _on_disk(tmp_path, "short.bin", b"012345678")
@@ -808,7 +827,8 @@ def test_hub_check_of_a_wrong_blob_id_only_when_verifying(tmp_path, verify):
 
 
 def test_hub_check_hashes_blob_ids_of_files_under_10_mib_only(tmp_path):
-    """The blob-id check reads a whole file into memory: files from 10 MiB up are size-checked only."""
+    """The blob-id check reads a whole file into memory: files from 10 MiB up are size-checked
+    only."""
     wrong = "0" * 40
     big = _on_disk(tmp_path, "big.txt", bytes(10 * MIB), None, wrong)
     downloading._check_files(tmp_path, [big], verify=True)

@@ -1,4 +1,5 @@
-"""Download helpers against the course's local hub server (no internet): protocol, sizes, errors, resume."""
+"""Download helpers against the course's local hub server (no internet): protocol, sizes, errors,
+resume."""
 
 import hashlib
 import json
@@ -182,10 +183,9 @@ def test_any_range_returns_exactly_that_slice(tiny_hub, start, length, open_ende
 
 
 def test_server_always_stops():
-    with pytest.raises(RuntimeError):
-        with LocalHub(tiny_repos()) as server:
-            port = server.port
-            raise RuntimeError("a failing cell")
+    with pytest.raises(RuntimeError), LocalHub(tiny_repos()) as server:
+        port = server.port
+        raise RuntimeError("a failing cell")
     assert not server.running
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -265,14 +265,14 @@ def test_how_big_is_a_model_from_config_and_from_the_gguf_header(course, course_
     header_bytes = sum(r.bytes_sent for r in course.file_gets())
     assert header_bytes < 16 * 2**20  # read with a Range request, not the 253 MB file
     assert model_info.model_size("qllm-course/gemma-3-270m-GPTQ-4bit").params == exact
-    course.clear_log()  # a header longer than the first read: more is fetched, never the same bytes twice
+    # a header longer than the first read: more is fetched, never the same bytes twice
+    course.clear_log()
     assert model_info.gguf_header_remote(GGUF_REPO, GGUF_FILE, first_bytes=2**20)["params"] == exact
     gets = course.file_gets()
     assert len(gets) > 1 and gets[0].range == f"bytes=0-{2**20 - 1}"
-    for before, after in zip(gets, gets[1:]):
-        assert (
-            after.range
-            == f"bytes={int(before.range.split('-')[1]) + 1}-{2 * int(before.range.split('-')[1]) + 1}"
+    for before, after in zip(gets, gets[1:], strict=False):
+        assert after.range == (
+            f"bytes={int(before.range.split('-')[1]) + 1}-{2 * int(before.range.split('-')[1]) + 1}"
         )
 
 
@@ -408,11 +408,11 @@ def test_wrong_file_name_suggests_the_right_one(tiny, tmp_path):
     # the same mistake reaching huggingface_hub directly (its EntryNotFound) reads the same way
     from huggingface_hub import hf_hub_download
 
-    with pytest.raises(errors.NoMatchingFilesError, match="exact name"):
-        with hub.hub_errors("me/tiny", "main", "Model.safetensors"):
-            hf_hub_download(
-                "me/tiny", "Model.safetensors", endpoint=tiny.url, cache_dir=tmp_path / "c"
-            )
+    with (
+        pytest.raises(errors.NoMatchingFilesError, match="exact name"),
+        hub.hub_errors("me/tiny", "main", "Model.safetensors"),
+    ):
+        hf_hub_download("me/tiny", "Model.safetensors", endpoint=tiny.url, cache_dir=tmp_path / "c")
 
 
 def test_pattern_matching_nothing(tiny, tmp_path):
@@ -599,7 +599,8 @@ def test_cli_downloads_from_the_local_hub(tiny, tmp_path):
 
 
 def test_killed_download_starts_over_and_leaves_an_orphan(course, tmp_path):
-    """huggingface_hub 2.x: within a run it resumes (test above); after kill -9 it starts from zero."""
+    """huggingface_hub 2.x: within a run it resumes (test above); after kill -9 it starts from
+    zero."""
     dest = tmp_path / "dl"
     argv = [
         sys.executable,

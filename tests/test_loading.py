@@ -1,5 +1,5 @@
-"""helpers.loading, memory, kernels and generation: format detection, clear refusals, the memory-fit check,
-the kernel report and generate.
+"""helpers.loading, memory, kernels and generation: format detection, clear refusals, the memory-fit
+check, the kernel report and generate.
 
 Nothing here downloads: models are the course's own or tiny random ones, and the hub-id tests
 point the client at an offline flag or a port where nothing listens.
@@ -54,7 +54,8 @@ def _config_folder(path, config=None, files=()):
 
 
 def _fake_safetensors(path, tensors):
-    """A valid safetensors file with zero-filled tensors: {name: (dtype, n_elements, bytes_each)}."""
+    """A valid safetensors file with zero-filled tensors:
+    {name: (dtype, n_elements, bytes_each)}."""
     header, offset = {}, 0
     for name, (dtype, count, width) in tensors.items():
         header[name] = {
@@ -542,8 +543,9 @@ def test_classify_slow_fallback_on_gpu_is_loud(kernel):
 
 
 def test_slow_kernel_names_are_gptqmodels_real_gpu_fallbacks():
-    """The classes the SLOW KERNEL warning and the README name are GPTQModel's own: the pure-PyTorch kernels
-    that may run on a GPU. Its CPU kernels (TorchAten*) are CPU-only, so they can never be the GPU's fallback."""
+    """The classes the SLOW KERNEL warning and the README name are GPTQModel's own: the pure-PyTorch
+    kernels that may run on a GPU. Its CPU kernels (TorchAten*) are CPU-only, so they can never be
+    the GPU's fallback."""
     kernels.import_gptqmodel_quietly()
     from gptqmodel.nn_modules.qlinear.torch import TorchLinear
     from gptqmodel.nn_modules.qlinear.torch_aten_kernel import TorchAtenLinear

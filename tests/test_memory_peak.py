@@ -96,9 +96,9 @@ def test_memory_estimate_covers_the_real_peak_of_each_course_model(fmt):
     mib = 2**20
     figures = (
         f"{fmt}: estimate {estimate / mib:.0f} MiB; measured peak growth {growth / mib:.0f} MiB "
-        f"(RSS {measured['before'] / mib:.0f} MiB after the imports, peak {measured['peak'] / mib:.0f} MiB, "
-        f"{measured['after'] / mib:.0f} MiB after generating); weights "
-        f"{memory.weights_in_memory_bytes(path) / mib:.0f} MiB"
+        f"(RSS {measured['before'] / mib:.0f} MiB after the imports, peak "
+        f"{measured['peak'] / mib:.0f} MiB, {measured['after'] / mib:.0f} MiB after generating); "
+        f"weights {memory.weights_in_memory_bytes(path) / mib:.0f} MiB"
     )
     assert measured["text"].strip(), figures
     assert growth <= estimate, "the estimate is below the real peak: " + figures

@@ -1,8 +1,9 @@
-"""ModelScope as a download source: its real client (`modelscope`) against the course's local ModelScope
-server (course/local_modelscope.py), never modelscope.cn. `make setup` installs `modelscope` (the
-`modelscope` extra); where it is missing these tests are skipped. Checks what notebook 01 says of it: the
-listing gives sizes for a disk check, `allow_patterns` takes one file, files already in `local_dir` are
-not fetched again (but are hashed again), and a partial file left by a killed run is continued."""
+"""ModelScope as a download source: its real client (`modelscope`) against the course's local
+ModelScope server (course/local_modelscope.py), never modelscope.cn. `make setup` installs
+`modelscope` (the `modelscope` extra); where it is missing these tests are skipped. Checks what
+notebook 01 says of it: the listing gives sizes for a disk check, `allow_patterns` takes one file,
+files already in `local_dir` are not fetched again (but are hashed again), and a partial file left
+by a killed run is continued."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def ms(files, tmp_path, monkeypatch):
         ):
             monkeypatch.delenv(name, raising=False)  # serve_as_endpoint sets the first three
         server.serve_as_endpoint(tmp_path / "ms-home")
-        # the client reads those variables once per process, into a shared config: start from a fresh one
+        # the client reads those variables once per process, into a shared config: start from a
+        # fresh one
         monkeypatch.setattr("modelscope_hub.config._default_config", None)
         yield server
 

@@ -1,7 +1,7 @@
 """Every notebook, read (not run): ready for Colab and for a fresh kernel anywhere.
 
-A title cell with "What you will learn" and an Open-in-Colab badge pointing at this repository and the
-notebook's own path; a first code cell that installs only on Colab (and turns on Colab's widget
+A title cell with "What you will learn" and an Open-in-Colab badge pointing at this repository and
+the notebook's own path; a first code cell that installs only on Colab (and turns on Colab's widget
 manager); one `parameters` cell; no absolute paths, no input(), no trust_remote_code=True; committed
 with outputs cleared.
 """
@@ -122,15 +122,18 @@ def test_first_code_cell_installs_only_on_colab(notebook):
     for i in installs:
         assert inside(i), f"{path.name}: an install outside the Colab guard: {lines[i].strip()!r}"
         assert re.search(r"\b(torch|transformers)\b", lines[i]) is None, (
-            f"{path.name}: Colab already has torch and transformers; do not reinstall them: {lines[i].strip()!r}"
+            f"{path.name}: Colab already has torch and transformers; do not reinstall them: "
+            f"{lines[i].strip()!r}"
         )
     spec = " ".join(lines[i] for i in installs)
     assert f"quantized-llms-locally[colab] @ git+{REPO_URL}" in spec, (
-        f"{path.name}: the Colab cell should install 'quantized-llms-locally[colab] @ git+{REPO_URL}'"
+        f"{path.name}: the Colab cell should install "
+        f"'quantized-llms-locally[colab] @ git+{REPO_URL}'"
     )
     manager = [i for i, line in enumerate(lines) if "enable_custom_widget_manager()" in line]
     assert manager and all(inside(i) for i in manager), (
-        f"{path.name}: the Colab cell should call output.enable_custom_widget_manager() inside the guard"
+        f"{path.name}: the Colab cell should call output.enable_custom_widget_manager() "
+        "inside the guard"
     )
 
 

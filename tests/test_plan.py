@@ -1,7 +1,8 @@
-"""helpers.plan: a plan before the download, from headers only, against the local hub serving tiny repos.
+"""helpers.plan: a plan before the download, from headers only, against the local hub serving tiny
+repos.
 
-Every figure must equal what the course computes on the same files once they are here: load_model's fit
-rule (helpers.memory) and the bytes read per token (helpers.timing).
+Every figure must equal what the course computes on the same files once they are here: load_model's
+fit rule (helpers.memory) and the bytes read per token (helpers.timing).
 """
 
 import json
@@ -19,7 +20,8 @@ LAYER = "model.layers.0.mlp.down_proj"
 
 
 def write_gguf(path, with_output: bool, file_type=None, body: bool = True):
-    """A tiny GGUF: a Q8_0 embedding (10 x 64) and an F16 matrix (`body`), an F16 output head if asked."""
+    """A tiny GGUF: a Q8_0 embedding (10 x 64) and an F16 matrix (`body`), an F16 output head if
+    asked."""
     from gguf import GGMLQuantizationType, GGUFWriter, quants
 
     writer = GGUFWriter(str(path), "llama")
@@ -97,7 +99,8 @@ def folders(tmp_path_factory):
                 "quantization_config": {"quant_method": "gptq", "bits": 4},
             },
         ),
-        # compressed-tensors: the packed layer is decompressed to the dense shape its weight_shape holds
+        # compressed-tensors: the packed layer is decompressed to the dense shape its weight_shape
+        # holds
         "me/ct": model_folder(
             root / "ct",
             {

@@ -1,4 +1,5 @@
-"""course.procs: a child started through the harness dies with its parent, even on kill -9 of the parent."""
+"""course.procs: a child started through the harness dies with its parent, even on kill -9 of the
+parent."""
 
 import os
 import re
@@ -38,7 +39,7 @@ def test_a_child_dies_with_its_parent_on_kill_9(tmp_path):
         child = subprocess.Popen(argv, env=env)
         print(child.pid, flush=True)
         child.wait()
-    """)
+    """)  # noqa: E501 -- child-process source; wrapping it would change the code it runs
     parent = subprocess.Popen(
         [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
     )
@@ -74,7 +75,8 @@ def test_a_script_runs_as_python_script_py_would(tmp_path):
 
 
 def test_the_course_machinery_starts_python_children_only_through_the_harness():
-    """The model build, the GGUF bench and converter, bench's workers and the servers: one harness."""
+    """The model build, the GGUF bench and converter, bench's workers and the servers: one
+    harness."""
     root = Path(__file__).resolve().parent.parent
     for path in sorted([*(root / "course").glob("*.py"), *(root / "bench").glob("*.py")]):
         if path.name == "procs.py":

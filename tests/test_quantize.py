@@ -20,7 +20,8 @@ def test_quiet_progress_keeps_the_output_in_the_log(tmp_path, capsys):
 
 
 def test_quiet_progress_advances_the_bar_as_the_log_names_layers(tmp_path, monkeypatch):
-    """The bar moves while the block runs (the layer named last is the one in work), full at the end."""
+    """The bar moves while the block runs (the layer named last is the one in work), full at the
+    end."""
     import time
 
     import tqdm.auto
@@ -58,23 +59,24 @@ def test_quiet_progress_raises_a_course_error_with_the_log_tail(tmp_path):
         hf_logging.is_progress_bar_enabled(),
         {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT},
     )
-    with pytest.raises(
-        CourseError, match=r"(?s)quantizing failed: RuntimeError\('boom'\).*model.layers.0 started"
+    with (
+        pytest.raises(
+            CourseError,
+            match=r"(?s)quantizing failed: RuntimeError\('boom'\).*model.layers.0 started",
+        ),
+        quantize.quiet_progress(tmp_path / "run.log", layers=2),
     ):
-        with quantize.quiet_progress(tmp_path / "run.log", layers=2):
-            print("model.layers.0 started")
-            raise RuntimeError("boom")
+        print("model.layers.0 started")
+        raise RuntimeError("boom")
     # redirect, Transformers' bars and LogBar's settings as they were
     assert (
         sys.stdout,
         hf_logging.is_progress_bar_enabled(),
         {k: os.environ.get(k) for k in quantize.LOGBAR_TEXT},
     ) == before
-    with pytest.raises(
-        KeyboardInterrupt
-    ):  # an interrupt stops the block as it is, not as a CourseError
-        with quantize.quiet_progress(tmp_path / "run.log", layers=2):
-            raise KeyboardInterrupt
+    # an interrupt stops the block as it is, not as a CourseError
+    with pytest.raises(KeyboardInterrupt), quantize.quiet_progress(tmp_path / "run.log", layers=2):
+        raise KeyboardInterrupt
     assert sys.stdout is before[0]
 
 
@@ -161,7 +163,7 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
     with safe_open(next(out.glob("*.safetensors")), "pt") as f:
         floats = {
             str(f.get_slice(k).get_dtype())
-            for k in f.keys()
+            for k in f.keys()  # noqa: SIM118 -- safe_open has keys() but is not iterable
             if f.get_slice(k).get_dtype() not in ("I32",)
         }
     assert floats == {"BF16"}
@@ -175,8 +177,8 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
 
 def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
     """scale_rows=N hands AWQ's scale search N calibration rows spread over all of them, with the
-    reference output (a tensor, or GPTQModel's list of per-row chunks) and per-row arguments such as the
-    attention mask cut the same way, shared ones left whole; restored after."""
+    reference output (a tensor, or GPTQModel's list of per-row chunks) and per-row arguments such as
+    the attention mask cut the same way, shared ones left whole; restored after."""
     import torch
     from gptqmodel.looper.awq_processor import AWQProcessor
 
@@ -184,7 +186,16 @@ def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
 
     seen = []
 
-    def recorder(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
+    def recorder(
+        self,
+        x,
+        w_mean,
+        x_mean,
+        module2inspect,
+        linears2scale,
+        fp16_output,
+        kwargs={},  # noqa: B006 -- stands in for AWQProcessor._compute_best_scale; only read here
+    ):
         seen.append(
             (
                 x[:, 0, 0].tolist(),

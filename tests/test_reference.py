@@ -1,4 +1,5 @@
-"""course.reference.move_off_grid: the same model, its weights no longer on a grid (tiny random configs)."""
+"""course.reference.move_off_grid: the same model, its weights no longer on a grid (tiny random
+configs)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def test_same_outputs_other_weights(heads, kv_heads):
                 or n.endswith(f"layers.{i}.mlp.{proj}.weight")
             )
             assert name in changed, name
-            # every column moves by its own factor, between 1/1.25 and 1.25 (up_proj and v_proj: their rows too)
+            # every column moves by its own factor, between 1/1.25 and 1.25 (up_proj and v_proj:
+            # their rows too)
             bound = 1.25 ** (2 if proj in ("up_proj", "v_proj") else 1)
             ratio = (model.get_parameter(name) / weights[name]).nan_to_num(nan=1.0)
             assert ratio.min() >= 1 / bound - 1e-6 and ratio.max() <= bound + 1e-6
@@ -75,7 +77,9 @@ def test_bf16_model_stays_close_and_seed_repeats():
     move_off_grid(twin)
     with torch.no_grad():
         after = model(ids).logits.float()
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))  # seeded
+    assert all(  # seeded
+        torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
+    )
     assert (after.argmax(-1) == before.argmax(-1)).float().mean() > 0.9  # bf16 rounding only
     assert torch.corrcoef(torch.stack([after.flatten(), before.flatten()]))[0, 1] > 0.999
 

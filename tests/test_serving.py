@@ -1,5 +1,6 @@
-"""course.serving: llama-cpp-python's OpenAI-compatible server as a managed process that never outlives
-its owner (with-block exit, a raising body, atexit, a killed parent), and clear errors when it cannot start."""
+"""course.serving: llama-cpp-python's OpenAI-compatible server as a managed process that never
+outlives its owner (with-block exit, a raising body, atexit, a killed parent), and clear errors when
+it cannot start."""
 
 import os
 import signal
@@ -70,13 +71,13 @@ def test_serves_openai_completions_chat_and_streams_then_stops(course_cache):
 
 
 def test_nothing_is_left_behind_when_the_body_raises(course_cache):
-    with pytest.raises(RuntimeError, match="a cell failed"):
-        with serving.llama_server(
-            course_models.model_path("gguf"), n_ctx=256, n_threads=1
-        ) as server:
-            pid, port = server.pid, server.port
-            assert serving.process_exists(pid)
-            raise RuntimeError("a cell failed")
+    with (
+        pytest.raises(RuntimeError, match="a cell failed"),
+        serving.llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1) as server,
+    ):
+        pid, port = server.pid, server.port
+        assert serving.process_exists(pid)
+        raise RuntimeError("a cell failed")
     assert gone(pid, port)
     with pytest.raises(ConnectionRefusedError):
         __import__("socket").create_connection((HOST, port), timeout=1).close()

@@ -43,7 +43,8 @@ def shown_text(value: str) -> str:
 
 
 def stop_after(tokens: streaming.TokenStream, pieces: int) -> int:
-    """Read `pieces` pieces, press Stop, read the rest; return the token count when Stop was pressed."""
+    """Read `pieces` pieces, press Stop, read the rest; return the token count when Stop was
+    pressed."""
     at_stop = None
     for i, _piece in enumerate(tokens, 1):
         if i == pieces:
@@ -95,8 +96,8 @@ def test_stop_ends_generation_within_one_token(lm):
 
 
 def test_stop_strings_end_the_stream_and_never_show(lm):
-    """A stop string from the middle of the greedy answer, across tokens: the text ends before it, and no
-    piece ever showed any of it (Transformers' streamer alone would hand it over)."""
+    """A stop string from the middle of the greedy answer, across tokens: the text ends before it,
+    and no piece ever showed any of it (Transformers' streamer alone would hand it over)."""
     expected = generation.generate(lm, PROMPTS[0], max_new_tokens=TOKENS)
     stop = expected[len(expected) // 2 : len(expected) // 2 + 4]
     tokens = streaming.TokenStream(lm, PROMPTS[0], max_new_tokens=TOKENS, stop_strings=[stop])
@@ -312,7 +313,7 @@ import json
 r = sw.wait(timeout=120)
 print("result:", json.dumps({"text": r.text, "new_tokens": r.new_tokens, "stopped": r.stopped_by_user,
                              "setters": sorted(set(setters)), "value": sw.text_box.value}))
-""",
+""",  # noqa: E501 -- kernel source; wrapping it would change the code it runs
             allow_stdin=True,
         )
         result = json.loads(kernel_stdout(second).split("result:", 1)[1])
@@ -331,7 +332,8 @@ print("result:", json.dumps({"text": r.text, "new_tokens": r.new_tokens, "stoppe
 
 
 def test_headless_notebook_run_falls_back_to_console(course_cache, tmp_path):
-    """nbclient (what nbmake runs) executes with allow_stdin=False: the same notebook code prints."""
+    """nbclient (what nbmake runs) executes with allow_stdin=False: the same notebook code
+    prints."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -398,7 +400,7 @@ def test_refresh_s_limits_how_often_the_widget_is_redrawn(gguf):
     for refresh_s in (0.0, 3600.0):
         sw = streaming.StreamWidget(gguf, max_new_tokens=12, mode="widget", refresh_s=refresh_s)
         values = []
-        sw.text_box.observe(lambda change: values.append(change["new"]), "value")
+        sw.text_box.observe(lambda change, values=values: values.append(change["new"]), "value")
         result = sw.start(PROMPTS[0]).wait(timeout=120)
         assert shown_text(values[-1]) == result.text
         counts[refresh_s] = len(values)

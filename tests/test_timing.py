@@ -83,7 +83,8 @@ def test_measure_summary_and_row(gguf_lm):
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, course_cache):
-    """A tiny random Gemma 3 with the course tokenizer: fast, and its end-of-sequence is ours to pick."""
+    """A tiny random Gemma 3 with the course tokenizer: fast, and its end-of-sequence is ours to
+    pick."""
     import torch
     from transformers import AutoTokenizer
 
@@ -136,7 +137,8 @@ def _rss() -> int:
 
 
 def test_peak_rss_grows_and_resets():
-    """The peak keeps memory that was touched and given back since; a reset starts from what is resident now."""
+    """The peak keeps memory that was touched and given back since; a reset starts from what is
+    resident now."""
     before = timing.peak_rss_bytes()
     resident = _rss()
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB touched

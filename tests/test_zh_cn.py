@@ -1,6 +1,7 @@
-"""The Chinese edition (notebooks/zh-CN/, solutions/zh-CN/) is a twin of the English one: same cells, same
-ids, same order, code cells identical byte for byte, every prose cell translated (and re-translated when the
-English changes), Chinese and Latin text spaced. `python tools/zh_cn.py sync` brings code over; see its docstring.
+"""The Chinese edition (notebooks/zh-CN/, solutions/zh-CN/) is a twin of the English one: same
+cells, same ids, same order, code cells identical byte for byte, every prose cell translated (and
+re-translated when the English changes), Chinese and Latin text spaced. `python tools/zh_cn.py sync`
+brings code over; see its docstring.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ spec = importlib.util.spec_from_file_location("zh_cn", ROOT / "tools" / "zh_cn.p
 zh_cn = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(zh_cn)
 PAIRS = zh_cn.pairs()
-# a lesson's id is its name (05_prompt_templates), a solution's is prefixed (solutions/05_prompt_templates)
+# a lesson's id is its name (05_prompt_templates), a solution's is prefixed
+# (solutions/05_prompt_templates)
 IDS = [
     en.stem if en.parent == ROOT / "notebooks" else en.relative_to(ROOT).with_suffix("").as_posix()
     for en, _ in PAIRS
