@@ -1,1 +1,2 @@
-"""Benchmarks of the course: `python -m bench.<name>` prints measured figures; nothing here asserts a time."""
+"""Benchmarks of the course: `python -m bench.<name>` prints measured figures; nothing here asserts
+a time."""

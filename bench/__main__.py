@@ -3,10 +3,11 @@
     python -m bench --formats gguf,gptq,awq,hf-bf16,hf-fp32,gguf-transformers --out results.json
     python -m bench --formats gguf,hf-bf16 --new-tokens 8 --repeats 1 --no-quality   # a quick look
     python -m bench --device cuda --out build/bench-cuda.json                         # on a GPU
-    python -m bench --formats gguf --gguf-types ~/.cache/quantized-llms-locally/gguf-types --no-quality
+    python -m bench --formats gguf --gguf-types ~/.cache/quantized-llms-locally/gguf-types \
+        --no-quality
 
-Prints the table, each format's ratios against llama.cpp GGUF, and its predicted decode speed against the
-measured one, all from this run.
+Prints the table, each format's ratios against llama.cpp GGUF, and its predicted decode speed
+against the measured one, all from this run.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ How it is fair on a noisy machine:
 - a short warm-up per format (first-call costs: pages faulted in, 4-bit weights repacked, are paid
   by the first forward pass), then `repeats` rounds in which the order of the formats rotates, so
   a burst of load elsewhere hits every format alike; medians and spreads are reported;
-- ratios against llama.cpp GGUF (the reference) are computed from this run only, and so is each row's
-  predicted decode speed (helpers.plan's rule, calibrated on one row per backend: `predictions`).
+- ratios against llama.cpp GGUF (the reference) are computed from this run only, and so is each
+  row's predicted decode speed (helpers.plan's rule, calibrated on one row per backend:
+  `predictions`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class _Worker:
     """The parent's handle on one worker process."""
 
     def __init__(self, name: str, source: str, device: str, threads: int, log_path: Path):
-        # a fresh interpreter (no memory shared with us) that dies with us; one socket carries the requests
+        # a fresh interpreter (no memory shared with us) that dies with us; one socket carries the
+        # requests
         self.name, self.log_path = name, log_path
         ours, theirs = socket.socketpair()
         argv, env = child_command(
@@ -115,7 +117,8 @@ class _Worker:
 
 def _sources(formats, sources: dict | None) -> dict[str, str]:
     """Where each format's model comes from: the course models unless overridden. A source given
-    for one format serves the formats that share its files (hf-bf16/hf-fp32, gguf/gguf-transformers)."""
+    for one format serves the formats that share its files (hf-bf16/hf-fp32,
+    gguf/gguf-transformers)."""
     from course import models as course_models
 
     sources = dict(sources or {})
@@ -135,20 +138,21 @@ def _sources(formats, sources: dict | None) -> dict[str, str]:
 
 
 def gguf_type_formats(folder) -> dict[str, str]:
-    """One extra llama.cpp format per *.gguf file in `folder`, named after its file type: {"gguf-Q8_0": path}."""
+    """One extra llama.cpp format per *.gguf file in `folder`, named after its file type:
+    {"gguf-Q8_0": path}."""
     from helpers.gguf_tools import file_type_name, read_gguf
 
     if not Path(folder).is_dir():
         raise BenchError(
-            f"--gguf-types {folder}: no such folder (notebook 04b or `python -m course.gguf_convert "
-            "types` makes the course's)."
+            f"--gguf-types {folder}: no such folder (notebook 04b or "
+            "`python -m course.gguf_convert types` makes the course's)."
         )
-    return {
-        f"gguf-{file_type_name(read_gguf(path).metadata.get('general.file_type')) or path.stem}": str(
-            path
-        )
-        for path in sorted(Path(folder).glob("*.gguf"))
-    }
+
+    def format_name(path: Path) -> str:
+        file_type = read_gguf(path).metadata.get("general.file_type")
+        return f"gguf-{file_type_name(file_type) or path.stem}"
+
+    return {format_name(path): str(path) for path in sorted(Path(folder).glob("*.gguf"))}
 
 
 def run_benchmark(
@@ -169,8 +173,8 @@ def run_benchmark(
 ) -> dict:
     """Run the whole comparison and return (and, with `out`, write) the results as a dict.
 
-    gguf_types: a folder of .gguf files, each timed as one more llama.cpp format (`gguf_type_formats`),
-    without quality (notebook 04b measures their perplexity).
+    gguf_types: a folder of .gguf files, each timed as one more llama.cpp format
+    (`gguf_type_formats`), without quality (notebook 04b measures their perplexity).
 
     long_prompt: also time reading this prompt (warm-up, then `repeats` runs of 2 new tokens) on
     `long_prompt_formats`, with the models already loaded: `long_prompt_tok_s` in their results.
@@ -221,7 +225,8 @@ def run_benchmark(
     runs: list[dict] = []
     try:
         # Every worker imports its libraries at the same time (about 10 s saved on 2 cores), then
-        # each loads alone, after all imports are done: a load's time is never shared with other work.
+        # each loads alone, after all imports are done: a load's time is never shared with other
+        # work.
         starting.update(
             {
                 name: _Worker(name, sources[name], device, threads, logs / f"{name}.log")
@@ -372,7 +377,8 @@ def _generate(worker, prompt: str, new_tokens: int, results: dict) -> dict | Non
 
 
 def _long_prompt(worker, prompt: str, warmup: int, repeats: int, results: dict) -> None:
-    """Prompt reading speed on a long prompt: compute-bound, unlike decoding (notebook 08, bf16 vs fp32)."""
+    """Prompt reading speed on a long prompt: compute-bound, unlike decoding (notebook 08, bf16
+    vs fp32)."""
     if worker is None or "error" in results[worker.name]:
         return
     try:
@@ -393,7 +399,8 @@ HELD_OUT = {
 
 
 def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
-    """Perplexity and top-1 agreement with hf-bf16 on each held-out text (English, Chinese), on the same token ids."""
+    """Perplexity and top-1 agreement with hf-bf16 on each held-out text (English, Chinese), on
+    the same token ids."""
     from helpers.quality import heldout_text, top1_agreement
 
     alive = [f for f in formats if f in workers and "error" not in results[f]]
@@ -412,13 +419,13 @@ def _quality(workers: dict, formats: list[str], results: dict, tick) -> None:
                 answer = workers[name].ask("quality", ids=own)
                 results[name]["perplexity" + suffix] = answer["perplexity"]
                 results[name]["heldout_tokens" + suffix] = len(own)
-                if (
-                    own == ids[lang]
-                ):  # agreement compares predictions position by position: same tokens needed
+                # agreement compares predictions position by position: same tokens needed
+                if own == ids[lang]:
                     argmax[lang][name] = answer["argmax"]
                 else:
                     results[name]["quality_note"] = (
-                        f"its tokenizer splits the {lang} held-out text differently ({len(own)} vs {len(ids[lang])} "
+                        f"its tokenizer splits the {lang} held-out text differently "
+                        f"({len(own)} vs {len(ids[lang])} "
                         "tokens): no top-1 agreement, perplexity not comparable"
                     )
         except BenchError as err:
@@ -485,9 +492,10 @@ def ratios(results: list[dict]) -> dict:
 
 
 def predictions(results: list[dict]) -> dict:
-    """Each row's predicted decode speed, helpers.plan's rule: its ceiling x the efficiency (measured / ceiling)
-    of its backend's calibration row in the same run (CALIBRATION: gguf for llama.cpp, hf-bf16 for
-    Transformers), and predicted / measured. The calibration rows read 1.00 by construction."""
+    """Each row's predicted decode speed, helpers.plan's rule: its ceiling x the efficiency
+    (measured / ceiling) of its backend's calibration row in the same run (CALIBRATION: gguf for
+    llama.cpp, hf-bf16 for Transformers), and predicted / measured. The calibration rows read 1.00
+    by construction."""
     by_name = {r["format"]: r for r in results}
     out = {}
     for row in results:
@@ -594,7 +602,8 @@ def print_report(report: dict) -> None:
     bw = report["bandwidth"]
     machine = report["machine"]
     print(
-        f"\n{machine['cpu']} | {machine['cores']} cores | {machine['threads']} threads | {machine['device']}"
+        f"\n{machine['cpu']} | {machine['cores']} cores | {machine['threads']} threads | "
+        f"{machine['device']}"
     )
     print(
         f"copy bandwidth: {bw['copy_1_thread_Bps'] / 1e9:.1f} GB/s on 1 thread, "
@@ -615,7 +624,8 @@ def print_report(report: dict) -> None:
     if lines:
         print(
             f"\nPredicted decode speed = ceiling x the efficiency (measured / ceiling) of "
-            f"{CALIBRATION['llama.cpp']} for llama.cpp rows and of {CALIBRATION['transformers']} for Transformers "
+            f"{CALIBRATION['llama.cpp']} for llama.cpp rows and of {CALIBRATION['transformers']} "
+            "for Transformers "
             "rows, in this run (those two rows read 1.00 by construction):"
         )
         for line in lines:

@@ -1,14 +1,18 @@
-"""What does streaming cost? Tokens/s of bare generation, console streaming and the widget, in one run.
+"""What does streaming cost? Tokens/s of bare generation, console streaming and the widget, in one
+run.
 
-    python -m bench.streaming_overhead                       # course GGUF (llama.cpp) + course hf (Transformers)
+    # course GGUF (llama.cpp) + course hf (Transformers)
+    python -m bench.streaming_overhead
     python -m bench.streaming_overhead --formats gguf --tokens 128 --rounds 5
-    python -m bench.streaming_overhead --in-kernel           # run inside a real Jupyter kernel (widget comm over ZMQ)
+    # run inside a real Jupyter kernel (widget comm over ZMQ)
+    python -m bench.streaming_overhead --in-kernel
 
-Same prompt, greedy, same token budget for every way, each run in a fresh thread. Rounds interleave the three ways in rotating
-order, after one warm-up, so a busy machine slows them alike; the fastest run of each way (and the median) is
-compared with bare generation. Console output goes to os.devnull (the terminal's drawing is not ours to
-count); the widget runs in widget mode even without a front end, so every value update is made.
-It prints ratios and asserts nothing: timings on a shared machine are noisy.
+Same prompt, greedy, same token budget for every way, each run in a fresh thread. Rounds interleave
+the three ways in rotating order, after one warm-up, so a busy machine slows them alike; the fastest
+run of each way (and the median) is compared with bare generation. Console output goes to os.devnull
+(the terminal's drawing is not ours to count); the widget runs in widget mode even without a front
+end, so every value update is made. It prints ratios and asserts nothing: timings on a shared
+machine are noisy.
 """
 
 from __future__ import annotations
@@ -137,14 +141,15 @@ def report(fmt: str, lm, rows: list[dict], out=sys.stdout) -> None:
         )
     w = summary["widget"]
     print(
-        f"  widget overhead ratio (best widget / best bare): {w['best vs bare']:.3f}; the reader spent "
+        f"  widget overhead ratio (best widget / best bare): {w['best vs bare']:.3f}; "
+        "the reader spent "
         f"{w['widget updates, share of time']:.2%} of the widget runs updating widget values",
         file=out,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--formats", nargs="+", default=["gguf", "hf"], choices=course_models.FORMATS
     )
@@ -180,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_in_kernel(argv: list[str]) -> int:
-    """Run main(argv) inside a fresh ipykernel and relay its output (widget values then travel over ZMQ)."""
+    """Run main(argv) inside a fresh ipykernel and relay its output (widget values then travel over
+    ZMQ)."""
     from pathlib import Path
 
     from jupyter_client.manager import start_new_kernel

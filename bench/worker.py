@@ -1,6 +1,7 @@
 """One model format in its own process, driven by `bench.compare` through a socket.
 
-    python -m bench.worker FORMAT SOURCE DEVICE THREADS LOG_PATH SOCKET_FD   (bench.compare starts it)
+    # (bench.compare starts it)
+    python -m bench.worker FORMAT SOURCE DEVICE THREADS LOG_PATH SOCKET_FD
 
 Each format gets a fresh process so that its peak resident memory is its own: the runtime it
 imports (torch, GPTQModel, llama.cpp) plus its weights, nothing left over from another format.
@@ -19,7 +20,8 @@ import psutil
 
 # name -> (course model, how to load it, what it is)
 FORMATS = {
-    # the GGUF quantized by llama.cpp from hf, as gptq and awq are by GPTQModel: one reference for all
+    # the GGUF quantized by llama.cpp from hf, as gptq and awq are by GPTQModel: one reference for
+    # all
     "gguf": ("gguf-from-hf", {}, "llama.cpp, GGUF Q4_K_M (from hf)"),
     "gptq": ("gptq", {}, "Transformers + GPTQModel, GPTQ 4-bit g128"),
     "awq": ("awq", {}, "Transformers + GPTQModel, AWQ 4-bit g128"),
@@ -34,7 +36,8 @@ FORMATS = {
 
 
 def spec(name: str) -> tuple:
-    """FORMATS[name]; an extra GGUF file (`--gguf-types`: gguf-Q8_0, gguf-F16, ...) loads like gguf, in llama.cpp."""
+    """FORMATS[name]; an extra GGUF file (`--gguf-types`: gguf-Q8_0, gguf-F16, ...) loads like gguf,
+    in llama.cpp."""
     if name not in FORMATS and name.startswith("gguf-"):
         return "gguf", {}, f"llama.cpp, GGUF {name[5:]}"
     return FORMATS[name]
@@ -66,7 +69,8 @@ def load_gguf_in_transformers(path, device: str, dtype: str | None, threads: int
     free = memory.free_memory_bytes(device)
     if need * 1.2 + 300 * 2**20 > free:
         raise NotEnoughMemoryError(
-            f"Dequantizing {path.name} in Transformers needs about {need / 2**30:.1f} GiB for the weights alone "
+            f"Dequantizing {path.name} in Transformers needs about {need / 2**30:.1f} GiB "
+            "for the weights alone "
             f"and {free / 2**30:.1f} GiB is free. Use llama.cpp (format 'gguf') for this file."
         )
     torch.set_num_threads(threads)
@@ -111,7 +115,8 @@ def _quality(lm, ids: list[int], threads: int) -> dict:
     from helpers import quality
 
     if lm.backend == "llama.cpp":
-        # logits for every position need their own context (logits_all); the weights are shared (mmap)
+        # logits for every position need their own context (logits_all); the weights are shared
+        # (mmap)
         logits = quality.gguf_logits(
             lm.path,
             ids,

@@ -26,8 +26,9 @@ Settings that are not patches, chosen by the caller (see `course/models.py`):
 calibration rows of equal length (with ragged rows GPTQModel's AWQ keeps only the last
 row's activations for the scale search), a small clip search (`clip_tokens`, `clip_grid`: the
 course build uses 32 tokens and 5 thresholds; GPTQModel's default of 512 tokens made the CPU build
-about 6x slower) and a scale search scored on fewer rows (`scale_rows`: the course build scores its 20
-candidate scales on 1 of its 4 rows; the activation means that shape the candidates still use all 4).
+about 6x slower) and a scale search scored on fewer rows (`scale_rows`: the course build scores its
+20 candidate scales on 1 of its 4 rows; the activation means that shape the candidates still use
+all 4).
 
 Upstream-ready: (1) is a `module_tree` for `Gemma3QModel`, (2) a `Gemma3RMSNorm` branch in
 `quantization/awq/quantize/scale.py::scale_ln_fcs`, (3) `awq_preserve_explicit_position_embeddings
@@ -85,7 +86,8 @@ def fold_scales_into_gemma_norm(norm: torch.nn.Module, linears: list, scales: to
 def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20, scale_rows: int | None = None):
     """Patch GPTQModel 7.6.0 for a correct Gemma 3 AWQ run; everything is restored on exit.
 
-    `scale_rows`: score each candidate scale on this many calibration rows (spread over them), not all.
+    `scale_rows`: score each candidate scale on this many calibration rows (spread over them), not
+    all.
     """
     import gptqmodel.looper.awq_processor as awq_processor
     import gptqmodel.models.auto as auto
@@ -116,11 +118,18 @@ def gemma3_awq_fixes(clip_tokens: int = 64, clip_grid: int = 20, scale_rows: int
         )
 
     def compute_best_scale(
-        self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}
+        self,
+        x,
+        w_mean,
+        x_mean,
+        module2inspect,
+        linears2scale,
+        fp16_output,
+        kwargs={},  # noqa: B006 - GPTQModel's own default; only read and rebound here
     ):
-        # x holds one calibration row per entry of dim 0; the reference output matches it row for row
-        # (a tensor, or a list of per-row chunks when GPTQModel runs one row at a time), and so does any
-        # per-row argument such as an attention mask
+        # x holds one calibration row per entry of dim 0; the reference output matches it row for
+        # row (a tensor, or a list of per-row chunks when GPTQModel runs one row at a time), and so
+        # does any per-row argument such as an attention mask
         if scale_rows and x.dim() == 3 and x.shape[0] > scale_rows:
             rows, step = x.shape[0], x.shape[0] // scale_rows
 

@@ -1,6 +1,7 @@
 """A terminal chat with any course model: course machinery around `helpers.chat.ChatSession`.
 
-    python -m course.chat_cli gguf                 # the course model; or hf, gptq, awq, a path, a hub id
+    # the course model; or hf, gptq, awq, a path, a hub id
+    python -m course.chat_cli gguf
     python -m course.chat_cli gguf --load chat.json --no-stream
 
 Commands while chatting: /reset, /save PATH, /load PATH, /help, /exit (or Ctrl-D). Lines can come
@@ -16,13 +17,16 @@ from helpers.chat import ChatSession
 from helpers.errors import ChatError, CourseError
 
 
-HELP = """commands: /reset (forget the conversation), /save PATH, /load PATH, /help, /exit (or Ctrl-D)
-Ctrl-C while the model writes stops the reply."""
+HELP = (
+    "commands: /reset (forget the conversation), /save PATH, /load PATH, /help, /exit (or Ctrl-D)\n"
+    "Ctrl-C while the model writes stops the reply."
+)
 
 
 def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
-    """A course format name (gguf, hf, gptq, awq; 'course' = gguf) -> its path; anything else unchanged.
-    build=True builds a course model that is missing (a notebook); otherwise that is an error (a terminal)."""
+    """A course format name (gguf, hf, gptq, awq; 'course' = gguf) -> its path; anything else
+    unchanged. build=True builds a course model that is missing (a notebook); otherwise that is an
+    error (a terminal)."""
     from . import models as course_models
 
     key = name.strip().lower()
@@ -44,10 +48,14 @@ def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m course.chat_cli MODEL: a terminal chat; reads lines from stdin (a pipe works too)."""
+    """python -m course.chat_cli MODEL: a terminal chat; reads lines from stdin (a pipe works
+    too)."""
     parser = argparse.ArgumentParser(
         prog="python -m course.chat_cli",
-        description="Chat with a local model in the terminal. Commands: /reset, /save PATH, /load PATH, /help, /exit.",
+        description=(
+            "Chat with a local model in the terminal. "
+            "Commands: /reset, /save PATH, /load PATH, /help, /exit."
+        ),
     )
     parser.add_argument(
         "model",

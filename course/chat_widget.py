@@ -4,9 +4,9 @@
     ui.show()                                     # in Jupyter, Colab or VS Code
     ui.send("Hello"); ui.wait(); ui.transcript    # the same UI driven from code (tests, browsers)
 
-A front end over `helpers.chat.ChatSession`, as the terminal chat (`course/chat_cli.py`) is; generation
-runs in a reader thread, so the kernel stays free to hear the Stop button. Where no front end can show it,
-it prints the conversation instead.
+A front end over `helpers.chat.ChatSession`, as the terminal chat (`course/chat_cli.py`) is;
+generation runs in a reader thread, so the kernel stays free to hear the Stop button. Where no front
+end can show it, it prints the conversation instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ ROLE_COLORS = {"user": "#1f6feb", "assistant": "#2da44e", "system": "#8250df"}
 
 
 def transcript_html(messages: list[dict], hidden: int = 0, live: str | None = None) -> str:
-    """The transcript as HTML: one div per message (class qllm-chat-message qllm-chat-<role>, data-role).
+    """The transcript as HTML: one div per message (class qllm-chat-message qllm-chat-<role>,
+    data-role).
 
     The first `hidden` user/assistant messages get the class qllm-chat-trimmed (the model no longer
     sees them); `live` is a reply being written (class qllm-chat-live).
@@ -43,9 +44,11 @@ def transcript_html(messages: list[dict], hidden: int = 0, live: str | None = No
             seen += 1
         faded = "opacity: 0.45;" if "trimmed" in classes else ""
         rows.append(
-            f'<div class="{classes}" data-role="{m["role"]}" data-index="{i}" style="margin: 2px 0; {faded}">'
+            f'<div class="{classes}" data-role="{m["role"]}" data-index="{i}" '
+            f'style="margin: 2px 0; {faded}">'
             f'<b style="color: {ROLE_COLORS[m["role"]]}">{ROLE_LABELS[m["role"]]}:</b> '
-            f'<span class="qllm-chat-content" style="white-space: pre-wrap">{html.escape(m["content"])}</span></div>'
+            '<span class="qllm-chat-content" style="white-space: pre-wrap">'
+            f"{html.escape(m['content'])}</span></div>"
         )
     return '<div class="qllm-chat-log">' + "".join(rows) + "</div>"
 
@@ -57,7 +60,8 @@ class ChatWidget:
         ui.show()                        # in Jupyter/Colab/VS Code: the widget; headless: nothing
         ui.send("Hello"); ui.wait()      # what typing + Send does; wait() returns the ChatReply
         ui.stop()                        # what Stop does
-        ui.transcript, ui.token_count, ui.context_window, ui.status, ui.running, ui.reply_text, ui.reply_tokens
+        ui.transcript, ui.token_count, ui.context_window, ui.status, ui.running,
+        ui.reply_text, ui.reply_tokens
 
     In widget mode `send` returns at once and a reader thread fills the transcript; headless
     (console mode: terminals, nbclient/nbmake) `send` prints the exchange and returns when the
@@ -148,7 +152,8 @@ class ChatWidget:
 
     @property
     def transcript(self) -> list[dict]:
-        """The conversation as shown: the history plus the exchange being generated (system included)."""
+        """The conversation as shown: the history plus the exchange being generated (system
+        included)."""
         messages, live = self._shown()
         return messages + ([{"role": "assistant", "content": live}] if live is not None else [])
 
@@ -182,7 +187,10 @@ class ChatWidget:
         )
 
     def __repr__(self) -> str:
-        return f"ChatWidget(mode={self.mode!r}, {len(self.session.turns())} messages, status={self.status!r})"
+        return (
+            f"ChatWidget(mode={self.mode!r}, {len(self.session.turns())} messages, "
+            f"status={self.status!r})"
+        )
 
     def show(self) -> None:
         """Display the widget (widget mode); headless there is nothing to show."""
@@ -198,7 +206,7 @@ class ChatWidget:
             print(repr(self))
 
     # -- what a caller does
-    def send(self, text: str) -> "ChatWidget":
+    def send(self, text: str) -> ChatWidget:
         """Send a message (what typing it and pressing Send does). Widget mode: returns at once."""
         if self.running:
             raise ChatError(

@@ -1,10 +1,15 @@
-"""Concept figures the notebooks open their sections with: schematic, drawn with matplotlib, no image files.
+"""Concept figures the notebooks open their sections with: schematic, drawn with matplotlib, no
+image files.
 
     from course import figures
-    figures.gptq_update()        # 02: one column rounded, its error pushed onto the columns to its right
-    figures.awq_scaling()        # 03: scale the salient input channels up, fold 1/s into the previous op
-    figures.gguf_layout(header)  # 04: header, metadata, tensor table, data (counts from a real header)
-    figures.prefill_decode()     # 08: the prompt read at once, then one token at a time: TTFT and decode tok/s
+    # 02: one column rounded, its error pushed onto the columns to its right
+    figures.gptq_update()
+    # 03: scale the salient input channels up, fold 1/s into the previous op
+    figures.awq_scaling()
+    # 04: header, metadata, tensor table, data (counts from a real header)
+    figures.gguf_layout(header)
+    # 08: the prompt read at once, then one token at a time: TTFT and decode tok/s
+    figures.prefill_decode()
 
 Each draws and shows one figure (plt.show()). The shapes are illustrations, not data;
 where a figure carries numbers (the GGUF layout), they come from the file passed in.
@@ -123,9 +128,10 @@ def awq_scaling(channels: int = 12, salient=(3, 8)):
     fig.text(
         0.5,
         -0.06,
-        "W·x = (W·diag(s)) · (diag(s)⁻¹·x):   the weights of salient channels are scaled up before "
-        "rounding (finer steps where errors hurt most),\nand 1/s is folded into the operation before "
-        "(an RMSNorm's weight, or the previous linear), so inference costs nothing extra.",
+        "W·x = (W·diag(s)) · (diag(s)⁻¹·x):   the weights of salient channels are scaled up "
+        "before rounding (finer steps where errors hurt most),\nand 1/s is folded into the "
+        "operation before (an RMSNorm's weight, or the previous linear), so inference costs "
+        "nothing extra.",
         ha="center",
         va="top",
         fontsize=9,
@@ -136,7 +142,8 @@ def awq_scaling(channels: int = 12, salient=(3, 8)):
 
 
 def gguf_layout(header=None):
-    """A GGUF file from start to end; with a header (helpers.gguf_tools.read_gguf), its real counts and sizes."""
+    """A GGUF file from start to end; with a header (helpers.gguf_tools.read_gguf), its real counts
+    and sizes."""
     _, ax = _axes(9, 2.6)
     if header is not None:
         n_kv, n_tensors = len(header.metadata), len(header.tensors)
@@ -157,7 +164,7 @@ def gguf_layout(header=None):
     widths = [1.4, 2.6, 2.9, 4.5]
     colors = [GREY, BLUE, GREEN, ORANGE]
     x = 0.0
-    for label, w, color in zip(labels, widths, colors):
+    for label, w, color in zip(labels, widths, colors, strict=True):
         _box(ax, x, 0, w, 1, color, label, fontsize=8, color="black")
         x += w
     ax.annotate(

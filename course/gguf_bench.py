@@ -1,9 +1,12 @@
 """Load time, decode speed and peak memory of one GGUF configuration, each in a fresh process.
 
-    bench_in_subprocess("llama.cpp", path, prompt_ids)                       # notebook 04, section 4
-    bench_in_subprocess("transformers", path, prompt_ids, dtype="float32")   # Transformers reading the GGUF
+    # notebook 04, section 4
+    bench_in_subprocess("llama.cpp", path, prompt_ids)
+    # Transformers reading the GGUF
+    bench_in_subprocess("transformers", path, prompt_ids, dtype="float32")
 
-Course machinery: a fresh process per configuration, so one load's peak memory cannot hide in another's.
+Course machinery: a fresh process per configuration, so one load's peak memory cannot hide in
+another's.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _proc_status_mib(field_name: str) -> float | None:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (VmHWM on Linux; see timing.peak_rss_bytes)."""
+    """Peak resident memory of this process so far, in MiB (VmHWM on Linux; see
+    timing.peak_rss_bytes)."""
     return peak_rss_bytes() / 2**20
 
 
@@ -113,7 +117,8 @@ def bench_in_subprocess(
     threads: int | None = None,
     timeout: int = 900,
 ) -> dict:
-    """Load + decode speed + peak RSS of one configuration in a fresh Python process (peaks don't mix)."""
+    """Load + decode speed + peak RSS of one configuration in a fresh Python process (peaks don't
+    mix)."""
     threads = threads or default_threads()
     job = json.dumps(
         {

@@ -1,10 +1,11 @@
 """Making GGUF files with llama.cpp's own tools: course machinery behind notebook 04b.
 
-    find_converter()                                             # convert_hf_to_gguf.py, from the sdist
-    convert_hf_to_gguf(hf_dir, out, vocab_from=gguf)             # HF folder -> f16 GGUF
-    quantize_gguf(f16, out, "Q4_0")                              # llama.cpp's quantizer
-    python -m course.gguf_convert converter --download           # fetch the converter once (internet)
-    python -m course.gguf_convert types                          # the course's F16, Q8_0, Q4_0 (`make models`)
+    find_converter()                                    # convert_hf_to_gguf.py, from the sdist
+    convert_hf_to_gguf(hf_dir, out, vocab_from=gguf)    # HF folder -> f16 GGUF
+    quantize_gguf(f16, out, "Q4_0")                     # llama.cpp's quantizer
+    python -m course.gguf_convert converter --download  # fetch the converter once (internet)
+    # the course's F16, Q8_0, Q4_0 (`make models`)
+    python -m course.gguf_convert types
 
 The llama-cpp-python wheel holds the compiled library and the quantizer, not the Python converter;
 its source archive (the sdist pip builds the wheel from) does. Everything here writes atomically.
@@ -51,7 +52,10 @@ def converter_dir() -> Path:
 
 
 def converter_download_command(dest: str = ".") -> str:
-    return f"pip download --no-deps --no-binary :all: llama-cpp-python=={llama_cpp_version()} -d {dest}"
+    return (
+        "pip download --no-deps --no-binary :all: "
+        f"llama-cpp-python=={llama_cpp_version()} -d {dest}"
+    )
 
 
 def _pip_cache_dirs() -> list[Path]:
@@ -158,7 +162,8 @@ def download_sdist(dest: Path) -> Path:
     sdist = dest / f"llama_cpp_python-{llama_cpp_version()}.tar.gz"
     if proc.returncode != 0 or not sdist.exists():
         raise ConverterNotFoundError(
-            f"Downloading llama-cpp-python's source from PyPI failed:\n{proc.stderr.strip()[-800:]}\n"
+            "Downloading llama-cpp-python's source from PyPI failed:\n"
+            f"{proc.stderr.strip()[-800:]}\n"
             f"Without the internet, copy the sdist here and set QLLM_LLAMA_CPP_SDIST=/path/to/it."
         )
     return sdist
@@ -182,8 +187,9 @@ def find_converter(download: bool = False) -> Path:
             "llama-cpp-python wheel does not contain it, and its source archive (sdist) is neither "
             "in pip's cache nor in $QLLM_LLAMA_CPP_SDIST. With the internet, run "
             "`python -m course.gguf_convert converter --download` once: it runs "
-            f"`{converter_download_command('<tmp>')}` (76 MB from PyPI) and keeps only the converter. "
-            "Or clone https://github.com/ggml-org/llama.cpp and pass its convert_hf_to_gguf.py as `converter=`."
+            f"`{converter_download_command('<tmp>')}` (76 MB from PyPI) and keeps only the "
+            "converter. Or clone https://github.com/ggml-org/llama.cpp and pass its "
+            "convert_hf_to_gguf.py as `converter=`."
         )
     script = extract_converter(sdist)
     if sdist.parent == converter_dir().parent / "sdist":
@@ -195,12 +201,14 @@ def find_converter(download: bool = False) -> Path:
 
 
 def write_sentencepiece_files(gguf_path, folder) -> list[Path]:
-    """Rebuild tokenizer.model (+ added_tokens.json) in `folder` from a GGUF's SentencePiece vocabulary.
+    """Rebuild tokenizer.model (+ added_tokens.json) in `folder` from a GGUF's SentencePiece
+    vocabulary.
 
     The course's HF folder was made from the GGUF and has only tokenizer.json; without a
     tokenizer.model llama.cpp's converter switches to a GPT-2 style BPE vocabulary and picks a
     pre-tokenizer by a hash. The converter reads token types through SentencePiece, which has no
-    "user defined" test, so those tokens (Gemma's runs of newlines and spaces) go in added_tokens.json.
+    "user defined" test, so those tokens (Gemma's runs of newlines and spaces) go in
+    added_tokens.json.
     """
     try:
         from sentencepiece import sentencepiece_model_pb2 as pb
@@ -220,13 +228,10 @@ def write_sentencepiece_files(gguf_path, folder) -> list[Path]:
     scores = header.arrays["tokenizer.ggml.scores"].tolist()
     types = header.arrays["tokenizer.ggml.token_type"].tolist()
     model = pb.ModelProto()
-    for piece, score, kind in zip(tokens, scores, types):
+    for piece, score, kind in zip(tokens, scores, types, strict=False):
         entry = model.pieces.add()
-        entry.piece, entry.score, entry.type = (
-            piece,
-            score,
-            kind,
-        )  # GGUF token types use SentencePiece's numbers
+        # GGUF token types use SentencePiece's numbers
+        entry.piece, entry.score, entry.type = piece, score, kind
     spec = model.trainer_spec
     spec.model_type = pb.TrainerSpec.BPE
     spec.vocab_size = len(tokens)
@@ -241,7 +246,11 @@ def write_sentencepiece_files(gguf_path, folder) -> list[Path]:
     model_path = folder / "tokenizer.model"
     model_path.write_bytes(model.SerializeToString())
     USER_DEFINED = 4
-    added = {piece: i for i, (piece, kind) in enumerate(zip(tokens, types)) if kind == USER_DEFINED}
+    added = {
+        piece: i
+        for i, (piece, kind) in enumerate(zip(tokens, types, strict=False))
+        if kind == USER_DEFINED
+    }
     added_path = folder / "added_tokens.json"
     added_path.write_text(json.dumps(added, ensure_ascii=False))
     return [model_path, added_path]
@@ -279,9 +288,8 @@ def convert_hf_to_gguf(
     partial = out_path.with_name(out_path.name + ".partial")
     log_path = out_path.with_name(out_path.name + ".log")
     try:
-        for (
-            item
-        ) in hf_dir.iterdir():  # the converter reads the folder; we only add files to a view of it
+        # the converter reads the folder; we only add files to a view of it
+        for item in hf_dir.iterdir():
             if item.is_file() and not (
                 vocab_from and item.name in ("tokenizer.model", "added_tokens.json")
             ):
@@ -300,7 +308,8 @@ def convert_hf_to_gguf(
         ]
         if vocab_only:
             args.append("--vocab-only")
-        # its own gguf-py; a child that dies with us, so no converter goes on writing after a Ctrl-C or kill
+        # its own gguf-py; a child that dies with us, so no converter goes on writing after a
+        # Ctrl-C or kill
         cmd, env = child_command(
             str(converter), *args, env={k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
         )
@@ -336,7 +345,8 @@ QUANT_TYPES = (
 
 
 def quantize_gguf(src, out_path, qtype: str, n_threads: int | None = None) -> dict:
-    """Quantize a (f16/bf16/f32) GGUF to `qtype` with llama.cpp's own quantizer; write atomically."""
+    """Quantize a (f16/bf16/f32) GGUF to `qtype` with llama.cpp's own quantizer; write
+    atomically."""
     import llama_cpp
 
     from gguf import LlamaFileType
@@ -384,9 +394,10 @@ def _complete(path: Path) -> bool:
 
 
 def course_f16(converter: Path | None = None) -> Path:
-    """The course `hf` model (already built) as an F16 GGUF in types_dir(), with the course GGUF's vocabulary: the
-    step before every course GGUF type and the gguf-from-hf model. Converted again only when hf was rebuilt or
-    llama.cpp changed (a note beside the file records what it was made from)."""
+    """The course `hf` model (already built) as an F16 GGUF in types_dir(), with the course GGUF's
+    vocabulary: the step before every course GGUF type and the gguf-from-hf model. Converted again
+    only when hf was rebuilt or llama.cpp changed (a note beside the file records what it was made
+    from)."""
     from . import models as course_models
 
     f16 = types_dir() / "gemma-3-270m-F16.gguf"
@@ -408,8 +419,8 @@ def course_f16(converter: Path | None = None) -> Path:
 
 
 def make_course_types(converter: Path | None = None) -> list[Path]:
-    """Notebook 04b's section 1 for `make models`: the course F16 file (`course_f16`) quantized to COURSE_TYPES, in
-    types_dir(). A complete file made after the F16 file is kept."""
+    """Notebook 04b's section 1 for `make models`: the course F16 file (`course_f16`) quantized to
+    COURSE_TYPES, in types_dir(). A complete file made after the F16 file is kept."""
     from . import models as course_models
 
     course_models.ensure(["gguf", "hf"], quiet=True)

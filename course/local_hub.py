@@ -1,13 +1,14 @@
-"""A local, Hugging Face Hub-compatible file server (standard library only) for offline runs and tests.
+"""A local, Hugging Face Hub-compatible file server (standard library only) for offline runs and
+tests.
 
-    with LocalHub() as hub:                      # serves the course models, 127.0.0.1, a free port
-        os.environ["HF_ENDPOINT"] = hub.url      # exactly how you point the client at a mirror
-        ...                                      # hf_hub_download / snapshot_download / `hf download`
+    with LocalHub() as hub:                  # serves the course models, 127.0.0.1, a free port
+        os.environ["HF_ENDPOINT"] = hub.url  # exactly how you point the client at a mirror
+        ...                                  # hf_hub_download / snapshot_download / `hf download`
 
-    python -m course.local_hub                  # the same from a terminal, until Ctrl-C
+    python -m course.local_hub               # the same from a terminal, until Ctrl-C
 
-It answers what `huggingface_hub` (2.x) and the `hf` CLI ask a hub for: repo info with file sizes and
-sha256 (`/api/models/{repo}[/revision/{rev}]?blobs=true`), the file tree, paths-info, and
+It answers what `huggingface_hub` (2.x) and the `hf` CLI ask a hub for: repo info with file sizes
+and sha256 (`/api/models/{repo}[/revision/{rev}]?blobs=true`), the file tree, paths-info, and
 `HEAD`/`GET /{repo}/resolve/{rev}/{file}` with `X-Repo-Commit`, `ETag`, `Content-Length` and `Range`
 (206 + `Content-Range`). Errors carry the hub's `X-Error-Code` (RepoNotFound 401, EntryNotFound 404,
 RevisionNotFound 404), so the client raises its real error classes. Files are served by reference
@@ -87,7 +88,8 @@ class RepoEntry:
 
     @property
     def blob_id(self) -> str:
-        """The git object id: of the LFS pointer for LFS files, of the content otherwise (as on the hub)."""
+        """The git object id: of the LFS pointer for LFS files, of the content otherwise (as on the
+        hub)."""
         data = self._pointer() if self.lfs else self.read(0, self.size)
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -175,7 +177,8 @@ def repo_from_folder(
     extra: dict[str, bytes | Path] | None = None,
     only: list[str] | None = None,
 ) -> Repo:
-    """A repo whose files are those of `folder` (served in place), plus `extra` files (bytes, or paths)."""
+    """A repo whose files are those of `folder` (served in place), plus `extra` files (bytes, or
+    paths)."""
     files = {
         p.name: RepoEntry(p.name, p)
         for p in sorted(Path(folder).iterdir())
@@ -209,9 +212,10 @@ def _readme(repo_id: str, fmt: str) -> bytes:
 
 
 def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
-    """The course models (those built) as hub repos, named like the original tutorial's. With `gguf_types`, the
-    GGUF repo also serves the course's other GGUF types when they were made (`python -m course.gguf_convert
-    types`, run by `make models`, or notebook 04b): a repo with several files to choose from, as on the hub."""
+    """The course models (those built) as hub repos, named like the original tutorial's. With
+    `gguf_types`, the GGUF repo also serves the course's other GGUF types when they were made
+    (`python -m course.gguf_convert types`, run by `make models`, or notebook 04b): a repo with
+    several files to choose from, as on the hub."""
     from . import models as course_models
     from .gguf_convert import types_dir
 
@@ -236,8 +240,9 @@ def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
 
 
 class LocalServer:
-    """What the course's local servers share: an address, a context manager that always stops, a request log.
-    A subclass sets host, port, requests (records with `is_file_get`) and _lock, and defines start/stop."""
+    """What the course's local servers share: an address, a context manager that always stops, a
+    request log. A subclass sets host, port, requests (records with `is_file_get`) and _lock, and
+    defines start/stop."""
 
     @property
     def url(self) -> str:
@@ -273,7 +278,7 @@ class LocalHub(LocalServer):
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "LocalHub":
+    def start(self) -> LocalHub:
         if self._server is not None:
             return self
         handler = type("Handler", (_Handler,), {"hub": self})
@@ -310,23 +315,26 @@ class LocalHub(LocalServer):
         return f"LocalHub({self.url}, {state}, repos={sorted(self.repos)})"
 
     def serve_as_endpoint(self, hf_home: str | Path) -> None:
-        """Point huggingface_hub (and `hf` commands started later) at this server, as one points it at a mirror.
+        """Point huggingface_hub (and `hf` commands started later) at this server, as one points it
+        at a mirror.
 
-        Call it before importing huggingface_hub: the library reads these variables once, at import."""
+        Call it before importing huggingface_hub: the library reads these variables once, at
+        import."""
         os.environ["HF_ENDPOINT"] = self.url  # exactly how you would point at a mirror
         os.environ["HF_HOME"] = str(hf_home)  # a private cache for this run
-        # HF_HUB_OFFLINE=1 would block even 127.0.0.1 (the course's test runner sets it so that nothing
-        # reaches the internet); talking to the local hub is fine
+        # HF_HUB_OFFLINE=1 would block even 127.0.0.1 (the course's test runner sets it so that
+        # nothing reaches the internet); talking to the local hub is fine
         os.environ["HF_HUB_OFFLINE"] = "0"
         os.environ["HF_HUB_DISABLE_XET"] = "1"  # as with any mirror: Xet transfers would bypass it
 
     def kill_download_midway(
         self, argv: list[str], path: str, local_dir: str | Path, at_bytes: int, timeout: float = 120
     ) -> list[Path]:
-        """Run a download command (e.g. `hf download ... --local-dir local_dir`) in its own process group,
-        stall the server's transfer of `path` after `at_bytes`, wait until the client's partial file
-        holds them, then SIGKILL the whole group: no cleanup code runs, as after a crash or a power cut.
-        Returns the partial files left behind (huggingface_hub's `*.incomplete`)."""
+        """Run a download command (e.g. `hf download ... --local-dir local_dir`) in its own process
+        group, stall the server's transfer of `path` after `at_bytes`, wait until the client's
+        partial file holds them, then SIGKILL the whole group: no cleanup code runs, as after a
+        crash or a power cut. Returns the partial files left behind (huggingface_hub's
+        `*.incomplete`)."""
         from helpers.hub import find_incomplete
 
         self.stall_next_transfer(at_bytes, path=path)
@@ -359,12 +367,14 @@ class LocalHub(LocalServer):
     # ---- switches that break a transfer on purpose --------------------------------------------
 
     def cut_next_transfer(self, after_bytes: int, path: str | None = None, times: int = 1) -> None:
-        """Drop the connection of the next `times` file GETs (whose path contains `path`) after N bytes."""
+        """Drop the connection of the next `times` file GETs (whose path contains `path`) after N
+        bytes."""
         with self._lock:
             self._switches.append(_Switch("cut", after_bytes, path, times))
 
     def stall_next_transfer(self, after_bytes: int, path: str | None = None) -> _Switch:
-        """Hang the next file GET after N bytes, until `release()` or stop (to kill a client mid-file)."""
+        """Hang the next file GET after N bytes, until `release()` or stop (to kill a client
+        mid-file)."""
         switch = _Switch("stall", after_bytes, path, 1)
         with self._lock:
             self._switches.append(switch)
@@ -596,10 +606,8 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
         # cut (or a released stall): drop the connection mid-body, as a flaky network would
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         return sent, "cut" if switch.kind == "cut" else "stalled"
 
 
@@ -607,18 +615,20 @@ def main() -> None:
     """Serve the course repos until Ctrl-C; print how to point the hub client at them."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     with LocalHub(port=args.port) as hub:
         print(f"Serving {len(hub.repos)} repos at {hub.url}:")
         for repo_id, repo in hub.repos.items():
             print(
-                f"  {repo_id:40} {len(repo.files)} files, {sum(e.size for e in repo.files.values()) / 1e6:,.0f} MB"
+                f"  {repo_id:40} {len(repo.files)} files, "
+                f"{sum(e.size for e in repo.files.values()) / 1e6:,.0f} MB"
             )
         print(
             f"\n  export HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1\n"
-            f"  hf download {NAMESPACE}/gemma-3-270m-GGUF --include '*Q4_K_M.gguf' --local-dir ./gguf\n"
+            f"  hf download {NAMESPACE}/gemma-3-270m-GGUF --include '*Q4_K_M.gguf' "
+            "--local-dir ./gguf\n"
         )
         try:
             while True:

@@ -1,4 +1,5 @@
-"""A local server for ModelScope's download API (standard library only), for notebook 01 and the tests.
+"""A local server for ModelScope's download API (standard library only), for notebook 01 and the
+tests.
 
     with LocalModelScope() as ms:             # the course's repos, 127.0.0.1, a free port
         os.environ["MODELSCOPE_ENDPOINT"] = ms.url   # exactly how you point `modelscope` elsewhere
@@ -7,16 +8,17 @@
 It answers only what the `modelscope` client (1.40, through `modelscope-hub`) asks when it lists and
 downloads a model repo, all under `/api/v1/models/{owner}/{name}`:
 
-    GET  .../repo/files?Revision=master&Recursive=True   the file list: Path, Name, Type, Size, Sha256
-    GET  .../repo?Revision=master&FilePath=<path>          one file, with Range (206 + Content-Range)
-    GET  ...                                               repo info
-    GET  .../revisions                                     the one branch, master
+    GET .../repo/files?Revision=master&Recursive=True  the file list: Path, Name, Type, Size, Sha256
+    GET .../repo?Revision=master&FilePath=<path>       one file, with Range (206 + Content-Range)
+    GET ...                                            repo info
+    GET .../revisions                                  the one branch, master
 
-in ModelScope's JSON envelope (`{"Code": 200, "Data": ..., "Success": true}`); an unknown repo, revision
-or file is a 404, which the client raises as `NotExistError`. Anything else is a 404 too, among them the
-client's probe for Alibaba Cloud's internal network (`/api/v1/repos/internalAccelerationInfo`). The
-repos are `course.local_hub`'s (`Repo`, `RepoEntry`), served in place, never copied. Every request is
-recorded in `server.requests` (method, path, status, Range, bytes sent).
+in ModelScope's JSON envelope (`{"Code": 200, "Data": ..., "Success": true}`); an unknown repo,
+revision or file is a 404, which the client raises as `NotExistError`. Anything else is a 404 too,
+among them the client's probe for Alibaba Cloud's internal network
+(`/api/v1/repos/internalAccelerationInfo`). The repos are `course.local_hub`'s (`Repo`,
+`RepoEntry`), served in place, never copied. Every request is recorded in `server.requests`
+(method, path, status, Range, bytes sent).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ BRANCH = "master"  # ModelScope's default branch (the Hub's is "main")
 
 
 class Request(RequestRecord):
-    """A request the server saw (local_hub's record); a file GET is ModelScope's `repo?FilePath=` call."""
+    """A request the server saw (local_hub's record); a file GET is ModelScope's `repo?FilePath=`
+    call."""
 
     @property
     def is_file_get(self) -> bool:
@@ -55,7 +58,7 @@ class LocalModelScope(LocalServer):
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> "LocalModelScope":
+    def start(self) -> LocalModelScope:
         if self._server is None:
             handler = type("Handler", (_Handler,), {"ms": self})
             self._server = ThreadingHTTPServer((self.host, self.port), handler)
@@ -75,11 +78,14 @@ class LocalModelScope(LocalServer):
             atexit.unregister(self.stop)
 
     def __repr__(self) -> str:
-        return f"LocalModelScope({self.url}, {'running' if self._server else 'stopped'}, repos={sorted(self.repos)})"
+        return (
+            f"LocalModelScope({self.url}, {'running' if self._server else 'stopped'}, "
+            f"repos={sorted(self.repos)})"
+        )
 
     def serve_as_endpoint(self, home: str | Path) -> None:
-        """Point `modelscope` at this server, with its cache and config under `home`. Call it before the
-        first ModelScope call of the process: the client reads these variables once."""
+        """Point `modelscope` at this server, with its cache and config under `home`. Call it before
+        the first ModelScope call of the process: the client reads these variables once."""
         os.environ["MODELSCOPE_ENDPOINT"] = self.url  # as for any other ModelScope endpoint
         os.environ["MODELSCOPE_CACHE"] = str(Path(home) / "cache")
         os.environ["MODELSCOPE_HOME"] = str(Path(home) / "config")  # where it keeps a session id

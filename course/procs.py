@@ -1,15 +1,16 @@
 """One way to start a Python child process that never outlives the process that started it.
 
     argv, env = child_command("course.models", "_build-one", "gptq", str(folder))
-    subprocess.run(argv, env=env)   # or Popen: the model build, the GGUF bench, bench's workers, the server
+    # or Popen: the model build, the GGUF bench, bench's workers, the server
+    subprocess.run(argv, env=env)
 
 The child runs the module exactly as `python -m MODULE ARGS` would (a path ending in .py: as `python
 SCRIPT ARGS` would), after asking Linux to send it
 `on_parent_death` (SIGKILL unless told otherwise) when its parent dies (prctl PR_SET_PDEATHSIG), and
 after checking the parent did not die before that request took effect. Without this, `kill -9` of a
 course command left its child running for minutes, still writing. (Linux ties the signal to the
-parent *thread*: start children from a thread that lives as long as they should.) Elsewhere the child
-runs without the guard.
+parent *thread*: start children from a thread that lives as long as they should.) Elsewhere the
+child runs without the guard.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Quantizing the course model yourself with GPTQModel (notebooks 02/03, and the course build).
 
-    with quiet_progress(log, layers=18, desc="GPTQ"):  # GPTQModel's output -> log, one tqdm bar by layer
+    # GPTQModel's output -> log, one tqdm bar by layer
+    with quiet_progress(log, layers=18, desc="GPTQ"):
         model = GPTQModel.load(str(path), config)
         model.quantize(rows, batch_size=1)
-        save_as(model, out, "bfloat16")   # a checkpoint in bf16, whatever the dtype it was quantized in
+        # a checkpoint in bf16, whatever the dtype it was quantized in
+        save_as(model, out, "bfloat16")
     with awq_search_in_fp32(): ...        # AWQ's search arithmetic in fp32 on a bf16 model
     unpack_int4(qweight, dim=0)           # 8 four-bit values out of every int32
     folder_bytes(out)                     # size on disk
@@ -25,15 +27,16 @@ from pathlib import Path
 from helpers.errors import CourseError
 
 _LAYER = re.compile(rb"model\.layers\.(\d+)")
-# GPTQModel's LogBar draws no progress in Jupyter (it counts a notebook as headless): the log then names no
-# layer and the bar stands still until the end. These make it write its progress lines, as in a terminal.
+# GPTQModel's LogBar draws no progress in Jupyter (it counts a notebook as headless): the log then
+# names no layer and the bar stands still until the end. These make it write its progress lines, as
+# in a terminal.
 LOGBAR_TEXT = {"LOGBAR_DISABLE_NOTEBOOK_DETECTION": "1", "LOGBAR_FORCE_PROGRESS": "1"}
 
 
 @contextlib.contextmanager
 def quiet_progress(log_path, layers: int | None = None, desc: str = "quantizing"):
-    """Inside the block, stdout/stderr go to `log_path` and a bar counts `layers`; an exception comes
-    out as a CourseError with the log's last lines."""
+    """Inside the block, stdout/stderr go to `log_path` and a bar counts `layers`; an exception
+    comes out as a CourseError with the log's last lines."""
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
@@ -57,7 +60,8 @@ def quiet_progress(log_path, layers: int | None = None, desc: str = "quantizing"
     logbar_before = {name: os.environ.get(name) for name in LOGBAR_TEXT}
     os.environ.update(LOGBAR_TEXT)
     hf_bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the save's "Writing model shards": a widget of its own in Jupyter
+    # the save's "Writing model shards": a widget of its own in Jupyter
+    hf_logging.disable_progress_bar()
     try:
         with open(log_path, "wb", buffering=0) as raw, open(log_path, "rb") as reader:
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
@@ -125,10 +129,11 @@ def awq_search_in_fp32():
 
 
 def save_as(qmodel, out, dtype: str = "bfloat16") -> None:
-    """Save a GPTQModel-quantized model, then store its float tensors (embedding, norms, scales) in `dtype`.
+    """Save a GPTQModel-quantized model, then store its float tensors (embedding, norms, scales) in
+    `dtype`.
 
-    A model quantized in float32 is saved in float32 otherwise: twice the size on disk for all that is
-    not 4-bit, and another checkpoint than a bf16 run makes. The cast happens on the saved files
+    A model quantized in float32 is saved in float32 otherwise: twice the size on disk for all that
+    is not 4-bit, and another checkpoint than a bf16 run makes. The cast happens on the saved files
     (safetensors' own reader and writer), because GPTQModel keeps finished layers on disk while it
     quantizes and checks their dtype when it saves.
     """
@@ -143,7 +148,10 @@ def save_as(qmodel, out, dtype: str = "bfloat16") -> None:
     for file in sorted(out.glob("*.safetensors")):
         with safe_open(file, "pt") as handle:
             metadata = handle.metadata()
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {
+                name: handle.get_tensor(name)
+                for name in handle.keys()  # noqa: SIM118 - a safe_open handle is not iterable
+            }
         tensors = {
             name: t.to(target) if t.is_floating_point() else t for name, t in tensors.items()
         }

@@ -1,35 +1,38 @@
-"""The course's full-precision reference: the shipped Q4_K_M weights moved off every quantization grid,
-with what the model computes unchanged.
+"""The course's full-precision reference: the shipped Q4_K_M weights moved off every quantization
+grid, with what the model computes unchanged.
 
     move_off_grid(model)          # in place, on a Gemma 3 text model (Transformers)
 
-Why. The only Gemma 3 270M reachable offline is a Q4_K_M file. Dequantized, each of its weights is still a
-multiple of its block's scale, so quantizing that copy to Q4_K_M again returns the very same numbers: GGUF
-would pay nothing and GPTQ/AWQ would pay for a second quantization onto another grid. A real bf16 release
-is not on any grid. This makes one that is not, without training and without changing a single output:
+Why. The only Gemma 3 270M reachable offline is a Q4_K_M file. Dequantized, each of its weights is
+still a multiple of its block's scale, so quantizing that copy to Q4_K_M again returns the very same
+numbers: GGUF would pay nothing and GPTQ/AWQ would pay for a second quantization onto another grid.
+A real bf16 release is not on any grid. This makes one that is not, without training and without
+changing a single output:
 
     y = W x  ==  (W diag(c)) (x / c)      for any factors c > 0, one per input column of W
 
-Every linear layer's input columns are multiplied by their own factor (log-uniform in [1/SPREAD, SPREAD],
-seeded), and the step that produces its input divides by it:
+Every linear layer's input columns are multiplied by their own factor (log-uniform in
+[1/SPREAD, SPREAD], seeded), and the step that produces its input divides by it:
 
-    q_proj, k_proj, v_proj   <- input_layernorm            (Gemma's RMSNorm multiplies by 1 + weight)
-    gate_proj, up_proj       <- pre_feedforward_layernorm
-    down_proj                <- up_proj's rows             (act(gate) * up is linear in up)
-    o_proj                   <- v_proj's rows              (attention averages the rows of V)
+    q_proj, k_proj, v_proj  <- input_layernorm            (Gemma's RMSNorm multiplies by 1 + weight)
+    gate_proj, up_proj      <- pre_feedforward_layernorm
+    down_proj               <- up_proj's rows             (act(gate) * up is linear in up)
+    o_proj                  <- v_proj's rows              (attention averages the rows of V)
 
-Products of grid values and unrelated factors are no longer on a 4-bit grid of 32- or 256-weight blocks
-(the build measures it: quantizing this copy to Q4_K_M costs perplexity, like any 4-bit quantization). The
-tied token embedding cannot be rescaled this way and keeps the shipped file's values.
+Products of grid values and unrelated factors are no longer on a 4-bit grid of 32- or 256-weight
+blocks (the build measures it: quantizing this copy to Q4_K_M costs perplexity, like any 4-bit
+quantization). The tied token embedding cannot be rescaled this way and keeps the shipped file's
+values.
 """
 
 from __future__ import annotations
 
-# Factors between 0.8 and 1.25. Measured with tools/reference_spread.py (native bf16 CPU; perplexity of each file
-# / the reference's, English held-out text), spreads 1.0 / 1.1 / 1.25 / 1.5:
+# Factors between 0.8 and 1.25. Measured with tools/reference_spread.py (native bf16 CPU; perplexity
+# of each file / the reference's, English held-out text), spreads 1.0 / 1.1 / 1.25 / 1.5:
 #   Q4_K_M 1.003 / 1.038 / 1.085 / 1.107     GPTQ 1.368 / 1.396 / 1.436 / 1.684
-# At 1.0 (the plain dequantized model) Q4_K_M costs nothing. By 1.25 its cost has nearly stopped growing: the
-# weights are off the grid. Wider factors mostly make every format's job harder (GPTQ's jump at 1.5).
+# At 1.0 (the plain dequantized model) Q4_K_M costs nothing. By 1.25 its cost has nearly stopped
+# growing: the weights are off the grid. Wider factors mostly make every format's job harder (GPTQ's
+# jump at 1.5).
 SPREAD = 1.25
 SEED = 270
 
@@ -58,8 +61,8 @@ def _divide_norm(norm, c) -> None:
 
 
 def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> None:
-    """Rescale a Gemma 3 text model's weights in place so that none sits on a quantization grid; the model
-    computes the same function (up to the rounding of its dtype)."""
+    """Rescale a Gemma 3 text model's weights in place so that none sits on a quantization grid; the
+    model computes the same function (up to the rounding of its dtype)."""
     import torch
 
     from helpers.errors import CourseError
@@ -91,7 +94,8 @@ def move_off_grid(model, spread: float = SPREAD, seed: int = SEED) -> None:
             _scale_columns(mlp.down_proj, c_down)
             c_v = _factors(attn.v_proj.out_features, generator, spread)  # one per value channel
             _scale_rows(attn.v_proj, c_v)
-            # o_proj reads every query head's output; heads that share a value head share its factors
+            # o_proj reads every query head's output; heads that share a value head share its
+            # factors
             head_dim = attn.v_proj.out_features // config.num_key_value_heads
             c_o = (
                 c_v.view(config.num_key_value_heads, 1, head_dim).expand(-1, group, -1).reshape(-1)

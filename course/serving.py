@@ -1,4 +1,5 @@
-"""Run an OpenAI-compatible server (llama-cpp-python's, or vLLM's on a GPU) as a managed background process.
+"""Run an OpenAI-compatible server (llama-cpp-python's, or vLLM's on a GPU) as a managed background
+process.
 
     with llama_server(course_models.model_path("gguf"), chat_format="gemma") as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="not-needed")
@@ -25,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +108,8 @@ class ManagedServer:
         return "\n".join(text.rstrip().splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the whole process group (SIGTERM, then SIGKILL after `timeout` s) and reap it. Idempotent."""
+        """Stop the whole process group (SIGTERM, then SIGKILL after `timeout` s) and reap it.
+        Idempotent."""
         if self._stopped:
             return
         try:
@@ -123,10 +125,9 @@ class ManagedServer:
                 except subprocess.TimeoutExpired:
                     continue
             self.process.wait(10.0)  # reap it: no zombie left behind
-            try:  # anything else left in its group (it started none, but be sure)
+            # anything else left in its group (it started none, but be sure)
+            with suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         except subprocess.TimeoutExpired:
             raise ServerError(
                 f"{self.command[2]} (pid {self.pid}) did not exit after SIGKILL."
@@ -138,7 +139,7 @@ class ManagedServer:
                 if self.temp_log and self.started_s:
                     self.log_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> ManagedServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -152,10 +153,8 @@ _running: set[ManagedServer] = set()
 def stop_all() -> None:
     """Stop every server this process started (also runs when Python exits)."""
     for server in list(_running):
-        try:
+        with suppress(Exception):
             server.stop(timeout=5.0)
-        except Exception:
-            pass
 
 
 def _get_json(url: str, timeout: float = 2.0):
@@ -175,12 +174,14 @@ def start_llama_server(
     log_path=None,
     extra_args: list[str] | tuple = (),
 ) -> ManagedServer:
-    """Start `python -m llama_cpp.server` on a .gguf file and wait until it answers; see the module docstring.
+    """Start `python -m llama_cpp.server` on a .gguf file and wait until it answers; see the module
+    docstring.
 
-    chat_format: how /v1/chat/completions renders messages ("gemma" for the course model, whose GGUF
-    has no chat template; None lets llama-cpp-python use the template in the GGUF). Streamed requests
-    are not interrupted by newer ones (the server's default would cut a stream short when another
-    request arrives). Raises ServerError with the log's tail if it exits or does not answer in time.
+    chat_format: how /v1/chat/completions renders messages ("gemma" for the course model, whose
+    GGUF has no chat template; None lets llama-cpp-python use the template in the GGUF). Streamed
+    requests are not interrupted by newer ones (the server's default would cut a stream short when
+    another request arrives). Raises ServerError with the log's tail if it exits or does not answer
+    in time.
     Call it from a long-lived thread (a notebook cell runs in the main thread): Linux sends the
     parent-death signal when the *thread* that started the server ends.
     """
@@ -240,11 +241,13 @@ def start_vllm_server(
     log_path=None,
     extra_args: list[str] | tuple = (),
 ) -> ManagedServer:
-    """Start vLLM's OpenAI-compatible server (`vllm serve` = `python -m vllm.entrypoints.openai.api_server`).
+    """Start vLLM's OpenAI-compatible server (`vllm serve` =
+    `python -m vllm.entrypoints.openai.api_server`).
 
-    Needs Linux, NVIDIA GPU(s) and `pip install vllm`. quantization: "gptq_marlin" / "awq_marlin" pick the
-    fast Marlin kernels (vLLM also picks them by itself when the GPU supports them); tensor_parallel_size:
-    split every layer across that many GPUs (notebook 09). The first start downloads and compiles: minutes.
+    Needs Linux, NVIDIA GPU(s) and `pip install vllm`. quantization: "gptq_marlin" / "awq_marlin"
+    pick the fast Marlin kernels (vLLM also picks them by itself when the GPU supports them);
+    tensor_parallel_size: split every layer across that many GPUs (notebook 09). The first start
+    downloads and compiles: minutes.
     """
     import importlib.util
 
@@ -295,11 +298,13 @@ def start_server(
     ready_timeout_s: float = 120.0,
     log_path=None,
 ) -> ManagedServer:
-    """Run `python -m MODULE ARGS --host HOST --port PORT` as a managed server; wait until /v1/models answers."""
+    """Run `python -m MODULE ARGS --host HOST --port PORT` as a managed server; wait until
+    /v1/models answers."""
     port = port or free_port(host)
     if port_is_open(host, port):
         raise ServerError(
-            f"Port {port} on {host} is already in use: pass another port, or port=None for a free one."
+            f"Port {port} on {host} is already in use: pass another port, "
+            "or port=None for a free one."
         )
     args = [*args, "--host", host, "--port", str(port)]
     temp_log = log_path is None
@@ -368,7 +373,8 @@ def _wait_ready(server: ManagedServer, timeout_s: float) -> None:
 
 @contextmanager
 def llama_server(model, **kwargs):
-    """`with llama_server(path) as server:` a started llama_cpp.server, always stopped at the end."""
+    """`with llama_server(path) as server:` a started llama_cpp.server, always stopped at the
+    end."""
     server = start_llama_server(model, **kwargs)
     try:
         yield server

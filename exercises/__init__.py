@@ -1,11 +1,12 @@
-"""Checks for the exercises at the end of the lessons: one module per notebook, `exercises.ch02` for 02.
+"""Checks for the exercises at the end of the lessons: one module per notebook, `exercises.ch02` for
+02.
 
     from exercises import ch02
     ch02.check_1(your_answer)     # prints ✓ or ✗ with the reason, and returns True or False
 
-A check computes the right answer itself, from the course's own files or from the libraries' constants,
-and never prints it: a wrong answer gets a hint. Worked solutions: `solutions/<notebook>.ipynb`, which CI
-runs, so every solution is known to pass its check.
+A check computes the right answer itself, from the course's own files or from the libraries'
+constants, and never prints it: a wrong answer gets a hint. Worked solutions:
+`solutions/<notebook>.ipynb`, which CI runs, so every solution is known to pass its check.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def verdict(ok: bool, right: str, hint: str) -> bool:
 
 
 def attempt(fn, *args):
-    """(fn(*args), None), or (None, a one-line message) when a learner's function raises: the check reports
-    the error instead of a traceback from inside the check."""
+    """(fn(*args), None), or (None, a one-line message) when a learner's function raises: the check
+    reports the error instead of a traceback from inside the check."""
     try:
         return fn(*args), None
     except Exception as err:
@@ -27,8 +28,9 @@ def attempt(fn, *args):
 
 
 def learner_weight(dequantize, tensors: dict, shape, layout: str):
-    """Call a learner's `dequantize(qweight, qzeros, scales, 128)`: (the weight as a float tensor, None), or
-    (None, what is wrong: the error it raised, or a shape other than `shape`, [in, out])."""
+    """Call a learner's `dequantize(qweight, qzeros, scales, 128)`: (the weight as a float tensor,
+    None), or (None, what is wrong: the error it raised, or a shape other than `shape`,
+    [in, out])."""
     import torch
 
     got, error = attempt(dequantize, tensors["qweight"], tensors["qzeros"], tensors["scales"], 128)
@@ -38,7 +40,8 @@ def learner_weight(dequantize, tensors: dict, shape, layout: str):
     if tuple(got.shape) != tuple(shape):
         return (
             None,
-            f"the weight has shape {tuple(got.shape)}; expected [in, out] = {tuple(shape)} ({layout})",
+            f"the weight has shape {tuple(got.shape)}; "
+            f"expected [in, out] = {tuple(shape)} ({layout})",
         )
     return got, None
 

@@ -6,7 +6,8 @@ from . import close, verdict
 
 
 def _rule(native_bf16: bool, work: str) -> str:
-    """The course's one rule (helpers.precision.compute_dtype), asked about a CPU that is not this one."""
+    """The course's one rule (helpers.precision.compute_dtype), asked about a CPU that is not this
+    one."""
     from helpers import precision
 
     original = precision.cpu_bf16
@@ -18,8 +19,8 @@ def _rule(native_bf16: bool, work: str) -> str:
 
 
 def check_1(answer: dict) -> bool:
-    """Exercise 1: {(cpu, work): dtype} the course computes in, for cpu in ("avx2 laptop", "amx server")
-    and work in ("batch", "decode")."""
+    """Exercise 1: {(cpu, work): dtype} the course computes in, for cpu in ("avx2 laptop",
+    "amx server") and work in ("batch", "decode")."""
     truth = {
         (cpu, work): _rule(native, work)
         for cpu, native in (("avx2 laptop", False), ("amx server", True))
@@ -34,7 +35,8 @@ def check_1(answer: dict) -> bool:
     return verdict(
         not wrong,
         "bf16 wherever it is native; where it is emulated, only for one row at a time.",
-        f"look again at {wrong}: which work is memory-bound, and which CPU multiplies bf16 natively?",
+        f"look again at {wrong}: which work is memory-bound, "
+        "and which CPU multiplies bf16 natively?",
     )
 
 
@@ -48,7 +50,7 @@ BATCH_OR_DECODE = (
 
 def check_2(answer: dict) -> bool:
     """Exercise 2: {work: "batch" or "decode"} for each item of `BATCH_OR_DECODE`."""
-    truth = dict(zip(BATCH_OR_DECODE, ("batch", "batch", "batch", "decode")))
+    truth = dict(zip(BATCH_OR_DECODE, ("batch", "batch", "batch", "decode"), strict=True))
     answer = answer if isinstance(answer, dict) else {}
     wrong = [work for work, kind in truth.items() if answer.get(work) != kind]
     return verdict(
@@ -59,8 +61,9 @@ def check_2(answer: dict) -> bool:
 
 
 def check_3(answer: dict, bandwidth_Bps: float = 20e9, path=None) -> bool:
-    """Exercise 3: {"bfloat16": tok/s, "float32": tok/s}, the decode ceilings of the course's `hf` model at
-    `bandwidth_Bps` bytes per second, if every weight is read once per token in that dtype."""
+    """Exercise 3: {"bfloat16": tok/s, "float32": tok/s}, the decode ceilings of the course's `hf`
+    model at `bandwidth_Bps` bytes per second, if every weight is read once per token in that
+    dtype."""
     from safetensors import safe_open
 
     from course import models as course_models
@@ -68,7 +71,7 @@ def check_3(answer: dict, bandwidth_Bps: float = 20e9, path=None) -> bool:
     params = 0
     for file in sorted((path or course_models.model_path("hf")).glob("*.safetensors")):
         with safe_open(file, "pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
                 n = 1
                 for d in f.get_slice(name).get_shape():
                     n *= d
@@ -80,6 +83,6 @@ def check_3(answer: dict, bandwidth_Bps: float = 20e9, path=None) -> bool:
         ok,
         "half the bytes, twice the ceiling: why decoding is faster in bf16 even where its "
         "arithmetic is emulated.",
-        "count the parameters in the hf model's safetensors file; a token reads each one once: 2 bytes "
-        "in bf16, 4 in fp32; divide the bandwidth by the bytes.",
+        "count the parameters in the hf model's safetensors file; a token reads each one once: "
+        "2 bytes in bf16, 4 in fp32; divide the bandwidth by the bytes.",
     )

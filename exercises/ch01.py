@@ -66,7 +66,8 @@ def check_2(sha256_of) -> bool:
 
 
 def check_3(pick) -> bool:
-    """Exercise 3: `pick(paths, pattern)` -> the paths `hf download --include pattern` would fetch."""
+    """Exercise 3: `pick(paths, pattern)` -> the paths `hf download --include pattern` would
+    fetch."""
     from huggingface_hub.utils import filter_repo_objects  # the filter `hf download --include` uses
 
     paths = [

@@ -1,4 +1,5 @@
-"""Exercises of notebook 02 (GPTQ), checked on layer 0's `mlp.down_proj` of the course's GPTQ model."""
+"""Exercises of notebook 02 (GPTQ), checked on layer 0's `mlp.down_proj` of the course's GPTQ
+model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def _tensors(path=None) -> dict:
     folder = course_models.model_path("gptq") if path is None else path
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(file, "pt") as f:
-            if f"{LAYER}.qweight" in f.keys():
+            if f"{LAYER}.qweight" in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
                 return {
                     kind: f.get_tensor(f"{LAYER}.{kind}")
                     for kind in ("qweight", "qzeros", "scales", "g_idx")
@@ -40,9 +41,9 @@ def check_1(answer_bytes, path=None) -> bool:
     return verdict(
         close(answer_bytes, truth, 0.001),
         "four tensors, counted at group size 64.",
-        "count all four tensors: qweight (4 bits per weight), qzeros (4 bits per group and output), "
-        "scales (16 bits per group and output) and g_idx (one int32 per input). Which of them "
-        "depend on the group size?",
+        "count all four tensors: qweight (4 bits per weight), qzeros (4 bits per group and "
+        "output), scales (16 bits per group and output) and g_idx (one int32 per input). Which of "
+        "them depend on the group size?",
     )
 
 

@@ -1,4 +1,5 @@
-"""Exercises of notebook 03 (AWQ), checked on layer 0's `mlp.down_proj` of the course's AWQ and GPTQ models."""
+"""Exercises of notebook 03 (AWQ), checked on layer 0's `mlp.down_proj` of the course's AWQ and GPTQ
+models."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ def _tensors(fmt: str, path=None) -> dict:
     folder = course_models.model_path(fmt) if path is None else path
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(file, "pt") as f:
-            if f"{LAYER}.qweight" in f.keys():
+            if f"{LAYER}.qweight" in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
                 return {
                     k[len(LAYER) + 1 :]: f.get_tensor(k)
-                    for k in f.keys()
+                    for k in f.keys()  # noqa: SIM118 - a safe_open handle is not iterable
                     if k.startswith(LAYER + ".")
                 }
     raise FileNotFoundError(f"{LAYER}.qweight is not in {folder}")
@@ -36,8 +37,8 @@ def check_1(answer_bytes, awq_path=None, gptq_path=None) -> bool:
     return verdict(
         ok,
         "the packing differs, the bytes do not: only one GPTQ tensor has no AWQ counterpart.",
-        "list the tensors of both layers with their shapes and dtypes (section 2 of each notebook); "
-        "qweight, qzeros and scales hold the same number of bits in both formats.",
+        "list the tensors of both layers with their shapes and dtypes (section 2 of each "
+        "notebook); qweight, qzeros and scales hold the same number of bits in both formats.",
     )
 
 
@@ -50,7 +51,8 @@ def _unpack(packed, order):
 
 
 def check_2(dequantize, path=None) -> bool:
-    """Exercise 2: `dequantize(qweight, qzeros, scales, group_size)` -> float weight [in, out] of an AWQ layer."""
+    """Exercise 2: `dequantize(qweight, qzeros, scales, group_size)` -> float weight [in, out] of an
+    AWQ layer."""
     import torch
 
     t = _tensors("awq", path)
@@ -69,16 +71,18 @@ def check_2(dequantize, path=None) -> bool:
     return verdict(
         ok,
         "unpacked in AWQ's interleaved order, zero points per group, scaled.",
-        "the values are right but in the wrong columns: AWQ interleaves the eight outputs of a word "
-        "(section 2)."
+        "the values are right but in the wrong columns: AWQ interleaves the eight outputs of a "
+        "word (section 2)."
         if in_order
-        else "unpack along the outputs in AWQ's order, take each input's group (input // group_size), then "
-        "scale x (q - zero); AWQ's zero points are stored as they are, with no +1.",
+        else "unpack along the outputs in AWQ's order, take each input's group "
+        "(input // group_size), then scale x (q - zero); AWQ's zero points are stored as they are, "
+        "with no +1.",
     )
 
 
 def check_3(fold) -> bool:
-    """Exercise 3: `fold(w, s)` -> the new weight of a Gemma RMSNorm (output x (1 + w)) divided by scales s."""
+    """Exercise 3: `fold(w, s)` -> the new weight of a Gemma RMSNorm (output x (1 + w)) divided by
+    scales s."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -96,7 +100,8 @@ def check_3(fold) -> bool:
     return verdict(
         ok,
         "the norm's output is now divided by s, so the next linears may be multiplied by it.",
-        "w / s is the fold for a norm that multiplies by w (Llama's); Gemma's multiplies by (1 + w)."
+        "w / s is the fold for a norm that multiplies by w (Llama's); "
+        "Gemma's multiplies by (1 + w)."
         if llama_fold
         else "solve (1 + w') = (1 + w) / s for w'.",
     )

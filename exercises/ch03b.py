@@ -15,28 +15,30 @@ def _shape(path=None) -> tuple[int, int]:
     folder = path or course_models.model_path("hf")
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(file, "pt") as f:
-            if f"{LAYER}.weight" in f.keys():
+            if f"{LAYER}.weight" in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
                 out_features, in_features = f.get_slice(f"{LAYER}.weight").get_shape()
                 return out_features, in_features
     raise FileNotFoundError(f"{LAYER}.weight is not in {folder}")
 
 
 def check_1(answer_bytes, group_size: int = 128, path=None) -> bool:
-    """Exercise 1: bytes of `LAYER` in a symmetric W4A16 compressed-tensors checkpoint: weight_packed (int32),
-    weight_scale (bf16, one per group and output) and weight_shape (two int64)."""
+    """Exercise 1: bytes of `LAYER` in a symmetric W4A16 compressed-tensors checkpoint:
+    weight_packed (int32), weight_scale (bf16, one per group and output) and weight_shape (two
+    int64)."""
     out_features, in_features = _shape(path)
     truth = out_features * in_features // 2 + out_features * (in_features // group_size) * 2 + 2 * 8
     return verdict(
         close(answer_bytes, truth, 0.001),
         "the same bits as GPTQ's codes and scales, without zero points (symmetric) or g_idx.",
-        "three tensors: 4 bits per weight packed into int32, a bf16 scale per group of inputs and per "
-        "output, and the two numbers of the original shape as int64. Symmetric: no zero points.",
+        "three tensors: 4 bits per weight packed into int32, a bf16 scale per group of inputs and "
+        "per output, and the two numbers of the original shape as int64. Symmetric: no zero "
+        "points.",
     )
 
 
 def check_2(loader_for) -> bool:
-    """Exercise 2: `loader_for(config)` -> "gptq", "awq", "compressed-tensors" or "hf" from a config.json dict,
-    as `helpers.loading.detect_format` decides for a folder."""
+    """Exercise 2: `loader_for(config)` -> "gptq", "awq", "compressed-tensors" or "hf" from a
+    config.json dict, as `helpers.loading.detect_format` decides for a folder."""
     import json
     import tempfile
     from pathlib import Path
@@ -68,8 +70,8 @@ def check_2(loader_for) -> bool:
 
 
 def check_3(answer: dict, path=None) -> bool:
-    """Exercise 3: {"num_bits", "group_size", "symmetric", "targets"} of the checkpoint section 1 wrote, read
-    from its config.json (its quantization_config's one config group)."""
+    """Exercise 3: {"num_bits", "group_size", "symmetric", "targets"} of the checkpoint section 1
+    wrote, read from its config.json (its quantization_config's one config group)."""
     import json
 
     from course import models as course_models

@@ -1,4 +1,5 @@
-"""Exercises of notebook 04 (the GGUF file and llama.cpp), checked against `gguf`'s constants and the course's file."""
+"""Exercises of notebook 04 (the GGUF file and llama.cpp), checked against `gguf`'s constants and
+the course's file."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def _bits_per_weight(name: str) -> float:
 
 
 def check_1(answer: dict) -> bool:
-    """Exercise 1: {type name: bits per weight} for each of `TYPES`, scales and minimums included."""
+    """Exercise 1: {type name: bits per weight} for each of `TYPES`, scales and minimums
+    included."""
     answer = answer if isinstance(answer, dict) else {}
     wrong = [t for t in TYPES if not close(answer.get(t), _bits_per_weight(t), 0.001)]
     return verdict(
@@ -45,12 +47,14 @@ def check_2(answer: dict, path=None) -> bool:
     return verdict(
         not wrong,
         'a "Q4_K_M" file whose rows are 640 wide is mostly other types (section 1).',
-        f"check {', '.join(wrong)}: every tensor type in the header, with its bytes over all tensor bytes.",
+        f"check {', '.join(wrong)}: every tensor type in the header, "
+        "with its bytes over all tensor bytes.",
     )
 
 
 def check_3(allocated_n_ctx) -> bool:
-    """Exercise 3: `allocated_n_ctx(requested)` -> the context llama.cpp allocates when asked for `requested`."""
+    """Exercise 3: `allocated_n_ctx(requested)` -> the context llama.cpp allocates when asked for
+    `requested`."""
     cases = [200, 256, 257, 512, 1000, 2048, 2049, 4095]
     try:
         wrong = [n for n in cases if allocated_n_ctx(n) != -(-n // 256) * 256]

@@ -1,4 +1,5 @@
-"""Exercises of notebook 04b (making GGUF types), checked against `gguf`'s constants and the files it made."""
+"""Exercises of notebook 04b (making GGUF types), checked against `gguf`'s constants and the files
+it made."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from . import close, verdict
 
 
 def check_1(k_quant_fits) -> bool:
-    """Exercise 1: `k_quant_fits(row_width)` -> can a row of this many weights be stored in a K-quant type?"""
+    """Exercise 1: `k_quant_fits(row_width)` -> can a row of this many weights be stored in a
+    K-quant type?"""
     import gguf
 
     block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K][0]
@@ -29,7 +31,8 @@ def _types_dir():
 
 
 def check_2(answer_bits, path=None) -> bool:
-    """Exercise 2: average bits per weight of the Q4_0 file notebook 04b made (all tensor bytes x 8 / weights)."""
+    """Exercise 2: average bits per weight of the Q4_0 file notebook 04b made (all tensor bytes x
+    8 / weights)."""
     from helpers import gguf_tools
 
     path = path or _types_dir() / "gemma-3-270m-Q4_0.gguf"
@@ -41,8 +44,8 @@ def check_2(answer_bits, path=None) -> bool:
         close(answer_bits, truth, 0.002),
         "every tensor's bytes over every weight: the 8-bit embedding "
         "and the 32-bit norms pull the average above Q4_0's 4.5.",
-        "add the bytes of every tensor in the header (n_bytes), times 8, over the number of weights "
-        "(n_params).",
+        "add the bytes of every tensor in the header (n_bytes), times 8, over the number of "
+        "weights (n_params).",
     )
 
 

@@ -8,9 +8,9 @@ from . import attempt, verdict
 
 
 def check_1(speeds) -> bool:
-    """Exercise 1: `speeds(call_time, token_times, prompt_tokens)` -> (ttft_s, decode_tok_s), the course's
-    definitions (helpers.timing.RunTiming): first token after the call, then tokens after the first over the
-    time from the first to the last."""
+    """Exercise 1: `speeds(call_time, token_times, prompt_tokens)` -> (ttft_s, decode_tok_s), the
+    course's definitions (helpers.timing.RunTiming): first token after the call, then tokens after
+    the first over the time from the first to the last."""
     cases = [
         (10.0, [10.5, 10.6, 10.7, 10.9], 8),
         (0.0, [2.0, 2.25, 2.5], 300),
@@ -23,7 +23,7 @@ def check_1(speeds) -> bool:
             return verdict(False, "", error)
         got = tuple(got)
         if len(got) != 2 or not all(
-            math.isclose(g, t, rel_tol=1e-6) for g, t in zip(got, (ttft, decode))
+            math.isclose(g, t, rel_tol=1e-6) for g, t in zip(got, (ttft, decode), strict=True)
         ):
             counted_all = len(got) == 2 and math.isclose(
                 got[1], len(times) / (times[-1] - call), rel_tol=1e-6
@@ -34,14 +34,15 @@ def check_1(speeds) -> bool:
                 "your decode speed includes the wait for the first token: that is prompt "
                 "reading, which TTFT already reports."
                 if counted_all
-                else "TTFT = first token time - call time; decode tok/s = (tokens - 1) / (last - first).",
+                else "TTFT = first token time - call time; "
+                "decode tok/s = (tokens - 1) / (last - first).",
             )
     return verdict(True, "the same definitions notebook 08's benchmark uses.", "")
 
 
 def check_2(pieces, path=None) -> bool:
-    """Exercise 2: `pieces(ids)` -> text deltas, one per token or fewer, whose join equals tok.decode(ids),
-    with no piece holding a broken character."""
+    """Exercise 2: `pieces(ids)` -> text deltas, one per token or fewer, whose join equals
+    tok.decode(ids), with no piece holding a broken character."""
     from transformers import AutoTokenizer
 
     from course import models as course_models
@@ -76,7 +77,8 @@ def check_2(pieces, path=None) -> bool:
 
 
 def check_3(cut_at_stop) -> bool:
-    """Exercise 3: `cut_at_stop(text, stops)` -> the text before the earliest stop string (all of it if none)."""
+    """Exercise 3: `cut_at_stop(text, stops)` -> the text before the earliest stop string (all of it
+    if none)."""
     cases = [
         ("Paris.\nUser: and", ["\nUser:"]),
         ("no stop here", ["\nUser:"]),

@@ -22,7 +22,8 @@ def _history(pairs: int, system: bool = True) -> list[dict]:
 
 
 def check_1(trim) -> bool:
-    """Exercise 1: `trim(messages, count_tokens, budget)` -> the messages to send (oldest pairs dropped whole)."""
+    """Exercise 1: `trim(messages, count_tokens, budget)` -> the messages to send (oldest pairs
+    dropped whole)."""
     from helpers import chat
 
     cases = [
@@ -62,7 +63,8 @@ def check_1(trim) -> bool:
 
 
 def check_2(save) -> bool:
-    """Exercise 2: `save(text, path)` writes a file so that a crash mid-write never leaves it half-written."""
+    """Exercise 2: `save(text, path)` writes a file so that a crash mid-write never leaves it
+    half-written."""
     import os
     import tempfile
     from pathlib import Path
@@ -97,7 +99,8 @@ def check_2(save) -> bool:
 
 
 def check_3(score) -> bool:
-    """Exercise 3: `score(replies, questions)` -> how many replies match their question's regular expression."""
+    """Exercise 3: `score(replies, questions)` -> how many replies match their question's regular
+    expression."""
     questions = [
         ("What is the capital of France?", r"paris"),
         ("法国的首都是哪里？", r"巴黎"),
@@ -110,7 +113,10 @@ def check_3(score) -> bool:
         ["", "", ""],
     ]
     truth = [
-        sum(bool(re.search(p, r, re.IGNORECASE)) for (_, p), r in zip(questions, replies))
+        sum(
+            bool(re.search(p, r, re.IGNORECASE))
+            for (_, p), r in zip(questions, replies, strict=True)
+        )
         for replies in cases
     ]
     try:

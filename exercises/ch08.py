@@ -1,4 +1,5 @@
-"""Exercises of notebook 08 (the comparison), checked against the results file the notebook wrote."""
+"""Exercises of notebook 08 (the comparison), checked against the results file the notebook
+wrote."""
 
 from __future__ import annotations
 
@@ -25,19 +26,20 @@ def _results(results=None) -> dict:
 
 
 def check_1(answer_tok_s, weight_bytes: float = 4.1e9, results=None) -> bool:
-    """Exercise 1: the decode ceiling, in tokens/s, of a model that reads `weight_bytes` per token, on the
-    machine that wrote the results (its best copy bandwidth)."""
+    """Exercise 1: the decode ceiling, in tokens/s, of a model that reads `weight_bytes` per token,
+    on the machine that wrote the results (its best copy bandwidth)."""
     truth = _results(results)["bandwidth"]["cpu_Bps"] / weight_bytes
     return verdict(
         close(answer_tok_s, truth, 0.01),
         "one token reads every weight once: bandwidth / bytes.",
-        "divide the machine's copy bandwidth (the results' `bandwidth`, best of its thread counts) by "
-        "the bytes read per token.",
+        "divide the machine's copy bandwidth (the results' `bandwidth`, best of its thread counts) "
+        "by the bytes read per token.",
     )
 
 
 def check_2(answer_bytes, fmt: str = "gptq", results=None) -> bool:
-    """Exercise 2: bytes of weights `fmt` reads per generated token (the results' `bytes_per_token`)."""
+    """Exercise 2: bytes of weights `fmt` reads per generated token (the results'
+    `bytes_per_token`)."""
     truth = next(r for r in _results(results)["results"] if r["format"] == fmt)["bytes_per_token"]
     return verdict(
         close(answer_bytes, truth, 0.01),

@@ -1,4 +1,5 @@
-"""Exercises of notebook 09 (serving), checked against the OpenAI-compatible request and stream formats."""
+"""Exercises of notebook 09 (serving), checked against the OpenAI-compatible request and stream
+formats."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from . import verdict
 
 
 def check_1(body: dict) -> bool:
-    """Exercise 1: the JSON body of a streamed, greedy /v1/chat/completions request: a system message
-    "Answer briefly.", the user message "What is GGUF?", at most 32 new tokens."""
+    """Exercise 1: the JSON body of a streamed, greedy /v1/chat/completions request: a system
+    message "Answer briefly.", the user message "What is GGUF?", at most 32 new tokens."""
     if not isinstance(body, dict):
         return verdict(False, "", "the body is a dict (json.dumps makes the request text of it).")
     problems = []
@@ -37,7 +38,8 @@ def check_1(body: dict) -> bool:
 
 
 def check_2(collect) -> bool:
-    """Exercise 2: `collect(lines)` -> the text of a streamed chat completion, from its server-sent-event lines."""
+    """Exercise 2: `collect(lines)` -> the text of a streamed chat completion, from its
+    server-sent-event lines."""
 
     def event(content=None, finish=None):
         delta = {} if content is None else {"content": content}
@@ -71,7 +73,8 @@ def check_2(collect) -> bool:
         got == "长城是 a wall",
         "read `data:` lines, stop at [DONE], join the deltas' content.",
         "keep only lines that start with 'data: ', stop at 'data: [DONE]', parse the JSON and add "
-        "choices[0]['delta'].get('content') when it is there (the first and last deltas have none).",
+        "choices[0]['delta'].get('content') when it is there (the first and last deltas have "
+        "none).",
     )
 
 

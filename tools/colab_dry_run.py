@@ -1,16 +1,20 @@
-"""What the notebooks' Colab install cell would change on Colab, from pip's own resolution replayed here.
+"""What the notebooks' Colab install cell would change on Colab, from pip's own resolution replayed
+here.
 
-    python tools/colab_dry_run.py      # what pip would install there, and which preinstalled packages it replaces
+    # what pip would install there, and which preinstalled packages it replaces
+    python tools/colab_dry_run.py
 
-Colab's preinstalled packages (tools/colab_preinstalled.txt, a Colab-like set: see its header) are written
-into a fresh virtual environment as installed-package records (metadata only, no files), so that pip's
-resolver keeps them where they satisfy the course's requirements and replaces them where they do not,
-as it would on Colab. Then `pip install --dry-run --report` of the cell's requirement, `.[colab]` from
-this checkout, runs there. Nothing is installed. Differences from Colab: this machine's Python version
-(Colab runs 3.12), and pip's index (PyPI, or the mirror pip is configured with).
+Colab's preinstalled packages (tools/colab_preinstalled.txt, a Colab-like set: see its header) are
+written into a fresh virtual environment as installed-package records (metadata only, no files), so
+that pip's resolver keeps them where they satisfy the course's requirements and replaces them where
+they do not, as it would on Colab. Then `pip install --dry-run --report` of the cell's requirement,
+`.[colab]` from this checkout, runs there. Nothing is installed. Differences from Colab: this
+machine's Python version (Colab runs 3.12), and pip's index (PyPI, or the mirror pip is configured
+with).
 
 Exit status: 0 if pip resolves and leaves Colab's own runtime alone (torch, whose CUDA build must
-survive the cell, and the ipython/ipykernel Colab's front end is pinned to); 1 otherwise, with the reason.
+survive the cell, and the ipython/ipykernel Colab's front end is pinned to); 1 otherwise, with the
+reason.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def fake_installed(site_packages: Path, packages: dict[str, str]) -> None:
 
 
 def dry_run(requirement: str = f"{ROOT}[colab]") -> dict:
-    """pip's report, with `would_replace` (Colab's packages pip changes) and `would_add` (the rest)."""
+    """pip's report, with `would_replace` (Colab's packages pip changes) and `would_add` (the
+    rest)."""
     colab = preinstalled()
     with tempfile.TemporaryDirectory(prefix="qllm-colab-") as tmp:
         venv.create(tmp, with_pip=True)

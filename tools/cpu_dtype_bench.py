@@ -1,15 +1,17 @@
 """Measure bf16 against fp32 on this CPU: the numbers behind `helpers.precision`'s rule.
 
     python tools/cpu_dtype_bench.py                  # this CPU as it is
-    python tools/cpu_dtype_bench.py --emulate-avx2   # a native-bf16 CPU made to compute like an AVX2 one
-    python tools/cpu_dtype_bench.py --both --out build/cpu_dtype.json   # both, side by side (README)
+    # a native-bf16 CPU made to compute like an AVX2 one
+    python tools/cpu_dtype_bench.py --emulate-avx2
+    # both, side by side (README)
+    python tools/cpu_dtype_bench.py --both --out build/cpu_dtype.json
 
 Two parts, each timed in bf16 and in fp32 with the same thread count:
 1. `torch.nn.functional.linear` against an 8192x640 weight on 1 thread, for 1, 8, 64 and 256 rows at
    once: from one decoded token to one calibration block.
 2. The course's `hf` model (Gemma 3 270M): decode tok/s after a short prompt, prompt tok/s of a
-   ~300-token prompt (both by `helpers.timing.time_generation`, the course's one definition), and one
-   perplexity pass over the held-out text (`helpers.quality`).
+   ~300-token prompt (both by `helpers.timing.time_generation`, the course's one definition), and
+   one perplexity pass over the held-out text (`helpers.quality`).
 
 The emulation sets ATEN_CPU_CAPABILITY=avx2 (torch's own kernels), ONEDNN_MAX_CPU_ISA=AVX2 (oneDNN,
 which otherwise runs bf16 on AMX/AVX512_BF16) and MKL_ENABLE_INSTRUCTIONS=AVX2 (MKL, which runs fp32
@@ -62,7 +64,7 @@ def linear_ratios() -> dict:
             repeats = max(5, 400 // rows)
             with torch.inference_mode():
                 seconds[str(dtype).replace("torch.", "")] = _best_time(
-                    lambda: torch.nn.functional.linear(xx, w), repeats
+                    lambda xx=xx, w=w: torch.nn.functional.linear(xx, w), repeats
                 )
         out[rows] = {
             "fp32_ms": seconds["float32"] * 1e3,
@@ -146,7 +148,8 @@ def run(threads: int, skip_model: bool) -> dict:
 
 def print_result(name: str, r: dict) -> None:
     print(
-        f"\n== {name}: torch capability {r['cpu_capability']}, native bf16: {r['native_bf16']} ({r['found']})"
+        f"\n== {name}: torch capability {r['cpu_capability']}, "
+        f"native bf16: {r['native_bf16']} ({r['found']})"
     )
     print(
         "F.linear, 8192x640 weight, 1 thread:  rows "

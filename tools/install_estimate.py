@@ -1,4 +1,5 @@
-"""One line before `make setup` installs: how long it will take here, and why (standard library only).
+"""One line before `make setup` installs: how long it will take here, and why (standard library
+only).
 
     python tools/install_estimate.py [path/to/venv/python]
 
@@ -14,8 +15,10 @@ import subprocess
 import sys
 
 # Measured on 2 cores, from nothing: (whole install in s, of which compiling llama-cpp-python in s).
-# Xeon: tools/measure_from_nothing.sh (382 s); the compile share from a timestamped install (279 of 425 s).
-# EPYC: reported in the project's issue 14 before this change (11 min 36 s, "about 9" of them compiling).
+# Xeon: tools/measure_from_nothing.sh (382 s); the compile share from a timestamped install (279 of
+# 425 s).
+# EPYC: reported in the project's issue 14 before this change (11 min 36 s, "about 9" of them
+# compiling).
 MEASURED_2_CORES = {
     "Xeon (AVX-512, native bf16)": (382, 279),
     "AMD EPYC (AVX2 only)": (696, 540),
@@ -23,7 +26,8 @@ MEASURED_2_CORES = {
 
 
 def cached_llama_wheel(python: str) -> bool:
-    """Whether pip's cache already holds a llama-cpp-python wheel it built (then nothing compiles)."""
+    """Whether pip's cache already holds a llama-cpp-python wheel it built (then nothing
+    compiles)."""
     try:
         out = subprocess.run(
             [python, "-m", "pip", "cache", "list", "llama_cpp_python"],
@@ -39,8 +43,8 @@ def cached_llama_wheel(python: str) -> bool:
 def estimate_line(cores: int, cached: bool) -> str:
     if cached:
         return (
-            "Installing: about 1-2 min (pip reuses the llama-cpp-python wheel it built before; the rest "
-            "is downloads and unpacking)."
+            "Installing: about 1-2 min (pip reuses the llama-cpp-python wheel it built before; "
+            "the rest is downloads and unpacking)."
         )
     # the compile scales with cores (ninja runs one job per core); downloads and unpacking do not
     spans = [
@@ -53,7 +57,8 @@ def estimate_line(cores: int, cached: bool) -> str:
         for name, (total, _) in MEASURED_2_CORES.items()
     )
     return (
-        f"Installing: about {low:.0f}-{high:.0f} min on {cores} cores, most of it compiling llama-cpp-python "
+        f"Installing: about {low:.0f}-{high:.0f} min on {cores} cores, "
+        "most of it compiling llama-cpp-python "
         f"(no wheel on PyPI); pip caches it, so the next install takes a minute or two. "
         f"[measured on 2 cores, {measured}]"
     )

@@ -6,11 +6,11 @@
 Always: -DLLAVA_BUILD=OFF (the multimodal part: the course does not use it, a quarter of the build).
 
 On x86 CPUs that list AMX (Xeon Sapphire Rapids and newer; no laptop has it): llama.cpp's default
-build (GGML_NATIVE, i.e. -march=native) compiles its AMX matrix kernels in, and on a virtual machine of
-this kind they died with "Illegal instruction" (SIGILL at `tileloadd`) on the first prompt of more than
-one token, while a plain AMX test program ran fine: ggml configures the tile registers once per thread
-and expects them to stay configured. So there the build names every instruction set the CPU lists,
-AMX left out (GGML_NATIVE=OFF). Everywhere else llama.cpp's native build is kept.
+build (GGML_NATIVE, i.e. -march=native) compiles its AMX matrix kernels in, and on a virtual machine
+of this kind they died with "Illegal instruction" (SIGILL at `tileloadd`) on the first prompt of
+more than one token, while a plain AMX test program ran fine: ggml configures the tile registers
+once per thread and expects them to stay configured. So there the build names every instruction set
+the CPU lists, AMX left out (GGML_NATIVE=OFF). Everywhere else llama.cpp's native build is kept.
 """
 
 from __future__ import annotations

@@ -1,20 +1,25 @@
-"""Mutation check of the course's guard functions: does a small deliberate bug in one of them fail a test?
+"""Mutation check of the course's guard functions: does a small deliberate bug in one of them fail a
+test?
 
-    python tools/mutation_check.py                 # every target (make mutation); exit 1 if a mutant survives
+    # every target (make mutation); exit 1 if a mutant survives
+    python tools/mutation_check.py
     python tools/mutation_check.py --list          # the mutants, without running anything
     python tools/mutation_check.py --only hub      # targets whose name contains "hub"
-    python tools/mutation_check.py --jobs 2        # two mutants at a time (each in its own copy of the repo)
+    # two mutants at a time (each in its own copy of the repo)
+    python tools/mutation_check.py --jobs 2
 
 The guards are the functions that stop a learner from loading a model that does not fit, using a
 broken checkpoint, trusting a cut-short file or overflowing a context window (issue 15). For each
 one, this script makes mutants of its source, one small change each, and runs that guard's tests
-against every mutant in a scratch copy of the repository (helpers/, course/, tests/, bench/, pyproject.toml;
-the working tree is never touched). A mutant is "caught" when a test fails or times out.
+against every mutant in a scratch copy of the repository (helpers/, course/, tests/, bench/,
+pyproject.toml; the working tree is never touched). A mutant is "caught" when a test fails or times
+out.
 
 Mutations (one at a time, found with `ast`, written back as source):
   compare     < <= > >= == != is / is not, in / not in: the boundary and the opposite
   boolean     and <-> or; one operand of an and/or dropped; `not` removed; True <-> False
-  condition   an if / ternary / comprehension condition negated (where a compare flip does not already)
+  condition   an if / ternary / comprehension condition negated (where a compare flip does not
+              already)
   number      an int +1 and -1; a float x10 and +1 (module-level constants too, e.g. QUALITY_GATE)
   arithmetic  + <-> -, * <-> /, // -> /, a unary minus removed
   statement   a return, a raise or a call statement dropped
@@ -47,7 +52,8 @@ GUARDS = "tests/test_guards.py"
 
 @dataclass
 class Target:
-    """One guard: a function (or Class.method, or a module-level constant) and the tests that guard it."""
+    """One guard: a function (or Class.method, or a module-level constant) and the tests that guard
+    it."""
 
     name: str  # a short label for the report
     module: str  # path of the source file, relative to the repo
@@ -118,8 +124,8 @@ TARGETS = [
     ),
 ]
 
-# Mutants that cannot change behaviour, keyed by (symbol, original code, mutated code) as --list prints
-# them. Keep this short; each entry says why no test can tell the mutant from the original.
+# Mutants that cannot change behaviour, keyed by (symbol, original code, mutated code) as --list
+# prints them. Keep this short; each entry says why no test can tell the mutant from the original.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     (
         "_local_first",
@@ -130,18 +136,27 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "local_file_record",
         "return None",
         "(dropped)",
-    ): "the last statement (in the except clause that ends the function): it returns None without it too",
+    ): (
+        "the last statement (in the except clause that ends the function): "
+        "it returns None without it too"
+    ),
     (
         "context_report",
         "max(n_ctx - prompt_tokens, 0)",
         "max(n_ctx - prompt_tokens, 1)",
-    ): "output_room is returned or shown only when prompt_tokens < n_ctx, where n_ctx - prompt_tokens >= 1; "
-    "a prompt that fills n_ctx raises first, and the error does not show output_room",
+    ): (
+        "output_room is returned or shown only when prompt_tokens < n_ctx, "
+        "where n_ctx - prompt_tokens >= 1; "
+        "a prompt that fills n_ctx raises first, and the error does not show output_room"
+    ),
     (
         "context_report",
         "max(n_ctx - prompt_tokens, 0)",
         "max(n_ctx - prompt_tokens, -1)",
-    ): "the same clamp: it only matters when prompt_tokens >= n_ctx, which raises before output_room is used",
+    ): (
+        "the same clamp: it only matters when prompt_tokens >= n_ctx, "
+        "which raises before output_room is used"
+    ),
 }
 
 
@@ -233,7 +248,8 @@ def _is_docstring(node: ast.AST) -> bool:
 
 
 def _walk(node: ast.AST, parent=None, field_name=None, index=None):
-    """Pre-order walk yielding (node, parent, field, index-in-list); skips message text and docstrings."""
+    """Pre-order walk yielding (node, parent, field, index-in-list); skips message text and
+    docstrings."""
     yield node, parent, field_name, index
     for name, value in ast.iter_fields(node):
         if isinstance(node, ast.Raise) and name in ("exc", "cause"):
@@ -257,7 +273,8 @@ def _not(expr: ast.expr) -> ast.expr:
 
 
 def _variants(node: ast.AST, parent, field_name, index):
-    """(kind, apply) pairs for one site; apply(node, parent, field, index) mutates a copy in place."""
+    """(kind, apply) pairs for one site; apply(node, parent, field, index) mutates a copy in
+    place."""
     if isinstance(node, ast.Compare):
         for i, op in enumerate(node.ops):
             for new in COMPARE_SWAPS.get(type(op), []):
@@ -307,18 +324,18 @@ def _variants(node: ast.AST, parent, field_name, index):
         is_not = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
         if not simple_compare and not is_not:
             yield "condition", lambda n, p, f, x: _replace(p, f, x, _not(n))
-    if isinstance(node, (ast.Return, ast.Raise)) or (
-        isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
-    ):
-        if isinstance(getattr(parent, field_name, None), list):
+    if (
+        isinstance(node, (ast.Return, ast.Raise))
+        or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call))
+    ) and isinstance(getattr(parent, field_name, None), list):
 
-            def drop_statement(n, p, f, x):
-                body = getattr(p, f)
-                del body[x]
-                if not body:
-                    body.append(ast.Pass())
+        def drop_statement(n, p, f, x):
+            body = getattr(p, f)
+            del body[x]
+            if not body:
+                body.append(ast.Pass())
 
-            yield "statement", drop_statement
+        yield "statement", drop_statement
 
 
 def _slot(parent: ast.AST, field_name: str, index) -> ast.AST:
@@ -335,7 +352,8 @@ def _short(node: ast.AST) -> str:
 
 
 def _apply(root: ast.AST, index: int, kind: str, apply) -> tuple[str, str]:
-    """Mutate the copy `root` at its walk position `index`; return (code before, code after) for the report."""
+    """Mutate the copy `root` at its walk position `index`; return (code before, code after) for the
+    report."""
     site, parent, field_name, position = list(_walk(root))[index]
     context = isinstance(site, ast.Constant) and isinstance(
         parent, ast.expr
@@ -377,7 +395,7 @@ def mutated_source(mutant: Mutant) -> str:
     return mutated
 
 
-# ---- running the tests ----------------------------------------------------------------------------
+# ---- running the tests --------------------------------------------------------------------------
 
 TEST_ENV = {
     "QLLM_THREADS": "2",
@@ -403,7 +421,8 @@ def make_copy(where: Path) -> Path:
 
 
 def run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
-    """("passed" | "failed" | "timeout", seconds, output tail) of the given tests in the copy `repo`."""
+    """("passed" | "failed" | "timeout", seconds, output tail) of the given tests in the copy
+    `repo`."""
     cmd = [
         sys.executable,
         "-m",
@@ -437,12 +456,11 @@ def run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[str, float,
         return "timeout", time.perf_counter() - started, out[-2000:]
     seconds = time.perf_counter() - started
     out = done.stdout + done.stderr
-    if done.returncode in (
-        4,
-        5,
-    ):  # a usage error or no test selected: the selection is wrong, not the code
+    # a usage error or no test selected: the selection is wrong, not the code
+    if done.returncode in (4, 5):
         raise SystemExit(
-            f"mutation_check: pytest {' '.join(tests)} selects nothing or fails to start:\n{out[-2000:]}"
+            f"mutation_check: pytest {' '.join(tests)} selects nothing or fails to start:\n"
+            f"{out[-2000:]}"
         )
     outcome = {0: "passed", 1: "failed"}.get(
         done.returncode, "error"
@@ -487,7 +505,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="qllm-mutation-") as scratch:
         repos = [make_copy(Path(scratch) / f"job{j}") for j in range(max(1, args.jobs))]
         check_copy_imports_itself(repos[0])
-        # baseline: every target's tests pass on the unmutated code (else "caught" would mean nothing)
+        # baseline: every target's tests pass on the unmutated code (else "caught" would mean
+        # nothing)
         budgets = {}
         for selection in {tuple(t.tests) for t in targets}:
             outcome, seconds, out = run_tests(repos[0], list(selection), timeout=900)

@@ -1,15 +1,18 @@
 """How far must the reference's weights move off the grid? Measure course/reference.py's SPREAD.
 
-    .venv/bin/python tools/reference_spread.py                      # spreads 1.0,1.1,1.25,1.5; GGUF types only (~5 min)
-    .venv/bin/python tools/reference_spread.py --gptq               # + GPTQ as the course builds it (~10 min on 2 cores)
+    # spreads 1.0,1.1,1.25,1.5; GGUF types only (~5 min)
+    .venv/bin/python tools/reference_spread.py
+    # + GPTQ as the course builds it (~10 min on 2 cores)
+    .venv/bin/python tools/reference_spread.py --gptq
     .venv/bin/python tools/reference_spread.py --spreads 1.0,1.25
 
-For each spread it rebuilds the reference the way `course.models` builds `hf` (the shipped GGUF loaded by
-Transformers, then `move_off_grid(spread)`), converts it to f16 with llama.cpp, quantizes that to Q4_K_M, Q4_0
-and Q8_0, and prints each one's held-out perplexity as a ratio to the reference's. Spread 1.0 is the plain
-dequantized model, still on the shipped file's grid: Q4_K_M costs nothing there. Too small a spread leaves
-most weights next to their old grid point; too large a one makes every format's job harder. The course's
-value is where Q4_K_M's cost stops growing quickly. Needs the course models (`make models`).
+For each spread it rebuilds the reference the way `course.models` builds `hf` (the shipped GGUF
+loaded by Transformers, then `move_off_grid(spread)`), converts it to f16 with llama.cpp, quantizes
+that to Q4_K_M, Q4_0 and Q8_0, and prints each one's held-out perplexity as a ratio to the
+reference's. Spread 1.0 is the plain dequantized model, still on the shipped file's grid: Q4_K_M
+costs nothing there. Too small a spread leaves most weights next to their old grid point; too large
+a one makes every format's job harder. The course's value is where Q4_K_M's cost stops growing
+quickly. Needs the course models (`make models`).
 """
 
 from __future__ import annotations

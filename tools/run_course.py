@@ -1,7 +1,7 @@
 """Run every notebook of the course, in order, headless: executed copies and HTML go to build/.
 
     python tools/run_course.py [notebooks/03_awq.ipynb ...]
-    python tools/run_course.py --zh-CN                        # the Chinese edition (notebooks/zh-CN/)
+    python tools/run_course.py --zh-CN          # the Chinese edition (notebooks/zh-CN/)
 
 Cells tagged `skip-execution` (GPU-only cells) are shown but not run, exactly as under nbmake.
 """
@@ -34,8 +34,9 @@ def run_notebook(path: Path) -> tuple[bool, float, str]:
         cell["source"] = ""
     started = time.time()
     ok, message = True, ""
-    # The kernel talks over Unix sockets (IPC) rather than TCP: a channel no other user can open, and
-    # ipykernel no longer warns "Kernel is running over TCP without encryption" once per notebook.
+    # The kernel talks over Unix sockets (IPC) rather than TCP: a channel no other user can open,
+    # and ipykernel no longer warns "Kernel is running over TCP without encryption" once per
+    # notebook.
     with tempfile.TemporaryDirectory(prefix="qllm-kernel-") as sockets:
         config = Config()
         config.KernelManager.transport = "ipc"
@@ -76,7 +77,8 @@ def main(argv: list[str]) -> int:
         tqdm.write(f"{'ok  ' if ok else 'FAIL'} {path.name:32} {seconds:6.0f} s  {message}")
     failed = [r for r in results if not r[1]]
     print(
-        f"\nCourse run: {len(results) - len(failed)}/{len(results)} notebooks ok in {time.time() - started:.0f} s"
+        f"\nCourse run: {len(results) - len(failed)}/{len(results)} notebooks ok "
+        f"in {time.time() - started:.0f} s"
     )
     html = BUILD / "html" / folder.relative_to(ROOT / "notebooks")
     print(f"Executed notebooks: {BUILD / 'notebooks' / folder.relative_to(ROOT / 'notebooks')}")

@@ -12,7 +12,7 @@ edit the English notebook, run `sync`, then translate the markdown cells it repo
 `translated` (they carry `"zh_cn_todo": true` in their metadata until translated). Each Chinese markdown cell
 also records a hash of the English text it translates (`zh_cn_from`), so `check` says when the English prose
 changed after translation.
-"""
+"""  # noqa: E501 - main() prints this docstring verbatim as the usage text: not rewrapped
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def read(path: Path) -> dict:
 
 @contextlib.contextmanager
 def locked(path: Path):
-    """The lock every notebook editor of the course takes (NOTEBOOK.lock), so parallel edits never interleave."""
+    """The lock every notebook editor of the course takes (NOTEBOOK.lock), so parallel edits never
+    interleave."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(str(path) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -96,7 +97,7 @@ def problems(en_path: Path, zh_path: Path) -> list[str]:
             f"{name}: cells differ from the English edition's (ids or types or order; run sync)"
         ]
     found = []
-    for i, (a, b) in enumerate(zip(en["cells"], zh["cells"])):
+    for i, (a, b) in enumerate(zip(en["cells"], zh["cells"], strict=True)):
         if a["cell_type"] == "code":
             if source(a) != source(b) or a["metadata"].get("tags") != b["metadata"].get("tags"):
                 found.append(f"{name} cell {i}: code differs from the English edition (run sync)")
@@ -113,14 +114,16 @@ def problems(en_path: Path, zh_path: Path) -> list[str]:
             for line in prose(text).splitlines():
                 if UNSPACED.search(line):
                     found.append(
-                        f"{name} cell {i}: put a space between Chinese and Latin text: {line.strip()[:60]!r}"
+                        f"{name} cell {i}: put a space between Chinese and Latin text: "
+                        f"{line.strip()[:60]!r}"
                     )
                     break
     return found
 
 
 def sync(en_path: Path, zh_path: Path) -> list[str]:
-    """Bring the twin in step: code from English, translated markdown kept, new markdown marked to do."""
+    """Bring the twin in step: code from English, translated markdown kept, new markdown marked to
+    do."""
     en = read(en_path)
     old = {c["id"]: c for c in read(zh_path)["cells"]} if zh_path.exists() else {}
     cells, todo = [], []
