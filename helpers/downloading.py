@@ -1,13 +1,16 @@
 """Size-check and download model files from the Hugging Face Hub or a mirror, local-first.
 
     plan = estimate(repo, include="*Q4_K_M.gguf", local_dir="models/gguf")  # bytes vs free disk
-    got = download(repo, include="*Q4_K_M.gguf", local_dir="models/gguf")   # progress bar, sha256 checked
-    print(got.cli)                                                          # the same as an `hf download` line
-    download_file(repo, "config.json"); download_model(repo)                # one file; a model folder for load_model
+    # progress bar, sha256 checked
+    got = download(repo, include="*Q4_K_M.gguf", local_dir="models/gguf")
+    print(got.cli)                        # the same as an `hf download` line
+    download_file(repo, "config.json")    # one file
+    download_model(repo)                  # a model folder for load_model
 
-`huggingface_hub` does the transfer; `helpers.hub` says what is in the repo and what is already here: those
-files are not fetched again, and no request is made. Free disk is checked before anything is written; a file
-whose size or sha256 does not match is deleted, so nothing half-written is ever left looking complete.
+`huggingface_hub` does the transfer; `helpers.hub` says what is in the repo and what is already
+here: those files are not fetched again, and no request is made. Free disk is checked before
+anything is written; a file whose size or sha256 does not match is deleted, so nothing half-written
+is ever left looking complete.
 """
 
 from __future__ import annotations
@@ -73,7 +76,9 @@ def cli_command(
 
 @dataclass
 class DownloadPlan:
-    """What a download would fetch, and whether it fits: made by `estimate`, checked before a download."""
+    """What a download would fetch, and whether it fits: made by `estimate`, checked before a
+    download.
+    """
 
     repo_id: str
     revision: str
@@ -93,22 +98,23 @@ class DownloadPlan:
     def fits(self) -> bool:
         return self.need_bytes <= self.free_bytes
 
-    def check(self) -> "DownloadPlan":
+    def check(self) -> DownloadPlan:
         """Raise NotEnoughDiskError (before anything is written) if the files do not fit."""
         if not self.fits:
             raise NotEnoughDiskError(
-                f"Not downloading {self.repo_id}: the {len(self.files)} chosen file(s) need {human_size(self.need_bytes)} "
-                f"and only {human_size(self.free_bytes)} is free at {self.dest}. Free some space, download to another "
-                "disk (local_dir=..., or HF_HOME for the cache), or take fewer files with include=... (one GGUF "
+                f"Not downloading {self.repo_id}: the {len(self.files)} chosen file(s) need "
+                f"{human_size(self.need_bytes)} and only {human_size(self.free_bytes)} is free at "
+                f"{self.dest}. Free some space, download to another disk (local_dir=..., or "
+                "HF_HOME for the cache), or take fewer files with include=... (one GGUF "
                 "quantization instead of the whole repo)."
             )
         return self
 
     def __repr__(self) -> str:
         return (
-            f"DownloadPlan({self.repo_id}: {len(self.files)} files, {human_size(self.total_bytes)}, "
-            f"{human_size(self.present_bytes)} already there, {human_size(self.free_bytes)} free at {self.dest}, "
-            f"fits={self.fits})"
+            f"DownloadPlan({self.repo_id}: {len(self.files)} files, "
+            f"{human_size(self.total_bytes)}, {human_size(self.present_bytes)} already there, "
+            f"{human_size(self.free_bytes)} free at {self.dest}, fits={self.fits})"
         )
 
 
@@ -141,7 +147,9 @@ def estimate(
     filename: str | None = None,
     free_bytes: int | None = None,
 ) -> DownloadPlan:
-    """Bytes of the chosen files vs free disk at the destination (asks the hub; downloads nothing)."""
+    """Bytes of the chosen files vs free disk at the destination (asks the hub; downloads
+    nothing).
+    """
     listing = remote_listing(repo_id, revision)
     return _plan(
         listing,
@@ -161,9 +169,9 @@ def _choose(listing: Listing, filename, include, exclude) -> list[RepoFileInfo]:
         close = difflib.get_close_matches(filename, names, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise NoMatchingFilesError(
-            f"{listing.repo_id} has no file {filename!r}.{hint} Its files: {', '.join(names[:12])}"
-            f"{' ...' if len(names) > 12 else ''}. Names are case-sensitive; to pick by pattern use "
-            "include='*Q4_K_M.gguf'."
+            f"{listing.repo_id} has no file {filename!r}.{hint} Its files: "
+            f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}. Names are "
+            "case-sensitive; to pick by pattern use include='*Q4_K_M.gguf'."
         )
     return chosen
 
@@ -173,7 +181,9 @@ def _choose(listing: Listing, filename, include, exclude) -> list[RepoFileInfo]:
 
 @dataclass
 class DownloadResult:
-    """What a download did: where the files are, how many bytes, whether they were fetched or already there."""
+    """What a download did: where the files are, how many bytes, whether they were fetched or
+    already there.
+    """
 
     repo_id: str
     commit: str
@@ -194,8 +204,8 @@ class DownloadResult:
             else (f"fetched {human_size(self.fetched_bytes)} in {self.seconds:.1f} s")
         )
         return (
-            f"DownloadResult({self.repo_id}: {len(self.files)} files, {human_size(self.total_bytes)}, {how}, "
-            f"verified={self.verified}, path='{self.path}')"
+            f"DownloadResult({self.repo_id}: {len(self.files)} files, "
+            f"{human_size(self.total_bytes)}, {how}, verified={self.verified}, path='{self.path}')"
         )
 
 
@@ -237,10 +247,12 @@ def download(
     quiet: bool = False,
     filename: str | None = None,
 ) -> DownloadResult:
-    """Download the repo's files that match `include`/`exclude` (all by default), or one `filename`, local-first.
+    """Download the repo's files that match `include`/`exclude` (all by default), or one
+    `filename`, local-first.
 
-    local_dir=None keeps them in the hub cache (HF_HOME), shared by every library; a folder gets plain files.
-    Free disk is checked before anything is written, sizes and sha256 after; `force=True` fetches again.
+    local_dir=None keeps them in the hub cache (HF_HOME), shared by every library; a folder gets
+    plain files. Free disk is checked before anything is written, sizes and sha256 after;
+    `force=True` fetches again.
     """
     say = print if not quiet else (lambda text: None)
     cli, started = (
@@ -254,35 +266,38 @@ def download(
         listing, chosen, base = found
         total = sum(f.size for f in chosen)
         say(
-            f"{repo_id}: {len(chosen)} file(s), {human_size(total)}, already in {base}; not fetching (force=True "
-            "fetches again)."
+            f"{repo_id}: {len(chosen)} file(s), {human_size(total)}, already in {base}; "
+            "not fetching (force=True fetches again)."
         )
         return DownloadResult(
-            repo_id,
-            listing.commit,
-            base / filename if filename else base,
-            chosen,
-            total,
-            0,
-            time.perf_counter() - started,
-            True,
-            False,
-            cli,
-            find_incomplete(base),
+            repo_id=repo_id,
+            commit=listing.commit,
+            path=base / filename if filename else base,
+            files=chosen,
+            total_bytes=total,
+            fetched_bytes=0,
+            seconds=time.perf_counter() - started,
+            already_local=True,
+            verified=False,
+            cli=cli,
+            orphans=find_incomplete(base),
         )
     plan = estimate(repo_id, include, exclude, local_dir, revision, filename, free_bytes).check()
     say(
-        f"{repo_id}: {len(plan.files)} file(s), {human_size(plan.total_bytes)} ({human_size(plan.need_bytes)} to fetch) "
-        f"from {endpoint()} into {plan.dest} ({human_size(plan.free_bytes)} free)"
+        f"{repo_id}: {len(plan.files)} file(s), {human_size(plan.total_bytes)} "
+        f"({human_size(plan.need_bytes)} to fetch) from {endpoint()} into {plan.dest} "
+        f"({human_size(plan.free_bytes)} free)"
     )
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    # For a commit hash huggingface_hub trusts a cached snapshot file as it is: remove one of the wrong size.
+    # For a commit hash huggingface_hub trusts a cached snapshot file as it is: remove one of the
+    # wrong size.
     base = base_dir(repo_id, plan.commit, local_dir)
     for f in plan.files:
         if ((base / f.path).is_file() or (base / f.path).is_symlink()) and not present(base, f):
             _remove(base / f.path)
-    # by commit hash: exactly the files listed and size-checked above, even if the branch moves meanwhile
+    # by commit hash: exactly the files listed and size-checked above, even if the branch moves
+    # meanwhile
     common = dict(
         revision=plan.commit, endpoint=endpoint(), cache_dir=hub_cache_dir(), force_download=force
     )
@@ -293,15 +308,11 @@ def download(
             hf_hub_download(repo_id, filename, **common)
         else:
             snapshot_download(repo_id, allow_patterns=[f.path for f in plan.files], **common)
-    refs = (
-        storage_folder(repo_id) / "refs" / revision
-    )  # where huggingface_hub records a branch it resolved itself:
-    if revision != plan.commit and (
-        not refs.is_file() or refs.read_text().strip() != plan.commit
-    ):  # local-first
-        refs.parent.mkdir(
-            parents=True, exist_ok=True
-        )  # (no network) reads it to find this branch's files
+    refs = storage_folder(repo_id) / "refs" / revision
+    # `refs` is where huggingface_hub records a branch it resolved itself: local-first (no network)
+    # reads it to find this branch's files
+    if revision != plan.commit and (not refs.is_file() or refs.read_text().strip() != plan.commit):
+        refs.parent.mkdir(parents=True, exist_ok=True)
         refs.write_text(plan.commit)
     _check_files(base, plan.files, verify)
     seconds = time.perf_counter() - started
@@ -317,17 +328,17 @@ def download(
         )
     )
     return DownloadResult(
-        repo_id,
-        plan.commit,
-        base / filename if filename else base,
-        plan.files,
-        plan.total_bytes,
-        plan.need_bytes,
-        seconds,
-        False,
-        verify,
-        cli,
-        orphans,
+        repo_id=repo_id,
+        commit=plan.commit,
+        path=base / filename if filename else base,
+        files=plan.files,
+        total_bytes=plan.total_bytes,
+        fetched_bytes=plan.need_bytes,
+        seconds=seconds,
+        already_local=False,
+        verified=verify,
+        cli=cli,
+        orphans=orphans,
     )
 
 
@@ -341,9 +352,20 @@ def download_file(
     free_bytes: int | None = None,
     quiet: bool = False,
 ) -> DownloadResult:
-    """Download one file by its exact name (`hf_hub_download`), local-first; result.path is the file."""
+    """Download one file by its exact name (`hf_hub_download`), local-first; result.path is the
+    file.
+    """
     return download(
-        repo_id, None, None, local_dir, revision, force, verify, free_bytes, quiet, filename
+        repo_id,
+        include=None,
+        exclude=None,
+        local_dir=local_dir,
+        revision=revision,
+        force=force,
+        verify=verify,
+        free_bytes=free_bytes,
+        quiet=quiet,
+        filename=filename,
     )
 
 
@@ -356,7 +378,9 @@ def sha256_file(path) -> str:
 
 
 def _check_files(base: Path, files: list[RepoFileInfo], verify: bool) -> None:
-    """Sizes always, sha256 (or git blob id) if `verify`; a bad file is deleted, never left looking complete."""
+    """Sizes always, sha256 (or git blob id) if `verify`; a bad file is deleted, never left looking
+    complete.
+    """
     from huggingface_hub.utils.sha import git_hash
 
     for f in files:
@@ -379,9 +403,9 @@ def _check_files(base: Path, files: list[RepoFileInfo], verify: bool) -> None:
         if problem:
             _remove(path)
             raise DownloadFailedError(
-                f"{f.path} {problem}; it was deleted so that nothing broken looks complete. The transfer was probably "
-                "corrupted (a flaky network, proxy or mirror): run the download again; if it repeats, try another "
-                "endpoint (HF_ENDPOINT) or unset it."
+                f"{f.path} {problem}; it was deleted so that nothing broken looks complete. The "
+                "transfer was probably corrupted (a flaky network, proxy or mirror): run the "
+                "download again; if it repeats, try another endpoint (HF_ENDPOINT) or unset it."
             )
 
 
@@ -400,7 +424,9 @@ def choose_model_files(
     gguf_file: str | None = None,
     repo_id: str = "",
 ) -> list[RepoFileInfo]:
-    """The files load_model needs: config + safetensors + tokenizer files, or exactly one .gguf file."""
+    """The files load_model needs: config + safetensors + tokenizer files, or exactly one .gguf
+    file.
+    """
     ggufs = [f for f in files if f.path.endswith(".gguf")]
     names = {f.path for f in files}
     has_weights = any(f.path.endswith(".safetensors") for f in files)
@@ -414,8 +440,9 @@ def choose_model_files(
         if len(chosen) > 1:
             listed = ", ".join(f"{f.path} ({human_size(f.size)})" for f in chosen[:10])
             raise AmbiguousFilesError(
-                f"{repo_id} holds {len(chosen)} GGUF files; choose one with gguf_file='*Q4_K_M.gguf' (a pattern or "
-                f"the exact name), or download it with hub.download_file and pass its path to load_model. "
+                f"{repo_id} holds {len(chosen)} GGUF files; choose one with "
+                "gguf_file='*Q4_K_M.gguf' (a pattern or the exact name), or download it with "
+                "hub.download_file and pass its path to load_model. "
                 f"Candidates: {listed}{' ...' if len(chosen) > 10 else ''}."
             )
         return chosen
@@ -426,8 +453,9 @@ def choose_model_files(
         )
     if not has_weights and has_pickle and not allow_pickle:
         raise CourseError(
-            f"{repo_id} has only pickle weights (*.bin/*.pt), which can run code when loaded. Prefer a safetensors "
-            "copy of the model; to load these anyway, pass allow_pickle=True (only for sources you trust)."
+            f"{repo_id} has only pickle weights (*.bin/*.pt), which can run code when loaded. "
+            "Prefer a safetensors copy of the model; to load these anyway, pass allow_pickle=True "
+            "(only for sources you trust)."
         )
     chosen = pick(
         files,
@@ -447,7 +475,9 @@ def download_model(
     revision: str = "main",
     **kw,
 ) -> Path:
-    """Fetch (or reuse) what load_model needs from a hub id: a model folder, or the chosen .gguf file."""
+    """Fetch (or reuse) what load_model needs from a hub id: a model folder, or the chosen .gguf
+    file.
+    """
     listing = (
         None if kw.get("force") else cached_listing(repo_id, revision, local_dir)
     ) or remote_listing(repo_id, revision)
