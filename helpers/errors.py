@@ -42,6 +42,10 @@ class NotEnoughMemoryError(CourseError):
     """The model would not fit in the free memory."""
 
 
+class Float16OverflowError(CourseError):
+    """The model computes inf or NaN in float16: its activations exceed float16's range."""
+
+
 # ---- prompts and the context window ---------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 require_backend("gptq")        # MissingBackendError that says what to install, before Transformers is asked
 report = kernel_report(lm)     # a LoadedModel (Transformers backend) or the model itself
+pick_backend("gptq", "cuda", "bfloat16", overflows=True)  # a Gemma on a T4: the PyTorch kernel
 print_kernel_report(report)    # a few lines; a slow fallback or offloading loud and last
 """
 
@@ -75,14 +76,47 @@ def import_gptqmodel_quietly():
     return gptqmodel
 
 
-def classify_kernels(layers) -> dict:
+# GPTQModel's pure-PyTorch kernels, by format: slower than Marlin, but they compute in bf16 on any GPU
+TORCH_BACKEND = {"gptq": "gptq_torch", "awq": "torch_awq"}  # as Transformers names them
+
+
+def pick_backend(
+    fmt: str, device: str, dtype: str | None, overflows: bool
+) -> tuple[str | None, str]:
+    """The GPTQModel backend to ask for, and why, for a model that `overflows` float16 or not;
+    (None, "") leaves the choice to GPTQModel.
+
+    Only for a model that overflows fp16, on a GPU, in bf16 (`helpers.memory.resolve_dtype`):
+    - GPTQ before Ampere: Marlin needs fp16 on sm_75, and ExllamaV2 casts its input to fp16;
+    - AWQ on any GPU: Transformers loads AWQ in fp16 there, whatever dtype is asked for
+      (`helpers.loading` loads it in fp32 and casts it to bf16 instead), and AWQ's fast GPU
+      kernels compute in fp16.
+    GPTQModel's PyTorch kernels compute in the dtype of their input: slower, but correct."""
+    if not overflows or fmt not in TORCH_BACKEND or dtype != "bfloat16":
+        return None, ""
+    if not str(device).startswith("cuda"):
+        return None, ""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if fmt == "gptq" and major >= 8:
+        return None, ""  # Marlin computes in bf16 from Ampere on
+    reason = (
+        f"GPTQModel's PyTorch kernel, chosen: on sm_{major}{minor} the fast {fmt.upper()} kernels "
+        "compute in fp16, which this model overflows, and this one computes in bf16 (slower, correct)"
+    )
+    return TORCH_BACKEND[fmt], reason
+
+
+def classify_kernels(layers, chosen: str = "") -> dict:
     """The kernel report from (quantized-linear class name, device) pairs: a pure function, easy to test.
 
     On a CUDA device, a class with "Torch" in its name (TorchLinear, AwqTorchLinear, ...) is
     GPTQModel's pure-PyTorch fallback: it dequantizes on every call and runs many times slower
     than Marlin, Machete, ExllamaV2 or the AWQ GEMM kernels. That is today's form of the old
-    AutoGPTQ trap ("CUDA extension not installed", model.device still says cuda). Quantized
-    layers on the CPU while others sit on a GPU mean the model was partly offloaded: slow too.
+    AutoGPTQ trap ("CUDA extension not installed", model.device still says cuda), unless the
+    course chose it on purpose (`chosen`, from `pick_backend`: it then becomes the expectation).
+    Quantized layers on the CPU while others sit on a GPU mean the model was partly offloaded.
     """
     layers = [(name, str(device)) for name, device in layers]
     devices = {device for _, device in layers}
@@ -90,65 +124,76 @@ def classify_kernels(layers) -> dict:
     on_gpu = any(d.startswith("cuda") for d in devices)
     offloaded = on_gpu and any(not d.startswith("cuda") for d in devices)
     warnings_ = []
-    if slow:
+    if slow and not chosen:
         warnings_.append(
-            f"SLOW KERNEL: the model is on the GPU but {', '.join(sorted(slow))} runs its quantized layers: "
-            "GPTQModel's pure-PyTorch fallback, many times slower than Marlin/ExllamaV2/AWQ GEMM, although "
-            "model.device says cuda. GPTQModel compiles its CUDA kernels on first use: that needs a CUDA "
-            "build of torch, the CUDA toolkit (nvcc) with `ninja`, and a Turing-or-newer GPU (sm_75+). "
-            "Look above for a kernel compile error, and load in float16/bfloat16, not float32."
+            f"SLOW KERNEL: the model is on the GPU but {', '.join(sorted(slow))} runs its quantized "
+            "layers: GPTQModel's pure-PyTorch fallback, many times slower than Marlin/ExllamaV2/AWQ "
+            "GEMM, although model.device says cuda. GPTQModel compiles its CUDA kernels on first use: "
+            "that needs a CUDA build of torch, the CUDA toolkit (nvcc) with `ninja`, and a "
+            "Turing-or-newer GPU (sm_75+). Look above for a kernel compile error, and load in "
+            "float16/bfloat16, not float32."
         )
     if offloaded:
         warnings_.append(
-            "OFFLOADED: some quantized layers are on the CPU while others are on the GPU (device_map put "
-            "what did not fit in GPU memory on the CPU). Every token now crosses the PCIe bus: free GPU "
-            "memory or pick a smaller model."
+            "OFFLOADED: some quantized layers are on the CPU while others are on the GPU (device_map "
+            "put what did not fit in GPU memory on the CPU). Every token now crosses the PCIe bus: "
+            "free GPU memory or pick a smaller model."
         )
-    expected = (
-        "Marlin, Machete, ExllamaV2 or AWQ GEMM/GEMV kernels"
-        if on_gpu
-        else "TorchAten kernels (TorchAtenLinear / TorchAtenAwqLinear)"
-        if any(d.startswith("cpu") for d in devices)
-        else "-"
-    )
+    if chosen:
+        expected = chosen
+    elif on_gpu:
+        expected = "Marlin, Machete, ExllamaV2 or AWQ GEMM/GEMV kernels"
+    elif any(d.startswith("cpu") for d in devices):
+        expected = "TorchAten kernels (TorchAtenLinear / TorchAtenAwqLinear)"
+    else:
+        expected = "-"
     return {
         "quantized_linear": dict(Counter(name for name, _ in layers)),
         "devices": sorted(devices),
         "expected": expected,
-        "slow_fallback": bool(slow),
+        "slow_fallback": bool(slow) and not chosen,
         "offloaded": offloaded,
         "warning": " ".join(warnings_) or None,
     }
 
 
+def _layer_device(module) -> str:
+    """The device of a quantized layer's own tensors (its packed weights are buffers)."""
+    for tensor in module.buffers(recurse=False):
+        return str(tensor.device)
+    for tensor in module.parameters(recurse=False):
+        return str(tensor.device)
+    return "meta"
+
+
 def kernel_report(model) -> dict:
     """Which quantized-linear classes back the layers, on which device, and whether that is fast
-    (see `classify_kernels`). `plain_linear` counts the nn.Linear layers left unquantized (usually lm_head)."""
+    (see `classify_kernels`). `model` is a LoadedModel (Transformers backend) or the model itself.
+    `plain_linear` counts the nn.Linear layers left unquantized (usually lm_head)."""
     decompressed = False
-    if not hasattr(
-        model, "modules"
-    ):  # a LoadedModel (helpers.loading imports this module, not the reverse)
+    chosen = ""
+    torch_model = model
+    # a LoadedModel: helpers.loading imports this module, not the reverse, so no isinstance here
+    if not hasattr(model, "modules"):
         if model.backend != "transformers":
             raise CourseError(
-                "kernel_report inspects Transformers models (GPTQ/AWQ/hf). A GGUF model runs on llama.cpp, "
-                "whose kernels are compiled in: see llama_cpp.llama_print_system_info() (notebook 00)."
+                "kernel_report inspects Transformers models (GPTQ/AWQ/hf). A GGUF model runs on "
+                "llama.cpp, whose kernels are compiled in: see llama_cpp.llama_print_system_info() "
+                "(notebook 00)."
             )
-        decompressed, model = model.format == "compressed-tensors", model.model
+        decompressed = model.format == "compressed-tensors"
+        chosen = model.kernel_reason
+        torch_model = model.model
     layers = []
     plain = 0
-    for module in model.modules():
+    for module in torch_model.modules():
         name = type(module).__name__
-        if any(
-            cls.__name__ == "BaseQuantLinear" for cls in type(module).__mro__
-        ):  # GPTQModel's base class
-            tensor = next(
-                iter(list(module.buffers(recurse=False)) + list(module.parameters(recurse=False))),
-                None,
-            )
-            layers.append((name, str(tensor.device) if tensor is not None else "meta"))
+        is_quantized = any(cls.__name__ == "BaseQuantLinear" for cls in type(module).__mro__)
+        if is_quantized:  # BaseQuantLinear: GPTQModel's base class of every 4-bit layer
+            layers.append((name, _layer_device(module)))
         elif name == "Linear":
             plain += 1
-    report = {**classify_kernels(layers), "plain_linear": plain}
+    report = {**classify_kernels(layers, chosen), "plain_linear": plain}
     if decompressed:
         report["expected"] = (
             "none: compressed-tensors weights are decompressed to dense nn.Linear on load"

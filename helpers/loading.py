@@ -27,14 +27,22 @@ from typing import Any
 from .env import default_threads
 from .errors import (
     CourseError,
+    Float16OverflowError,
     MissingBackendError,
     ModelNotFoundError,
     NotAModelError,
     UnsupportedFormatError,
 )
 from .gguf_tools import file_type_name, validate_gguf
-from .kernels import kernel_report, require_backend
-from .memory import check_memory_fit, checkpoint_dtype, pick_device, resolve_dtype
+from .kernels import kernel_report, pick_backend, require_backend
+from .memory import (
+    check_memory_fit,
+    checkpoint_dtype,
+    checkpoint_model_type,
+    pick_device,
+    resolve_dtype,
+)
+from .precision import DtypeChoice, overflows_float16
 
 _METHOD_HINTS = {
     "bitsandbytes": " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)",
@@ -57,6 +65,9 @@ class LoadedModel:
     context_length: int
     notes: list[str] = field(default_factory=list)
     dtype_reason: str = ""  # why this dtype (helpers.precision's rule, or "asked for")
+    kernel_reason: str = (
+        ""  # why a 4-bit kernel was asked for by name (helpers.kernels.pick_backend)
+    )
 
     def __repr__(self) -> str:
         why = f" ({self.dtype_reason})" if self.dtype_reason else ""
@@ -162,15 +173,64 @@ def load_model(
     _check_weights(path, allow_pickle)
     require_backend(fmt)
     _check_remote_code(path, trust_remote_code)
-    if check_memory:  # "as <dtype>" in its message only when the load really casts the checkpoint
-        check_memory_fit(
-            path,
-            fmt,
-            device=device,
-            dtype=None if choice.dtype == checkpoint_dtype(path) else choice.dtype,
+    settings = {
+        "n_threads": n_threads or default_threads(),
+        "trust_remote_code": trust_remote_code,
+        "check_memory": check_memory,
+    }
+    overflows = overflows_float16(checkpoint_model_type(path))
+    lm = _load_transformers_checked(path, fmt, device, choice, overflows, **settings)
+    if lm.dtype != "float16" or not overflows_in_float16(lm):
+        return lm
+    if str(dtype) != "auto":
+        raise Float16OverflowError(
+            f"{path.name} overflows float16: a test forward pass in float16 gave inf or NaN logits, "
+            "so every generation would print only padding (<pad>). Its activations exceed "
+            "float16's range (largest value 65,504) inside its layers, as the Gemma family's do. "
+            'Load it with dtype="bfloat16" (a CPU, or a GPU of compute capability 8.0 or newer), '
+            'dtype="float32" (a T4 or older GPU, a Mac before macOS 14), or dtype="auto", which '
+            "picks one of them."
         )
+    # "auto" chose float16 for an architecture the rule does not know to overflow: now measured,
+    # so load it again in what the device runs instead of float16
+    del lm
+    choice = resolve_dtype(path, fmt, device, dtype, work, overflows_float16=True)
+    reason = f"{choice.reason}; measured: a float16 test forward pass gave inf or NaN"
+    choice = DtypeChoice(choice.dtype, reason)
+    return _load_transformers_checked(path, fmt, device, choice, True, **settings)
+
+
+# The float16 check's text: a few ordinary tokens are enough for an overflowing model to give NaN.
+FLOAT16_CHECK_TEXT = "The history of the printing press begins"
+
+
+def overflows_in_float16(lm: LoadedModel) -> bool:
+    """One short forward pass of a Transformers model: do its logits hold inf or NaN?"""
+    import torch
+
+    ids = lm.tokenizer(FLOAT16_CHECK_TEXT, return_tensors="pt").input_ids.to(lm.model.device)
+    with torch.inference_mode():
+        logits = lm.model(ids).logits
+    return not bool(torch.isfinite(logits).all())
+
+
+def _load_transformers_checked(
+    path: Path,
+    fmt: str,
+    device: str,
+    choice: DtypeChoice,
+    overflows: bool,
+    n_threads: int,
+    trust_remote_code: bool,
+    check_memory: bool,
+) -> LoadedModel:
+    """The memory check for `choice.dtype`, then the load, with the dtype's and kernel's reasons."""
+    if check_memory:  # "as <dtype>" in its message only when the load really casts the checkpoint
+        cast = None if choice.dtype == checkpoint_dtype(path) else choice.dtype
+        check_memory_fit(path, fmt, device=device, dtype=cast)
+    backend, kernel_reason = pick_backend(fmt, device, choice.dtype, overflows)
     lm = _load_transformers(
-        path, fmt, device, choice.dtype, n_threads or default_threads(), trust_remote_code
+        path, fmt, device, choice.dtype, n_threads, trust_remote_code, backend, kernel_reason
     )
     lm.dtype_reason = choice.reason
     return lm
@@ -337,35 +397,55 @@ def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> Load
 
 
 def _load_transformers(
-    path: Path, fmt: str, device: str, dtype: str | None, n_threads: int, trust_remote_code: bool
+    path: Path,
+    fmt: str,
+    device: str,
+    dtype: str | None,
+    n_threads: int,
+    trust_remote_code: bool,
+    backend: str | None = None,
+    kernel_reason: str = "",
 ) -> LoadedModel:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        AwqConfig,
+        CompressedTensorsConfig,
+        GPTQConfig,
+    )
 
     torch.set_num_threads(n_threads)
-    warnings.filterwarnings(
-        "ignore", message=".*is_gradient_checkpointing.*"
-    )  # GPTQModel calls a deprecated API
+    # GPTQModel calls a deprecated API
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     # dense nn.Linear from the start: no kernel here runs compressed-tensors' packed 4-bit layout
-    extra = (
-        {"quantization_config": CompressedTensorsConfig(dequantize=True)}
-        if fmt == "compressed-tensors"
-        else {}
-    )
+    extra = {}
+    if fmt == "compressed-tensors":
+        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+    if backend:  # a GPTQModel kernel by name (pick_backend): the checkpoint's settings, that one
+        recorded = json.loads((path / "config.json").read_text())["quantization_config"]
+        config_class = GPTQConfig if fmt == "gptq" else AwqConfig
+        extra["quantization_config"] = config_class.from_dict({**recorded, "backend": backend})
+    load_dtype = dtype
+    if fmt == "awq" and backend and dtype == "bfloat16":
+        # on a GPU Transformers turns a bf16 AWQ load into fp16; an fp32 one it keeps, and every
+        # bf16 weight of the checkpoint survives fp32 exactly on the way to bf16
+        load_dtype = "float32"
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    with (
-        warnings.catch_warnings()
-    ):  # "You passed `quantization_config` ...": we did, to set dequantize
+    # "You passed `quantization_config` ...": we did, to set dequantize or a backend
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
-        # dtype "auto" = what config.json records; on CUDA, Transformers turns bf16 AWQ into fp16 itself.
+        # dtype "auto" = what config.json records; on CUDA, Transformers makes bf16 AWQ fp16
         model = AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=getattr(torch, dtype) if dtype else "auto",
+            dtype=getattr(torch, load_dtype) if load_dtype else "auto",
             device_map=device,
             trust_remote_code=trust_remote_code,
             **extra,
         )
+    if load_dtype != dtype:
+        model.to(getattr(torch, dtype))
     model.eval()
     seconds = time.perf_counter() - started
     context = int(
@@ -382,6 +462,7 @@ def _load_transformers(
         dtype=str(model.dtype).replace("torch.", ""),
         load_seconds=seconds,
         context_length=context,
+        kernel_reason=kernel_reason,
     )
     if fmt == "compressed-tensors":
         lm.notes.append(
@@ -390,7 +471,7 @@ def _load_transformers(
             "packed, on a GPU)"
         )
     if fmt in ("gptq", "awq"):
-        report = kernel_report(model)
+        report = kernel_report(lm)
         lm.notes.append("kernel: " + ", ".join(report["quantized_linear"]))
         if report["warning"]:
             warnings.warn(report["warning"], stacklevel=2)

@@ -85,20 +85,43 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def _config(path) -> dict:
+    """config.json as a dict (`path` is a model folder, or already the dict); {} if unreadable."""
+    if isinstance(path, dict):
+        return path
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def checkpoint_dtype(path) -> str | None:
     """The dtype config.json records (a folder, or its config as a dict; None if none the course knows)."""
+    cfg = _config(path)
     try:
-        cfg = (
-            path if isinstance(path, dict) else json.loads((Path(path) / "config.json").read_text())
-        )
         return normalize_dtype(cfg.get("dtype") or cfg.get("torch_dtype"))
-    except (OSError, ValueError, CourseError):
+    except CourseError:
         return None
 
 
-def resolve_dtype(path, fmt: str, device: str, dtype="auto", work: str = "decode"):
+def checkpoint_model_type(path) -> str | None:
+    """The architecture config.json names (`model_type`, or its text model's), e.g. 'gemma3_text'."""
+    cfg = _config(path)
+    text_config = cfg.get("text_config") or {}
+    return cfg.get("model_type") or text_config.get("model_type")
+
+
+def resolve_dtype(
+    path,
+    fmt: str,
+    device: str,
+    dtype="auto",
+    work: str = "decode",
+    overflows_float16: bool | None = None,
+):
     """The float type a Transformers-format model is loaded in, and why (a `precision.DtypeChoice`):
-    "auto" applies helpers.precision's rule for the device and work, None keeps the checkpoint's own."""
+    "auto" applies helpers.precision's rule for the device, the work and the model's architecture
+    (`overflows_float16=True`: measured to overflow float16); None keeps the checkpoint's own."""
     if dtype is None:
         return DtypeChoice(checkpoint_dtype(path), "the checkpoint's own (config.json)")
     if str(dtype) != "auto":
@@ -107,7 +130,15 @@ def resolve_dtype(path, fmt: str, device: str, dtype="auto", work: str = "decode
         return DtypeChoice(
             "bfloat16", "GPTQModel's CPU 4-bit kernels take bf16 (fp32 input is cast to bf16)"
         )
-    return compute_dtype(device, work)
+    choice = compute_dtype(device, work, checkpoint_model_type(path), overflows_float16)
+    if fmt in ("gptq", "awq") and choice.dtype == "float32":
+        # no GPTQModel GPU kernel computes in fp32; its PyTorch kernel runs bf16 on any GPU
+        return DtypeChoice(
+            "bfloat16",
+            f"{choice.reason}; GPTQModel's GPU kernels take only fp16 or bf16, so bf16, "
+            "run by its PyTorch kernel",
+        )
+    return choice
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:

@@ -2,6 +2,7 @@
 
     print(compute_dtype("cpu", "batch"))   # calibration, perplexity, long prompts
     print(compute_dtype("cpu", "decode"))  # generating one token at a time (chat, completion)
+    print(compute_dtype("cuda", "decode", "gemma3_text"))  # a T4: float32, since Gemma overflows fp16
     cpu_bf16()                             # (True/False, what was found)
 
 Why it depends on the CPU. bf16 halves the bytes of every weight. Decoding one token multiplies
@@ -15,8 +16,15 @@ extension) do that arithmetic fast; the others (AVX2 laptops, AMD before Zen 4) 
 |---|---|---|
 | CUDA, compute capability >= 8.0 | bfloat16 | bfloat16 |
 | CUDA, older (T4 and earlier) | float16 | float16 (Marlin wants fp16 there) |
+| Apple GPU (mps) | float16 | float16 |
 | CPU with native bf16 | bfloat16 | bfloat16 |
 | other CPU | float32 | bfloat16 |
+
+float16 only where the model can compute in it. Its largest value is 65,504, and some architectures
+(the Gemma family: `FLOAT16_OVERFLOWS`) exceed that inside their layers: in float16 they compute inf,
+then NaN, and generate nothing but padding, with no error. For them the rule picks bfloat16 where the
+device runs it natively, else float32 (`compute_dtype(device, work, model_type)`). `helpers.loading`
+also checks every float16 load with one short forward pass, for the architectures no list names.
 
 Measured by `python tools/cpu_dtype_bench.py` (README, "Speed on your CPU"); `--both` also runs it
 under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`, which makes a
@@ -32,6 +40,8 @@ from dataclasses import dataclass
 from .env import cpu_flags
 
 WORKS = ("batch", "decode")
+# config.json model_type names (substrings) of architectures known to overflow float16 in their layers
+FLOAT16_OVERFLOWS = ("gemma",)
 
 
 @dataclass(frozen=True)
@@ -67,27 +77,72 @@ def cpu_bf16() -> tuple[bool, str]:
     return native, found + (f"; ONEDNN_MAX_CPU_ISA={limit}" if limit else "")
 
 
-def compute_dtype(device: str = "cpu", work: str = "decode") -> DtypeChoice:
-    """The dtype to compute in on `device` ("cpu", "cuda", "cuda:N", "mps") for `work` ("batch" or "decode")."""
+def overflows_float16(model_type: str | None) -> bool:
+    """Is this architecture (config.json's model_type) known to exceed float16's range in its layers?"""
+    return bool(model_type) and any(name in model_type.lower() for name in FLOAT16_OVERFLOWS)
+
+
+def mps_bf16() -> bool:
+    """Does this Mac's GPU run bf16? (macOS 14 and later; older ones refuse bf16 tensors on mps.)"""
+    import torch
+
+    try:
+        ones = torch.ones(2, 2, dtype=torch.bfloat16, device="mps")
+        (ones @ ones).cpu()
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def compute_dtype(
+    device: str = "cpu",
+    work: str = "decode",
+    model_type: str | None = None,
+    overflows: bool | None = None,
+) -> DtypeChoice:
+    """The dtype to compute in on `device` ("cpu", "cuda", "cuda:N", "mps") for `work` ("batch" or
+    "decode"), for a model of architecture `model_type` (config.json's; None: any architecture).
+    `overflows`: whether the model overflows float16, when known by measurement; None asks
+    `overflows_float16(model_type)`."""
     if work not in WORKS:
         raise ValueError(
             f"work={work!r}: use 'batch' (many rows at once: calibration, perplexity, long "
             "prompts) or 'decode' (one token at a time)"
         )
+    if overflows is None:
+        overflows = overflows_float16(model_type)
+    model = model_type or "this model"
     device = str(device)
     if device.startswith("cuda"):
         import torch
 
         major, minor = torch.cuda.get_device_capability(torch.device(device))
-        if major < 8:
+        gpu = f"GPU sm_{major}{minor}"
+        if major >= 8:
+            return DtypeChoice("bfloat16", f"{gpu}: native bf16")
+        if overflows:
             return DtypeChoice(
-                "float16",
-                f"GPU sm_{major}{minor} predates Ampere: no fast bf16, and GPTQ "
-                "Marlin needs fp16 there",
+                "float32",
+                f"{gpu} predates Ampere: its fast half type is fp16, which {model} overflows "
+                "(NaN, then only padding), and its bf16 is emulated",
             )
-        return DtypeChoice("bfloat16", f"GPU sm_{major}{minor}: native bf16")
+        return DtypeChoice(
+            "float16",
+            f"{gpu} predates Ampere: no fast bf16, and GPTQ Marlin needs fp16 there",
+        )
     if device == "mps":
-        return DtypeChoice("float16", "Apple GPU: fp16 is its native half type")
+        if not overflows:
+            return DtypeChoice("float16", "Apple GPU: fp16 is its native half type")
+        if mps_bf16():
+            return DtypeChoice(
+                "bfloat16",
+                f"Apple GPU: {model} overflows fp16 (NaN, then only padding); this Mac runs bf16",
+            )
+        return DtypeChoice(
+            "float32",
+            f"Apple GPU: {model} overflows fp16 (NaN, then only padding), and bf16 needs "
+            "macOS 14 or later",
+        )
     native, found = cpu_bf16()
     if native:
         return DtypeChoice("bfloat16", f"CPU with native bf16 ({found})")

@@ -156,3 +156,287 @@ def test_perplexity_products_in_fp32_only_where_bf16_is_emulated(tmp_path, monke
         np.testing.assert_allclose(chunked, logits, rtol=1e-5, atol=1e-5)
     assert not any("forward" in vars(m) for m in model.modules())  # the patches are gone
     np.testing.assert_allclose(quality.transformers_logits(model, ids), logits)  # and repeatable
+
+
+# ---- float16 overflow (issue 33): Gemma computes NaN in float16, the rule and a load guard know it --
+
+GEMMA = "gemma3_text"  # the course models' model_type
+
+
+def _fake_gpu(monkeypatch, capability):
+    """torch.cuda.get_device_capability answers `capability`, as a GPU of that kind would."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+
+@pytest.mark.parametrize(
+    "model_type, capability, expected",
+    [
+        (GEMMA, (7, 5), "float32"),  # a T4: fp16 overflows, bf16 is emulated
+        ("gemma2", (7, 0), "float32"),
+        (GEMMA, (8, 0), "bfloat16"),
+        (GEMMA, (9, 0), "bfloat16"),
+        ("llama", (7, 5), "float16"),  # safe in fp16: still the T4's fast half type
+        (None, (7, 5), "float16"),
+    ],
+)
+def test_cuda_rule_knows_which_models_overflow_float16(
+    monkeypatch, model_type, capability, expected
+):
+    _fake_gpu(monkeypatch, capability)
+    choice = precision.compute_dtype("cuda", "decode", model_type)
+    assert choice.dtype == expected
+    if expected == "float32":
+        assert f"{model_type} overflows" in choice.reason
+
+
+@pytest.mark.parametrize(
+    "model_type, mac_runs_bf16, expected",
+    [
+        (GEMMA, True, "bfloat16"),
+        (GEMMA, False, "float32"),
+        ("llama", True, "float16"),
+        ("llama", False, "float16"),
+    ],
+)
+def test_mps_rule_knows_which_models_overflow_float16(
+    monkeypatch, model_type, mac_runs_bf16, expected
+):
+    monkeypatch.setattr(precision, "mps_bf16", lambda: mac_runs_bf16)
+    choice = precision.compute_dtype("mps", "decode", model_type)
+    assert choice.dtype == expected
+    assert ("overflows fp16" in choice.reason) == (model_type == GEMMA)
+
+
+def test_a_measured_overflow_overrides_the_architecture_list(monkeypatch):
+    _fake_gpu(monkeypatch, (7, 5))
+    assert precision.compute_dtype("cuda", "decode", "llama", overflows=True).dtype == "float32"
+    assert precision.compute_dtype("cuda", "decode", GEMMA, overflows=False).dtype == "float16"
+
+
+def test_overflows_float16_names_the_gemma_family():
+    for model_type in ("gemma", "gemma2", "gemma3", "gemma3_text", "Gemma3ForCausalLM"):
+        assert precision.overflows_float16(model_type), model_type
+    for model_type in ("llama", "mistral", "qwen2", "", None):
+        assert not precision.overflows_float16(model_type), model_type
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gptq", "awq"])
+def test_resolve_dtype_on_a_t4_reads_the_architecture(tmp_path, monkeypatch, fmt):
+    """config.json's model_type decides: Gemma on a T4 gets fp32, or bf16 for the 4-bit formats
+    (no GPTQModel GPU kernel takes fp32); a Llama keeps fp16."""
+    _fake_gpu(monkeypatch, (7, 5))
+    gemma = tmp_path / "gemma"
+    llama = tmp_path / "llama"
+    gemma.mkdir()
+    llama.mkdir()
+    (gemma / "config.json").write_text(json.dumps({"model_type": GEMMA, "dtype": "float16"}))
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "float16"}))
+    choice = memory.resolve_dtype(gemma, fmt, "cuda", "auto")
+    assert choice.dtype == ("float32" if fmt == "hf" else "bfloat16")
+    assert "overflows" in choice.reason
+    if fmt != "hf":
+        assert "PyTorch kernel" in choice.reason
+    assert memory.resolve_dtype(llama, fmt, "cuda", "auto").dtype == "float16"
+
+
+def test_checkpoint_model_type_reads_the_text_config_too(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"model_type": GEMMA}}))
+    assert memory.checkpoint_model_type(tmp_path) == GEMMA
+    assert memory.checkpoint_model_type({"model_type": "llama"}) == "llama"
+    assert memory.checkpoint_model_type(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    "fmt, device, capability, dtype, overflows, backend",
+    [
+        ("gptq", "cuda", (7, 5), "bfloat16", True, "gptq_torch"),  # Marlin needs fp16 on sm_75
+        ("awq", "cuda", (7, 5), "bfloat16", True, "torch_awq"),
+        ("awq", "cuda", (9, 0), "bfloat16", True, "torch_awq"),  # Transformers makes AWQ fp16
+        ("gptq", "cuda", (8, 0), "bfloat16", True, None),  # Marlin computes bf16 from Ampere on
+        ("gptq", "cuda", (7, 5), "float16", False, None),  # a Llama: GPTQModel's own pick
+        ("awq", "cuda", (9, 0), "bfloat16", False, None),
+        ("hf", "cuda", (7, 5), "float32", True, None),
+        ("gptq", "cpu", None, "bfloat16", True, None),
+    ],
+)
+def test_pick_backend_only_where_the_fast_kernels_compute_in_fp16(
+    monkeypatch, fmt, device, capability, dtype, overflows, backend
+):
+    from helpers import kernels
+
+    if capability:
+        _fake_gpu(monkeypatch, capability)
+    picked, reason = kernels.pick_backend(fmt, device, dtype, overflows)
+    assert picked == backend
+    assert bool(reason) == bool(backend)
+    if backend:
+        assert f"sm_{capability[0]}{capability[1]}" in reason and "overflows" in reason
+
+
+def test_a_chosen_torch_kernel_is_expected_not_a_trap():
+    """The kernel report: TorchLinear on a GPU is the SLOW KERNEL trap, unless it was chosen."""
+    from helpers import kernels
+
+    layers = [("TorchLinear", "cuda:0")] * 3
+    trap = kernels.classify_kernels(layers)
+    assert trap["slow_fallback"] and trap["warning"].startswith("SLOW KERNEL")
+    reason = "GPTQModel's PyTorch kernel, chosen: on sm_75 ..."
+    chosen = kernels.classify_kernels(layers, chosen=reason)
+    assert chosen["warning"] is None
+    assert chosen["slow_fallback"] is False
+    assert chosen["expected"] == reason
+
+
+def test_loading_the_course_model_in_float16_is_a_clear_error(course_cache):
+    """The guard: a float16 load is checked by one forward pass; Gemma's NaN becomes an error."""
+    from course import models as course_models
+    from helpers.errors import Float16OverflowError
+
+    with pytest.raises(Float16OverflowError, match=r'overflows float16.*dtype="bfloat16"'):
+        loading.load_model(course_models.model_path("hf"), device="cpu", dtype="float16")
+
+
+def test_auto_reloads_a_model_that_measures_an_overflow(course_cache, monkeypatch):
+    """A rule that chose float16 for a model it does not know to overflow: the guard measures the
+    NaN, and "auto" loads again in what the device runs instead, saying why."""
+    from course import models as course_models
+
+    real_rule = memory.compute_dtype
+
+    def rule_that_trusts_float16(device, work, model_type=None, overflows=None):
+        if overflows:
+            return real_rule(device, work, model_type, overflows)
+        return precision.DtypeChoice("float16", "a rule that does not know Gemma")
+
+    monkeypatch.setattr(memory, "compute_dtype", rule_that_trusts_float16)
+    lm = loading.load_model(course_models.model_path("hf"), device="cpu")
+    assert lm.dtype == precision.compute_dtype("cpu", "decode").dtype
+    assert "measured: a float16 test forward pass gave inf or NaN" in lm.dtype_reason
+    assert not loading.overflows_in_float16(lm)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, course_cache):
+    """A random Llama with the course tokenizer: an architecture that computes fine in float16."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from course import models as course_models
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=262144,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    LlamaForCausalLM(config).to(torch.float16).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(course_models.model_dir("hf") / name, folder / name)
+    return folder
+
+
+def test_a_model_safe_in_float16_keeps_float16(tiny_llama, monkeypatch):
+    """On a T4 and on a Mac a Llama still gets float16, and the guard lets its float16 load pass."""
+    _fake_gpu(monkeypatch, (7, 5))
+    assert memory.resolve_dtype(tiny_llama, "hf", "cuda", "auto").dtype == "float16"
+    monkeypatch.setattr(precision, "mps_bf16", lambda: True)
+    assert memory.resolve_dtype(tiny_llama, "hf", "mps", "auto").dtype == "float16"
+    lm = loading.load_model(tiny_llama, device="cpu", dtype="float16")
+    assert lm.dtype == "float16"
+    assert not loading.overflows_in_float16(lm)
+
+
+# Each device kind the rule knows, faked where this machine has no such device:
+# (name, device for the rule, GPU capability, Mac runs bf16, CPU has native bf16)
+DEVICE_KINDS = [
+    ("cpu-native-bf16", "cpu", None, None, True),
+    ("cpu-avx2", "cpu", None, None, False),
+    ("cuda-sm75", "cuda", (7, 5), None, None),
+    ("cuda-sm86", "cuda", (8, 6), None, None),
+    ("mps-bf16", "mps", None, True, None),
+    ("mps-no-bf16", "mps", None, False, None),
+]
+_continuations: dict = {}  # (format, dtype) -> (finite logits?, continuation), one load each
+
+
+def _continuation(path, fmt: str, dtype: str) -> tuple[bool, str]:
+    """Load on this CPU in `dtype`; finite logits for a short text, and 12 greedy tokens."""
+    import torch
+
+    key = (fmt, dtype)
+    if key not in _continuations:
+        lm = loading.load_model(path, device="cpu", dtype=dtype)
+        assert lm.dtype == dtype
+        ids = lm.tokenizer(loading.FLOAT16_CHECK_TEXT, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            logits = lm.model(ids).logits
+            out = lm.model.generate(ids, max_new_tokens=12, do_sample=False)
+        text = lm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        _continuations[key] = (bool(torch.isfinite(logits).all()), text)
+    return _continuations[key]
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gptq", "awq"])
+@pytest.mark.parametrize("kind", DEVICE_KINDS, ids=[k[0] for k in DEVICE_KINDS])
+def test_every_course_model_computes_in_the_rules_dtype_on_every_device(
+    course_cache, monkeypatch, kind, fmt
+):
+    """load_model(dtype="auto")'s choice for each device kind, computed on this CPU: finite logits
+    and a real continuation (words, not padding) for every Transformers course model."""
+    from course import models as course_models
+
+    name, device, capability, mac_bf16, cpu_native = kind
+    if capability:
+        _fake_gpu(monkeypatch, capability)
+    if mac_bf16 is not None:
+        monkeypatch.setattr(precision, "mps_bf16", lambda: mac_bf16)
+    if cpu_native is not None:
+        monkeypatch.setattr(precision, "cpu_bf16", lambda: (cpu_native, "faked"))
+    path = course_models.model_path(fmt)
+    dtype = memory.resolve_dtype(path, fmt, device, "auto").dtype
+    assert dtype != "float16", f"{name}: the rule picked float16 for Gemma"
+    monkeypatch.undo()  # load with this machine's own CPU detection
+    finite, text = _continuation(path, fmt, dtype)
+    assert finite, f"{name}: {fmt} in {dtype} gave inf/NaN logits"
+    assert sum(ch.isalpha() for ch in text) >= 8, f"{name}: {fmt} in {dtype} wrote {text!r}"
+
+
+def test_the_gguf_course_model_continues_on_llama_cpp(course_cache):
+    """llama.cpp chooses its own compute types on every device: the GGUF is unaffected by the rule."""
+    from course import models as course_models
+    from helpers import generation
+
+    lm = loading.load_model(course_models.model_path("gguf"), device="cpu", n_ctx=256)
+    text = generation.generate(lm, loading.FLOAT16_CHECK_TEXT, max_new_tokens=12)
+    assert sum(ch.isalpha() for ch in text) >= 8, text
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_the_torch_backend_loads_by_name(course_cache, fmt):
+    """The load path pick_backend drives on a T4, run on this CPU: the checkpoint's quantization
+    settings with GPTQModel's PyTorch kernel named, its reason kept for the kernel report."""
+    import torch
+
+    from course import models as course_models
+    from helpers import kernels
+
+    path = course_models.model_path(fmt)
+    reason = "chosen for this test"
+    lm = loading._load_transformers(
+        path, fmt, "cpu", "bfloat16", 2, False, kernels.TORCH_BACKEND[fmt], reason
+    )
+    report = kernels.kernel_report(lm)
+    assert set(report["quantized_linear"]) == {"TorchLinear" if fmt == "gptq" else "AwqTorchLinear"}
+    assert report["expected"] == reason
+    ids = lm.tokenizer(loading.FLOAT16_CHECK_TEXT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        assert torch.isfinite(lm.model(ids).logits).all()

@@ -1,15 +1,22 @@
-"""GPU check for notebooks 02/03: load a GPTQ and an AWQ checkpoint on CUDA, report kernels and decode speed.
+"""GPU check for notebooks 02/03: the course's dtype rule on a GPU, then GPTQ and AWQ kernels and speed.
 
-    python tools/gpu_check.py                                   # the course models (built if missing)
+    python tools/gpu_check.py                        # the course models (built if missing)
+    python tools/gpu_check.py --json gpu-check.json  # also save the figures
+    # the original tutorial's repos:
     python tools/gpu_check.py --gptq neuralmagic/Mistral-7B-Instruct-v0.3-GPTQ-4bit \\
-                              --awq solidrust/Mistral-7B-Instruct-v0.3-AWQ   # the original tutorial's repos
-    python tools/gpu_check.py --json gpu-check.json             # also save the figures
+                              --awq solidrust/Mistral-7B-Instruct-v0.3-AWQ
 
-Each checkpoint is loaded twice on the GPU: with the kernel GPTQModel picks (it should be Marlin,
-Machete, ExllamaV2 or an AWQ GEMM kernel), and forced onto GPTQModel's pure-PyTorch kernel, the slow
-fallback a broken install lands on. The decode-speed ratio between the two is what the old
-"CUDA extension not installed" trap costs on this GPU. Decode tokens/s = (N - 1) new tokens over the
-time of an N-token greedy run minus a 1-token run (so the prompt's prefill is left out).
+First, numerics: the full-precision, GPTQ and AWQ models are loaded with `load_model(dtype="auto")`,
+in the dtype `helpers.precision`'s rule picks for this GPU, and each must give finite logits and a
+continuation with words in it. Gemma models overflow float16 (NaN, then only `<pad>`): this is the
+check that the rule and the load guard keep them out of it on this GPU. Any failure: exit 1.
+
+Then each 4-bit checkpoint is loaded twice: with the kernel GPTQModel picks (it should be Marlin,
+Machete, ExllamaV2 or an AWQ GEMM kernel, unless the course chose GPTQModel's PyTorch kernel and
+the kernel report says why), and forced onto GPTQModel's pure-PyTorch kernel, the slow fallback a
+broken install lands on. The decode-speed ratio between the two is what the old "CUDA extension
+not installed" trap costs on this GPU. Decode speed is `helpers.timing.measure`'s, the course's
+one definition (a warm-up, then the median of 3 runs).
 
 On a machine without a CUDA GPU it says so and exits 0: nothing is measured, nothing is invented.
 `--device cpu` runs the same code on the CPU to test the script itself (its figures are CPU figures).
@@ -61,6 +68,32 @@ def decode_speed(lm, new_tokens: int) -> dict:
         "ttft_s": round(t.median("ttft_s"), 4),
         "new_tokens": new_tokens,
     }
+
+
+def numerics(fmt: str, source: str, device: str) -> dict:
+    """Load with the course's rule (dtype="auto") and check the model computes: finite logits for
+    a short text, and 16 greedy tokens that hold words, not padding."""
+    import torch
+
+    from helpers import generation, loading
+
+    lm = loading.load_model(source, device=device)
+    ids = lm.tokenizer(loading.FLOAT16_CHECK_TEXT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        finite = bool(torch.isfinite(lm.model(ids.to(lm.model.device)).logits).all())
+    sample = generation.generate(lm, loading.FLOAT16_CHECK_TEXT, max_new_tokens=16)
+    row = {
+        "format": fmt,
+        "source": str(source),
+        "dtype": lm.dtype,
+        "dtype_reason": lm.dtype_reason,
+        "kernel_reason": lm.kernel_reason,
+        "finite_logits": finite,
+        "has_words": sum(ch.isalpha() for ch in sample) >= 8,
+        "sample": sample,
+    }
+    del lm
+    return row
 
 
 def check_one(
@@ -138,6 +171,9 @@ def check_one(
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--hf", help="full-precision folder or hub id (default: the course hf model)"
+    )
     parser.add_argument("--gptq", help="GPTQ folder or hub id (default: the course GPTQ model)")
     parser.add_argument("--awq", help="AWQ folder or hub id (default: the course AWQ model)")
     parser.add_argument(
@@ -177,17 +213,22 @@ def main(argv=None) -> int:
     from helpers.errors import CourseError
     from helpers.env import installed_version
 
-    sources = {"gptq": args.gptq, "awq": args.awq}
+    sources = {"hf": args.hf, "gptq": args.gptq, "awq": args.awq}
     try:
         missing = [fmt for fmt, src in sources.items() if src is None]
         if missing:
             course_models.ensure(missing)
             for fmt in missing:
                 sources[fmt] = str(course_models.model_path(fmt))
+        checked = [numerics(fmt, source, args.device) for fmt, source in sources.items()]
         rows = []
-        for fmt, source in sources.items():
+        for fmt in ("gptq", "awq"):
             rows += check_one(
-                fmt, source, args.new_tokens, fallback=not args.no_fallback, device=args.device
+                fmt,
+                sources[fmt],
+                args.new_tokens,
+                fallback=not args.no_fallback,
+                device=args.device,
             )
     except CourseError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -206,12 +247,20 @@ def main(argv=None) -> int:
             for name in ("torch", "transformers", "gptqmodel", "optimum")
         },
         "prompt": PROMPT,
+        "numerics": checked,
         "rows": rows,
     }
     print(
         f"\n{record['date_utc']}  {record['gpu']} (compute capability {record['compute_capability']})  "
         + "  ".join(f"{k} {v}" for k, v in record["versions"].items())
     )
+    print("numerics with the course's dtype rule (load_model(dtype='auto')):")
+    for r in checked:
+        verdict = "OK" if r["finite_logits"] and r["has_words"] else "FAILED"
+        print(f"  {r['format']:5} {r['dtype']:9} {verdict:6} {r['sample']!r}")
+        print(f"        dtype: {r['dtype_reason']}")
+        if r["kernel_reason"]:
+            print(f"        kernel: {r['kernel_reason']}")
     print(
         f"{'format':6} {'kernel':24} {'dtype':9} {'decode tok/s':>12} {'slowdown':>9} {'peak GiB':>9}"
     )
@@ -224,8 +273,10 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(record, indent=2, ensure_ascii=False))
         print(f"figures written to {args.json}")
+    broken = [r for r in checked if not (r["finite_logits"] and r["has_words"])]
+    # the kernel GPTQModel picked by itself was a slow fallback
     picked_warnings = [r for r in rows if "slowdown_vs_picked" not in r and r["warning"]]
-    return 1 if picked_warnings else 0  # the kernel GPTQModel picked by itself was a slow fallback
+    return 1 if broken or picked_warnings else 0
 
 
 if __name__ == "__main__":
