@@ -130,7 +130,7 @@ def _safetensors_row(repo_id: str, files: list, revision: str, device: str) -> d
     for name in weights:
         tensors.update(model_info.safetensors_tensors_remote(repo_id, name, revision))
     # what load_model picks, and casts to unless it is the checkpoint's
-    dtype = resolve_dtype(None, fmt, device).dtype
+    dtype = resolve_dtype(config, fmt, device).dtype
     on_disk = sum(f.size for f in files if f.path in weights)
     loaded = in_memory_bytes(tensors, on_disk, None if dtype == checkpoint_dtype(config) else dtype)
     each = tensors_in_memory(tensors, dtype)
