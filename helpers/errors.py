@@ -100,7 +100,9 @@ class ChatError(CourseError):
 
 
 class ContextWindowError(ChatError):
-    """The newest message alone (with the system prompt and the reply) does not fit the context window."""
+    """The newest message alone (with the system prompt and the reply) does not fit the context
+    window.
+    """
 
 
 class ChatHistoryError(ChatError):

@@ -1,6 +1,8 @@
-"""The 4-bit backends behind Transformers: are they installed, and which kernel runs the quantized layers?
+"""The 4-bit backends behind Transformers: are they installed, and which kernel runs the quantized
+layers?
 
-require_backend("gptq")        # MissingBackendError that says what to install, before Transformers is asked
+# MissingBackendError that says what to install, before Transformers is asked
+require_backend("gptq")
 report = kernel_report(lm)     # a LoadedModel (Transformers backend) or the model itself
 pick_backend("gptq", "cuda", "bfloat16", overflows=True)  # a Gemma on a T4: the PyTorch kernel
 print_kernel_report(report)    # a few lines; a slow fallback or offloading loud and last
@@ -25,10 +27,10 @@ BACKEND_PACKAGES = {
 
 
 def require_backend(fmt: str) -> None:
-    """Fail early and clearly if a package the format needs is missing (or GPTQModel does not import);
-    Transformers' own error would not say what to install."""
-    # import-time chatter that is not about the learner's model: torchao's optional CUDA extensions on a
-    # CPU machine, torch's pytree notice about GPTQModel's enums (once per import, harmless)
+    """Fail early and clearly if a package the format needs is missing (or GPTQModel does not
+    import); Transformers' own error would not say what to install."""
+    # import-time chatter that is not about the learner's model: torchao's optional CUDA extensions
+    # on a CPU machine, torch's pytree notice about GPTQModel's enums (once per import, harmless)
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     missing = [
@@ -36,47 +38,47 @@ def require_backend(fmt: str) -> None:
     ]
     if missing and fmt == "compressed-tensors":
         raise MissingBackendError(
-            "This is a compressed-tensors checkpoint (llm-compressor's format); Transformers reads it with the "
-            "compressed-tensors package, which is not installed. Install it: `pip install "
-            "'quantized-llms-locally[quant]'` or `pip install compressed-tensors==0.20.1`, then restart the kernel."
+            "This is a compressed-tensors checkpoint (llm-compressor's format); Transformers reads "
+            "it with the compressed-tensors package, which is not installed. Install it: `pip "
+            "install 'quantized-llms-locally[quant]'` or `pip install compressed-tensors==0.20.1`, "
+            "then restart the kernel."
         )
     if missing:
         raise MissingBackendError(
-            f"This is a {fmt.upper()} checkpoint; Transformers 5 loads {fmt.upper()} through GPTQModel "
-            f"(+ {BACKEND_PACKAGES[fmt][1]}), and {' and '.join(missing)} "
+            f"This is a {fmt.upper()} checkpoint; Transformers 5 loads {fmt.upper()} through "
+            f"GPTQModel (+ {BACKEND_PACKAGES[fmt][1]}), and {' and '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not installed (Transformers would fail with a "
-            "confusing error such as NameError: name 'QuantizeConfig' is not defined). Install them: "
-            "`pip install 'quantized-llms-locally[quant]'` or `pip install gptqmodel==7.6.0 optimum==2.3.0 "
-            "accelerate`, then restart the kernel. (AutoGPTQ and AutoAWQ, which older tutorials use, no "
-            "longer work with Transformers 5.)"
+            "confusing error such as NameError: name 'QuantizeConfig' is not defined). Install "
+            "them: `pip install 'quantized-llms-locally[quant]'` or `pip install gptqmodel==7.6.0 "
+            "optimum==2.3.0 accelerate`, then restart the kernel. (AutoGPTQ and AutoAWQ, which "
+            "older tutorials use, no longer work with Transformers 5.)"
         )
     if fmt not in ("gptq", "awq"):
         return
     try:
         import_gptqmodel_quietly()
-    except (
-        ImportError
-    ) as err:  # installed but broken (e.g. built for another torch): say so, not a traceback
+    # installed but broken (e.g. built for another torch): say so, not a traceback
+    except ImportError as err:
         raise MissingBackendError(
-            f"This is a {fmt.upper()} checkpoint, which loads through GPTQModel; gptqmodel is installed but "
-            f"fails to import ({type(err).__name__}: {str(err)[:200]}). It usually means it was built for "
-            "another torch version: reinstall it with `pip install --force-reinstall gptqmodel==7.6.0` "
-            "(the course pins it), then restart the kernel."
+            f"This is a {fmt.upper()} checkpoint, which loads through GPTQModel; gptqmodel is "
+            f"installed but fails to import ({type(err).__name__}: {str(err)[:200]}). It usually "
+            "means it was built for another torch version: reinstall it with `pip install "
+            "--force-reinstall gptqmodel==7.6.0` (the course pins it), then restart the kernel."
         ) from None
 
 
 def import_gptqmodel_quietly():
     """Import GPTQModel without its banner and INFO chatter (warnings still show)."""
-    logging.getLogger("torch.utils._pytree").setLevel(
-        logging.ERROR
-    )  # one harmless notice per import
+    # one harmless notice per import
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         import gptqmodel
     logging.getLogger("logbar").setLevel(logging.WARNING)
     return gptqmodel
 
 
-# GPTQModel's pure-PyTorch kernels, by format: slower than Marlin, but they compute in bf16 on any GPU
+# GPTQModel's pure-PyTorch kernels, by format: slower than Marlin, but they compute in bf16 on any
+# GPU
 TORCH_BACKEND = {"gptq": "gptq_torch", "awq": "torch_awq"}  # as Transformers names them
 
 
@@ -103,13 +105,15 @@ def pick_backend(
         return None, ""  # Marlin computes in bf16 from Ampere on
     reason = (
         f"GPTQModel's PyTorch kernel, chosen: on sm_{major}{minor} the fast {fmt.upper()} kernels "
-        "compute in fp16, which this model overflows, and this one computes in bf16 (slower, correct)"
+        "compute in fp16, which this model overflows, and this one computes in bf16 "
+        "(slower, correct)"
     )
     return TORCH_BACKEND[fmt], reason
 
 
 def classify_kernels(layers, chosen: str = "") -> dict:
-    """The kernel report from (quantized-linear class name, device) pairs: a pure function, easy to test.
+    """The kernel report from (quantized-linear class name, device) pairs: a pure function, easy to
+    test.
 
     On a CUDA device, a class with "Torch" in its name (TorchLinear, AwqTorchLinear, ...) is
     GPTQModel's pure-PyTorch fallback: it dequantizes on every call and runs many times slower
@@ -126,18 +130,18 @@ def classify_kernels(layers, chosen: str = "") -> dict:
     warnings_ = []
     if slow and not chosen:
         warnings_.append(
-            f"SLOW KERNEL: the model is on the GPU but {', '.join(sorted(slow))} runs its quantized "
-            "layers: GPTQModel's pure-PyTorch fallback, many times slower than Marlin/ExllamaV2/AWQ "
-            "GEMM, although model.device says cuda. GPTQModel compiles its CUDA kernels on first use: "
-            "that needs a CUDA build of torch, the CUDA toolkit (nvcc) with `ninja`, and a "
-            "Turing-or-newer GPU (sm_75+). Look above for a kernel compile error, and load in "
-            "float16/bfloat16, not float32."
+            f"SLOW KERNEL: the model is on the GPU but {', '.join(sorted(slow))} runs its "
+            "quantized layers: GPTQModel's pure-PyTorch fallback, many times slower than "
+            "Marlin/ExllamaV2/AWQ GEMM, although model.device says cuda. GPTQModel compiles its "
+            "CUDA kernels on first use: that needs a CUDA build of torch, the CUDA toolkit (nvcc) "
+            "with `ninja`, and a Turing-or-newer GPU (sm_75+). Look above for a kernel compile "
+            "error, and load in float16/bfloat16, not float32."
         )
     if offloaded:
         warnings_.append(
-            "OFFLOADED: some quantized layers are on the CPU while others are on the GPU (device_map "
-            "put what did not fit in GPU memory on the CPU). Every token now crosses the PCIe bus: "
-            "free GPU memory or pick a smaller model."
+            "OFFLOADED: some quantized layers are on the CPU while others are on the GPU "
+            "(device_map put what did not fit in GPU memory on the CPU). Every token now crosses "
+            "the PCIe bus: free GPU memory or pick a smaller model."
         )
     if chosen:
         expected = chosen
@@ -205,9 +209,8 @@ def print_kernel_report(report: dict) -> None:
     """The kernel report as a few readable lines, the warning (if any) loud and last."""
     dense = report["expected"].startswith("none:")  # compressed-tensors, decompressed on load
     kernels = ", ".join(f"{name} x{n}" for name, n in report["quantized_linear"].items())
-    print(
-        f"quantized layers : {kernels or ('none (decompressed on load)' if dense else 'none (not quantized)')}"
-    )
+    no_kernels = "none (decompressed on load)" if dense else "none (not quantized)"
+    print(f"quantized layers : {kernels or no_kernels}")
     print(
         f"plain nn.Linear  : {report.get('plain_linear', 0)} "
         + (
@@ -222,7 +225,8 @@ def print_kernel_report(report: dict) -> None:
         print("\n" + "!" * 80 + "\n" + report["warning"] + "\n" + "!" * 80)
     elif dense:
         print(
-            "verdict          : no 4-bit kernel here: it runs (and takes memory) like the full-precision model"
+            "verdict          : no 4-bit kernel here: it runs (and takes memory) like the "
+            "full-precision model"
         )
     else:
         print("verdict          : OK, the expected kernel for this device")

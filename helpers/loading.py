@@ -3,10 +3,11 @@
     lm = load_model(course_models.model_path("gptq"))   # or a .gguf file, a folder, a hub id
     print(lm)                                           # format, backend, device, dtype, time
 
-A `.gguf` file goes to llama.cpp (llama-cpp-python); a folder with `config.json` to Transformers, and its
-`quantization_config.quant_method` says GPTQ or AWQ (both through GPTQModel), compressed-tensors
-(llm-compressor's format: decompressed to dense layers on a CPU) or plain ("hf"). `helpers.memory`
-refuses first what would not fit. A missing local path that looks like `owner/name` is fetched with `helpers.hub`.
+A `.gguf` file goes to llama.cpp (llama-cpp-python); a folder with `config.json` to Transformers,
+and its `quantization_config.quant_method` says GPTQ or AWQ (both through GPTQModel),
+compressed-tensors (llm-compressor's format: decompressed to dense layers on a CPU) or plain ("hf").
+`helpers.memory` refuses first what would not fit. A missing local path that looks like `owner/name`
+is fetched with `helpers.hub`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from .memory import (
 from .precision import DtypeChoice, overflows_float16
 
 _METHOD_HINTS = {
-    "bitsandbytes": " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)",
+    "bitsandbytes": (
+        " (bitsandbytes quantizes on the fly at load time; it needs `pip install bitsandbytes`)"
+    ),
     "fp8": " (FP8 needs a recent NVIDIA GPU)",
 }
 
@@ -65,21 +68,23 @@ class LoadedModel:
     context_length: int
     notes: list[str] = field(default_factory=list)
     dtype_reason: str = ""  # why this dtype (helpers.precision's rule, or "asked for")
-    kernel_reason: str = (
-        ""  # why a 4-bit kernel was asked for by name (helpers.kernels.pick_backend)
-    )
+    # why a 4-bit kernel was asked for by name (helpers.kernels.pick_backend)
+    kernel_reason: str = ""
 
     def __repr__(self) -> str:
         why = f" ({self.dtype_reason})" if self.dtype_reason else ""
         return (
-            f"LoadedModel(format={self.format!r}, backend={self.backend!r}, device={self.device!r}, "
-            f"dtype={self.dtype!r}{why}, context_length={self.context_length}, "
-            f"load_seconds={self.load_seconds:.1f}, path='{self.path}')"
+            f"LoadedModel(format={self.format!r}, backend={self.backend!r}, "
+            f"device={self.device!r}, dtype={self.dtype!r}{why}, "
+            f"context_length={self.context_length}, load_seconds={self.load_seconds:.1f}, "
+            f"path='{self.path}')"
         )
 
 
 def check_gguf_header(path) -> dict:
-    """Version and counts of a whole GGUF file; else a NotAModelError subclass that says what the file is."""
+    """Version and counts of a whole GGUF file; else a NotAModelError subclass that says what the
+    file is.
+    """
     header = validate_gguf(Path(path))
     return {
         "version": header.version,
@@ -90,7 +95,9 @@ def check_gguf_header(path) -> dict:
 
 
 def detect_format(path) -> str:
-    """'gguf', 'gptq', 'awq', 'compressed-tensors' or 'hf' for a local file or folder (module docstring)."""
+    """'gguf', 'gptq', 'awq', 'compressed-tensors' or 'hf' for a local file or folder (module
+    docstring).
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
@@ -104,8 +111,9 @@ def detect_format(path) -> str:
             check_gguf_header(path)
             return "gguf"
         raise NotAModelError(
-            f"{path} is a file but not a .gguf model (it starts with {magic!r}). Pass a .gguf file, or the "
-            "folder that holds config.json and the *.safetensors weights (not a file inside it)."
+            f"{path} is a file but not a .gguf model (it starts with {magic!r}). Pass a .gguf "
+            "file, or the folder that holds config.json and the *.safetensors weights (not a file "
+            "inside it)."
         )
     config = path / "config.json"
     if not config.exists():
@@ -130,14 +138,17 @@ def detect_format(path) -> str:
 
 
 def config_format(cfg: dict, where) -> str:
-    """'gptq', 'awq', 'compressed-tensors' or 'hf' from a config.json (as a dict) of the model at `where`."""
+    """'gptq', 'awq', 'compressed-tensors' or 'hf' from a config.json (as a dict) of the model at
+    `where`.
+    """
     method = str((cfg.get("quantization_config") or {}).get("quant_method") or "").lower()
     if method in ("", "gptq", "awq", "compressed-tensors"):
         return method or "hf"
     raise UnsupportedFormatError(
-        f"{where} is quantized with {method!r} (config.json: quantization_config.quant_method). This course "
-        "loads GPTQ, AWQ and compressed-tensors folders and GGUF files. Look for a -GPTQ, -AWQ or -GGUF version "
-        f"of the same model on the hub, or load this one with the library its model card names{_METHOD_HINTS.get(method, '')}."
+        f"{where} is quantized with {method!r} (config.json: quantization_config.quant_method). "
+        "This course loads GPTQ, AWQ and compressed-tensors folders and GGUF files. Look for a "
+        "-GPTQ, -AWQ or -GGUF version of the same model on the hub, or load this one with the "
+        f"library its model card names{_METHOD_HINTS.get(method, '')}."
     )
 
 
@@ -154,12 +165,15 @@ def load_model(
 ) -> LoadedModel:
     """Load a .gguf file, a model folder or a hub id ("owner/name"), whatever its format.
 
-    device: "auto", "cpu", "cuda"/"cuda:N" or "mps" (`pick_device`); the whole model goes there, no silent
-      offloading: the memory check (`check_memory=True`) refuses what does not fit instead.
-    dtype (Transformers only): "auto" (`resolve_dtype` for the device and `work`: "decode", or "batch" for
-      perplexity and long prompts; `lm.dtype_reason` says why), None (the checkpoint's own) or a name.
-    n_ctx (llama.cpp only): the context window to allocate. n_threads: default `env.default_threads()`.
-    trust_remote_code / allow_pickle: off, so nothing from a model repo runs code here unless you say so.
+    device: "auto", "cpu", "cuda"/"cuda:N" or "mps" (`pick_device`); the whole model goes there, no
+      silent offloading: the memory check (`check_memory=True`) refuses what does not fit instead.
+    dtype (Transformers only): "auto" (`resolve_dtype` for the device and `work`: "decode", or
+      "batch" for perplexity and long prompts; `lm.dtype_reason` says why), None (the checkpoint's
+      own) or a name.
+    n_ctx (llama.cpp only): the context window to allocate.
+    n_threads: default `env.default_threads()`.
+    trust_remote_code / allow_pickle: off, so nothing from a model repo runs code here unless you
+      say so.
     """
     path = _resolve_source(source, allow_pickle=allow_pickle)
     fmt = detect_format(path)
@@ -184,8 +198,8 @@ def load_model(
         return lm
     if str(dtype) != "auto":
         raise Float16OverflowError(
-            f"{path.name} overflows float16: a test forward pass in float16 gave inf or NaN logits, "
-            "so every generation would print only padding (<pad>). Its activations exceed "
+            f"{path.name} overflows float16: a test forward pass in float16 gave inf or NaN "
+            "logits, so every generation would print only padding (<pad>). Its activations exceed "
             "float16's range (largest value 65,504) inside its layers, as the Gemma family's do. "
             'Load it with dtype="bfloat16" (a CPU, or a GPU of compute capability 8.0 or newer), '
             'dtype="float32" (a T4 or older GPU, a Mac before macOS 14), or dtype="auto", which '
@@ -250,13 +264,17 @@ def _resolve_source(source, allow_pickle: bool = False) -> Path:
     path = Path(str(source)).expanduser()
     if path.exists() or not looks_like_hub_id(str(source)):
         return path  # detect_format raises a clear "does not exist"
-    here = f"{str(source)!r} is not a file or folder here (looked in {Path.cwd()}), so it was taken as a hub id"
+    here = (
+        f"{str(source)!r} is not a file or folder here (looked in {Path.cwd()}), so it was taken "
+        "as a hub id"
+    )
     try:
         from .downloading import download_model
     except ImportError as err:
         raise ModelNotFoundError(
-            f"{here}, but downloading is not available ({err}). Download the model first (notebook 01) and "
-            "pass its local folder or .gguf file, or check the spelling of the path."
+            f"{here}, but downloading is not available ({err}). Download the model first "
+            "(notebook 01) and pass its local folder or .gguf file, or check the spelling of "
+            "the path."
         ) from None
     try:
         return Path(download_model(str(source), allow_pickle=allow_pickle))
@@ -289,7 +307,9 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
 
 
 def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
-    """A model whose architecture exists only as Python code in its repo cannot load without running it."""
+    """A model whose architecture exists only as Python code in its repo cannot load without running
+    it.
+    """
     if trust_remote_code:
         warnings.warn(
             f"trust_remote_code=True: Python files shipped with {path.name} (named in its "
@@ -308,23 +328,23 @@ def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
         return  # Transformers has this architecture built in and ignores the repo's code
     files = ", ".join(sorted(p.name for p in path.glob("*.py"))) or "named in config.json auto_map"
     raise CourseError(
-        f"{path.name} defines its architecture ({cfg.get('model_type')!r}) in Python code shipped with the "
-        f"model ({files}), and loading it would run that code. The course keeps trust_remote_code=False. "
-        "Prefer a model Transformers supports natively; if you have read that code and trust it, pass "
-        "trust_remote_code=True."
+        f"{path.name} defines its architecture ({cfg.get('model_type')!r}) in Python code shipped "
+        f"with the model ({files}), and loading it would run that code. The course keeps "
+        "trust_remote_code=False. Prefer a model Transformers supports natively; if you have read "
+        "that code and trust it, pass trust_remote_code=True."
     )
 
 
-# llama.cpp start-up notes that llama-cpp-python prints even with verbose=False, and that ask nothing of
-# the learner: Gemma 3's sliding-window cache kept at full size (expected), and a vocabulary-only load
-# having no training context to compare with.
+# llama.cpp start-up notes that llama-cpp-python prints even with verbose=False, and that ask
+# nothing of the learner: Gemma 3's sliding-window cache kept at full size (expected), and a
+# vocabulary-only load having no training context to compare with.
 HARMLESS_LLAMA_NOTES = (
     "llama_kv_cache_iswa: using full-size SWA cache",
     "llama_context: n_ctx_seq (512) > n_ctx_train (0)",
 )
-# A Llama still open at exit is freed by its __del__ after llama_cpp's module globals are gone, which prints
-# "Exception ignored in: <function Llama.__del__ ...> TypeError: 'NoneType' object is not callable".
-# Closing the ones new_llama made, while the interpreter is still whole, prevents it.
+# A Llama still open at exit is freed by its __del__ after llama_cpp's module globals are gone,
+# which prints "Exception ignored in: <function Llama.__del__ ...> TypeError: 'NoneType' object is
+# not callable". Closing the ones new_llama made, while the interpreter is still whole, prevents it.
 _open_llamas: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -355,8 +375,9 @@ def new_llama(path, **kwargs):
 def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> LoadedModel:
     if importlib.util.find_spec("llama_cpp") is None:
         raise MissingBackendError(
-            "GGUF files run on llama-cpp-python, which is not installed. Run `make setup` (it builds "
-            "llama-cpp-python from source, ~3-13 minutes once) or `pip install llama-cpp-python`."
+            "GGUF files run on llama-cpp-python, which is not installed. Run `make setup` (it "
+            "builds llama-cpp-python from source, ~3-13 minutes once) or `pip install "
+            "llama-cpp-python`."
         )
     header = check_gguf_header(path)
     started = time.perf_counter()
@@ -372,8 +393,8 @@ def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> Load
     except ValueError as err:  # llama.cpp says only "Failed to load model from file"
         raise NotAModelError(
             f"llama.cpp could not load {path} ({err}). The file has a GGUF header "
-            f"({header['tensor_count']} tensors) but is damaged or truncated ({header['bytes']:,} bytes): "
-            "download it again."
+            f"({header['tensor_count']} tensors) but is damaged or truncated ({header['bytes']:,} "
+            "bytes): download it again."
         ) from None
     notes = []
     # Without a template llama-cpp-python silently falls back to llama-2's format.
@@ -466,9 +487,9 @@ def _load_transformers(
     )
     if fmt == "compressed-tensors":
         lm.notes.append(
-            f"compressed-tensors: the 4-bit weights were decompressed to dense {lm.dtype} layers on "
-            "load, so it computes and takes memory like the full-precision model (vLLM runs them "
-            "packed, on a GPU)"
+            f"compressed-tensors: the 4-bit weights were decompressed to dense {lm.dtype} layers "
+            "on load, so it computes and takes memory like the full-precision model (vLLM runs "
+            "them packed, on a GPU)"
         )
     if fmt in ("gptq", "awq"):
         report = kernel_report(lm)

@@ -1,9 +1,12 @@
-"""Where a model will sit, in what dtype, and whether it fits there: decided before anything is loaded.
+"""Where a model will sit, in what dtype, and whether it fits there: decided before anything is
+loaded.
 
 device = pick_device("auto")                     # "cuda" when torch sees a GPU, else "cpu"
 resolve_dtype(path, "hf", device)                # DtypeChoice: helpers.precision's rule, and why
 check_memory_fit(path, "gptq", device=device)    # the figures, or NotEnoughMemoryError with them
-estimate_memory_bytes(path, "gguf"), weights_in_memory_bytes(path, "float32"), free_memory_bytes("cuda:0")
+estimate_memory_bytes(path, "gguf")
+weights_in_memory_bytes(path, "float32")
+free_memory_bytes("cuda:0")
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from .precision import DtypeChoice, compute_dtype
 # What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
 # Transformers: tokenizer (Gemma's 262k-token one alone takes ~300 MiB), activations, KV cache and
 # the kernels' repacking on first use; llama.cpp: its KV cache and scratch buffers. On the course
-# models the peak resident memory measured above the imported libraries stayed under it (tests/test_memory_peak.py).
+# models the peak resident memory measured above the imported libraries stayed under it
+# (tests/test_memory_peak.py).
 MEMORY_OVERHEAD_FRACTION = 0.50
 MEMORY_OVERHEAD_BYTES = 600 * 2**20
 GGUF_OVERHEAD_FRACTION = 0.20
@@ -40,7 +44,9 @@ _DTYPE_NAMES = {
 
 
 def normalize_dtype(dtype) -> str | None:
-    """'float32' / 'bfloat16' / 'float16' from a name, an alias (fp32, bf16, fp16), a torch.dtype; None for auto."""
+    """'float32' / 'bfloat16' / 'float16' from a name, an alias (fp32, bf16, fp16), a torch.dtype;
+    None for auto.
+    """
     if dtype is None:
         return None
     name = str(dtype).replace("torch.", "").lower()
@@ -53,8 +59,9 @@ def normalize_dtype(dtype) -> str | None:
 
 
 def pick_device(device: str = "auto") -> str:
-    """ "auto": CUDA when torch sees a GPU, else the CPU (never MPS: GPTQModel's MPS kernels need MLX, and
-    llama.cpp uses Metal by itself; ask for "mps" by name). "cuda"/"cuda:N" fail clearly without a GPU."""
+    """ "auto": CUDA when torch sees a GPU, else the CPU (never MPS: GPTQModel's MPS kernels need
+    MLX, and llama.cpp uses Metal by itself; ask for "mps" by name). "cuda"/"cuda:N" fail clearly
+    without a GPU."""
     if device in (None, "auto"):
         try:
             import torch
@@ -75,12 +82,13 @@ def pick_device(device: str = "auto") -> str:
                     if "+cpu" in build or torch.version.cuda is None
                     else ""
                 )
-                + ". Use device='auto' or 'cpu' here; on a GPU machine install a CUDA build of torch "
-                "(https://pytorch.org/get-started/locally/) and check `nvidia-smi`."
+                + ". Use device='auto' or 'cpu' here; on a GPU machine install a CUDA build of "
+                "torch (https://pytorch.org/get-started/locally/) and check `nvidia-smi`."
             )
     elif device not in ("cpu", "mps"):
         raise CourseError(
-            f"device={device!r} is not one the course knows: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+            f"device={device!r} is not one the course knows: use 'auto', 'cpu', 'cuda', 'cuda:N' "
+            "or 'mps'."
         )
     return device
 
@@ -96,7 +104,9 @@ def _config(path) -> dict:
 
 
 def checkpoint_dtype(path) -> str | None:
-    """The dtype config.json records (a folder, or its config as a dict; None if none the course knows)."""
+    """The dtype config.json records (a folder, or its config as a dict; None if none the course
+    knows).
+    """
     cfg = _config(path)
     try:
         return normalize_dtype(cfg.get("dtype") or cfg.get("torch_dtype"))
@@ -105,7 +115,9 @@ def checkpoint_dtype(path) -> str | None:
 
 
 def checkpoint_model_type(path) -> str | None:
-    """The architecture config.json names (`model_type`, or its text model's), e.g. 'gemma3_text'."""
+    """The architecture config.json names (`model_type`, or its text model's), e.g.
+    'gemma3_text'.
+    """
     cfg = _config(path)
     text_config = cfg.get("text_config") or {}
     return cfg.get("model_type") or text_config.get("model_type")
@@ -142,8 +154,9 @@ def resolve_dtype(
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:
-    """The weight files a loader reads: the .gguf file, else the folder's *.safetensors (only the shards an index
-    names; never a stray `consolidated.safetensors`, which Mistral repos ship for their own tools), else *.bin/*.pt."""
+    """The weight files a loader reads: the .gguf file, else the folder's *.safetensors (only the
+    shards an index names; never a stray `consolidated.safetensors`, which Mistral repos ship for
+    their own tools), else *.bin/*.pt."""
     path = Path(path)
     if path.is_file():
         return [path]
@@ -159,7 +172,9 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
 
 
 def weight_names(names: list[str], weight_map: dict | None = None) -> list[str]:
-    """`weight_files`' rule on file names (a folder's, or a hub repo's): `weight_map` is the index's."""
+    """`weight_files`' rule on file names (a folder's, or a hub repo's): `weight_map` is the
+    index's.
+    """
     if weight_map:
         return sorted(set(weight_map.values()) & set(names))
     safetensors = sorted(n for n in names if n.endswith(".safetensors"))
@@ -187,12 +202,14 @@ def _safetensors_tensors(file: Path) -> dict[str, tuple[str, list[int]]]:
                 if name.endswith(".weight_shape")
                 else handle.get_slice(name).get_shape(),
             )
-            for name in handle.keys()
+            for name in handle.keys()  # noqa: SIM118 - a safe_open handle is not iterable
         }
 
 
 def _bits(kind: str) -> int:
-    """Bits per element of a safetensors dtype: the number in its name (F16, BF16, I32, F8_E4M3, C64)."""
+    """Bits per element of a safetensors dtype: the number in its name (F16, BF16, I32, F8_E4M3,
+    C64).
+    """
     return 8 if kind == "BOOL" else int(re.search(r"\d+", kind)[0])
 
 
@@ -208,8 +225,8 @@ def weights_in_memory_bytes(path: str | os.PathLike, dtype: str | None = None) -
 
 
 def in_memory_bytes(tensors: dict, files_bytes: int, dtype: str | None = None) -> int:
-    """From safetensors headers (name -> (dtype, shape)): the files' size if loading changes nothing, else
-    the sum of `tensors_in_memory`."""
+    """From safetensors headers (name -> (dtype, shape)): the files' size if loading changes
+    nothing, else the sum of `tensors_in_memory`."""
     if normalize_dtype(dtype) is None and not any(
         name.endswith(".weight_packed") for name in tensors
     ):
@@ -218,23 +235,22 @@ def in_memory_bytes(tensors: dict, files_bytes: int, dtype: str | None = None) -
 
 
 def tensors_in_memory(tensors: dict, dtype: str | None = None) -> dict[str, int]:
-    """Bytes of each tensor once loaded: floats cast to `dtype` (None keeps them), packed ints as they are;
-    compressed-tensors' `*.weight_packed` as the dense `*.weight` of its `*.weight_shape` (their values, in
-    `tensors`) it is decompressed to on load (in `dtype`, else in the dtype of its scales)."""
+    """Bytes of each tensor once loaded: floats cast to `dtype` (None keeps them), packed ints as
+    they are; compressed-tensors' `*.weight_packed` as the dense `*.weight` of its `*.weight_shape`
+    (their values, in `tensors`) it is decompressed to on load (in `dtype`, else in the dtype of its
+    scales)."""
     dtype = normalize_dtype(dtype)
     packed = {name[: -len(".weight_packed")] for name in tensors if name.endswith(".weight_packed")}
     width = {"float32": 32, "bfloat16": 16, "float16": 16}.get(dtype)
     sizes = {}
     for name, (kind, shape) in tensors.items():
         module = name.rsplit(".", 1)[0]
-        if module in packed and name.endswith(
-            ".weight_packed"
-        ):  # dense: its original shape, as a float
+        # dense: its original shape, as a float
+        if module in packed and name.endswith(".weight_packed"):
             bits = width or _bits(tensors[module + ".weight_scale"][0])
             sizes[module + ".weight"] = math.prod(tensors[module + ".weight_shape"][1]) * bits // 8
-        elif (
-            module not in packed
-        ):  # a packed module's scales, zero points and shape are gone once dense
+        # a packed module's scales, zero points and shape are gone once dense
+        elif module not in packed:
             sizes[name] = (
                 math.prod(shape)
                 * (width if width and kind.startswith(("F", "BF")) else _bits(kind))
@@ -244,7 +260,9 @@ def tensors_in_memory(tensors: dict, dtype: str | None = None) -> dict[str, int]
 
 
 def free_memory_bytes(device: str = "cpu") -> int:
-    """Free RAM ("available", as the kernel counts it: free + reclaimable cache) or free CUDA memory."""
+    """Free RAM ("available", as the kernel counts it: free + reclaimable cache) or free CUDA
+    memory.
+    """
     if device.startswith("cuda"):
         import torch
 
@@ -263,9 +281,8 @@ def memory_overhead(fmt: str) -> tuple[float, int]:
 
 
 def _loaded_weights(path, fmt: str, dtype: str | None) -> int:
-    return (
-        weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)
-    )  # GGUF: no cast
+    # GGUF: no cast
+    return weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)
 
 
 def estimate_memory_bytes(path, fmt: str, dtype: str | None = None) -> int:
@@ -302,9 +319,9 @@ def check_memory_fit(
         cast = f" as {normalize_dtype(dtype)}" if normalize_dtype(dtype) and fmt != "gguf" else ""
         raise NotEnoughMemoryError(
             f"Not loading {Path(path).name}: it needs about {need / gib:.1f} GiB of {where} "
-            f"({weights / gib:.2f} GiB of weights{cast} + {fraction:.0%} + {fixed // 2**20} MiB overhead), "
-            f"and only {free / gib:.1f} GiB is free on {device}. Close other notebooks or kernels, choose a "
-            "smaller model or a 4-bit one (GGUF Q4_K_M, GPTQ or AWQ)"
+            f"({weights / gib:.2f} GiB of weights{cast} + {fraction:.0%} + {fixed // 2**20} MiB "
+            f"overhead), and only {free / gib:.1f} GiB is free on {device}. Close other notebooks "
+            "or kernels, choose a smaller model or a 4-bit one (GGUF Q4_K_M, GPTQ or AWQ)"
             + (
                 ", keep the checkpoint's dtype instead of float32"
                 if cast.endswith("float32")

@@ -2,7 +2,8 @@
 
     print(compute_dtype("cpu", "batch"))   # calibration, perplexity, long prompts
     print(compute_dtype("cpu", "decode"))  # generating one token at a time (chat, completion)
-    print(compute_dtype("cuda", "decode", "gemma3_text"))  # a T4: float32, since Gemma overflows fp16
+    # a T4: float32, since Gemma overflows fp16
+    print(compute_dtype("cuda", "decode", "gemma3_text"))
     cpu_bf16()                             # (True/False, what was found)
 
 Why it depends on the CPU. bf16 halves the bytes of every weight. Decoding one token multiplies
@@ -21,14 +22,16 @@ extension) do that arithmetic fast; the others (AVX2 laptops, AMD before Zen 4) 
 | other CPU | float32 | bfloat16 |
 
 float16 only where the model can compute in it. Its largest value is 65,504, and some architectures
-(the Gemma family: `FLOAT16_OVERFLOWS`) exceed that inside their layers: in float16 they compute inf,
-then NaN, and generate nothing but padding, with no error. For them the rule picks bfloat16 where the
-device runs it natively, else float32 (`compute_dtype(device, work, model_type)`). `helpers.loading`
-also checks every float16 load with one short forward pass, for the architectures no list names.
+(the Gemma family: `FLOAT16_OVERFLOWS`) exceed that inside their layers: in float16 they compute
+inf, then NaN, and generate nothing but padding, with no error. For them the rule picks bfloat16
+where the device runs it natively, else float32 (`compute_dtype(device, work, model_type)`).
+`helpers.loading` also checks every float16 load with one short forward pass, for the
+architectures no list names.
 
 Measured by `python tools/cpu_dtype_bench.py` (README, "Speed on your CPU"); `--both` also runs it
 under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`, which makes a
-native-bf16 CPU compute (and `cpu_bf16()` report) like an AVX2-only one. Checkpoints on disk stay bf16.
+native-bf16 CPU compute (and `cpu_bf16()` report) like an AVX2-only one.
+Checkpoints on disk stay bf16.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from dataclasses import dataclass
 from .env import cpu_flags
 
 WORKS = ("batch", "decode")
-# config.json model_type names (substrings) of architectures known to overflow float16 in their layers
+# config.json model_type names (substrings) of architectures known to overflow float16 in
+# their layers
 FLOAT16_OVERFLOWS = ("gemma",)
 
 
@@ -58,9 +62,9 @@ class DtypeChoice:
 def cpu_bf16() -> tuple[bool, str]:
     """(native bf16 on this CPU?, what was found).
 
-    Asks oneDNN, which runs torch's bf16 matrix products on the CPU (and honours ONEDNN_MAX_CPU_ISA).
-    oneDNN also says yes on AVX-512 CPUs without bf16 instructions, where it converts in software,
-    so on x86 the CPU must list avx512_bf16 or amx_bf16 as well."""
+    Asks oneDNN, which runs torch's bf16 matrix products on the CPU (and honours
+    ONEDNN_MAX_CPU_ISA). oneDNN also says yes on AVX-512 CPUs without bf16 instructions, where it
+    converts in software, so on x86 the CPU must list avx512_bf16 or amx_bf16 as well."""
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
@@ -78,7 +82,9 @@ def cpu_bf16() -> tuple[bool, str]:
 
 
 def overflows_float16(model_type: str | None) -> bool:
-    """Is this architecture (config.json's model_type) known to exceed float16's range in its layers?"""
+    """Is this architecture (config.json's model_type) known to exceed float16's range in its
+    layers?
+    """
     return bool(model_type) and any(name in model_type.lower() for name in FLOAT16_OVERFLOWS)
 
 

@@ -40,7 +40,9 @@ def _probe(extra_env: dict) -> dict:
 
 
 def test_detection_on_this_cpu_follows_its_flags():
-    """Natively: native bf16 exactly when the CPU lists avx512_bf16/amx_bf16 (x86) and oneDNN agrees."""
+    """Natively: native bf16 exactly when the CPU lists avx512_bf16/amx_bf16 (x86) and oneDNN
+    agrees.
+    """
     import torch
 
     result = _probe({})
@@ -52,7 +54,9 @@ def test_detection_on_this_cpu_follows_its_flags():
 
 
 def test_detection_under_the_avx2_emulation_says_no_native_bf16():
-    """The same machine made to compute like an AVX2-only CPU: fp32 for many-row work, bf16 for decoding."""
+    """The same machine made to compute like an AVX2-only CPU: fp32 for many-row work, bf16 for
+    decoding.
+    """
     result = _probe(EMULATE_AVX2)
     assert result["native"] is False
     assert "AVX2" in result["found"]
@@ -115,9 +119,9 @@ def test_load_model_reports_its_dtype_and_why(course_cache):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_perplexity_products_in_fp32_only_where_bf16_is_emulated(tmp_path, monkeypatch, native):
-    """quality.transformers_logits: on a CPU without native bf16, every bf16 nn.Linear multiplies in fp32,
-    the output layer in chunks with fp32 logits, the others rounding back to bf16 (the model stays bf16);
-    with native bf16 nothing changes; and the model is left as it was."""
+    """quality.transformers_logits: on a CPU without native bf16, every bf16 nn.Linear multiplies in
+    fp32, the output layer in chunks with fp32 logits, the others rounding back to bf16 (the model
+    stays bf16); with native bf16 nothing changes; and the model is left as it was."""
     import numpy as np
     import torch
 
@@ -148,17 +152,16 @@ def test_perplexity_products_in_fp32_only_where_bf16_is_emulated(tmp_path, monke
         )
         assert head_out.dtype == torch.float32
         np.testing.assert_allclose(logits, fp32_logits, rtol=1e-5, atol=1e-5)
-        with (
-            torch.inference_mode(),
-            quality._products_in_fp32(model, rows=300),
-        ):  # 4 chunks, one ragged
+        # 4 chunks, one ragged
+        with torch.inference_mode(), quality._products_in_fp32(model, rows=300):
             chunked = model(torch.tensor([ids])).logits[0].numpy()
         np.testing.assert_allclose(chunked, logits, rtol=1e-5, atol=1e-5)
     assert not any("forward" in vars(m) for m in model.modules())  # the patches are gone
     np.testing.assert_allclose(quality.transformers_logits(model, ids), logits)  # and repeatable
 
 
-# ---- float16 overflow (issue 33): Gemma computes NaN in float16, the rule and a load guard know it --
+# ---- float16 overflow (issue 33) ------------------------------------------------------------
+# Gemma computes NaN in float16, the rule and a load guard know it
 
 GEMMA = "gemma3_text"  # the course models' model_type
 
@@ -411,7 +414,9 @@ def test_every_course_model_computes_in_the_rules_dtype_on_every_device(
 
 
 def test_the_gguf_course_model_continues_on_llama_cpp(course_cache):
-    """llama.cpp chooses its own compute types on every device: the GGUF is unaffected by the rule."""
+    """llama.cpp chooses its own compute types on every device: the GGUF is unaffected by the
+    rule.
+    """
     from course import models as course_models
     from helpers import generation
 

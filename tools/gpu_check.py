@@ -1,4 +1,5 @@
-"""GPU check for notebooks 02/03: the course's dtype rule on a GPU, then GPTQ and AWQ kernels and speed.
+"""GPU check for notebooks 02/03: the course's dtype rule on a GPU, then GPTQ and AWQ kernels and
+speed.
 
     python tools/gpu_check.py                        # the course models (built if missing)
     python tools/gpu_check.py --json gpu-check.json  # also save the figures
@@ -19,7 +20,8 @@ not installed" trap costs on this GPU. Decode speed is `helpers.timing.measure`'
 one definition (a warm-up, then the median of 3 runs).
 
 On a machine without a CUDA GPU it says so and exits 0: nothing is measured, nothing is invented.
-`--device cpu` runs the same code on the CPU to test the script itself (its figures are CPU figures).
+`--device cpu` runs the same code on the CPU to test the script itself (its figures are CPU
+figures).
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def _reset_peak(device: str) -> None:
 
 
 def decode_speed(lm, new_tokens: int) -> dict:
-    """Decode speed by the course's one definition (helpers.timing, as notebooks 04 and 08 report it):
-    a warm-up (kernel compilation, autotuning, allocator), then the median of 3 timed runs."""
+    """Decode speed by the course's one definition (helpers.timing, as notebooks 04 and 08 report
+    it): a warm-up (kernel compilation, autotuning, allocator), then the median of 3 timed runs."""
     from helpers import timing
 
     t = timing.measure(lm, PROMPT, new_tokens=new_tokens, warmup=1, repeats=3)
@@ -99,7 +101,9 @@ def numerics(fmt: str, source: str, device: str) -> dict:
 def check_one(
     fmt: str, source: str, new_tokens: int, fallback: bool, device: str = "cuda"
 ) -> list[dict]:
-    """Rows for one checkpoint: the kernel GPTQModel picks, then (optionally) the forced fallback."""
+    """Rows for one checkpoint: the kernel GPTQModel picks, then (optionally) the forced
+    fallback.
+    """
     from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
 
     from helpers import generation, kernels, loading
@@ -129,9 +133,8 @@ def check_one(
     path, base = lm.path, dataclasses.replace(lm, model=None)
     del lm
     if fallback:
-        warnings.filterwarnings(
-            "ignore", message=".*already has a `quantization_config`.*"
-        )  # intended here
+        # intended here
+        warnings.filterwarnings("ignore", message=".*already has a `quantization_config`.*")
         config = (
             GPTQConfig(bits=4, backend=FALLBACK_BACKEND[fmt])
             if fmt == "gptq"
@@ -145,7 +148,8 @@ def check_one(
         load_s = time.perf_counter() - started
         report = kernels.kernel_report(model)
         print(
-            f"\n== {fmt.upper()} {source} (forced backend={FALLBACK_BACKEND[fmt]!r}: the slow-fallback trap) =="
+            f"\n== {fmt.upper()} {source} (forced backend={FALLBACK_BACKEND[fmt]!r}: the "
+            "slow-fallback trap) =="
         )
         kernels.print_kernel_report(report)
         speed = decode_speed(dataclasses.replace(base, model=model), new_tokens)
@@ -170,7 +174,7 @@ def check_one(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--hf", help="full-precision folder or hub id (default: the course hf model)"
     )
@@ -204,8 +208,9 @@ def main(argv=None) -> int:
         )
         print(
             f"No CUDA GPU is visible to torch {torch.__version__} ({kind}) on {platform.node()}. "
-            "Nothing was measured: this check only means something on an NVIDIA GPU. Run it there with a "
-            "CUDA build of torch and gptqmodel installed; notebooks 02 and 03 explain what to look for."
+            "Nothing was measured: this check only means something on an NVIDIA GPU. Run it there "
+            "with a CUDA build of torch and gptqmodel installed; notebooks 02 and 03 explain what "
+            "to look for."
         )
         return 0
 
@@ -251,7 +256,8 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     print(
-        f"\n{record['date_utc']}  {record['gpu']} (compute capability {record['compute_capability']})  "
+        f"\n{record['date_utc']}  {record['gpu']} (compute capability "
+        f"{record['compute_capability']})  "
         + "  ".join(f"{k} {v}" for k, v in record["versions"].items())
     )
     print("numerics with the course's dtype rule (load_model(dtype='auto')):")
@@ -262,13 +268,15 @@ def main(argv=None) -> int:
         if r["kernel_reason"]:
             print(f"        kernel: {r['kernel_reason']}")
     print(
-        f"{'format':6} {'kernel':24} {'dtype':9} {'decode tok/s':>12} {'slowdown':>9} {'peak GiB':>9}"
+        f"{'format':6} {'kernel':24} {'dtype':9} {'decode tok/s':>12} {'slowdown':>9} "
+        f"{'peak GiB':>9}"
     )
     for r in rows:
         slow = f"{r['slowdown_vs_picked']}x" if "slowdown_vs_picked" in r else "-"
         peak = "-" if r["peak_gpu_GiB"] is None else r["peak_gpu_GiB"]
         print(
-            f"{r['format']:6} {r['kernel'][:24]:24} {r['dtype']:9} {r['decode_tok_s']:>12} {slow:>9} {peak:>9}"
+            f"{r['format']:6} {r['kernel'][:24]:24} {r['dtype']:9} {r['decode_tok_s']:>12} "
+            f"{slow:>9} {peak:>9}"
         )
     if args.json:
         args.json.write_text(json.dumps(record, indent=2, ensure_ascii=False))
