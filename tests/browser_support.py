@@ -180,7 +180,8 @@ class JupyterLab:
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.extension_manager=readonly",
         ]
-        self._log = open(self.log_path, "w")  # noqa: SIM115 -- open while the server runs; stop() closes it
+        # open while the server runs; stop() closes it
+        self._log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd,
             cwd=self.root_dir,

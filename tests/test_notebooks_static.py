@@ -87,7 +87,8 @@ def test_title_learn_list_and_colab_badge(notebook):
     assert badge, f"{path.name}: the title cell has no Open-in-Colab badge"
     rel = path.relative_to(ROOT).as_posix()
     expected = re.compile(
-        rf"https://colab\.research\.google\.com/github/{re.escape(REPO)}/blob/[^/]+/{re.escape(rel)}"
+        rf"https://colab\.research\.google\.com/github/{re.escape(REPO)}"
+        rf"/blob/[^/]+/{re.escape(rel)}"
     )
     assert expected.fullmatch(badge.group(1)), (
         f"{path.name}: the badge opens {badge.group(1)}, expected github/{REPO}/blob/<branch>/{rel}"

@@ -35,11 +35,13 @@ def test_a_child_dies_with_its_parent_on_kill_9(tmp_path):
     parent_code = textwrap.dedent(f"""
         import subprocess, sys
         from course.procs import child_command
-        argv, env = child_command("sleeper", env={{**__import__("os").environ, "PYTHONPATH": {str(tmp_path)!r}}})
+        import os
+        extra = {{**os.environ, "PYTHONPATH": {str(tmp_path)!r}}}
+        argv, env = child_command("sleeper", env=extra)
         child = subprocess.Popen(argv, env=env)
         print(child.pid, flush=True)
         child.wait()
-    """)  # noqa: E501 -- child-process source; wrapping it would change the code it runs
+    """)
     parent = subprocess.Popen(
         [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
     )

@@ -311,9 +311,10 @@ print("ids:", sw.text_box.model_id, sw.stop_button.model_id)
             """
 import json
 r = sw.wait(timeout=120)
-print("result:", json.dumps({"text": r.text, "new_tokens": r.new_tokens, "stopped": r.stopped_by_user,
-                             "setters": sorted(set(setters)), "value": sw.text_box.value}))
-""",  # noqa: E501 -- kernel source; wrapping it would change the code it runs
+summary = {"text": r.text, "new_tokens": r.new_tokens, "stopped": r.stopped_by_user,
+           "setters": sorted(set(setters)), "value": sw.text_box.value}
+print("result:", json.dumps(summary))
+""",
             allow_stdin=True,
         )
         result = json.loads(kernel_stdout(second).split("result:", 1)[1])

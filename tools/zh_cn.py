@@ -1,18 +1,21 @@
 """Keep the Chinese edition (notebooks/zh-CN/, solutions/zh-CN/) in step with the English notebooks.
 
-    python tools/zh_cn.py check    # what differs; exit 1 if anything does (tests/test_zh_cn.py runs the same check)
-    python tools/zh_cn.py sync     # copy every code cell from English; add English markdown cells still to translate
-    python tools/zh_cn.py translated notebooks/zh-CN/01_download.ipynb c00 c37   # these cells are (re)translated
+    # what differs; exit 1 if anything does (tests/test_zh_cn.py runs the same check)
+    python tools/zh_cn.py check
+    # copy every code cell from English; add English markdown cells still to translate
+    python tools/zh_cn.py sync
+    # these cells are (re)translated
+    python tools/zh_cn.py translated notebooks/zh-CN/01_download.ipynb c00 c37
 
-Two folders have a Chinese twin: the lessons (notebooks/ -> notebooks/zh-CN/) and their worked solutions
-(solutions/ -> solutions/zh-CN/); `check` and `sync` cover both. The two editions have the same cells, with
-the same ids, in the same order. Code cells are identical byte for byte (source and tags), so a lesson cannot
-drift between languages; only markdown is translated. `sync` is the one way code reaches the Chinese edition:
-edit the English notebook, run `sync`, then translate the markdown cells it reports and mark them with
-`translated` (they carry `"zh_cn_todo": true` in their metadata until translated). Each Chinese markdown cell
-also records a hash of the English text it translates (`zh_cn_from`), so `check` says when the English prose
-changed after translation.
-"""  # noqa: E501 - main() prints this docstring verbatim as the usage text: not rewrapped
+Two folders have a Chinese twin: the lessons (notebooks/ -> notebooks/zh-CN/) and their worked
+solutions (solutions/ -> solutions/zh-CN/); `check` and `sync` cover both. The two editions have the
+same cells, with the same ids, in the same order. Code cells are identical byte for byte (source and
+tags), so a lesson cannot drift between languages; only markdown is translated. `sync` is the one
+way code reaches the Chinese edition: edit the English notebook, run `sync`, then translate the
+markdown cells it reports and mark them with `translated` (they carry `"zh_cn_todo": true` in their
+metadata until translated). Each Chinese markdown cell also records a hash of the English text it
+translates (`zh_cn_from`), so `check` says when the English prose changed after translation.
+"""
 
 from __future__ import annotations
 
