@@ -37,8 +37,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from helpers.downloading import free_disk_bytes
 from helpers.env import cache_dir, default_threads, installed_version as _version
 from helpers.errors import CourseError
+from helpers.hub import human_size
 
 from . import reference
 from .procs import child_command
@@ -73,6 +75,17 @@ BUILD_DTYPE = "float32"
 # builds. (gguf-from-hf, with the F16 conversion it shares with the GGUF types: a 2-core AMD EPYC
 # under the same emulation, where hf took 51 s.)
 REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 31}
+# Disk each build leaves in the cache (measured: `du -sb` of each folder after `make models`);
+# gguf-from-hf's counts the F16 conversion it writes to gguf-types/ (543 MB) and shares there.
+BUILD_BYTES = {
+    "gguf": 253_117_564,
+    "hf": 570_744_623,
+    "gptq": 422_798_824,
+    "awq": 422_333_245,
+    "gguf-from-hf": 253_119_456 + 543_000_000,
+}
+# room beyond the models: the logs, and the old copy a forced rebuild keeps until it is replaced
+DISK_MARGIN = 1.1
 
 DESCRIPTIONS = {
     "gguf": "llama.cpp file, Q4_K_M (as shipped on PyPI)",
@@ -226,8 +239,9 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
                     plan.append(d)
     plan = [f for f in FORMATS if f in plan]
     with _build_lock():
-        todo = [f for f in plan if force and f in wanted or status(f) != "ready"]
+        todo = [f for f in plan if (force and f in wanted) or status(f) != "ready"]
         if todo:
+            check_build_disk(todo)
             from tqdm.auto import tqdm
 
             if not quiet:
@@ -239,6 +253,18 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
             bar.set_postfix_str("done")
             bar.close()
     return {f: model_path(f) for f in wanted}
+
+
+def check_build_disk(formats, free_bytes: int | None = None) -> None:
+    """Refuse, before anything is written, a build the free disk at the cache cannot hold."""
+    need = int(sum(BUILD_BYTES[f] for f in formats) * DISK_MARGIN)
+    free = free_disk_bytes(cache_dir()) if free_bytes is None else free_bytes
+    if need > free:
+        raise CourseModelError(
+            f"Building the course models {', '.join(formats)} needs about {human_size(need)} of "
+            f"free disk in {cache_dir()}, and {human_size(free)} is free there: free some space, "
+            "or set QLLM_CACHE_DIR to a folder on a larger disk."
+        )
 
 
 def build_estimate(formats) -> str:

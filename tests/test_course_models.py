@@ -300,3 +300,29 @@ def test_tokenizer_config_lists_the_added_tokens_and_changes_nothing(course_cach
     ):
         for kwargs in ({}, {"add_special_tokens": False}, {"split_special_tokens": True}):
             assert built(text, **kwargs)["input_ids"] == rebuilt(text, **kwargs)["input_ids"]
+
+
+def test_the_build_refuses_to_start_on_a_disk_too_small(tmp_cache, monkeypatch):
+    """Before anything is written: one line with the space needed, the space free, and where."""
+    monkeypatch.setattr(course_models, "free_disk_bytes", lambda path: 700 * 10**6)
+    started = []
+    monkeypatch.setattr(course_models, "_build", lambda fmt: started.append(fmt))
+    with pytest.raises(CourseModelError) as caught:
+        course_models.ensure(["gptq"], quiet=True)
+    message = str(caught.value)
+    assert "\n" not in message
+    need = course_models.human_size(
+        int(sum(course_models.BUILD_BYTES[f] for f in ("gguf", "hf", "gptq")) * 1.1)
+    )
+    assert f"needs about {need} of free disk in {tmp_cache}" in message
+    assert "and 700.0 MB is free there" in message
+    assert "QLLM_CACHE_DIR" in message
+    assert started == []  # nothing was built
+    assert not any(tmp_cache.glob("*.partial-*"))
+
+
+def test_the_build_starts_when_the_disk_holds_it(tmp_cache):
+    need = int(course_models.BUILD_BYTES["gguf"] * course_models.DISK_MARGIN)
+    course_models.check_build_disk(["gguf"], free_bytes=need)  # exactly enough: no error
+    with pytest.raises(CourseModelError, match="needs about"):
+        course_models.check_build_disk(["gguf"], free_bytes=need - 1)
