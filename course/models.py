@@ -44,7 +44,7 @@ from helpers.hub import human_size
 
 from . import reference
 from .procs import child_command
-from .quantize import folder_bytes
+from helpers.quantize import folder_bytes
 
 
 class CourseModelError(CourseError):
@@ -530,7 +530,7 @@ def _build_quantized(fmt: str, out: Path) -> dict:
     from helpers.quality import transformers_perplexity
 
     from .awq_gemma3 import gemma3_awq_fixes
-    from .quantize import awq_search_in_fp32, save_as
+    from helpers.quantize import awq_search_in_fp32, save_as
 
     torch.set_num_threads(default_threads())
     hf = model_dir("hf")

@@ -64,7 +64,7 @@ def check_3(dequantize, path=None) -> bool:
     """Exercise 3: `dequantize(qweight, qzeros, scales, group_size)` -> float weight [in, out]."""
     import torch
 
-    from course.quantize import unpack_int4
+    from helpers.quantize import unpack_int4
 
     t = _tensors(path)
     q = unpack_int4(t["qweight"], dim=0).float()

@@ -43,7 +43,7 @@ def check_1(answer_bytes, awq_path=None, gptq_path=None) -> bool:
 
 
 def _unpack(packed, order):
-    from course.quantize import unpack_int4
+    from helpers.quantize import unpack_int4
 
     raw = unpack_int4(packed, dim=1)  # [rows, cols * 8], storage order
     undo = [order.index(c) for c in range(8)]

@@ -168,7 +168,7 @@ def test_gptq_checks_on_the_course_model(course_cache, capsys):
     such, and a size off by one tensor is rejected without printing the right size."""
     import torch
 
-    from course import quantize
+    from helpers import quantize
     from exercises import ch02
 
     def without_the_one(qweight, qzeros, scales, group_size):

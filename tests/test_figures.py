@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from course import figures  # noqa: E402
+from helpers import figures  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""course.quantize: the quiet block with a layer progress bar, int4 unpacking, folder sizes."""
+"""helpers.quantize: the quiet block with a layer progress bar, int4 unpacking, folder sizes."""
 
 import sys
 
 import pytest
 
-from course import quantize
+from helpers import quantize
 from helpers.errors import CourseError
 
 

@@ -15,7 +15,8 @@ HELPERS = ROOT / "helpers"
 # Three tiers, each in order: a module may import any module of a lower tier, or one listed before
 # it in its own tier. So every import points down this list, and no cycle is possible.
 TIERS = {
-    "bottom": ["errors", "env", "precision", "gguf_tools"],  # facts, files, errors
+    # facts, files, errors; the quantizing and figure tools lessons call
+    "bottom": ["errors", "env", "precision", "gguf_tools", "quantize", "figures"],
     "middle": [
         "hub",
         "downloading",

@@ -74,7 +74,7 @@ def main() -> None:
             if args.gptq:
                 from gptqmodel import GPTQModel, QuantizeConfig
 
-                from course.quantize import save_as
+                from helpers.quantize import save_as
 
                 quantized = GPTQModel.load(
                     str(folder),

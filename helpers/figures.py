@@ -1,7 +1,7 @@
 """Concept figures the notebooks open their sections with: schematic, drawn with matplotlib, no
 image files.
 
-    from course import figures
+    from helpers import figures
     # 02: one column rounded, its error pushed onto the columns to its right
     figures.gptq_update()
     # 03: scale the salient input channels up, fold 1/s into the previous op

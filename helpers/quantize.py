@@ -24,7 +24,7 @@ import re
 import threading
 from pathlib import Path
 
-from helpers.errors import CourseError
+from .errors import CourseError
 
 _LAYER = re.compile(rb"model\.layers\.(\d+)")
 # GPTQModel's LogBar draws no progress in Jupyter (it counts a notebook as headless): the log then
