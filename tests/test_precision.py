@@ -1,7 +1,7 @@
 """helpers.precision: the compute-dtype rule, and its detection on both kinds of CPU.
 
 The detection is tested natively and under the AVX2 emulation (ATEN_CPU_CAPABILITY=avx2,
-ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2), which `tools/cpu_dtype_bench.py --both`
+ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2), which `python -m bench.cpu_dtype --both`
 shows to reproduce an AVX2-only CPU's slow bf16 products. No timings are asserted here.
 """
 

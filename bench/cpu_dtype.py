@@ -1,10 +1,10 @@
 """Measure bf16 against fp32 on this CPU: the numbers behind `helpers.precision`'s rule.
 
-    python tools/cpu_dtype_bench.py                  # this CPU as it is
+    python -m bench.cpu_dtype                  # this CPU as it is
     # a native-bf16 CPU made to compute like an AVX2 one
-    python tools/cpu_dtype_bench.py --emulate-avx2
+    python -m bench.cpu_dtype --emulate-avx2
     # both, side by side (README)
-    python tools/cpu_dtype_bench.py --both --out build/cpu_dtype.json
+    python -m bench.cpu_dtype --both --out build/cpu_dtype.json
 
 Two parts, each timed in bf16 and in fp32 with the same thread count:
 1. `torch.nn.functional.linear` against an 8192x640 weight on 1 thread, for 1, 8, 64 and 256 rows at
@@ -201,7 +201,8 @@ def main(argv=None) -> int:
         )
         results = {}
         for name, extra in modes.items():
-            cmd = [sys.executable, __file__, "--json-stdout", "--threads", str(args.threads)]
+            cmd = [sys.executable, "-m", "bench.cpu_dtype", "--json-stdout"]
+            cmd += ["--threads", str(args.threads)]
             cmd += ["--skip-model"] if args.skip_model else []
             child = subprocess.run(cmd, env={**os.environ, **extra}, capture_output=True, text=True)
             if child.returncode != 0:
@@ -229,5 +230,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())
