@@ -30,7 +30,7 @@ from pathlib import Path
 from course.procs import child_command
 from helpers import timing
 from helpers.errors import CourseError
-from helpers.env import default_threads
+from helpers.env import default_threads, installed_version
 
 from .machine import gpu_copy_bandwidth, machine_summary
 from .worker import FORMATS, spec
@@ -526,15 +526,8 @@ def prediction_sentences(report: dict, tolerance: float = 0.30) -> list[str]:
 
 
 def _versions() -> dict:
-    from importlib import metadata
-
     names = ("torch", "transformers", "gptqmodel", "llama-cpp-python", "gguf", "numpy")
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
+    found = {name: installed_version(name, missing=None) for name in names}
     found["python"] = sys.version.split()[0]
     return found
 

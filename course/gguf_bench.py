@@ -18,30 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from helpers.env import default_threads
 from helpers.errors import CourseError
 from helpers import timing
 from helpers.loading import LoadedModel, new_llama
-from helpers.timing import peak_rss_bytes
 
 from .procs import child_command
-
-
-def _proc_status_mib(field_name: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (VmHWM on Linux; see
-    timing.peak_rss_bytes)."""
-    return peak_rss_bytes() / 2**20
 
 
 def _speed(lm: LoadedModel, prompt_ids: list[int], n_tokens: int) -> dict:
@@ -157,14 +141,14 @@ def bench_in_subprocess(
 
 def _bench_main(job_json: str) -> None:
     job = json.loads(job_json)
-    rss_start = _proc_status_mib("VmRSS") or peak_rss_mib()
+    rss_start = psutil.Process().memory_info().rss / 2**20
     if job["backend"] == "llama.cpp":
         result = bench_llama_cpp(job["path"], job["prompt_ids"], job["n_tokens"], job["threads"])
     else:
         result = bench_transformers(
             job["path"], job["prompt_ids"], job["n_tokens"], job["threads"], job["dtype"]
         )
-    result.update(peak_rss_MiB=peak_rss_mib(), rss_before_loading_MiB=rss_start)
+    result.update(peak_rss_MiB=timing.peak_rss_bytes() / 2**20, rss_before_loading_MiB=rss_start)
     print("BENCH " + json.dumps(result), flush=True)
 
 

@@ -20,10 +20,9 @@ import subprocess
 import sys
 import tarfile
 import time
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from helpers.env import cache_dir, default_threads
+from helpers.env import cache_dir, default_threads, installed_version
 from helpers.errors import CourseError, MissingBackendError, NotAModelError
 from helpers.gguf_tools import read_gguf, summary, validate_gguf
 
@@ -40,10 +39,10 @@ CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENS
 
 
 def llama_cpp_version() -> str:
-    try:
-        return importlib_metadata.version("llama-cpp-python")
-    except importlib_metadata.PackageNotFoundError:
-        raise MissingBackendError("llama-cpp-python is not installed; run `make setup`.") from None
+    version = installed_version("llama-cpp-python", missing=None)
+    if version is None:
+        raise MissingBackendError("llama-cpp-python is not installed; run `make setup`.")
+    return version
 
 
 def converter_dir() -> Path:

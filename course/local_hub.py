@@ -107,11 +107,7 @@ class RepoEntry:
     def tree_row(self) -> dict:
         row = {"type": "file", "oid": self.blob_id, "size": self.size, "path": self.path}
         if self.lfs:
-            row["lfs"] = {
-                "oid": self.sha256,
-                "size": self.size,
-                "pointerSize": len(self._pointer()),
-            }
+            row["lfs"] = self._lfs("oid")
         return row
 
     def sibling(self, blobs: bool) -> dict:
@@ -119,12 +115,13 @@ class RepoEntry:
         if blobs:
             row.update(size=self.size, blobId=self.blob_id)
             if self.lfs:
-                row["lfs"] = {
-                    "sha256": self.sha256,
-                    "size": self.size,
-                    "pointerSize": len(self._pointer()),
-                }
+                row["lfs"] = self._lfs("sha256")
         return row
+
+    def _lfs(self, digest_key: str) -> dict:
+        """An LFS file's record: its sha256 (under the name each API gives it), size, pointer
+        size."""
+        return {digest_key: self.sha256, "size": self.size, "pointerSize": len(self._pointer())}
 
 
 @dataclass
@@ -240,31 +237,11 @@ def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
 
 
 class LocalServer:
-    """What the course's local servers share: an address, a context manager that always stops, a
-    request log. A subclass sets host, port, requests (records with `is_file_get`) and _lock, and
-    defines start/stop."""
+    """What the course's local servers share: start and stop on 127.0.0.1 (a free port), kept-alive
+    connections closed by stop too; the address; a context manager that always stops; the request
+    log. A subclass names its request handler (a `RequestHandler`) and adds only what differs."""
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def file_gets(self) -> list:
-        """The GETs of file contents (not HEADs, not API calls)."""
-        return [r for r in self.requests if r.is_file_get]
-
-    def clear_log(self) -> None:
-        with self._lock:
-            self.requests.clear()
-
-
-class LocalHub(LocalServer):
-    """A hub-compatible server on 127.0.0.1 (a free port); a context manager that always stops."""
+    thread_name = "local-server"
 
     def __init__(
         self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0
@@ -272,30 +249,31 @@ class LocalHub(LocalServer):
         self.repos = course_repos() if repos is None else repos
         self.host, self.port = host, port
         self.requests: list[RequestRecord] = []
-        self._switches: list[_Switch] = []
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> LocalHub:
+    def _handler(self) -> type[RequestHandler]:
+        """The class that answers this server's requests."""
+        raise NotImplementedError
+
+    def start(self) -> LocalServer:
         if self._server is not None:
             return self
-        handler = type("Handler", (_Handler,), {"hub": self})
+        handler = type("Handler", (self._handler(),), {"owner": self})
         self._server = ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="local-hub", daemon=True
+            target=self._server.serve_forever, name=self.thread_name, daemon=True
         )
         self._thread.start()
         atexit.register(self.stop)  # a notebook kernel that dies still frees the port
         return self
 
     def stop(self) -> None:
-        """Stop serving (safe to call twice); stalled transfers are released first."""
-        for switch in self._switches:
-            switch.released.set()
+        """Stop serving (safe to call twice), kept-alive connections included."""
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -310,9 +288,185 @@ class LocalHub(LocalServer):
     def running(self) -> bool:
         return self._server is not None
 
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"LocalHub({self.url}, {state}, repos={sorted(self.repos)})"
+        return f"{type(self).__name__}({self.url}, {state}, repos={sorted(self.repos)})"
+
+    def file_gets(self) -> list:
+        """The GETs of file contents (not HEADs, not API calls)."""
+        return [r for r in self.requests if r.is_file_get]
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int, int] | None:
+    """(status, first byte, last byte) that a `Range` header asks of a file of `size` bytes: 200
+    and the whole file without one (or with one this server does not read: several ranges, another
+    unit), 206 and the range, None for a range that lies outside the file (a 416)."""
+    # our own: http.server has no Range support, and the servers are standard library only
+    if not (header and header.startswith("bytes=") and "," not in header):
+        return 200, 0, size - 1
+    first, _, last = header[6:].partition("-")
+    try:
+        start = int(first) if first else max(size - int(last), 0)
+        end = min(int(last), size - 1) if first and last else size - 1
+    except ValueError:
+        start, end = 0, size - 1
+    if start >= size or start > end:
+        return None
+    return 206, start, end
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    """What the local servers' request handlers share: keep-alive (its connections known to the
+    server, so that stop can close them), the request log, a JSON reply, a file with Range (206,
+    416) and its body loop. A subclass routes the request (`_route`) and may wrap its JSON
+    (`_envelope`)."""
+
+    owner: LocalServer  # the server this handler answers for (set by LocalServer.start)
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real servers
+    record_type = RequestRecord
+
+    def log_message(self, *args) -> None:  # quiet: the request list is the log
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.owner._lock:
+            self.owner._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.owner._lock:
+            self.owner._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.split("/") if p]
+        # read any request body now: an error answer must not leave it in a kept-alive connection
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        # the client may go away (killed, or a test cut it): nothing to answer then
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._route(parts, parse_qs(url.query))
+
+    def _route(self, parts: list[str], query: dict[str, list[str]]) -> None:
+        raise NotImplementedError
+
+    def _record(self, status: int, sent: int = 0, event: str = "") -> None:
+        record = self.record_type(
+            self.command,
+            self.path,
+            status,
+            self.headers.get("Range"),
+            sent,
+            self.headers.get("Authorization"),
+            event,
+        )
+        with self.owner._lock:
+            self.owner.requests.append(record)
+
+    def _envelope(self, data, status: int):
+        """What a JSON reply holds: `data` itself here; a server with an envelope wraps it."""
+        return data
+
+    def _send_json(self, data, status: int = 200, headers: dict | None = None) -> None:
+        body = json.dumps(self._envelope(data, status)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._record(status, len(body))
+
+    def _send_file(self, entry: RepoEntry, headers: dict | None = None) -> None:
+        """Answer a GET or HEAD of `entry`: the whole file (200), the Range asked for (206, with
+        Content-Range), or 416 for a range outside it; `headers` go in the 200/206 answer."""
+        wanted = byte_range(self.headers.get("Range"), entry.size)
+        if wanted is None:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{entry.size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self._record(416)
+            return
+        status, start, end = wanted
+        length = end - start + 1
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{entry.size}")
+        self.end_headers()
+        if self.command == "HEAD":
+            self._record(status)
+            return
+        sent, event = self._send_body(entry, start, length)
+        self._record(status, sent, event)
+
+    def _send_body(self, entry: RepoEntry, start: int, length: int) -> tuple[int, str]:
+        """Send the body of a file answer: (bytes sent, the event to record)."""
+        return self._copy(entry, start, length), ""
+
+    def _copy(self, entry: RepoEntry, start: int, limit: int) -> int:
+        """Write `limit` bytes of `entry` from `start`; the bytes sent (fewer when the client went
+        away mid-file: that connection is then closed)."""
+        sent = 0
+        try:
+            while sent < limit:
+                block = entry.read(start + sent, min(CHUNK, limit - sent))
+                if not block:
+                    break
+                self.wfile.write(block)
+                sent += len(block)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        return sent
+
+
+class LocalHub(LocalServer):
+    """A hub-compatible server on 127.0.0.1 (a free port); a context manager that always stops."""
+
+    thread_name = "local-hub"
+
+    def __init__(
+        self, repos: dict[str, Repo] | None = None, host: str = "127.0.0.1", port: int = 0
+    ):
+        super().__init__(repos, host, port)
+        self._switches: list[_Switch] = []
+
+    def _handler(self) -> type[RequestHandler]:
+        return _Handler
+
+    def stop(self) -> None:
+        """Stop serving (safe to call twice); stalled transfers are released first."""
+        self.release()
+        super().stop()
 
     def serve_as_endpoint(self, hf_home: str | Path) -> None:
         """Point huggingface_hub (and `hf` commands started later) at this server, as one points it
@@ -393,51 +547,12 @@ class LocalHub(LocalServer):
         return None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    hub: LocalHub
-    protocol_version = "HTTP/1.1"  # keep-alive, as the real hub
+class _Handler(RequestHandler):
+    owner: LocalHub
     server_version = "qllm-local-hub/1.0"
 
-    def log_message(self, *args) -> None:  # quiet: the record list is the log
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        with self.hub._lock:
-            self.hub._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.hub._lock:
-            self.hub._connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    # ---- plumbing -----------------------------------------------------------------------------
-
-    def _record(self, status: int, sent: int = 0, event: str = "") -> None:
-        record = RequestRecord(
-            self.command,
-            self.path,
-            status,
-            self.headers.get("Range"),
-            sent,
-            self.headers.get("Authorization"),
-            event,
-        )
-        with self.hub._lock:
-            self.hub.requests.append(record)
-
-    def _send_json(self, data, status: int = 200, headers: dict | None = None) -> None:
-        body = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self._record(status, len(body))
+    def do_POST(self) -> None:
+        self._dispatch()
 
     def _error(
         self, status: int, code: str | None, message: str, commit: str | None = None
@@ -451,8 +566,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _repo_and_rest(self, parts: list[str]) -> tuple[Repo | None, list[str]]:
         for n in (2, 1):  # "owner/name", or a legacy one-part id
-            if len(parts) >= n and "/".join(parts[:n]) in self.hub.repos:
-                return self.hub.repos["/".join(parts[:n])], parts[n:]
+            if len(parts) >= n and "/".join(parts[:n]) in self.owner.repos:
+                return self.owner.repos["/".join(parts[:n])], parts[n:]
         return None, parts
 
     def _revision_ok(self, repo: Repo, revision: str) -> bool:
@@ -460,30 +575,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- routes -------------------------------------------------------------------------------
 
-    def do_GET(self) -> None:
-        self._route()
-
-    def do_HEAD(self) -> None:
-        self._route()
-
-    def do_POST(self) -> None:
-        self._route()
-
-    def _route(self) -> None:
-        url = urlsplit(self.path)
-        parts = [unquote(p) for p in url.path.split("/") if p]
-        # read any request body now: an error answer must not leave it in a kept-alive connection
-        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        query = parse_qs(url.query)
-        try:
-            if parts[:2] == ["api", "models"]:
-                self._api(parts[2:], query)
-            elif "resolve" in parts:
-                self._resolve(parts)
-            else:
-                self._error(404, None, "Not found")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away (killed, or a test cut it): nothing to answer
+    def _route(self, parts: list[str], query: dict[str, list[str]]) -> None:
+        if parts[:2] == ["api", "models"]:
+            self._api(parts[2:], query)
+        elif "resolve" in parts:
+            self._resolve(parts)
+        else:
+            self._error(404, None, "Not found")
 
     def _api(self, parts: list[str], query: dict) -> None:
         repo, rest = self._repo_and_rest(parts)
@@ -549,57 +647,18 @@ class _Handler(BaseHTTPRequestHandler):
                 404, "EntryNotFound", f'{filename} does not exist on "{revision}"', repo.commit
             )
             return
-        start, end = 0, entry.size - 1
-        status = 200
-        wanted = self.headers.get("Range")
-        if wanted and wanted.startswith("bytes=") and "," not in wanted:
-            first, _, last = wanted[6:].partition("-")
-            try:
-                start = int(first) if first else max(entry.size - int(last), 0)
-                end = min(int(last), entry.size - 1) if first and last else entry.size - 1
-            except ValueError:
-                start, end = 0, entry.size - 1
-            if start >= entry.size or start > end:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{entry.size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                self._record(416)
-                return
-            status = 206
-        length = end - start + 1
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(length))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{entry.etag}"')
-        self.send_header("X-Repo-Commit", repo.commit)
+        headers = {"ETag": f'"{entry.etag}"', "X-Repo-Commit": repo.commit}
         if entry.lfs:
-            self.send_header("X-Linked-Size", str(entry.size))
-            self.send_header("X-Linked-Etag", f'"{entry.etag}"')
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{entry.size}")
-        self.end_headers()
-        if self.command == "HEAD":
-            self._record(status)
-            return
-        switch = self.hub._take_switch(filename)
-        sent, event = self._send_body(entry, start, length, switch)
-        self._record(status, sent, event)
+            headers.update({"X-Linked-Size": str(entry.size), "X-Linked-Etag": f'"{entry.etag}"'})
+        self._send_file(entry, headers)
 
-    def _send_body(
-        self, entry: RepoEntry, start: int, length: int, switch: _Switch | None
-    ) -> tuple[int, str]:
-        limit = length if switch is None else min(length, switch.after_bytes)
-        sent = 0
-        while sent < limit:
-            block = entry.read(start + sent, min(CHUNK, limit - sent))
-            if not block:
-                break
-            self.wfile.write(block)
-            sent += len(block)
-        self.wfile.flush()
-        if switch is None or sent >= length:
+    def _send_body(self, entry: RepoEntry, start: int, length: int) -> tuple[int, str]:
+        switch = self.owner._take_switch(entry.path)
+        if switch is None:
+            return super()._send_body(entry, start, length)
+        limit = min(length, switch.after_bytes)
+        sent = self._copy(entry, start, limit)
+        if sent >= length or sent < limit:  # all of it; or the client went away first
             return sent, ""
         if switch.kind == "stall":  # hold the connection open until released or the client dies
             while not switch.released.wait(0.2):

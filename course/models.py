@@ -59,21 +59,12 @@ CALIBRATION_BLOCKS = 4  # equal-length rows: GPTQModel's AWQ keeps only the last
 BLOCK_TOKENS = 256
 AWQ_CLIP_TOKENS = 32
 AWQ_CLIP_GRID = 10  # clip thresholds tried: 5 steps of 10% (GPTQModel's default 20 gives 10 of 5%)
-# AWQ scores each of its 20 candidate scales on 1 of the 4 calibration rows (256 tokens); the
-# activation means that shape the candidates still come from all 4. Same held-out perplexity here
-# (29.94 with 1 row, 30.01 with 2, 29.94 with 4; native bf16 CPU) and the quantization took 62 s
-# instead of 114 s.
+# AWQ scores its scales on 1 of the 4 rows: same perplexity, half the time (docs/measurements.md)
 AWQ_SCALE_ROWS = 1
-# The calibration arithmetic and the perplexities of every build run in float32, on every CPU: on a
-# CPU without native bf16 it is several times faster than bf16 (helpers/precision.py), and builds on
-# the two kinds of CPU come out close, not equal (the README compares them). Checkpoints are saved
-# in bf16.
-BUILD_DTYPE = "float32"
+# float32 on every CPU: fast where bf16 is emulated, close across CPUs (docs/measurements.md)
+BUILD_DTYPE = "float32"  # what every build computes in; checkpoints are saved in bf16
 
-# Build times measured by `make models` on the README's reference machine (2 cores, the AVX2
-# emulation, the slower of its two CPU kinds): the basis of the estimate `ensure` prints before it
-# builds. (gguf-from-hf, with the F16 conversion it shares with the GGUF types: a 2-core AMD EPYC
-# under the same emulation, where hf took 51 s.)
+# Measured build times, the basis of the estimate `ensure` prints (docs/measurements.md)
 REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 31}
 # Disk each build leaves in the cache (measured: `du -sb` of each folder after `make models`);
 # gguf-from-hf's counts the F16 conversion it writes to gguf-types/ (543 MB) and shares there.
@@ -302,8 +293,7 @@ def _build(fmt: str) -> None:
     )  # else "parent 'cpu' only has 1"
     env.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")  # skips a C++ compile; same result
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # idle OpenMP threads sleep rather than spin: AWQ quantized 3.5% faster in two paired runs
-    # (139.3 vs 143.5 s, 123.0 vs 127.8 s; emulated AVX2, 2 cores), the same checkpoint either way
+    # idle OpenMP threads sleep rather than spin: faster, same checkpoint (docs/measurements.md)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.time()
     with open(log_path, "w") as log:

@@ -18,13 +18,14 @@ def verdict(ok: bool, right: str, hint: str) -> bool:
     return bool(ok)
 
 
-def attempt(fn, *args):
+def attempt(fn, *args, on: str = ""):
     """(fn(*args), None), or (None, a one-line message) when a learner's function raises: the check
-    reports the error instead of a traceback from inside the check."""
+    reports the error instead of a traceback from inside the check. `on` names the input it failed
+    on, in that message."""
     try:
         return fn(*args), None
     except Exception as err:
-        return None, f"your function raised {type(err).__name__}: {err}"
+        return None, f"your function raised {type(err).__name__}{f' on {on}' if on else ''}: {err}"
 
 
 def learner_weight(dequantize, tensors: dict, shape, layout: str):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import verdict
+from . import attempt, verdict
 
 # Qwen2.5-0.5B-Instruct's shape, as its config.json states it
 QWEN25_05B_CONFIG = {
@@ -51,10 +51,9 @@ def check_2(sha256_of) -> bool:
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
-        try:
-            got = sha256_of(folder / name)
-        except Exception as err:
-            return verdict(False, "", f"your function raised {type(err).__name__} on {name}: {err}")
+        got, error = attempt(sha256_of, folder / name, on=name)
+        if error:
+            return verdict(False, "", error)
         if got != hashlib.sha256(data).hexdigest():
             return verdict(
                 False,
@@ -81,10 +80,9 @@ def check_3(pick) -> bool:
     ]
     for pattern in ("*.gguf", "*Q4_K_M*", "*.json", "sub/*", "*.GGUF"):
         want = list(filter_repo_objects(paths, allow_patterns=[pattern]))
-        try:
-            got = list(pick(list(paths), pattern))
-        except Exception as err:
-            return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+        got, error = attempt(lambda p: list(pick(list(paths), p)), pattern)
+        if error:
+            return verdict(False, "", error)
         if sorted(got) != sorted(want):
             return verdict(
                 False,

@@ -3,7 +3,7 @@ the course's file."""
 
 from __future__ import annotations
 
-from . import close, verdict
+from . import attempt, close, verdict
 
 TYPES = ("Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
 
@@ -56,10 +56,9 @@ def check_3(allocated_n_ctx) -> bool:
     """Exercise 3: `allocated_n_ctx(requested)` -> the context llama.cpp allocates when asked for
     `requested`."""
     cases = [200, 256, 257, 512, 1000, 2048, 2049, 4095]
-    try:
-        wrong = [n for n in cases if allocated_n_ctx(n) != -(-n // 256) * 256]
-    except Exception as err:
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    wrong, error = attempt(lambda: [n for n in cases if allocated_n_ctx(n) != -(-n // 256) * 256])
+    if error:
+        return verdict(False, "", error)
     return verdict(
         not wrong,
         "llama.cpp pads the window up to the next multiple of 256 (and n_ctx() reports that).",

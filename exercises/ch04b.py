@@ -3,7 +3,7 @@ it made."""
 
 from __future__ import annotations
 
-from . import close, verdict
+from . import attempt, close, verdict
 
 
 def check_1(k_quant_fits) -> bool:
@@ -13,10 +13,9 @@ def check_1(k_quant_fits) -> bool:
 
     block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K][0]
     widths = [640, 2048, 256, 1152, 4096, 5120, 14336, 896, 3072]
-    try:
-        wrong = [w for w in widths if bool(k_quant_fits(w)) != (w % block == 0)]
-    except Exception as err:
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    wrong, error = attempt(lambda: [w for w in widths if bool(k_quant_fits(w)) != (w % block == 0)])
+    if error:
+        return verdict(False, "", error)
     return verdict(
         not wrong,
         "K-quants pack whole super-blocks; a row must be a multiple of their size.",

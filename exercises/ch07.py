@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from . import verdict
+from . import attempt, verdict
 
 
 def _words(messages) -> int:
@@ -34,12 +34,9 @@ def check_1(trim) -> bool:
     ]
     for messages, budget in cases:
         want = chat.trim_history(messages, _words, budget).messages
-        try:
-            got = trim([dict(m) for m in messages], _words, budget)
-        except Exception as err:
-            return verdict(
-                False, "", f"your function raised {type(err).__name__}: {err} (budget {budget})"
-            )
+        got, error = attempt(trim, [dict(m) for m in messages], _words, budget)
+        if error:
+            return verdict(False, "", f"{error} (budget {budget})")
         if got != want:
             return verdict(
                 False,
@@ -71,10 +68,13 @@ def check_2(save) -> bool:
 
     folder = Path(tempfile.mkdtemp(prefix="qllm-ex07-"))
     target = folder / "chat.json"
-    try:
+
+    def after_a_crash() -> str | None:
+        """What the file holds after a save that crashes at its last step; None when a plain save
+        already leaves the wrong text."""
         save('{"messages": []}', target)
         if target.read_text(encoding="utf-8") != '{"messages": []}':
-            return verdict(False, "", "the file does not hold the text afterwards.")
+            return None
         original_replace, original_rename = os.replace, os.rename
 
         def crash(*args, **kwargs):
@@ -87,15 +87,19 @@ def check_2(save) -> bool:
             pass
         finally:
             os.replace, os.rename = original_replace, original_rename
-        ok = target.read_text(encoding="utf-8") == '{"messages": []}'
-        return verdict(
-            ok,
-            "write a temporary file next to it, then replace the old one in one step.",
-            "the old file was changed before the new one was complete: write the new text to a "
-            "temporary file in the same folder, then os.replace() it over the old one.",
-        )
-    except Exception as err:
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+        return target.read_text(encoding="utf-8")
+
+    held, error = attempt(after_a_crash)
+    if error:
+        return verdict(False, "", error)
+    if held is None:
+        return verdict(False, "", "the file does not hold the text afterwards.")
+    return verdict(
+        held == '{"messages": []}',
+        "write a temporary file next to it, then replace the old one in one step.",
+        "the old file was changed before the new one was complete: write the new text to a "
+        "temporary file in the same folder, then os.replace() it over the old one.",
+    )
 
 
 def check_3(score) -> bool:
@@ -119,10 +123,9 @@ def check_3(score) -> bool:
         )
         for replies in cases
     ]
-    try:
-        got = [score(replies, questions) for replies in cases]
-    except Exception as err:
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    got, error = attempt(lambda: [score(replies, questions) for replies in cases])
+    if error:
+        return verdict(False, "", error)
     return verdict(
         got == truth,
         "a regular expression per question, searched case-insensitively in the reply.",

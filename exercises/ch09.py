@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from . import verdict
+from . import attempt, verdict
 
 
 def check_1(body: dict) -> bool:
@@ -65,10 +65,9 @@ def check_2(collect) -> bool:
         "data: [DONE]",
         "",
     ]
-    try:
-        got = collect(list(lines))
-    except Exception as err:
-        return verdict(False, "", f"your function raised {type(err).__name__}: {err}")
+    got, error = attempt(collect, list(lines))
+    if error:
+        return verdict(False, "", error)
     return verdict(
         got == "长城是 a wall",
         "read `data:` lines, stop at [DONE], join the deltas' content.",

@@ -15,7 +15,6 @@ is ever left looking complete.
 
 from __future__ import annotations
 
-import difflib
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from pathlib import Path
 
 from .errors import (
     AmbiguousFilesError,
-    CourseError,
     DownloadFailedError,
     NoMatchingFilesError,
     NotEnoughDiskError,
@@ -31,11 +29,13 @@ from .errors import (
 from .hub import (
     MODEL_FILE_PATTERNS,
     PICKLE_PATTERNS,
+    PICKLE_SUFFIXES,
     Listing,
     RepoFileInfo,
     as_list,
     base_dir,
     cached_listing,
+    did_you_mean,
     endpoint,
     find_incomplete,
     hub_cache_dir,
@@ -43,6 +43,7 @@ from .hub import (
     human_size,
     local_file_record,
     pick,
+    pickle_refusal,
     present,
     remote_listing,
     storage_folder,
@@ -166,8 +167,7 @@ def _choose(listing: Listing, filename, include, exclude) -> list[RepoFileInfo]:
     chosen = [f for f in listing.files if f.path == filename]
     if not chosen:
         names = [f.path for f in listing.files]
-        close = difflib.get_close_matches(filename, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(filename, names)
         raise NoMatchingFilesError(
             f"{listing.repo_id} has no file {filename!r}.{hint} Its files: "
             f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}. Names are "
@@ -430,7 +430,7 @@ def choose_model_files(
     ggufs = [f for f in files if f.path.endswith(".gguf")]
     names = {f.path for f in files}
     has_weights = any(f.path.endswith(".safetensors") for f in files)
-    has_pickle = any(f.path.endswith((".bin", ".pt", ".pth")) for f in files)
+    has_pickle = any(f.path.endswith(PICKLE_SUFFIXES) for f in files)
     if gguf_file is not None or (
         ggufs and not ("config.json" in names and (has_weights or has_pickle))
     ):
@@ -452,17 +452,13 @@ def choose_model_files(
             f"the course can load. Files: {', '.join(sorted(names)[:12])}."
         )
     if not has_weights and has_pickle and not allow_pickle:
-        raise CourseError(
-            f"{repo_id} has only pickle weights (*.bin/*.pt), which can run code when loaded. "
-            "Prefer a safetensors copy of the model; to load these anyway, pass allow_pickle=True "
-            "(only for sources you trust)."
-        )
+        raise pickle_refusal(repo_id)
     chosen = pick(
         files,
         include=MODEL_FILE_PATTERNS + (PICKLE_PATTERNS if allow_pickle and not has_weights else []),
         repo_id=repo_id,
     )
-    if not any(f.path.endswith((".safetensors", ".bin", ".pt", ".pth")) for f in chosen):
+    if not any(f.path.endswith((".safetensors", *PICKLE_SUFFIXES)) for f in chosen):
         raise NoMatchingFilesError(f"{repo_id} has a config.json but no weights (*.safetensors).")
     return chosen
 

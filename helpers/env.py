@@ -28,12 +28,12 @@ def default_threads() -> int:
     return int(os.environ.get("QLLM_THREADS") or os.cpu_count() or 1)
 
 
-def installed_version(name: str) -> str:
-    """The installed version of a package, or 'missing'."""
+def installed_version(name: str, missing: str | None = "missing") -> str | None:
+    """The installed version of a package, or `missing` (the word 'missing', unless told)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
-        return "missing"
+        return missing
 
 
 def _cpuinfo(*keys: str) -> str | None:

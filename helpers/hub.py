@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import (
+    CourseError,
     DownloadFailedError,
     HubUnreachableError,
     NoMatchingFilesError,
@@ -31,7 +32,18 @@ from .errors import (
 
 # What a model folder needs: config, weights (safetensors), tokenizer and chat template files.
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
-PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+# Weights saved with pickle (torch.save), which can run code when loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+PICKLE_PATTERNS = [f"*{suffix}" for suffix in PICKLE_SUFFIXES]
+
+
+def pickle_refusal(source) -> CourseError:
+    """The error for a model whose only weights are pickles, when allow_pickle is not set."""
+    return CourseError(
+        f"{source} has only pickle weights (*.bin/*.pt), which can run code when loaded. "
+        "Prefer a safetensors copy of the model; to load these anyway, pass allow_pickle=True "
+        "(only for sources you trust)."
+    )
 
 
 # ---- settings ---------------------------------------------------------------------------------
@@ -140,6 +152,18 @@ def as_list(patterns) -> list[str] | None:
     return [patterns] if isinstance(patterns, str) else None if patterns is None else list(patterns)
 
 
+def did_you_mean(wanted: str | list[str], names: list[str]) -> str:
+    """The hint " Did you mean 'a', 'b'?" with the up to 3 of `names` closest to one name (best
+    first), or to any of several patterns (sorted); "" when none is close."""
+    if isinstance(wanted, str):
+        close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
+    else:
+        close = sorted(
+            {m for w in wanted for m in difflib.get_close_matches(w, names, n=3, cutoff=0.5)}
+        )
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def pick(
     files: list[RepoFileInfo], include=None, exclude=None, repo_id: str = ""
 ) -> list[RepoFileInfo]:
@@ -156,14 +180,7 @@ def pick(
     )
     if not chosen and files and (include or exclude):
         names = [f.path for f in files]
-        close = sorted(
-            {
-                m
-                for p in (include or [])
-                for m in difflib.get_close_matches(p, names, n=3, cutoff=0.5)
-            }
-        )
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(include or [], names)
         shown = ", ".join(names[:12]) + (
             f", ... ({len(names) - 12} more)" if len(names) > 12 else ""
         )

@@ -99,7 +99,7 @@ def model_size(repo_id: str, revision: str = "main", gguf_file: str | None = Non
     if "config.json" in {f.path for f in files} and not gguf_file:
         config = read_json(repo_id, "config.json", revision)
         weights = {f.path: f.size for f in files if f.path.endswith(".safetensors")} or {
-            f.path: f.size for f in files if f.path.endswith((".bin", ".pt", ".pth"))
+            f.path: f.size for f in files if f.path.endswith(hub.PICKLE_SUFFIXES)
         }
         return ModelSize(repo_id, param_count(config), "config.json", weights)
     if any(f.path.endswith(".gguf") for f in files):

@@ -163,6 +163,27 @@ def test_a_learners_error_is_reported_not_raised(capsys):
     assert "your function raised KeyError" in capsys.readouterr().out
 
 
+RAISED = [  # (module, check, what a learner's function that raises KeyError("role") is told)
+    ("ch01", "check_2", "your function raised KeyError on empty.bin: 'role'"),
+    ("ch01", "check_3", "your function raised KeyError: 'role'"),
+    ("ch04", "check_3", "your function raised KeyError: 'role'"),
+    ("ch04b", "check_1", "your function raised KeyError: 'role'"),
+    ("ch07", "check_1", "your function raised KeyError: 'role' (budget 60)"),
+    ("ch07", "check_2", "your function raised KeyError: 'role'"),
+    ("ch07", "check_3", "your function raised KeyError: 'role'"),
+    ("ch09", "check_2", "your function raised KeyError: 'role'"),
+]
+
+
+@pytest.mark.parametrize("module, check, told", RAISED, ids=[f"{m}.{c}" for m, c, _ in RAISED])
+def test_every_check_reports_a_learners_error_in_the_same_words(module, check, told, capsys):
+    def broken(*args):
+        raise KeyError("role")
+
+    assert getattr(importlib.import_module(f"exercises.{module}"), check)(broken) is False
+    assert capsys.readouterr().out == f"✗ not yet: {told}\n"
+
+
 def test_gptq_checks_on_the_course_model(course_cache, capsys):
     """The checks that read the course's GPTQ file: a forgotten +1 on the zero points is named as
     such, and a size off by one tensor is rejected without printing the right size."""

@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,36 @@ def test_server_always_stops():
     assert not server.running
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@pytest.mark.parametrize("kind", ["hub", "modelscope"])
+def test_stop_closes_a_kept_alive_connection(kind):
+    """Both local servers keep connections alive (HTTP/1.1): stop() must end those too, or a
+    client's open connection would go on being served after the server stopped."""
+    import http.client
+
+    from course.local_modelscope import LocalModelScope
+
+    server_class, path = {
+        "hub": (LocalHub, "/api/models/me/tiny"),
+        "modelscope": (LocalModelScope, "/api/v1/models/me/tiny"),
+    }[kind]
+    server = server_class(tiny_repos()).start()
+    client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        client.request("GET", path)
+        answer = client.getresponse()
+        assert answer.status == 200 and answer.getheader("Connection") != "close"
+        answer.read()  # the connection stays open for the next request
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 5  # promptly, without waiting for the client
+        # the server closed its side: the client reads the end of the stream (a socket timeout
+        # here, after 5 s, would mean the connection is still being served)
+        assert client.sock.recv(1) == b""
+    finally:
+        client.close()
+        server.stop()
 
 
 # ---- listing, picking, estimating -------------------------------------------------------------
