@@ -35,6 +35,7 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .gguf_tools import file_type_name, validate_gguf
+from .hub import PICKLE_PATTERNS, pickle_refusal
 from .kernels import kernel_report, pick_backend, require_backend
 from .memory import (
     check_memory_fit,
@@ -287,16 +288,12 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
     """safetensors, or pickle weights only when allowed (unpickling can run code)."""
     if any(path.glob("*.safetensors")):
         return
-    if not any(path.glob("*.bin")) and not any(path.glob("*.pt")) and not any(path.glob("*.pth")):
+    if not any(any(path.glob(pattern)) for pattern in PICKLE_PATTERNS):
         raise NotAModelError(
             f"{path} has a config.json but no weights (*.safetensors). Is the download complete?"
         )
     if not allow_pickle:
-        raise CourseError(
-            f"{path} has only pickle weights (*.bin/*.pt), which can run code when loaded. "
-            "Prefer a safetensors copy of the model; to load these anyway, pass allow_pickle=True "
-            "(only for sources you trust)."
-        )
+        raise pickle_refusal(path)
     warnings.warn(
         f"allow_pickle=True: loading pickle weights (*.bin/*.pt) from {path}. Unpickling can "
         "run any code the file's author put in it; do this only for sources you trust, and "

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from .errors import CourseError, NotEnoughMemoryError
+from .hub import PICKLE_SUFFIXES
 from .precision import DtypeChoice, compute_dtype
 
 # What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
@@ -180,7 +181,7 @@ def weight_names(names: list[str], weight_map: dict | None = None) -> list[str]:
     safetensors = sorted(n for n in names if n.endswith(".safetensors"))
     if len(safetensors) > 1:
         safetensors = [n for n in safetensors if n != "consolidated.safetensors"]
-    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth")))
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     return safetensors or pickles or sorted(n for n in names if n.endswith(".gguf"))
 
 
