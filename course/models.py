@@ -66,8 +66,8 @@ BUILD_DTYPE = "float32"  # what every build computes in; checkpoints are saved i
 
 # Measured build times, the basis of the estimate `ensure` prints (docs/measurements.md)
 REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 31}
-# Disk each build leaves in the cache (measured: `du -sb` of each folder after `make models`);
-# gguf-from-hf's counts the F16 conversion it writes to gguf-types/ (543 MB) and shares there.
+# Disk each build leaves in the cache, checked before a build starts (docs/measurements.md, "Disk
+# each course model takes"); gguf-from-hf's counts the F16 conversion it shares in gguf-types/.
 BUILD_BYTES = {
     "gguf": 253_117_564,
     "hf": 570_744_623,
