@@ -25,7 +25,7 @@ from helpers.errors import CourseError
 from helpers import timing
 from helpers.loading import LoadedModel, new_llama
 
-from .procs import child_command
+from course.procs import child_command
 
 
 def _speed(lm: LoadedModel, prompt_ids: list[int], n_tokens: int) -> dict:
@@ -115,7 +115,7 @@ def bench_in_subprocess(
         }
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-    argv, env = child_command("course.gguf_bench", job, env=env)  # dies with us
+    argv, env = child_command("bench.gguf_bench", job, env=env)  # dies with us
     proc = subprocess.run(
         argv,
         capture_output=True,
