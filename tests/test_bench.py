@@ -4,12 +4,15 @@ No duration is asserted: only that the numbers are there, positive and consisten
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
 from bench import compare
 from bench.__main__ import main
 from course.models import QUALITY_GATE
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_unknown_format_lists_the_known_ones():
@@ -142,6 +145,87 @@ def test_table_shows_the_json_numbers(small_run):
         "hf-bf16" in line and "x llama.cpp's speed" in line
         for line in compare.ratio_sentences(report)
     )
+
+
+def _notebook_cell(notebook: Path, text: str) -> str:
+    """The source of the one code cell of `notebook` that contains `text`."""
+    import nbformat
+
+    cells = [
+        c.source
+        for c in nbformat.read(notebook, as_version=4).cells
+        if c.cell_type == "code" and text in c.source
+    ]
+    assert len(cells) == 1, f"{notebook.name}: {len(cells)} code cells contain {text!r}"
+    return cells[0]
+
+
+def test_the_compare_plot_of_notebook_08_shows_every_format(small_run, monkeypatch):
+    """Notebook 08's own cells (parameters, table, plot) on the small run's results: one disc per
+    format where its decode speed and perplexity are, sized by its file, labelled with its name and
+    size, inside the axes, with the axis labels and the machine in the title; drawn, not blank."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.collections import PathCollection
+
+    notebook = ROOT / "notebooks" / "08_compare.ipynb"
+    report = compare.load_results(small_run[1])
+    rows = {r["format"]: r for r in report["results"]}
+    plt.close("all")
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)  # keep the figure to look at
+    namespace = {"json": json, "results_path": small_run[1]}
+    for text in ("FORMATS = [", "report = json.loads(results_path", "ax.scatter("):
+        exec(_notebook_cell(notebook, text), namespace)
+    assert plt.get_fignums() == [1]
+    fig = plt.gcf()
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "decode speed (tokens/s, median; higher is better)"
+    assert ax.get_ylabel() == "perplexity, English held-out text (lower is better)"
+    machine, threads = report["machine"], report["settings"]["threads"]
+    assert ax.get_title() == f"Gemma 3 270M on {machine['cpu']}, {threads} threads"
+
+    # the discs, drawn in order of perplexity, one per format, each where its figures are
+    by_perplexity = sorted(rows, key=lambda name: rows[name]["perplexity"])
+    assert by_perplexity == ["hf-bf16", "gguf"]  # the 4-bit file is the less exact one
+    discs = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(discs) == len(rows) == 2
+    for disc, name in zip(discs, by_perplexity, strict=True):
+        row = rows[name]
+        assert disc.get_offsets().tolist() == [[row["decode_tok_s"], row["perplexity"]]], name
+        assert disc.get_sizes().tolist() == [pytest.approx(row["size_MB"] * 1.5)], name
+    # one colour per format, in the table's order (the results' order: gguf, then hf-bf16)
+    colours = [tuple(disc.get_facecolor()[0][:3]) for disc in discs]
+    tab10 = plt.cm.tab10.colors
+    assert colours == [tuple(tab10[list(rows).index(name)]) for name in by_perplexity]
+    labels = [(t.get_text(), tuple(t.xy)) for t in ax.texts]
+    assert labels == [
+        (
+            f"{name}, {rows[name]['size_MB']:.0f} MB",
+            (rows[name]["decode_tok_s"], rows[name]["perplexity"]),
+        )
+        for name in by_perplexity
+    ]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for row in rows.values():  # every disc inside the axes, none cut off at an edge
+        assert x0 < row["decode_tok_s"] < x1 and y0 < row["perplexity"] < y1
+
+    # the picture: the figure's size, mostly white, with both formats' colours in it
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close("all")
+    pixels = plt.imread(io.BytesIO(buffer.getvalue()), format="png")[..., :3]
+    assert pixels.shape == (450, 750, 3)  # figsize=(7.5, 4.5)
+    inked = (pixels < 0.9).any(axis=-1).mean()
+    assert 0.01 < inked < 0.5, inked
+    for colour in colours:  # alpha 0.55 over white: where the disc does not overlap another
+        blended = 0.55 * np.array(colour) + 0.45
+        near = (np.abs(pixels - blended) < 0.03).all(axis=-1).sum()
+        assert near > 200, (colour, near)
 
 
 def test_a_format_that_fails_to_load_is_reported_not_fatal(tmp_path, capsys):

@@ -316,32 +316,3 @@ def test_chat_widget_in_jupyterlab(lab, page):
     )
     cell.scroll_into_view_if_needed()
     nb.screenshot("chat_widget.png", element=ui)
-
-
-def test_compare_plot_screenshot(playwright_api):
-    """The comparison plot of notebook 08, from its HTML export (made by `make course`)."""
-    html = ROOT / "build" / "html" / "08_compare.html"
-    if not html.exists():
-        pytest.skip(
-            "build/html/08_compare.html does not exist (made by `make course`); no plot screenshot"
-        )
-    browser = launch_chromium(playwright_api)
-    try:
-        context = browser.new_context(viewport={"width": 1100, "height": 900})
-        page = context.new_page()
-        page.goto(html.as_uri(), wait_until="load")
-        plots = page.locator(".jp-OutputArea-output img[src^='data:image/png']")
-        wait_until(lambda: plots.count() > 0, 30, "08_compare.html shows no plot")
-        plot = plots.first
-        plot.scroll_into_view_if_needed()
-        wait_until(
-            lambda: plot.evaluate("img => img.complete && img.naturalWidth > 0"),
-            30,
-            "the plot image did not load",
-        )
-        from tests.browser_support import SCREENSHOTS
-
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        plot.screenshot(path=str(SCREENSHOTS / "compare_plot.png"))
-    finally:
-        browser.close()

@@ -2,9 +2,11 @@
 save/load safety, the course's ChatWidget driven from code, and the terminal chat driven through a
 pipe."""
 
+import errno
 import html
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -250,17 +252,29 @@ def test_an_unwritable_path_is_a_clear_error_and_the_old_file_survives(tmp_path,
     ]  # no temporary file left
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_folder_is_a_clear_error(tmp_path):
+def test_a_read_only_folder_is_a_clear_error(tmp_path, monkeypatch):
+    """A folder the user may not write to: the temporary file cannot be created in it. The refusal
+    is made by hand (mkstemp raises what it raises in a read-only folder), because chmod does not
+    stop root, and CI runs as root."""
     old = chat.save_history(tmp_path / "chat.json", HISTORY[:3])
     before = old.read_bytes()
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(chat.ChatHistoryError, match="Permission denied"):
-            chat.save_history(old, HISTORY)
-    finally:
-        tmp_path.chmod(0o700)
+    asked = []
+
+    def read_only(*args, dir=None, **kwargs):
+        asked.append(Path(dir))
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(Path(dir) / ".tmp"))
+
+    monkeypatch.setattr(chat.tempfile, "mkstemp", read_only)
+    with pytest.raises(
+        chat.ChatHistoryError,
+        match=rf"^Cannot save the chat to {re.escape(str(old))}: Permission denied "
+        r"\(PermissionError\)\. The old file is unchanged\.",
+    ):
+        chat.save_history(old, HISTORY)
+    monkeypatch.undo()
+    assert asked == [tmp_path]  # the temporary file goes next to the history, in the folder
     assert old.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.json"]  # nothing else written
 
 
 def test_loading_a_missing_file_is_a_clear_error(tmp_path):

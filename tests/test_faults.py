@@ -451,11 +451,15 @@ def test_row5_context_window_transformers(tiny_lm, monkeypatch):
 
 def test_row5_context_window_llama_cpp(gguf_lm, monkeypatch):
     too_long = "Quantization stores each weight in fewer bits. " * 40  # ~360 tokens > n_ctx 256
-    calls = []
+    calls, outputs = [], []
     real = gguf_lm.model.create_completion
-    monkeypatch.setattr(
-        gguf_lm.model, "create_completion", lambda *a, **k: calls.append(k) or real(*a, **k)
-    )
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        outputs.append(real(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(gguf_lm.model, "create_completion", spy)
     with pytest.raises(
         ContextOverflowError,
         match=r"^The prompt is \d+ tokens but the model was created with "
@@ -468,14 +472,22 @@ def test_row5_context_window_llama_cpp(gguf_lm, monkeypatch):
         generation.generate(gguf_lm, too_long, max_new_tokens=8)
     assert calls == []  # refused before llama.cpp saw it
     near = "Quantization stores each weight in fewer bits. " * 22  # ~200 tokens
+    n = len(generation.encode_prompt(gguf_lm, near))
+    assert 156 < n < 256  # prompt + 100 new tokens do not fit, the prompt alone does
     with pytest.warns(
         ContextTruncationWarning,
-        match=r"exceed n_ctx=256: the answer will stop after \d+ tokens "
-        r"with finish_reason='length'\. Load the model with "
+        match=rf"^prompt \({n} tokens\) \+ max_tokens \(100\) exceed n_ctx=256: the answer will "
+        rf"stop after {256 - n} tokens with finish_reason='length'\. Load the model with "
         r"n_ctx >= 512",
     ):
         text = generation.generate(gguf_lm, near, max_new_tokens=100)
-    assert isinstance(text, str) and calls
+    # llama.cpp was asked for what is left of n_ctx, and wrote all of it: the answer the warning
+    # announced, returned as llama.cpp gave it
+    assert len(calls) == 1 and calls[0]["max_tokens"] == 256 - n
+    out = outputs[0]
+    assert out["usage"] == {"prompt_tokens": n, "completion_tokens": 256 - n, "total_tokens": 256}
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert text == out["choices"][0]["text"] and text.strip()
 
 
 def test_row5_context_window_streaming(tiny_lm, gguf_lm):
@@ -486,8 +498,12 @@ def test_row5_context_window_streaming(tiny_lm, gguf_lm):
         with pytest.raises(ContextOverflowError, match="The prompt is"):
             list(streaming.TokenStream(lm, prompt, max_new_tokens=4))
         stream = streaming.TokenStream(lm, "Hello", max_new_tokens=1)
-        list(stream)  # the model is free again
-        assert stream.result.new_tokens <= 1
+        list(stream)  # the model is free again: this one streams its token
+        result = stream.result
+        assert result.new_tokens == 1 and not result.stopped_by_user
+        assert result.prompt_tokens == len(generation.encode_prompt(lm, "Hello"))
+        # the greedy token generate() gives too, and it is text (not an end-of-sequence)
+        assert result.text == generation.generate(lm, "Hello", max_new_tokens=1) != ""
 
 
 # ---- row 6: downloads ---------------------------------------------------------------------------

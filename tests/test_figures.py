@@ -12,16 +12,32 @@ from helpers import figures  # noqa: E402
 
 
 @pytest.mark.parametrize(
-    "draw", [figures.gptq_update, figures.awq_scaling, figures.prefill_decode, figures.gguf_layout]
+    "draw, titles, suptitle",
+    [
+        (
+            figures.gptq_update,
+            ["GPTQ: round one input column, push its error onto the columns not yet rounded"],
+            "",
+        ),
+        (
+            figures.awq_scaling,
+            [
+                "mean |x| per input channel (calibration text)",
+                "s = mean|x|^α / mean|w|^(1-α), here α = 0.5",
+            ],
+            "AWQ: protect the input channels with large activations, then round",
+        ),
+        (figures.prefill_decode, ["One generation call: prefill, then decoding"], ""),
+        (figures.gguf_layout, ["A GGUF file: everything llama.cpp needs, in one file"], ""),
+    ],
+    ids=["gptq_update", "awq_scaling", "prefill_decode", "gguf_layout"],
 )
-def test_each_figure_draws_with_a_title(draw):
+def test_each_figure_draws_with_its_title(draw, titles, suptitle):
     plt.close("all")
     draw()
     fig = plt.gcf()
-    titles = [ax.get_title() for ax in fig.axes] + [
-        fig._suptitle.get_text() if fig._suptitle else ""
-    ]
-    assert any(titles), draw.__name__
+    assert [ax.get_title() for ax in fig.axes] == titles
+    assert fig.get_suptitle() == suptitle
     plt.close("all")
 
 

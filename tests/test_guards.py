@@ -435,6 +435,33 @@ def test_context_fit_llama_cpp_uses_the_smaller_buffer():
         generation.check_context(FakeLlama(256, 200), "w " * 210, 1)
 
 
+def test_context_overflow_hints_at_rounding_only_when_llama_cpp_rounded():
+    """The "multiple of 256" hint is for a Llama whose n_ctx() (rounded up by llama.cpp) is more
+    than the buffer llama-cpp-python kept; where n_ctx() is the n_ctx that counts, no hint."""
+    for llm in (FakeLlama(10, 10), FakeLlama(10), FakeLlama(10, 300)):  # buffer equal, none, larger
+        with pytest.raises(
+            ContextOverflowError,
+            match=r"^The prompt is 10 tokens but the model was created with n_ctx=10, .*"
+            r"prompt \+ 1 new tokens\), or shorten the prompt\.$",
+        ) as err:
+            generation.context_report(llm, 10, 1)
+        assert "multiple of 256" not in str(err.value) and "llm.n_ctx()" not in str(err.value)
+    rounded = FakeLlama(256, 200)  # n_ctx=200 asked for: llama.cpp made it 256, the buffer is 200
+    with pytest.raises(
+        ContextOverflowError,
+        match=r"^The prompt is 210 tokens but the model was created with n_ctx=200, .*"
+        r"or shorten the prompt\. \(llm\.n_ctx\(\) says 256: llama\.cpp rounds up to a "
+        r"multiple of 256, but llama-cpp-python keeps buffers for the 200 you asked for, .*"
+        r"ask for a multiple of 256\.\)$",
+    ):
+        generation.context_report(rounded, 210, 1)
+    with pytest.raises(ContextOverflowError, match=r"says 256: .* for the 200 you asked for"):
+        generation.context_report(rounded, 200, 1)  # exactly the buffer: refused, with the hint
+    with pytest.warns(ContextTruncationWarning) as warned:  # fits, shortened: no error, no hint
+        assert generation.context_report(rounded, 190, 20)["output_room"] == 10
+    assert "multiple of 256" not in str(warned[0].message)
+
+
 def test_context_suggested_n_ctx():
     """The suggestion is prompt + output rounded up to 256, and never above the trained context."""
     assert generation.suggest_n_ctx(1, 0) == 256

@@ -144,7 +144,7 @@ def tiny_ct(tiny_folder, tmp_path_factory):
 
 
 def test_a_compressed_tensors_checkpoint_loads_decompressed_and_generates_on_the_cpu(
-    tiny_ct, tiny_folder
+    tiny_ct, tiny_folder, monkeypatch
 ):
     from safetensors import safe_open
 
@@ -179,7 +179,28 @@ def test_a_compressed_tensors_checkpoint_loads_decompressed_and_generates_on_the
     assert report["quantized_linear"] == {} and report["expected"].startswith(
         "none: compressed-tensors"
     )
-    assert isinstance(generation.generate(lm, "The capital of France is", max_new_tokens=4), str)
+    # it generates: 4 greedy tokens from the decompressed layers, the first the model's own top
+    # token after the prompt, and generate() returns their text alone
+    import torch
+
+    prompt = "The capital of France is"
+    ids = generation.encode_prompt(lm, prompt)
+    with torch.inference_mode():
+        top = int(lm.model(torch.tensor([ids])).logits[0, -1].argmax())
+    outputs = []
+    real = lm.model.generate
+
+    def spy(*args, **kwargs):
+        outputs.append(real(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(lm.model, "generate", spy)
+    text = generation.generate(lm, prompt, max_new_tokens=4)
+    (out,) = outputs
+    assert out[0][: len(ids)].tolist() == ids
+    new = out[0][len(ids) :].tolist()
+    assert len(new) == 4 and new[0] == top and lm.tokenizer.eos_token_id not in new
+    assert text == lm.tokenizer.decode(new, skip_special_tokens=True) != ""
 
 
 def test_compressed_tensors_without_its_package_is_one_clear_line(tiny_ct, monkeypatch):
