@@ -577,8 +577,9 @@ from helpers import loading
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
 ui = ChatWidget(lm, system="Be brief.", max_new_tokens=24)
 ui.show()
-print("mode:", ui.mode, "ids:", ui.input_box.model_id, ui.send_button.model_id, ui.transcript_box.model_id)
-""",  # noqa: E501 -- kernel source; wrapping it would change the code it runs
+ids = (ui.input_box.model_id, ui.send_button.model_id, ui.transcript_box.model_id)
+print("mode:", ui.mode, "ids:", *ids)
+""",
             allow_stdin=True,
         )
         printed = kernel_stdout(first)

@@ -930,12 +930,14 @@ OWNER = """
 import sys, time
 from course import models as course_models
 from course import serving
-server = serving.start_llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1, log_path=sys.argv[2])
+server = serving.start_llama_server(
+    course_models.model_path("gguf"), n_ctx=256, n_threads=1, log_path=sys.argv[2]
+)
 print(server.pid, server.port, flush=True)
 if sys.argv[1] == "raise":
     raise RuntimeError("the code using the server failed")  # uncaught: the atexit hook must stop it
 time.sleep(600)  # killed from outside: the parent-death signal must stop it
-"""  # noqa: E501 -- child-process source; wrapping it would change the code it runs
+"""
 
 
 @pytest.mark.parametrize("how", ["raise", "kill"])
