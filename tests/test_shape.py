@@ -150,3 +150,16 @@ def test_the_shape_test_sees_function_local_imports(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    from .loading import _private\n    from helpers import chat\n")
     assert imports_of(sample) == [("helpers.loading", ["_private"], 2), ("helpers.chat", [], 3)]
+
+
+def test_no_line_is_over_100_characters():
+    """ruff's E501 lets a long URL or pragma through; the course's limit has no exceptions."""
+    folders = ("helpers", "course", "bench", "tools", "exercises", "tests")
+    long_lines = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in folders
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if len(line) > 100
+    ]
+    assert not long_lines, long_lines
