@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from course.procs import child_command
+
 EMULATE_AVX2 = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -201,10 +203,10 @@ def main(argv=None) -> int:
         )
         results = {}
         for name, extra in modes.items():
-            cmd = [sys.executable, "-m", "bench.cpu_dtype", "--json-stdout"]
-            cmd += ["--threads", str(args.threads)]
-            cmd += ["--skip-model"] if args.skip_model else []
-            child = subprocess.run(cmd, env={**os.environ, **extra}, capture_output=True, text=True)
+            options = ["--json-stdout", "--threads", str(args.threads)]
+            options += ["--skip-model"] if args.skip_model else []
+            cmd, env = child_command("bench.cpu_dtype", *options, env={**os.environ, **extra})
+            child = subprocess.run(cmd, env=env, capture_output=True, text=True)  # dies with us
             if child.returncode != 0:
                 print(child.stderr[-3000:], file=sys.stderr)
                 return child.returncode
