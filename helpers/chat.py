@@ -23,7 +23,8 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import ChatError, ChatHistoryError, ContextWindowError
-from .streaming import StreamResult, TokenStream, claim_model, print_stream
+from .generation import check_free
+from .streaming import StreamResult, TokenStream, print_stream
 from .templates import check_messages, choose_template, count_prompt_tokens
 
 HISTORY_FORMAT = "qllm-chat-history"
@@ -228,7 +229,7 @@ class ChatSession:
     def start_turn(self, user_text: str) -> ChatTurn:
         """A ChatTurn for `user_text`: iterate it to generate (it joins the history when it
         ends)."""
-        claim_model(self.lm, check_only=True)
+        check_free(self.lm)
         prompt, self.last_trim = self.prepare(user_text)
         return ChatTurn(self, user_text, prompt, self.last_trim)
 

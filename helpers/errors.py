@@ -107,3 +107,10 @@ class ContextWindowError(ChatError):
 
 class ChatHistoryError(ChatError):
     """A history file could not be read or written."""
+
+
+# ---- generation -----------------------------------------------------------------------------
+
+
+class ModelBusyError(CourseError):
+    """The model is still generating (one generation per model at a time: generation.claim)."""

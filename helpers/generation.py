@@ -6,14 +6,47 @@ encode_prompt(lm, prompt, plain=[typed])
 fit_context(lm, prompt_tokens, max_new_tokens), pad_token_id(tokenizer)
 # a llama_cpp.Llama: refuse a prompt that cannot fit n_ctx, say how to size it
 check_context(llm, prompt, max_tokens)
+with claim(lm): ...   # one generation per model at a time: a second one is refused
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 
-from .errors import ContextOverflowError, ContextTruncationWarning
+from .errors import ContextOverflowError, ContextTruncationWarning, ModelBusyError
 from .loading import LoadedModel
+
+_busy, _busy_lock = set(), threading.Lock()  # id() of the models generating now
+
+
+@contextlib.contextmanager
+def claim(lm):
+    """Hold `lm` (a LoadedModel, or a bare Transformers model) for one generation; every call that
+    runs a model takes it. A second claim while one is held, from any thread, is refused: a second
+    generation on the same llama.cpp model corrupts its context (or hangs it), and one beside
+    another on a Transformers model would halve both. Released when the block ends, however."""
+    key = id(lm.model if isinstance(lm, LoadedModel) else lm)
+    with _busy_lock:
+        if key in _busy:
+            raise ModelBusyError(
+                "This model is still generating (a stream started earlier runs in the background). "
+                "Call .wait() on that stream, or .stop() it, before starting another."
+            )
+        _busy.add(key)
+    try:
+        yield
+    finally:
+        with _busy_lock:
+            _busy.discard(key)
+
+
+def check_free(lm) -> None:
+    """Refuse now, as claim(lm) would, without holding the model (a front end that generates in a
+    thread of its own fails in the caller's)."""
+    with claim(lm):
+        pass
 
 
 def bos_text(lm: LoadedModel) -> str:
@@ -88,32 +121,35 @@ def generate(
     lm: LoadedModel, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, **kwargs
 ) -> str:
     """Complete `prompt` and return only the new text (greedy when temperature is 0)."""
-    ids = encode_prompt(lm, prompt)  # one <bos>, never two
-    # a clear error, not a bare ValueError
-    max_new_tokens = fit_context(lm, len(ids), max_new_tokens)
-    if lm.backend == "llama.cpp":
-        out = lm.model.create_completion(
-            ids, max_tokens=max_new_tokens, temperature=temperature, **kwargs
-        )
-        return out["choices"][0]["text"]
-    import torch
+    with claim(lm):
+        ids = encode_prompt(lm, prompt)  # one <bos>, never two
+        # a clear error, not a bare ValueError
+        max_new_tokens = fit_context(lm, len(ids), max_new_tokens)
+        if lm.backend == "llama.cpp":
+            out = lm.model.create_completion(
+                ids, max_tokens=max_new_tokens, temperature=temperature, **kwargs
+            )
+            return out["choices"][0]["text"]
+        import torch
 
-    # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would count
-    # the prompt too)
-    inputs = {"input_ids": torch.tensor([ids], device=lm.model.device)}
-    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    sampling = (
-        {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    )
-    with torch.inference_mode():
-        output_ids = lm.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_token_id(lm.tokenizer),
-            **sampling,
-            **kwargs,
+        # input_ids *and* attention_mask; max_new_tokens counts only new tokens (max_length would
+        # count the prompt too)
+        inputs = {"input_ids": torch.tensor([ids], device=lm.model.device)}
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        sampling = (
+            {"do_sample": True, "temperature": temperature}
+            if temperature > 0
+            else {"do_sample": False}
         )
-    return lm.tokenizer.decode(output_ids[0][len(ids) :], skip_special_tokens=True)
+        with torch.inference_mode():
+            output_ids = lm.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_token_id(lm.tokenizer),
+                **sampling,
+                **kwargs,
+            )
+        return lm.tokenizer.decode(output_ids[0][len(ids) :], skip_special_tokens=True)
 
 
 def fit_context(lm: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> int:

@@ -12,7 +12,7 @@ from importlib import resources
 
 import numpy as np
 
-from .generation import suggest_n_ctx
+from .generation import claim, suggest_n_ctx
 from .loading import new_llama
 from .precision import compute_dtype
 
@@ -61,7 +61,7 @@ def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
     against 5.2 s."""
     import torch
 
-    with torch.inference_mode(), _products_in_fp32(model):
+    with claim(model), torch.inference_mode(), _products_in_fp32(model):
         ids = torch.tensor([token_ids], device=model.device)
         return model(ids).logits[0].float().cpu().numpy()
 

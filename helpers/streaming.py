@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import CourseError
-from .generation import encode_prompt, fit_context, pad_token_id
+from .generation import check_free, claim, encode_prompt, fit_context, pad_token_id
 
 PRE = (
     '<pre style="white-space: pre-wrap; margin: 0; '
@@ -99,7 +99,10 @@ class TokenStream:
             raise CourseError(
                 "A TokenStream runs once; make a new one (or call StreamWidget.start again)."
             )
-        claim_model(self.lm)
+        with claim(self.lm):  # released once the generation has ended, whatever ended it
+            yield from self._run()
+
+    def _run(self):
         self._started, raw, ended = time.perf_counter(), "", False
         pieces = self._llama_cpp() if self.lm.backend == "llama.cpp" else self._transformers()
         try:
@@ -118,7 +121,6 @@ class TokenStream:
         finally:
             self.stopped_by_user |= not ended  # the reader left early (Ctrl-C, break) or it failed
             pieces.close()  # which ends the generation
-            _busy.discard(id(self.lm.model))
             self.result = StreamResult(
                 self.text,
                 self.prompt_tokens,
@@ -206,21 +208,6 @@ class TokenStream:
             chunks.close()  # now, not when collected: the model is free for the next stream
 
 
-_busy, _busy_lock = set(), threading.Lock()  # id(lm.model) of the models generating now
-
-
-def claim_model(lm, check_only: bool = False) -> None:
-    """One stream per model at a time: a second generation on the same llama.cpp model corrupts
-    it."""
-    with _busy_lock:
-        if id(lm.model) in _busy:
-            raise CourseError(
-                "This model is still generating (a stream started earlier runs in the background). "
-                "Call .wait() on that stream, or .stop() it, before starting another."
-            )
-        _busy.update([] if check_only else [id(lm.model)])
-
-
 def has_widget_frontend(mode: str = "auto") -> bool:
     """True in Jupyter, Colab or VS Code; False in a terminal, plain Python,
     nbclient/nbmake/papermill. mode="widget" or "console" (else QLLM_STREAM_MODE=widget|console)
@@ -275,10 +262,18 @@ def print_stream(
 
 def join_reader(widget, timeout: float | None) -> None:
     """Wait for a widget's reader thread, then re-raise what went wrong in it (stream and chat
-    widgets)."""
+    widgets). Interrupted (the notebook's interrupt button: KeyboardInterrupt), it stops the
+    generation, waits for it to end (within a token) and so frees the model, then re-raises."""
     thread = widget.reader_thread
-    if thread is not None and (thread.join(timeout) or thread.is_alive()):  # join() returns None
-        raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
+    if thread is not None:
+        try:
+            thread.join(timeout)
+        except BaseException:  # the generation must not run on, holding the model, unwatched
+            widget.stop()
+            thread.join()
+            raise
+        if thread.is_alive():
+            raise TimeoutError(f"still generating after {timeout} s; call stop() to end it")
     if widget.error is not None:  # read after the join: the reader sets it on its way out
         raise widget.error
 
@@ -346,7 +341,7 @@ class StreamWidget:
                 "This stream is still generating: call stop() and wait() before starting again."
             )
         # fail here, in the caller, rather than in the reader thread
-        claim_model(self.lm, check_only=True)
+        check_free(self.lm)
         self.error, self.update_seconds = None, 0.0
         self.tokens = TokenStream(self.lm, prompt, **self.settings)
         if self.mode == "console":
@@ -364,7 +359,8 @@ class StreamWidget:
             self.tokens.stop()
 
     def wait(self, timeout: float | None = None) -> StreamResult:
-        """Block until generation ends; return its StreamResult (re-raises a generation error)."""
+        """Block until generation ends; return its StreamResult (re-raises a generation error).
+        Interrupted (KeyboardInterrupt), it stops the generation first (join_reader)."""
         if self.tokens is None:
             raise CourseError("Nothing to wait for: call start(prompt) first.")
         join_reader(self, timeout)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from .env import default_threads
 from .errors import CourseError
-from .generation import pad_token_id
+from .generation import claim, pad_token_id
 from .loading import LoadedModel
 from .model_info import gguf_header
 
@@ -175,6 +175,11 @@ def time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int = 
     The course's one definition of the figures: TTFT from the call to the first new token (reading
     the prompt included); decode tokens/s = tokens after the first / time from the first to the
     last."""
+    with claim(lm):
+        return _time_generation(lm, prompt, new_tokens)
+
+
+def _time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int) -> RunTiming:
     if new_tokens < 2:
         raise CourseError(f"new_tokens={new_tokens}: decode speed needs at least 2 new tokens.")
     run = _run_llama_cpp if lm.backend == "llama.cpp" else _run_transformers
@@ -263,9 +268,11 @@ def measure(
     """Warm up, then time `repeats` rounds over all prompts; returns the runs and their medians."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     threads = threads or default_threads()
-    set_threads(lm, threads)
-    for i in range(warmup):
-        time_generation(lm, prompts[i % len(prompts)], new_tokens)
+    with claim(lm):  # the whole measurement: no other generation between its runs
+        set_threads(lm, threads)
+        for i in range(warmup):
+            _time_generation(lm, prompts[i % len(prompts)], new_tokens)
+        runs = [_time_generation(lm, p, new_tokens) for _ in range(repeats) for p in prompts]
     timing = Timing(
         format=lm.format,
         backend=lm.backend,
@@ -273,10 +280,8 @@ def measure(
         dtype=lm.dtype,
         threads=threads,
         load_s=lm.load_seconds,
+        runs=runs,
     )
-    timing.runs = [
-        time_generation(lm, prompt, new_tokens) for _ in range(repeats) for prompt in prompts
-    ]
     return timing
 
 
