@@ -14,37 +14,14 @@ import argparse
 import sys
 
 from helpers.chat import ChatSession
-from helpers.errors import ChatError, CourseError
+from helpers.errors import CourseError
 
+from .models import resolve_model
 
 HELP = (
     "commands: /reset (forget the conversation), /save PATH, /load PATH, /help, /exit (or Ctrl-D)\n"
     "Ctrl-C while the model writes stops the reply."
 )
-
-
-def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
-    """A course format name (gguf, hf, gptq, awq; 'course' = gguf) -> its path; anything else
-    unchanged. build=True builds a course model that is missing (a notebook); otherwise that is an
-    error (a terminal)."""
-    from . import models as course_models
-
-    key = name.strip().lower()
-    if key == "course":
-        key = "gguf"
-    if key in course_models.FORMATS:
-        path = course_models.ensure([key])[key] if build else course_models.model_path(key)
-        if not path.exists():
-            raise ChatError(
-                f"The course's {key} model is not built yet ({path}). Build it with "
-                "`python -m course.models build` (a few minutes, offline)."
-            )
-        return path
-    if gguf_file:
-        from helpers.downloading import download_model
-
-        return download_model(name, gguf_file=gguf_file)
-    return name
 
 
 def main(argv: list[str] | None = None) -> int:

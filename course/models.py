@@ -39,7 +39,7 @@ from pathlib import Path
 
 from helpers.downloading import free_disk_bytes
 from helpers.env import cache_dir, default_threads, installed_version as _version
-from helpers.errors import CourseError
+from helpers.errors import ChatError, CourseError
 from helpers.hub import human_size
 
 from . import reference
@@ -244,6 +244,28 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
             bar.set_postfix_str("done")
             bar.close()
     return {f: model_path(f) for f in wanted}
+
+
+def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
+    """A course format name (gguf, hf, gptq, awq; 'course' = gguf) -> its path; anything else
+    unchanged. build=True builds a course model that is missing (a notebook); otherwise that is an
+    error (a terminal)."""
+    key = name.strip().lower()
+    if key == "course":
+        key = "gguf"
+    if key in FORMATS:
+        path = ensure([key])[key] if build else model_path(key)
+        if not path.exists():
+            raise ChatError(
+                f"The course's {key} model is not built yet ({path}). Build it with "
+                "`python -m course.models build` (a few minutes, offline)."
+            )
+        return path
+    if gguf_file:
+        from helpers.downloading import download_model
+
+        return download_model(name, gguf_file=gguf_file)
+    return name
 
 
 def check_build_disk(formats, free_bytes: int | None = None) -> None:

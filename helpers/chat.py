@@ -7,7 +7,7 @@
     session.ask("用一句话解释一下。")  # the history goes along with every turn
     session.save("chat.json"); session.load("chat.json")
 
-Prompts come from helpers.templates; front ends: course.chat_widget (Jupyter), course.chat_cli
+Prompts come from helpers.templates; front ends: helpers.chat_widget (Jupyter), course.chat_cli
 (terminal). When prompt + reply would overflow the window, the oldest exchanges leave the prompt
 (never the system prompt, and never the history, which is what you see and save): `reply.trim` says
 what the model did not see.

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course import models as course_models
-from course.chat_widget import ChatWidget
+from helpers.chat_widget import ChatWidget
 from helpers import chat, generation, loading, streaming, templates
 from tests.kernel_support import kernel_stdout, run_in_kernel
 
@@ -572,7 +572,7 @@ def test_in_a_real_kernel_typing_and_clicking_send_streams_into_the_transcript(c
             kc,
             """
 from course import models as course_models
-from course.chat_widget import ChatWidget
+from helpers.chat_widget import ChatWidget
 from helpers import loading
 lm = loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
 ui = ChatWidget(lm, system="Be brief.", max_new_tokens=24)

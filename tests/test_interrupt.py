@@ -195,7 +195,7 @@ def test_an_interrupted_wait_stops_the_stream_and_frees_the_model(lm):
 
 
 def test_an_interrupted_chat_widget_wait_stops_the_reply(gguf):
-    from course.chat_widget import ChatWidget
+    from helpers.chat_widget import ChatWidget
 
     ui = ChatWidget(gguf, mode="widget", max_new_tokens=600, template="completion")
     ui.session.template.stop_strings.clear()  # a long reply: the interrupt comes in the middle

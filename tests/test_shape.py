@@ -29,7 +29,7 @@ TIERS = {
         "plan",
         "setup_check",
     ],  # measure, plan
-    "top": ["streaming", "templates", "chat"],  # what a learner drives
+    "top": ["streaming", "templates", "chat", "chat_widget"],  # what a learner drives
 }
 ORDER = [name for tier in TIERS.values() for name in tier]
 MACHINERY = ("course", "bench", "tools", "tests", "exercises")

@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from helpers.chat import ChatReply, ChatSession, ChatTurn
-from helpers.errors import ChatError, CourseError
-from helpers.streaming import format_status, has_widget_frontend, join_reader, print_stream
+from .chat import ChatReply, ChatSession, ChatTurn
+from .errors import ChatError, CourseError
+from .streaming import format_status, has_widget_frontend, join_reader, print_stream
 
 ROLE_LABELS = {"system": "system", "user": "you", "assistant": "model"}
 ROLE_COLORS = {"user": "#1f6feb", "assistant": "#2da44e", "system": "#8250df"}
