@@ -10,7 +10,7 @@ hf            the full-precision reference: the same model loaded by Transformer
               bf16 safetensors
 gptq          4-bit GPTQ (group size 128) quantized from `hf` with GPTQModel on the CPU
 awq           4-bit AWQ (GEMM, zero point) from `hf`, with the Gemma 3 fixes in
-              `course/awq_gemma3.py`
+              `helpers/awq_gemma3.py`
 gguf-from-hf  Q4_K_M quantized from `hf` by llama.cpp's converter and quantizer: the GGUF that
               quality comparisons use, quantized once from the same reference as gptq and awq
 
@@ -163,7 +163,7 @@ def recipe(fmt: str) -> dict:
     }
     if fmt == "gptq":
         return {**common, "sym": True}
-    from .awq_gemma3 import FIX_VERSION
+    from helpers.awq_gemma3 import FIX_VERSION
 
     return {
         **common,
@@ -541,7 +541,7 @@ def _build_quantized(fmt: str, out: Path) -> dict:
 
     from helpers.quality import transformers_perplexity
 
-    from .awq_gemma3 import gemma3_awq_fixes
+    from helpers.awq_gemma3 import gemma3_awq_fixes
     from helpers.quantize import awq_search_in_fp32, save_as
 
     torch.set_num_threads(default_threads())

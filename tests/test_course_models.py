@@ -209,7 +209,7 @@ def test_awq_norm_fold_is_exact_even_for_extreme_scales():
     from transformers import Gemma3TextConfig
     from transformers.models.gemma3.modeling_gemma3 import Gemma3MLP, Gemma3RMSNorm
 
-    from course.awq_gemma3 import fold_scales_into_gemma_norm
+    from helpers.awq_gemma3 import fold_scales_into_gemma_norm
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(
@@ -236,7 +236,7 @@ def test_awq_fixes_are_undone_on_exit():
     import gptqmodel.models.auto as auto
     import gptqmodel.quantization.awq.quantize.scale as scale
 
-    from course.awq_gemma3 import gemma3_awq_fixes
+    from helpers.awq_gemma3 import gemma3_awq_fixes
 
     before = (auto.MODEL_MAP["gemma3_text"], scale.scale_ln_fcs)
     with gemma3_awq_fixes():

@@ -131,7 +131,7 @@ def test_awq_with_fp32_products_makes_a_sound_bf16_checkpoint(tmp_path, course_c
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from course import models as course_models
-    from course.awq_gemma3 import gemma3_awq_fixes
+    from helpers.awq_gemma3 import gemma3_awq_fixes
     from helpers import kernels
 
     from .conftest import tiny_gemma3
@@ -182,7 +182,7 @@ def test_awq_scale_search_scores_the_chosen_rows(monkeypatch):
     import torch
     from gptqmodel.looper.awq_processor import AWQProcessor
 
-    from course.awq_gemma3 import gemma3_awq_fixes
+    from helpers.awq_gemma3 import gemma3_awq_fixes
 
     seen = []
 

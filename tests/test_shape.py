@@ -5,6 +5,7 @@ function cannot smuggle a cycle or an upward dependency past this test.
 """
 
 import ast
+import json
 from pathlib import Path
 
 
@@ -15,7 +16,7 @@ HELPERS = ROOT / "helpers"
 # it in its own tier. So every import points down this list, and no cycle is possible.
 TIERS = {
     # facts, files, errors; the quantizing and figure tools lessons call
-    "bottom": ["errors", "env", "precision", "gguf_tools", "quantize", "figures"],
+    "bottom": ["errors", "env", "precision", "gguf_tools", "quantize", "awq_gemma3", "figures"],
     "middle": [
         "hub",
         "downloading",
@@ -163,3 +164,66 @@ def test_no_line_is_over_100_characters():
         if len(line) > 100
     ]
     assert not long_lines, long_lines
+
+
+# What a lesson may take from course/, which builds and serves the course: the course models, and
+# the course's servers and converter that hand them out. Everything a lesson calls besides lives
+# in helpers/ (widgets, quantizing, figures) or bench/ (benchmarks).
+LESSON_COURSE_MODULES = {
+    "models": "the course models: build, paths, stamps",
+    "local_hub": "notebook 01: the course models served as Hub repos, offline",
+    "local_modelscope": "notebook 01: the same, behind ModelScope's API",
+    "serving": "notebook 09: the course model behind an OpenAI-compatible server",
+    "gguf_convert": "llama.cpp's converter (only in its sdist) and the course's GGUF types",
+}
+
+
+def course_modules_used(source: str) -> set[str]:
+    """The course modules a notebook's code or a module's source imports."""
+    found = set()
+    for line in source.splitlines():
+        line = line.strip()
+        if line.startswith("from course import "):
+            names = line.removeprefix("from course import ").split("#")[0]
+            found |= {name.split(" as ")[0].strip(" ()") for name in names.split(",")}
+        elif line.startswith(("from course.", "import course.")):
+            found.add(line.split()[1].split(".")[1])
+    return found - {""}
+
+
+def test_lessons_take_from_course_only_the_course_models_and_their_servers():
+    sources = {
+        path.relative_to(ROOT): "\n".join(
+            "".join(cell["source"])
+            for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]
+            if cell["cell_type"] == "code"
+        )
+        for folder in ("notebooks", "solutions")
+        for path in sorted((ROOT / folder).rglob("*.ipynb"))
+    }
+    sources |= {
+        path.relative_to(ROOT): path.read_text(encoding="utf-8")
+        for path in sorted((ROOT / "exercises").glob("*.py"))
+    }
+    beyond = {
+        str(name): sorted(course_modules_used(text) - set(LESSON_COURSE_MODULES))
+        for name, text in sources.items()
+        if course_modules_used(text) - set(LESSON_COURSE_MODULES)
+    }
+    assert not beyond, beyond
+
+
+def test_the_boundary_check_reads_every_import_form():
+    source = (
+        "from course import models as course_models\n"
+        "from course.chat_widget import ChatWidget  # a comment\n"
+        "import course.figures\n"
+        "from course import (serving, quantize)\n"
+    )
+    assert course_modules_used(source) == {
+        "models",
+        "chat_widget",
+        "figures",
+        "serving",
+        "quantize",
+    }
