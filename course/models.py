@@ -41,6 +41,7 @@ from helpers.downloading import free_disk_bytes
 from helpers.env import cache_dir, default_threads, installed_version as _version
 from helpers.errors import ChatError, CourseError
 from helpers.hub import human_size
+from helpers.precision import compute_dtype
 
 from . import reference
 from .procs import child_command
@@ -61,8 +62,9 @@ AWQ_CLIP_TOKENS = 32
 AWQ_CLIP_GRID = 10  # clip thresholds tried: 5 steps of 10% (GPTQModel's default 20 gives 10 of 5%)
 # AWQ scores its scales on 1 of the 4 rows: same perplexity, half the time (docs/measurements.md)
 AWQ_SCALE_ROWS = 1
-# float32 on every CPU: fast where bf16 is emulated, close across CPUs (docs/measurements.md)
-BUILD_DTYPE = "float32"  # what every build computes in; checkpoints are saved in bf16
+# what every build computes in: the precision rule's for quantizing on a CPU (float32 on every CPU:
+# docs/measurements.md); checkpoints are saved in bf16
+BUILD_DTYPE = compute_dtype("cpu", "calibration").dtype
 
 # Measured build times, the basis of the estimate `ensure` prints (docs/measurements.md)
 REFERENCE_BUILD_SECONDS = {"gguf": 10, "hf": 55, "gptq": 86, "awq": 94, "gguf-from-hf": 31}
@@ -558,7 +560,10 @@ def _build_quantized(fmt: str, out: Path) -> dict:
         config = QuantizeConfig(
             bits=4, group_size=128, sym=False, quant_method="awq", format="gemm"
         )
-        with gemma3_awq_fixes(AWQ_CLIP_TOKENS, AWQ_CLIP_GRID, AWQ_SCALE_ROWS), awq_search_in_fp32():
+        # AWQ's products as the build's dtype asks: the model stays bf16 (GPTQModel's AWQ packs
+        # 16-bit layers only)
+        products = awq_search_in_fp32() if BUILD_DTYPE == "float32" else contextlib.nullcontext()
+        with gemma3_awq_fixes(AWQ_CLIP_TOKENS, AWQ_CLIP_GRID, AWQ_SCALE_ROWS), products:
             model = GPTQModel.load(str(hf), config, dtype=torch.bfloat16)
             model.quantize(
                 rows, batch_size=1, backend=BACKEND.AWQ_TORCH

@@ -1,7 +1,9 @@
 """Which float type to compute in on this machine: one rule for the whole course.
 
-    print(compute_dtype("cpu", "batch"))   # calibration, perplexity, long prompts
+    print(compute_dtype("cpu", "batch"))   # perplexity, long prompts
     print(compute_dtype("cpu", "decode"))  # generating one token at a time (chat, completion)
+    print(compute_dtype("cpu", "calibration"))  # quantizing: float32 on every CPU
+    with products_in_fp32(): ...  # a bf16 model's CPU matrix products, in float32
     # a T4: float32, since Gemma overflows fp16
     print(compute_dtype("cuda", "decode", "gemma3_text"))
     cpu_bf16()                             # (True/False, what was found)
@@ -21,6 +23,11 @@ extension) do that arithmetic fast; the others (AVX2 laptops, AMD before Zen 4) 
 | CPU with native bf16 | bfloat16 | bfloat16 |
 | other CPU | float32 | bfloat16 |
 
+Quantizing on a CPU ("calibration": GPTQ's Hessians, AWQ's scale search) computes in float32 on
+every CPU: those sums run over thousands of rows, and builds on the two kinds of CPU then come out
+close. A model that stays bf16 (GPTQModel's AWQ packs only 16-bit layers; perplexity of a bf16
+model) gets its products in float32 through `products_in_fp32`, the one mechanism for that.
+
 float16 only where the model can compute in it. Its largest value is 65,504, and some architectures
 (the Gemma family: `FLOAT16_OVERFLOWS`) exceed that inside their layers: in float16 they compute
 inf, then NaN, and generate nothing but padding, with no error. For them the rule picks bfloat16
@@ -36,13 +43,14 @@ Checkpoints on disk stay bf16.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import dataclass
 
 from .env import cpu_flags
 
-WORKS = ("batch", "decode")
+WORKS = ("batch", "decode", "calibration")
 # config.json model_type names (substrings) of architectures known to overflow float16 in
 # their layers
 FLOAT16_OVERFLOWS = ("gemma",)
@@ -112,8 +120,8 @@ def compute_dtype(
     `overflows_float16(model_type)`."""
     if work not in WORKS:
         raise ValueError(
-            f"work={work!r}: use 'batch' (many rows at once: calibration, perplexity, long "
-            "prompts) or 'decode' (one token at a time)"
+            f"work={work!r}: use 'batch' (many rows at once: perplexity, long prompts), "
+            "'decode' (one token at a time) or 'calibration' (quantizing on a CPU)"
         )
     if overflows is None:
         overflows = overflows_float16(model_type)
@@ -149,6 +157,12 @@ def compute_dtype(
             f"Apple GPU: {model} overflows fp16 (NaN, then only padding), and bf16 needs "
             "macOS 14 or later",
         )
+    if work == "calibration":
+        return DtypeChoice(
+            "float32",
+            "quantizing on a CPU: float32 on every CPU (GPTQ's Hessians and AWQ's search sum over "
+            "thousands of rows, and builds on both kinds of CPU come out close)",
+        )
     native, found = cpu_bf16()
     if native:
         return DtypeChoice("bfloat16", f"CPU with native bf16 ({found})")
@@ -163,3 +177,46 @@ def compute_dtype(
         f"no native bf16 ({found}): many-row bf16 products are emulated and "
         "several times slower than fp32",
     )
+
+
+@contextlib.contextmanager
+def products_in_fp32(min_rows: int = 1, head=None, rows: int = 32768):
+    """Inside, every 16-bit nn.Linear on the CPU given at least `min_rows` rows multiplies in
+    float32, and rounds its output back to its dtype (what a native bf16 product that accumulates
+    in float32 returns), so a bf16 model stays a bf16 model. `head`, the output layer if given,
+    keeps float32 outputs (logits) and works `rows` output rows at a time (84 MB each for Gemma's).
+
+    The one mechanism for a bf16 model's products in float32: perplexity where bf16 is emulated
+    (`helpers.quality`), and AWQ's search while quantizing (`helpers.quantize`). It patches the
+    class, not the layers, because GPTQModel's AWQ copies layers while it searches. GPTQ and AWQ
+    layers are not nn.Linear: untouched."""
+    import torch
+
+    original = torch.nn.Linear.forward
+
+    def forward(self, x):
+        weight = self.weight
+        if (
+            weight.device.type != "cpu"
+            or weight.dtype not in (torch.bfloat16, torch.float16)
+            or x.dtype != weight.dtype
+            or x.numel() < min_rows * x.shape[-1]
+        ):
+            return original(self, x)
+        bias = None if self.bias is None else self.bias.float()
+        blocks = [
+            torch.nn.functional.linear(
+                x.float(),
+                weight[start : start + rows].float(),
+                None if bias is None else bias[start : start + rows],
+            )
+            for start in range(0, weight.shape[0], rows)
+        ]
+        out = torch.cat(blocks, dim=-1)
+        return out if self is head else out.to(x.dtype)
+
+    torch.nn.Linear.forward = forward
+    try:
+        yield
+    finally:
+        torch.nn.Linear.forward = original

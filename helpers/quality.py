@@ -14,7 +14,7 @@ import numpy as np
 
 from .generation import claim, suggest_n_ctx
 from .loading import new_llama
-from .precision import compute_dtype
+from .precision import compute_dtype, products_in_fp32
 
 
 def heldout_text(language: str = "en") -> str:
@@ -66,54 +66,13 @@ def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
         return model(ids).logits[0].float().cpu().numpy()
 
 
-@contextlib.contextmanager
-def _products_in_fp32(model, rows: int = 32768):
-    """Inside, the model's 16-bit nn.Linear layers on the CPU multiply in float32, when the rule
-    says so.
-
-    Each output is rounded back to the layer's dtype, as a native bf16 product that accumulates in
-    float32 returns it, so a bf16 model stays a bf16 model. The output layer keeps float32 logits
-    and works `rows` vocabulary rows at a time (84 MB each). GPTQ/AWQ layers are not nn.Linear:
-    untouched."""
-    import torch
-
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear)
-        and m.weight.device.type == "cpu"
-        and m.weight.dtype in (torch.bfloat16, torch.float16)
-    ]
-    if not layers or compute_dtype("cpu", "batch").dtype != "float32":
-        yield
-        return
+def _products_in_fp32(model):
+    """precision.products_in_fp32 for `model`'s perplexity pass, where the rule computes many-row
+    work in float32 (bf16 emulated); otherwise nothing changes."""
+    if compute_dtype("cpu", "batch").dtype != "float32":
+        return contextlib.nullcontext()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-
-    def in_fp32(layer):
-        def forward(x):  # in blocks of `rows` output rows: one block except for a large vocabulary
-            bias = None if layer.bias is None else layer.bias.float()
-            out = torch.cat(
-                [
-                    torch.nn.functional.linear(
-                        x.float(),
-                        layer.weight[i : i + rows].float(),
-                        None if bias is None else bias[i : i + rows],
-                    )
-                    for i in range(0, layer.weight.shape[0], rows)
-                ],
-                dim=-1,
-            )
-            return out if layer is head else out.to(x.dtype)
-
-        return forward
-
-    for layer in layers:
-        layer.forward = in_fp32(layer)  # an instance attribute shadows the class's forward
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward
+    return products_in_fp32(head=head)
 
 
 def gguf_logits(path, token_ids: list[int], **llama_kwargs) -> np.ndarray:

@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 
 from .errors import CourseError
+from .precision import products_in_fp32
 
 _LAYER = re.compile(rb"model\.layers\.(\d+)")
 # GPTQModel's LogBar draws no progress in Jupyter (it counts a notebook as headless): the log then
@@ -101,31 +102,25 @@ def awq_search_in_fp32():
 
     AWQ multiplies thousands of calibration rows by each layer: to capture its inputs, once per
     candidate scale (20 of them) and per clipping threshold. That is many-row work, several times
-    slower in bf16 than in fp32 on a CPU without native bf16 (helpers/precision.py). The model stays
-    bf16, as GPTQModel's AWQ expects (its CPU AWQ kernel packs 16-bit layers only, and a float32
-    model came out worse); while the block runs, an nn.Linear given 16 or more bf16 rows on the CPU
-    multiplies them in fp32 and rounds the result to bf16, which is what a bf16 product that
-    accumulates in fp32 returns too, and the clip search gets fp32 copies of its weights and inputs.
+    slower in bf16 than in fp32 on a CPU without native bf16 (helpers/precision.py). The model
+    stays bf16, as GPTQModel's AWQ expects (its CPU AWQ kernel packs 16-bit layers only, and a
+    float32 model came out worse); while the block runs, an nn.Linear given 16 or more bf16 rows
+    on the CPU multiplies them in fp32 (`precision.products_in_fp32`), and the clip search gets
+    fp32 copies of its weights and inputs.
     """
-    import torch
     from gptqmodel.looper.awq_processor import AWQProcessor
 
-    original_linear, original_clip = torch.nn.Linear.forward, AWQProcessor._compute_best_clip
-
-    def linear_forward(self, x):
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() >= 16 * x.shape[-1]:
-            bias = None if self.bias is None else self.bias.float()
-            return torch.nn.functional.linear(x.float(), self.weight.float(), bias).to(x.dtype)
-        return original_linear(self, x)
+    original_clip = AWQProcessor._compute_best_clip
 
     def compute_best_clip(self, w, input_feat, *args, **kwargs):
         return original_clip(self, w.float(), input_feat.float(), *args, **kwargs).to(w.dtype)
 
-    torch.nn.Linear.forward, AWQProcessor._compute_best_clip = linear_forward, compute_best_clip
+    AWQProcessor._compute_best_clip = compute_best_clip
     try:
-        yield
+        with products_in_fp32(min_rows=16):
+            yield
     finally:
-        torch.nn.Linear.forward, AWQProcessor._compute_best_clip = original_linear, original_clip
+        AWQProcessor._compute_best_clip = original_clip
 
 
 def save_as(qmodel, out, dtype: str = "bfloat16") -> None:

@@ -93,7 +93,7 @@ def test_cuda_rule_fp16_before_ampere(monkeypatch, capability, expected):
 
 
 def test_unknown_work_is_a_clear_error():
-    with pytest.raises(ValueError, match="'batch'.*'decode'"):
+    with pytest.raises(ValueError, match="'batch'.*'decode'.*'calibration'"):
         precision.compute_dtype("cpu", "training")
 
 
@@ -115,6 +115,28 @@ def test_load_model_reports_its_dtype_and_why(course_cache):
     lm = loading.load_model(course_models.model_path("hf"), device="cpu", work="batch")
     assert lm.dtype == precision.compute_dtype("cpu", "batch").dtype
     assert lm.dtype_reason and lm.dtype_reason in repr(lm)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_quantizing_computes_in_float32_on_every_cpu(monkeypatch, native):
+    """The rule's answer for calibration, which the course build takes as its BUILD_DTYPE."""
+    from course import models as course_models
+
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: (native, "faked"))
+    assert precision.compute_dtype("cpu", "calibration").dtype == "float32"
+    assert course_models.BUILD_DTYPE == "float32"
+
+
+def test_products_in_fp32_leaves_fp32_layers_and_few_rows_alone():
+    import torch
+
+    linear = torch.nn.Linear(64, 8).to(torch.bfloat16)
+    few = torch.randn(4, 64, dtype=torch.bfloat16)
+    with precision.products_in_fp32(min_rows=16):
+        assert torch.equal(linear(few), torch.nn.functional.linear(few, linear.weight, linear.bias))
+        full = torch.nn.Linear(64, 8)
+        x = torch.randn(32, 64)
+        assert torch.equal(full(x), torch.nn.functional.linear(x, full.weight, full.bias))
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -153,10 +175,12 @@ def test_perplexity_products_in_fp32_only_where_bf16_is_emulated(tmp_path, monke
         assert head_out.dtype == torch.float32
         np.testing.assert_allclose(logits, fp32_logits, rtol=1e-5, atol=1e-5)
         # 4 chunks, one ragged
-        with torch.inference_mode(), quality._products_in_fp32(model, rows=300):
+        with torch.inference_mode(), precision.products_in_fp32(head=head, rows=300):
             chunked = model(torch.tensor([ids])).logits[0].numpy()
         np.testing.assert_allclose(chunked, logits, rtol=1e-5, atol=1e-5)
-    assert not any("forward" in vars(m) for m in model.modules())  # the patches are gone
+    linear_forward = torch.nn.Linear.forward
+    assert linear_forward.__qualname__ == "Linear.forward"  # the patch is gone
+    assert not any("forward" in vars(m) for m in model.modules())
     np.testing.assert_allclose(quality.transformers_logits(model, ids), logits)  # and repeatable
 
 
