@@ -437,14 +437,14 @@ def test_every_course_model_computes_in_the_rules_dtype_on_every_device(
     assert sum(ch.isalpha() for ch in text) >= 8, f"{name}: {fmt} in {dtype} wrote {text!r}"
 
 
-def test_the_gguf_course_model_continues_on_llama_cpp(course_cache):
-    """llama.cpp chooses its own compute types on every device: the GGUF is unaffected by the
-    rule.
-    """
+@pytest.mark.parametrize("fmt", ["gguf", "gguf-from-hf"])
+def test_the_gguf_course_models_continue_on_llama_cpp(course_cache, fmt):
+    """llama.cpp chooses its own compute types on every device: the GGUFs are unaffected by the
+    rule."""
     from course import models as course_models
     from helpers import generation
 
-    lm = loading.load_model(course_models.model_path("gguf"), device="cpu", n_ctx=256)
+    lm = loading.load_model(course_models.model_path(fmt), device="cpu", n_ctx=256)
     text = generation.generate(lm, loading.FLOAT16_CHECK_TEXT, max_new_tokens=12)
     assert sum(ch.isalpha() for ch in text) >= 8, text
 
