@@ -69,34 +69,78 @@ def check_2(loader_for) -> bool:
     return verdict(True, "one field of config.json decides which library loads a folder.", "")
 
 
-def check_3(answer: dict, path=None) -> bool:
-    """Exercise 3: {"num_bits", "group_size", "symmetric", "targets"} of the checkpoint section 1
-    wrote, read from its config.json (its quantization_config's one config group)."""
-    import json
+def _weight(name: str, path=None):
+    from safetensors import safe_open
 
     from course import models as course_models
 
-    folder = path or course_models.cache_dir() / "yours" / "compressed-tensors-w4a16-rtn"
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder} is missing: run section 1 of notebook 03b first")
-    group = next(
-        iter(
-            json.loads((folder / "config.json").read_text())["quantization_config"][
-                "config_groups"
-            ].values()
+    folder = path or course_models.model_path("hf")
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            if name in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
+                return f.get_tensor(name).float()
+    raise FileNotFoundError(f"{name} is not in {folder}")
+
+
+def check_3(rtn_scales, path=None) -> bool:
+    """Exercise 3: `rtn_scales(weight, group_size)` -> the scales section 1's round to nearest
+    gives a float weight [out, in] in a symmetric 4-bit grid: one per output and group of
+    `group_size` inputs, [out, in // group_size], as compressed-tensors' calculate_qparams
+    computes them. Tried on two of the `hf` model's layers and two group sizes."""
+    import torch
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    for name, group_size in [
+        (LAYER + ".weight", 128),
+        (LAYER + ".weight", 32),
+        ("model.layers.0.self_attn.q_proj.weight", 128),
+    ]:
+        weight = _weight(name, path)
+        args = QuantizationArgs(
+            num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size
         )
-    )
-    truth = {
-        "num_bits": group["weights"]["num_bits"],
-        "group_size": group["weights"]["group_size"],
-        "symmetric": group["weights"]["symmetric"],
-        "targets": group["targets"],
-    }
-    answer = answer if isinstance(answer, dict) else {}
-    wrong = [k for k, v in truth.items() if answer.get(k) != v]
+        groups = weight.reshape(weight.shape[0], -1, group_size)
+        truth, _ = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
+        truth = truth.reshape(weight.shape[0], -1)
+        got, error = attempt(rtn_scales, weight.clone(), group_size)
+        if error:
+            return verdict(False, "", f"{error} (group size {group_size})")
+        got = torch.as_tensor(got).float()
+        where = f"{name.removeprefix('model.').removesuffix('.weight')}, group size {group_size}"
+        if got.shape != truth.shape:
+            return verdict(
+                False,
+                "",
+                f"your scales have the shape {tuple(got.shape)} for {where}; expected one per "
+                f"output and group of inputs, {tuple(truth.shape)}.",
+            )
+        near = torch.isclose(got, truth, rtol=5e-3, atol=0)  # bf16 scales pass too
+        if near.all():
+            continue
+        ratio = (got / truth).flatten()
+        negative_peak = -groups.amin(-1) > groups.amax(-1)  # the group's largest |w| is negative
+        if (ratio.max() - ratio.min()) < 1e-3 * ratio.abs().mean():
+            hint = (
+                f"your scales are all off by the same factor ({where}): how many steps wide is "
+                "the signed 4-bit grid, from -8 to 7, and how much of it does a symmetric scale "
+                "give to each side of zero?"
+            )
+        elif bool((near | negative_peak).all()):
+            hint = (
+                f"wrong for the groups whose largest weight is negative ({where}): the scale "
+                "must cover the largest magnitude, on either side of zero."
+            )
+        else:
+            hint = (
+                f"wrong for {where}: one scale per output row and per group of group_size "
+                "consecutive inputs, set by the group's largest weight so that it lands on the "
+                "edge of the 4-bit grid (section 1's calculate_qparams; symmetric: no zero point)."
+            )
+        return verdict(False, "", hint)
     return verdict(
-        not wrong,
-        "config_groups say which layers (targets) get which quantization (weights).",
-        f"look again at {', '.join(wrong)}: config.json > quantization_config > config_groups > "
-        "group_0 > weights, and its targets.",
+        True,
+        "each group's largest magnitude sets its scale, so one outlier coarsens the grid of its "
+        "whole group: what GPTQ and AWQ improve on.",
+        "",
     )

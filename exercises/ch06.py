@@ -40,9 +40,24 @@ def check_1(speeds) -> bool:
     return verdict(True, "the same definitions notebook 08's benchmark uses.", "")
 
 
+def _streamed(pieces, ids: list[int]) -> list[tuple[str, int]]:
+    """Run `pieces` on the ids given one at a time: [(piece, how many ids it had read when it
+    yielded that piece)]."""
+    read = 0
+
+    def one_at_a_time():
+        nonlocal read
+        for n, token in enumerate(ids, 1):
+            read = n  # how far the learner's function has got
+            yield token
+
+    return [(piece, read) for piece in pieces(one_at_a_time())]
+
+
 def check_2(pieces, path=None) -> bool:
-    """Exercise 2: `pieces(ids)` -> text deltas, one per token or fewer, whose join equals
-    tok.decode(ids), with no piece holding a broken character."""
+    """Exercise 2: `pieces(ids)` -> text pieces, yielded while the ids are read one at a time (as a
+    streamer's put() receives them): their join equals tok.decode(ids), no piece holds a broken
+    character, and there is about one piece per token that completes some text."""
     from transformers import AutoTokenizer
 
     from course import models as course_models
@@ -53,23 +68,49 @@ def check_2(pieces, path=None) -> bool:
         "Quantization: 4 bits, not 16.",
     ):  # 𠀀𪚥 ꙮ: byte tokens
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        got, error = attempt(pieces, list(ids))
+        got, error = attempt(_streamed, pieces, list(ids))
         if error:
             return verdict(False, "", error)
-        got = list(got)
-        if "".join(got) != tok.decode(ids):
+        if not all(isinstance(p, str) for p, _ in got):
+            return verdict(
+                False, "", "each piece is a str: the text that is new since the last one."
+            )
+        if "".join(p for p, _ in got) != tok.decode(ids):
             return verdict(
                 False,
                 "",
                 "the pieces do not join to the decoded text: decoding ids one by one "
                 "loses the spaces and splits characters that take several tokens.",
             )
-        if any("\ufffd" in p for p in got):
+        if any("\ufffd" in p for p, _ in got):
             return verdict(
                 False,
                 "",
                 "a piece holds '\ufffd', half a character: hold text back until the "
                 "decoded text no longer ends in it.",
+            )
+        # the text can grow at this many tokens: the ones after which it decodes longer and whole
+        growing, shown = 0, ""
+        for n in range(1, len(ids) + 1):
+            decoded = tok.decode(ids[:n])
+            if not decoded.endswith("\ufffd") and len(decoded) > len(shown):
+                growing, shown = growing + 1, decoded
+        if len(got) < 2 or 2 * len(got) < growing:
+            return verdict(
+                False,
+                "",
+                f"{len(got)} piece{'s' * (len(got) != 1)} for {len(ids)} tokens: that is not a "
+                "stream. Hand over the new text after each token, as soon as it is complete, not "
+                "the whole text (or whole words) at once.",
+            )
+        early = sum(n < len(ids) for _, n in got)
+        if 2 * early < len(got):
+            return verdict(
+                False,
+                "",
+                "your pieces come out only after the last id was read: a streamer gets the ids "
+                "one at a time and must hand over each piece before the next id arrives "
+                "(yield it, in a generator).",
             )
     return verdict(
         True, "decode the whole sequence so far, and hand over only what is new and complete.", ""

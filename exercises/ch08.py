@@ -1,12 +1,12 @@
 """Exercises of notebook 08 (the comparison), checked against the results file the notebook
-wrote."""
+wrote and the course's GGUF files."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from . import close, verdict
+from . import attempt, close, verdict
 
 RESULTS = Path("build/08_results.json")  # the notebook's default, relative to the course folder
 
@@ -49,16 +49,70 @@ def check_2(answer_bytes, fmt: str = "gptq", results=None) -> bool:
     )
 
 
-def check_3(answer_format: str, results=None) -> bool:
-    """Exercise 3: the 4-bit format closest to the reference in top-1 agreement, in this run."""
-    rows = [
-        r
-        for r in _results(results)["results"]
-        if r.get("top1_agreement") is not None and not r["format"].startswith("hf")
-    ]
-    best = max(rows, key=lambda r: r["top1_agreement"])["format"]
+def _next_token_logits(path, texts: list[str], positions: int) -> list:
+    """llama.cpp's next-token logits [positions, vocab] of a GGUF file over the start of each of
+    `texts`."""
+    import numpy as np
+
+    from helpers import loading
+
+    llm = loading.new_llama(path, n_ctx=256, n_batch=256, logits_all=True)
+    try:
+        out = []
+        for text in texts:
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=True)[:positions]
+            llm.reset()
+            llm.eval(ids)
+            out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+        return out
+    finally:
+        llm.close()
+
+
+def check_3(agreement, positions: int = 40) -> bool:
+    """Exercise 3: `agreement(predicted, reference)` -> the top-1 agreement of two models, from
+    their next-token logits at the same positions ([positions, vocab] arrays): the share of
+    positions where both rank the same token first. Tried on the course's two Q4_K_M files (the
+    one quantized from `hf` against the shipped one) over the start of each held-out text."""
+    import numpy as np
+
+    from course import models as course_models
+    from helpers import quality
+
+    languages = ("English", "Chinese")
+    texts = [quality.heldout_text(language) for language in ("en", "zh")]
+    references = _next_token_logits(course_models.model_path("gguf"), texts, positions)
+    predictions = _next_token_logits(course_models.model_path("gguf-from-hf"), texts, positions)
+    for language, predicted, reference in zip(languages, predictions, references, strict=True):
+        truth = float((predicted.argmax(-1) == reference.argmax(-1)).mean())
+        got, error = attempt(agreement, predicted.copy(), reference.copy())
+        if error:
+            return verdict(False, "", error)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return verdict(
+                False, "", f"your function returned a {type(got).__name__}: return one number."
+            )
+        if np.isclose(got, truth, rtol=0, atol=1e-6):
+            continue
+        if np.isclose(got, truth * len(reference), rtol=0, atol=1e-6) or np.isclose(
+            got, truth * 100, rtol=0, atol=1e-4
+        ):
+            hint = (
+                "the agreement is a share of the positions, 0 to 1: not a count, nor a percentage."
+            )
+        else:
+            hint = (
+                f"wrong for the {language} text: each row is "
+                "one position, each column one token of the vocabulary; at every position compare "
+                "the two models' highest-scoring tokens, then take the share of positions where "
+                "they are the same."
+            )
+        return verdict(False, "", hint)
     return verdict(
-        answer_format == best,
-        "top-1 agreement: how often it picks the reference's next token.",
-        "read the top-1 agreement column of section 5 for the 4-bit formats only.",
+        True,
+        "the share of positions where greedy decoding would pick the same token: section 5's "
+        "top-1 agreement.",
+        "",
     )

@@ -1,5 +1,5 @@
 """Exercises of notebook 09 (serving), checked against the OpenAI-compatible request and stream
-formats."""
+formats, and against a server of the course's GGUF."""
 
 from __future__ import annotations
 
@@ -77,12 +77,93 @@ def check_2(collect) -> bool:
     )
 
 
-def check_3(answer: str) -> bool:
-    """Exercise 3: which endpoint gives a base model its few-shot transcript with a stop string:
-    "chat" (/v1/chat/completions) or "completions" (/v1/completions)?"""
+QUESTIONS = ("What is the capital of Italy?", "英国的首都是哪里？")  # none among the examples
+
+
+def _post(base_url: str, route: str, body: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base_url}/{route}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps(body).encode(),
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def check_3(ask, base_url: str | None = None, path=None) -> bool:
+    """Exercise 3: `ask(base_url, question)` -> the text of the course model's reply to `question`
+    from the server at `base_url`, asked the way section 3 found a base model answers best, greedy,
+    at most 24 new tokens, and no more than the answer to that question. The check starts a server
+    of its own (or uses `base_url`) and asks it each question that way itself."""
+    import contextlib
+
+    from course import models as course_models
+    from course import serving
+    from helpers import templates
+
+    with contextlib.ExitStack() as stack:
+        if base_url is None:
+            server = stack.enter_context(
+                serving.llama_server(
+                    path or course_models.model_path("gguf"), chat_format="gemma", n_ctx=1024
+                )
+            )
+            base_url = server.base_url
+        for question in QUESTIONS:
+            messages = [{"role": "user", "content": question}]
+            transcript = templates.render_completion(messages, examples=templates.FEW_SHOT_EXAMPLES)
+            want = _post(
+                base_url,
+                "completions",
+                {"prompt": transcript, "max_tokens": 24, "temperature": 0, "stop": ["\nUser:"]},
+            )["choices"][0]["text"].strip()
+            got, error = attempt(ask, base_url, question)
+            if error:
+                return verdict(False, "", error)
+            if not isinstance(got, str):
+                return verdict(
+                    False,
+                    "",
+                    f"your function returned a {type(got).__name__}: return the reply's text, "
+                    "a str.",
+                )
+            if got.strip() == want:
+                continue
+            if got.strip().startswith(want) and "User:" in got:
+                hint = (
+                    "your reply runs on into the next question: the model continues the "
+                    "transcript and writes the next 'User:' line itself. Which request parameter "
+                    "ends the reply there?"
+                )
+            elif (
+                got.strip()
+                == (
+                    _post(
+                        base_url,
+                        "chat/completions",
+                        {"messages": messages, "max_tokens": 24, "temperature": 0},
+                    )["choices"][0]["message"]["content"]
+                    or ""
+                ).strip()
+            ):
+                hint = (
+                    "that is the chat endpoint's reply: it renders your question with a chat "
+                    "format first, which this base model never learned. Section 3 asked it "
+                    "another way, with a transcript of its own."
+                )
+            else:
+                hint = (
+                    f"not the reply section 3's way of asking gives for {question!r}: the few-shot "
+                    "transcript (templates.render_completion with templates.FEW_SHOT_EXAMPLES), "
+                    "sent as it is, greedy (temperature 0), at most 24 new tokens, cut before the "
+                    "next question."
+                )
+            return verdict(False, "", hint)
     return verdict(
-        answer == "completions",
-        "the text goes in as it is, and `stop` cuts the reply at the next 'User:'.",
-        "the chat endpoint renders its messages with a chat template first; which endpoint takes "
-        "your own text unchanged?",
+        True,
+        "your own text goes in unchanged, and `stop` ends the reply before the next 'User:'.",
+        "",
     )

@@ -4,6 +4,7 @@ the answer."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -138,7 +139,6 @@ WRONG = [  # (module, check, a wrong answer, a hint word, the truth that must no
     ),
     ("ch09", "check_1", {"prompt": "What is GGUF?", "max_new_tokens": 32}, "max_tokens", None),
     ("ch09", "check_2", lambda lines: "".join(lines), "[DONE]", None),
-    ("ch09", "check_3", "chat", "unchanged", "completions"),
     ("ch03b", "check_2", lambda config: config.get("quant_method", "hf"), "quant_method", None),
 ]
 
@@ -205,3 +205,288 @@ def test_gptq_checks_on_the_course_model(course_cache, capsys):
     no_g_idx = n_in * n_out // 2 + (n_in // 64) * n_out // 2 + (n_in // 64) * n_out * 2
     assert ch02.check_1(no_g_idx) is False
     assert str(no_g_idx + n_in * 4) not in capsys.readouterr().out
+
+
+# Wrong answers to the checks that read the course's own files (or run its models): each is worked
+# out from those files the way a learner's mistake would be, so it is wrong by exactly that mistake.
+
+
+@functools.cache
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from course import models as course_models
+
+    return AutoTokenizer.from_pretrained(course_models.model_path("hf"))
+
+
+def _safetensors(fmt: str, prefix: str = "") -> dict:
+    """{name: tensor} of a course model's safetensors files, only the names starting with
+    `prefix`."""
+    from safetensors import safe_open
+
+    from course import models as course_models
+
+    found = {}
+    for file in sorted(course_models.model_path(fmt).glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            for name in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
+                if name.startswith(prefix):
+                    found[name] = f.get_tensor(name)
+    return found
+
+
+def _bytes(tensors: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _decode_ceilings_swapped():  # 4 bytes per bf16 weight and 2 per fp32 one
+    params = sum(t.numel() for t in _safetensors("hf").values())
+    return {"bfloat16": 20e9 / (4 * params), "float32": 20e9 / (2 * params)}
+
+
+def _gptq_bits_without_g_idx():  # the group indices forgotten
+    t = _safetensors("gptq", "model.layers.0.mlp.down_proj.")
+    weights = t["model.layers.0.mlp.down_proj.qweight"].numel() * 8
+    kept = {k: v for k, v in t.items() if not k.endswith("g_idx")}
+    return _bytes(kept) * 8 / weights
+
+
+def _layer_bytes(fmt: str) -> int:
+    return _bytes(_safetensors(fmt, "model.layers.0.mlp.down_proj."))
+
+
+def _awq_in_plain_order(qweight, qzeros, scales, group_size):  # AWQ's interleaving forgotten
+    import torch
+
+    from helpers.quantize import unpack_int4
+
+    q, z = unpack_int4(qweight, dim=1).float(), unpack_int4(qzeros, dim=1).float()
+    group = torch.arange(q.shape[0]) // group_size
+    return (q - z[group]) * scales.float()[group]
+
+
+def _awq_with_gptq_plus_one(qweight, qzeros, scales, group_size):  # GPTQ's +1 on the zero points
+    from exercises.ch03 import AWQ_ORDER, _unpack
+
+    import torch
+
+    q, z = _unpack(qweight, AWQ_ORDER).float(), _unpack(qzeros, AWQ_ORDER).float() + 1
+    group = torch.arange(q.shape[0]) // group_size
+    return (q - z[group]) * scales.float()[group]
+
+
+def _ct_bytes_fp32_scales():  # the scales counted as float32, not bf16
+    out_features, in_features = _safetensors("hf", "model.layers.0.mlp.down_proj.weight")[
+        "model.layers.0.mlp.down_proj.weight"
+    ].shape
+    return out_features * in_features // 2 + out_features * (in_features // 128) * 4 + 2 * 8
+
+
+def _gguf_shares_by_weights():  # each type's share of the weights, not of the bytes
+    from collections import Counter
+
+    from course import models as course_models
+    from helpers import gguf_tools
+
+    header = gguf_tools.read_gguf(course_models.model_path("gguf"))
+    weights = Counter()
+    for t in header.tensors:
+        weights[t.type_name] += t.n_elements
+    return {name: n / header.n_params for name, n in weights.items()}
+
+
+def _fell_back(wrong: str):
+    from helpers import gguf_tools
+
+    def fell_back(path):
+        tensors = gguf_tools.read_gguf(path).tensors
+        if wrong == "last dimension":  # PyTorch's order: the row length last
+            return [t.name for t in tensors if len(t.shape) == 2 and t.shape[-1] % 256]
+        return [t.name for t in tensors if t.shape[0] % 256]  # the norms counted as matrices
+
+    return fell_back
+
+
+def _pieces_once_all_ids_are_in(ids):  # the right pieces, but only once every id has come
+    ids, pieces, sent = list(ids), [], ""
+    for n in range(1, len(ids) + 1):
+        text = _tokenizer().decode(ids[:n])
+        if not text.endswith("\ufffd") and len(text) > len(sent):
+            pieces.append(text[len(sent) :])
+            sent = text
+    return pieces
+
+
+def _system_as_its_own_turn(messages):  # Gemma has no system turn
+    text = "<bos>"
+    for m in messages:
+        role = "model" if m["role"] == "assistant" else m["role"]
+        text += f"<start_of_turn>{role}\n{m['content'].strip()}<end_of_turn>\n"
+    return text + "<start_of_turn>model\n"
+
+
+def _few_shot(endpoint: str):
+    """A learner's `ask(base_url, question)` for ch09.check_3: by the chat endpoint, or by the
+    few-shot transcript without a stop string."""
+    import openai
+
+    from helpers import templates
+
+    def ask(base_url, question):
+        client = openai.OpenAI(base_url=base_url, api_key="not-needed-locally")
+        messages = [{"role": "user", "content": question}]
+        if endpoint == "chat":
+            reply = client.chat.completions.create(
+                model="course", messages=messages, temperature=0, max_tokens=24
+            )
+            return reply.choices[0].message.content
+        prompt = templates.render_completion(messages, examples=templates.FEW_SHOT_EXAMPLES)
+        reply = client.completions.create(
+            model="course", prompt=prompt, temperature=0, max_tokens=24
+        )
+        return reply.choices[0].text
+
+    return ask
+
+
+COURSE_WRONG = [  # (module, check, a wrong answer (made when the test runs), a hint word)
+    ("ch00", "check_3", _decode_ceilings_swapped, "2 bytes in bf16"),
+    ("ch02", "check_2", lambda: 4.0, "a little above 4"),
+    ("ch02", "check_2", _gptq_bits_without_g_idx, "all four tensors"),
+    ("ch03", "check_1", lambda: 0, "hold the same number of bits"),
+    ("ch03", "check_1", lambda: _layer_bytes("awq") - _layer_bytes("gptq"), "list the tensors"),
+    ("ch03", "check_2", lambda: _awq_in_plain_order, "wrong columns"),
+    ("ch03", "check_2", lambda: _awq_with_gptq_plus_one, "with no +1"),
+    ("ch03b", "check_1", _ct_bytes_fp32_scales, "a bf16 scale"),
+    (
+        "ch03b",
+        "check_3",
+        lambda: lambda w, g: w.reshape(len(w), -1, g).abs().amax(-1) / 7,
+        "-8 to 7",
+    ),
+    (
+        "ch03b",
+        "check_3",
+        lambda: lambda w, g: w.reshape(len(w), -1, g).amax(-1) / 7.5,
+        "largest weight is negative",
+    ),
+    ("ch03b", "check_3", lambda: lambda w, g: w.abs().amax(-1) / 7.5, "expected one per output"),
+    ("ch04", "check_2", _gguf_shares_by_weights, "with its bytes over all tensor bytes"),
+    ("ch04b", "check_3", lambda: _fell_back("last dimension"), "the wrong dimension"),
+    ("ch04b", "check_3", lambda: _fell_back("norms"), "only matrices are quantized"),
+    ("ch05", "check_1", lambda: _system_as_its_own_turn, "where does Gemma's template put it?"),
+    (
+        "ch05",
+        "check_1",
+        lambda: lambda messages: _tokenizer().apply_chat_template(messages, tokenize=False),
+        "character by character",
+    ),
+    ("ch05", "check_2", lambda: lambda text: _tokenizer()(text)["input_ids"], "two <bos>"),
+    (
+        "ch05",
+        "check_3",
+        lambda: lambda text: _tokenizer()(text, add_special_tokens=False)["input_ids"],
+        "a control token id is in your ids",
+    ),
+    ("ch06", "check_2", lambda: lambda ids: [_tokenizer().decode(list(ids))], "not a stream"),
+    (
+        "ch06",
+        "check_2",
+        lambda: lambda ids: [_tokenizer().decode([i]) for i in ids],
+        "loses the spaces",
+    ),
+    ("ch06", "check_2", lambda: _pieces_once_all_ids_are_in, "after the last id was read"),
+    (
+        "ch08",
+        "check_3",
+        lambda: (
+            lambda predicted, reference: float((predicted.argmax(0) == reference.argmax(0)).mean())
+        ),
+        "each row is one position",
+    ),
+    (
+        "ch08",
+        "check_3",
+        lambda: (
+            lambda predicted, reference: int((predicted.argmax(-1) == reference.argmax(-1)).sum())
+        ),
+        "not a count",
+    ),
+    ("ch09", "check_3", lambda: _few_shot("chat"), "the chat endpoint's reply"),
+    ("ch09", "check_3", lambda: _few_shot("no stop"), "runs on into the next question"),
+]
+
+
+@pytest.mark.parametrize(
+    "module, check, make_answer, hint", COURSE_WRONG, ids=[f"{m}.{c}" for m, c, *_ in COURSE_WRONG]
+)
+def test_a_wrong_answer_on_the_course_models_gets_a_hint(
+    module, check, make_answer, hint, course_cache, capsys
+):
+    assert getattr(importlib.import_module(f"exercises.{module}"), check)(make_answer()) is False
+    printed = capsys.readouterr().out
+    assert printed.startswith("✗ not yet:") and hint in printed, printed
+
+
+def test_a_wrong_bits_per_weight_of_a_gguf_file_gets_a_hint(course_cache, capsys):
+    """ch04b.check_2 on the course's Q4_K_M file (the Q4_0 file needs llama.cpp's converter): its
+    main type's own 4.5 bits are not the file's average."""
+    from course import models as course_models
+    from exercises import ch04b
+
+    assert ch04b.check_2(4.5, path=course_models.model_path("gguf")) is False
+    printed = capsys.readouterr().out
+    assert printed.startswith("✗ not yet:") and "n_bytes" in printed, printed
+
+
+def test_wrong_answers_from_the_results_file_get_a_hint(tmp_path, course_cache, capsys):
+    """ch08's checks 1 and 2 on a results file whose GPTQ row reads what the GPTQ file holds: the
+    bandwidth of one thread, and the tied embedding counted as one row looked up, are wrong."""
+    from exercises import ch08
+
+    gptq = _safetensors("gptq")
+    per_token = _bytes(gptq)
+    embedding = gptq["model.embed_tokens.weight"]
+    results = tmp_path / "08_results.json"
+    results.write_text(
+        json.dumps(
+            {
+                "bandwidth": {"copy_1_thread_Bps": 9e9, "cpu_Bps": 21e9},
+                "results": [{"format": "gptq", "bytes_per_token": per_token}],
+            }
+        )
+    )
+    one_row = embedding[0].numel() * embedding.element_size()
+    cases = [
+        (ch08.check_1, 9e9 / 4.1e9, "best of its thread counts"),
+        (ch08.check_2, per_token - _bytes({"e": embedding}) + one_row, "Gemma ties it"),
+    ]
+    for check, answer, hint in cases:
+        assert check(answer, results=results) is False
+        printed = capsys.readouterr().out
+        assert printed.startswith("✗ not yet:") and hint in printed, printed
+    assert ch08.check_1(21e9 / 4.1e9, results=results) and ch08.check_2(per_token, results=results)
+
+
+# checks whose wrong answers are fed by the tests above that need more than one answer per call
+WRONG_ELSEWHERE = {
+    ("ch02", "check_1"),
+    ("ch02", "check_3"),
+    ("ch04b", "check_2"),
+    ("ch08", "check_1"),
+    ("ch08", "check_2"),
+}
+
+
+def test_every_check_is_fed_a_wrong_answer():
+    covered = {(m, c) for m, c, *_ in WRONG + COURSE_WRONG} | WRONG_ELSEWHERE
+    missing = [
+        f"{chapter(lesson)}.{name}"
+        for lesson in LESSONS
+        for name, _ in inspect.getmembers(
+            importlib.import_module(f"exercises.{chapter(lesson)}"), inspect.isfunction
+        )
+        if name.startswith("check_") and (chapter(lesson), name) not in covered
+    ]
+    assert not missing, f"no test gives these checks a wrong answer: {missing}"
