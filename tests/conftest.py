@@ -30,6 +30,30 @@ def course_cache() -> Path:
 
 
 @pytest.fixture(scope="module")
+def gguf(course_cache):
+    """The course GGUF on llama.cpp (a 1024-token window), one per test module."""
+    from course import models as course_models
+    from helpers import loading
+
+    return loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
+
+
+@pytest.fixture(scope="module")
+def hf(course_cache):
+    """The course's full-precision model on Transformers, one per test module."""
+    from course import models as course_models
+    from helpers import loading
+
+    return loading.load_model(course_models.model_path("hf"))
+
+
+@pytest.fixture(params=["gguf", "hf"])
+def lm(request):
+    """Each backend in turn: the course GGUF (llama.cpp), then `hf` (Transformers)."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, course_cache) -> Path:
     """A tiny random Gemma 3 (1 layer, safetensors, 1024-token window) with the course tokenizer:
     loads in seconds."""

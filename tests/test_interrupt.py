@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from course import models as course_models
 from helpers import chat, errors, generation, loading, quality, streaming, timing
 from helpers.errors import CourseError
 from tests.kernel_support import kernel_stdout
@@ -22,21 +21,6 @@ BUSY = (
     "This model is still generating (a stream started earlier runs in the background). "
     "Call .wait() on that stream, or .stop() it, before starting another."
 )
-
-
-@pytest.fixture(scope="module")
-def gguf(course_cache):
-    return loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
-
-
-@pytest.fixture(scope="module")
-def hf(course_cache):
-    return loading.load_model(course_models.model_path("hf"))
-
-
-@pytest.fixture(params=["gguf", "hf"])
-def lm(request):
-    return request.getfixturevalue(request.param)
 
 
 def fake_lm(backend: str = "llama.cpp") -> loading.LoadedModel:

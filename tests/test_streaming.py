@@ -12,29 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from course import models as course_models
-from helpers import generation, loading, streaming
+from helpers import generation, streaming
 from helpers.errors import CourseError
 from tests.kernel_support import kernel_stdout, run_in_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["The capital of France is", "问：人工智能的未来发展方向是什么？\n答："]
 TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def gguf(course_cache):
-    return loading.load_model(course_models.model_path("gguf"), n_ctx=1024)
-
-
-@pytest.fixture(scope="module")
-def hf(course_cache):
-    return loading.load_model(course_models.model_path("hf"))
-
-
-@pytest.fixture(params=["gguf", "hf"])
-def lm(request):
-    return request.getfixturevalue(request.param)
 
 
 def shown_text(value: str) -> str:
