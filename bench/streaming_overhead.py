@@ -33,23 +33,11 @@ WAYS = ("bare", "console", "widget")
 
 def run_bare(lm, prompt: str, max_new_tokens: int) -> dict:
     """Plain generation, nothing streamed: the baseline."""
+    backend = generation.backend_of(lm)
     started = time.perf_counter()
-    if lm.backend == "llama.cpp":
-        out = lm.model.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0)
-        # usage leaves out an end-of-sequence token; streaming counts it, so add it back
-        new = out["usage"]["completion_tokens"] + (out["choices"][0]["finish_reason"] == "stop")
-    else:
-        import torch
-
-        inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
-        with torch.inference_mode():
-            ids = lm.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=generation.pad_token_id(lm.tokenizer),
-            )
-        new = ids.shape[1] - inputs["input_ids"].shape[1]
+    # the prompt as the library tokenizes a text (<bos> first, its markers as tokens), greedy;
+    # every generated token counted, an end-of-sequence token included, as streaming counts them
+    _text, new = backend.complete(backend.encode(prompt, add_bos=True), max_new_tokens)
     return {"new_tokens": int(new), "seconds": time.perf_counter() - started}
 
 

@@ -112,9 +112,10 @@ def _import_backend(name: str) -> None:
 
 def _quality(lm, ids: list[int], threads: int) -> dict:
     """Perplexity on the held-out ids and the next-token argmax at every position."""
-    from helpers import quality
+    from helpers import generation, quality
 
-    if lm.backend == "llama.cpp":
+    torch_model = generation.backend_of(lm).torch_model
+    if torch_model is None:  # a GGUF on llama.cpp
         # logits for every position need their own context (logits_all); the weights are shared
         # (mmap)
         logits = quality.gguf_logits(
@@ -125,7 +126,7 @@ def _quality(lm, ids: list[int], threads: int) -> dict:
             n_gpu_layers=-1 if lm.device.startswith("cuda") else 0,
         )
     else:
-        logits = quality.transformers_logits(lm.model, ids)
+        logits = quality.transformers_logits(torch_model, ids)
     return {
         "perplexity": quality.perplexity_from_logits(logits, ids),
         "argmax": logits[: len(ids) - 1].argmax(-1).tolist(),
@@ -141,7 +142,7 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
     for var in ("QLLM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from helpers import memory, timing
+    from helpers import generation, memory, timing
 
     lm = None
     try:
@@ -153,15 +154,12 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
         rss_before = psutil.Process().memory_info().rss
         lm = load(name, source, device, threads)
         timing.set_threads(lm, threads)
-        if lm.backend == "llama.cpp" and lm.device.startswith("cuda"):
-            import llama_cpp
-
-            if not llama_cpp.llama_supports_gpu_offload():  # n_gpu_layers is then silently ignored
-                lm.device = "cpu"
-                lm.notes.append(
-                    "llama-cpp-python was built without GPU support: it ran on the CPU "
-                    "(rebuild with CMAKE_ARGS=-DGGML_CUDA=on)"
-                )
+        if generation.backend_of(lm).ignores_gpu():  # n_gpu_layers is then silently ignored
+            lm.device = "cpu"
+            lm.notes.append(
+                "llama-cpp-python was built without GPU support: it ran on the CPU "
+                "(rebuild with CMAKE_ARGS=-DGGML_CUDA=on)"
+            )
         conn.send(
             (
                 "ok",
@@ -193,10 +191,7 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
                 run = timing.time_generation(lm, args["prompt"], args["new_tokens"])
                 conn.send(("ok", run.__dict__))
             elif command == "tokenize":
-                if lm.backend == "llama.cpp":
-                    ids = lm.model.tokenize(args["text"].encode("utf-8"), add_bos=True)
-                else:
-                    ids = lm.tokenizer(args["text"])["input_ids"]
+                ids = generation.backend_of(lm).plain_ids(args["text"])
                 conn.send(("ok", list(ids)))
             elif command == "memory":
                 # after a warm-up: CPU kernels repack quantized weights on their first forward
@@ -216,8 +211,8 @@ def serve(conn, name: str, source: str, device: str, threads: int, log_path: str
         except Exception as err:
             traceback.print_exc()
             conn.send(("error", f"{type(err).__name__}: {err}"))
-    if lm is not None and lm.backend == "llama.cpp":
-        lm.model.close()  # else llama.cpp's destructor fails noisily at interpreter exit
+    if lm is not None:
+        generation.backend_of(lm).close()  # else llama.cpp's destructor fails noisily at exit
 
 
 if __name__ == "__main__":

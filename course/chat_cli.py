@@ -15,6 +15,7 @@ import sys
 
 from helpers.chat import ChatSession
 from helpers.errors import CourseError
+from helpers.generation import backend_of
 
 from .models import resolve_model
 
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _chat_loop(session, args)
     finally:
-        if lm.backend == "llama.cpp":
-            lm.model.close()  # free it now, not in a destructor at interpreter exit
+        backend_of(lm).close()  # free it now, not in a destructor at interpreter exit
 
 
 def _chat_loop(session: ChatSession, args) -> int:

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import ChatError, ChatHistoryError, ContextWindowError
-from .generation import check_free
+from .generation import backend_of, check_free
 from .streaming import StreamResult, TokenStream, print_stream
 from .templates import check_messages, choose_template, count_prompt_tokens
 
@@ -110,11 +110,8 @@ class ChatTurn(TokenStream):
     the user message and the reply join the session's history, and `reply` is its ChatReply."""
 
     def __init__(self, session: "ChatSession", user_text: str, prompt: str, trim: TrimReport):
-        lm, template, extra = session.lm, session.template, {}
-        if lm.backend == "transformers" and template.end_token_ids:
-            eos = lm.model.generation_config.eos_token_id
-            eos = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
-            extra["eos_token_id"] = eos + [i for i in template.end_token_ids if i not in eos]
+        lm, template = session.lm, session.template
+        extra = backend_of(lm).stop_at_tokens(template.end_token_ids)
         super().__init__(
             lm,
             prompt,
@@ -187,7 +184,7 @@ class ChatSession:
         self.template = choose_template(lm, template, chat_template)
         self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
         self.context_window = window = int(context_window or lm.context_length)
-        if lm.backend == "llama.cpp" and window > lm.context_length:
+        if backend_of(lm).allocates_window and window > lm.context_length:
             raise ChatError(
                 f"context_window={window} is larger than the {lm.context_length} tokens this GGUF "
                 f"model was loaded with (n_ctx); load it with load_model(..., n_ctx={window}) or "

@@ -179,7 +179,7 @@ def kernel_report(model) -> dict:
     torch_model = model
     # a LoadedModel: helpers.loading imports this module, not the reverse, so no isinstance here
     if not hasattr(model, "modules"):
-        if model.backend != "transformers":
+        if not hasattr(model.model, "modules"):  # no torch module in it: llama.cpp's Llama
             raise CourseError(
                 "kernel_report inspects Transformers models (GPTQ/AWQ/hf). A GGUF model runs on "
                 "llama.cpp, whose kernels are compiled in: see llama_cpp.llama_print_system_info() "

@@ -14,11 +14,10 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import CourseError
-from .generation import check_free, claim, encode_prompt, fit_context, pad_token_id
+from .generation import backend_of, check_free, claim, encode_prompt, fit_context
 
 PRE = (
     '<pre style="white-space: pre-wrap; margin: 0; '
@@ -104,7 +103,7 @@ class TokenStream:
 
     def _run(self):
         self._started, raw, ended = time.perf_counter(), "", False
-        pieces = self._llama_cpp() if self.lm.backend == "llama.cpp" else self._transformers()
+        pieces = self._pieces()
         try:
             # None: the end, which shows what was held back
             for piece in itertools.chain(pieces, [None]):
@@ -142,70 +141,17 @@ class TokenStream:
         self.max_new_tokens = fit_context(self.lm, self.prompt_tokens, self.max_new_tokens)
         return ids
 
-    def _transformers(self):
-        import torch
-        from transformers import TextIteratorStreamer
-
-        model, tokenizer = self.lm.model, self.lm.tokenizer
-        ids = torch.tensor([self._prompt_ids()], device=model.device)
-
-        def watch(input_ids, scores, **kwargs):
-            # after every token, which is kept (so counted) even after Stop
-            self._count(input_ids.shape[1] - self.prompt_tokens)
-            return torch.full(
-                (input_ids.shape[0],),
-                self._stop.is_set(),
-                dtype=torch.bool,
-                device=input_ids.device,
-            )
-
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = (
-            {"do_sample": True, "temperature": self.temperature}
-            if self.temperature > 0
-            else {"do_sample": False}
-        )
-        with ThreadPoolExecutor(1, thread_name_prefix="qllm-generate") as pool:
-            job = pool.submit(
-                torch.inference_mode()(model.generate),
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                streamer=streamer,
-                max_new_tokens=self.max_new_tokens,
-                stopping_criteria=[watch],
-                pad_token_id=pad_token_id(tokenizer),
-                **sampling,
-                **self.generate_kwargs,
-            )
-            # an error unblocks the reader
-            job.add_done_callback(lambda job: job.exception() and streamer.end())
-            try:
-                yield from streamer
-            finally:
-                self._stop.set()  # ends the generation if the reader left early
-        job.result()  # re-raises the generation's error
-
-    def _llama_cpp(self):
-        # per sampled token, given the ids before it; then once more at the end, with no new one.
-        # A token sampled after Stop is dropped.
-        def watch(input_ids, logits) -> bool:
-            stop = self._stop.is_set()
-            if not stop:
-                self._count(len(input_ids) + 1 - self.prompt_tokens)
-            return stop
-
-        chunks = self.lm.model.create_completion(
-            self._prompt_ids(),
-            max_tokens=self.max_new_tokens,
-            stream=True,
-            temperature=self.temperature,
-            stopping_criteria=watch,
+    def _pieces(self):
+        # the prompt is encoded, and checked against the window, at the first step: inside _run
+        ids = self._prompt_ids()
+        yield from backend_of(self.lm).pieces(
+            ids,
+            self.max_new_tokens,
+            self.temperature,
+            self._stop,
+            self._count,
             **self.generate_kwargs,
         )
-        try:
-            yield from (chunk["choices"][0]["text"] for chunk in chunks)
-        finally:
-            chunks.close()  # now, not when collected: the model is free for the next stream
 
 
 def has_widget_frontend(mode: str = "auto") -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from jinja2.exceptions import TemplateError
 
 from .errors import ChatError
-from .generation import encode_prompt
+from .generation import backend_of, encode_prompt
 
 COURSE_TEMPLATE_FILE = Path(__file__).parent / "data" / "gemma_chat_template.jinja"
 COURSE_TEMPLATE_MARK = "written for this course"  # in the course's own Gemma template
@@ -122,12 +122,7 @@ def render_completion(messages: list[dict], add_generation_prompt: bool = True, 
 
 def own_chat_template(lm) -> tuple[str | None, str]:
     """The chat template the model ships (tokenizer or GGUF metadata), and where it was found."""
-    if lm.backend == "llama.cpp":
-        return (
-            lm.model.metadata.get("tokenizer.chat_template"),
-            "the GGUF metadata (tokenizer.chat_template)",
-        )
-    return getattr(lm.tokenizer, "chat_template", None), "the tokenizer's chat_template"
+    return backend_of(lm).own_chat_template()
 
 
 def choose_template(lm, template: str = "auto", chat_template: str | None = None) -> ChatTemplate:
@@ -168,9 +163,7 @@ def choose_template(lm, template: str = "auto", chat_template: str | None = None
             reason=reason,
         )
     if not own:
-        arch = (
-            lm.model.metadata.get("general.architecture", "") if lm.backend == "llama.cpp" else ""
-        )
+        arch = backend_of(lm).architecture()
         if not arch.startswith("gemma"):
             raise ChatError(
                 f"This model has no chat template in {where}, and its architecture "
@@ -198,28 +191,7 @@ def jinja_template(lm, jinja: str, source: str) -> ChatTemplate:
     """A "chat" ChatTemplate running `jinja` as the backend's library does (llama-cpp-python's
     Jinja2ChatFormatter, Transformers' apply_chat_template); the reply ends at the template's
     end-of-turn marker, found by rendering one assistant message."""
-    if lm.backend == "llama.cpp":
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        text = [
-            lm.model.detokenize([i], special=True).decode("utf-8", "ignore")
-            for i in (lm.model.token_bos(), lm.model.token_eos())
-        ]
-        formatters = {
-            g: Jinja2ChatFormatter(
-                jinja, bos_token=text[0], eos_token=text[1], add_generation_prompt=g
-            )
-            for g in (True, False)
-        }
-
-        def run(messages, generation):
-            return formatters[generation](messages=messages).prompt
-    else:
-
-        def run(messages, generation):
-            return lm.tokenizer.apply_chat_template(
-                messages, chat_template=jinja, add_generation_prompt=generation, tokenize=False
-            )
+    run = backend_of(lm).template_renderer(jinja)
 
     def render(messages, add_generation_prompt=True):
         try:
@@ -234,13 +206,7 @@ def jinja_template(lm, jinja: str, source: str) -> ChatTemplate:
         marker = (probe.partition("PROBE")[2].split() or [""])[0]  # e.g. '<end_of_turn>'
     except Exception:  # some templates insist on ending with a user message
         marker = ""
-    ids = []
-    if marker:
-        ids = (
-            lm.model.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
-            if lm.backend == "llama.cpp"
-            else lm.tokenizer(marker, add_special_tokens=False)["input_ids"]
-        )
+    ids = backend_of(lm).tokenize(marker, special=True) if marker else []
     return ChatTemplate(
         "chat", source, render, [marker] if marker else [], list(ids) if len(ids) == 1 else []
     )

@@ -13,16 +13,14 @@ give.
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
 from .env import default_threads
 from .errors import CourseError
-from .generation import claim, pad_token_id
+from .generation import backend_of, claim
 from .loading import LoadedModel
 from .model_info import gguf_header
 
@@ -119,53 +117,12 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def _gpu_used_by_this_process() -> int | None:
-    """GPU memory this process holds, from nvidia-smi (llama.cpp does not go through torch)."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        pid, _, mib = line.partition(",")
-        if pid.strip() == str(os.getpid()):
-            return int(mib.strip()) * 2**20
-    return None
-
-
 # ---- one generation -------------------------------------------------------------------------
-
-
-class _TokenClock:
-    """A Transformers streamer that only notes when each new token arrives."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value):
-        if self._prompt_seen:  # generate() first hands over the prompt
-            self.times.append(time.perf_counter())
-        self._prompt_seen = True
-
-    def end(self):
-        pass
 
 
 def set_threads(lm: LoadedModel, threads: int) -> None:
     """Pin the thread count of a loaded model (torch, or the llama.cpp context)."""
-    if lm.backend == "llama.cpp":
-        import llama_cpp
-
-        llama_cpp.llama_set_n_threads(lm.model.ctx, threads, threads)
-    else:
-        import torch
-
-        torch.set_num_threads(threads)
+    backend_of(lm).set_threads(threads)
 
 
 def time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int = 32) -> RunTiming:
@@ -182,8 +139,7 @@ def time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int = 
 def _time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int) -> RunTiming:
     if new_tokens < 2:
         raise CourseError(f"new_tokens={new_tokens}: decode speed needs at least 2 new tokens.")
-    run = _run_llama_cpp if lm.backend == "llama.cpp" else _run_transformers
-    times, prompt_tokens, text, gpu = run(lm, prompt, new_tokens)
+    times, prompt_tokens, text, gpu = backend_of(lm).timed_run(prompt, new_tokens)
     started, stamps = times[0], times[1:]
     ttft = stamps[0] - started
     return RunTiming(
@@ -197,64 +153,6 @@ def _time_generation(lm: LoadedModel, prompt: str | list[int], new_tokens: int) 
         peak_gpu_bytes=gpu,
         text=text,
     )
-
-
-def _run_llama_cpp(lm: LoadedModel, prompt, new_tokens: int):
-    llm = lm.model
-    ids = (
-        list(prompt)
-        if isinstance(prompt, list)
-        else llm.tokenize(prompt.encode("utf-8"), add_bos=True)
-    )
-    llm.reset()  # forget the previous prompt: its KV cache would skip the prompt pass
-    # Llama.generate is the bare token iterator: unlike create_completion it never stops at
-    # end-of-sequence, so counting tokens gives exactly new_tokens.
-    tokens: list[int] = []
-    times = [time.perf_counter()]
-    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=False):
-        times.append(time.perf_counter())
-        tokens.append(token)
-        if len(tokens) == new_tokens:
-            break
-    gpu = _gpu_used_by_this_process() if lm.device.startswith("cuda") else None
-    return times, len(ids), llm.detokenize(tokens).decode("utf-8", errors="replace"), gpu
-
-
-def _run_transformers(lm: LoadedModel, prompt, new_tokens: int):
-    import torch
-
-    if isinstance(prompt, list):  # token ids: no tokenizer needed
-        ids = torch.tensor([prompt], device=lm.model.device)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    else:
-        inputs = lm.tokenizer(prompt, return_tensors="pt").to(lm.model.device)
-    on_gpu = lm.model.device.type == "cuda"
-    if on_gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    clock = _TokenClock()  # put() copies each token to the CPU, which also waits for the GPU
-    pad = (
-        pad_token_id(lm.tokenizer)
-        if lm.tokenizer is not None
-        else lm.model.generation_config.pad_token_id
-    )
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = lm.model.generate(
-            **inputs,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,  # EOS banned
-            do_sample=False,
-            top_p=None,
-            top_k=None,
-            temperature=None,
-            pad_token_id=pad,
-            streamer=clock,
-        )
-    gpu = int(torch.cuda.max_memory_allocated()) if on_gpu else None
-    new = out[0][inputs["input_ids"].shape[1] :]
-    text = lm.tokenizer.decode(new, skip_special_tokens=True) if lm.tokenizer is not None else ""
-    return [started] + clock.times, int(inputs["input_ids"].shape[1]), text, gpu
 
 
 def measure(
@@ -354,11 +252,11 @@ def torch_bytes_per_token(model) -> int:
 
 
 def bytes_per_token(lm: LoadedModel) -> int:
-    """Weight bytes read per decoded token for any loaded model."""
+    """Weight bytes read per decoded token for any loaded model: its torch module's, else (a GGUF on
+    llama.cpp) the file's."""
+    torch_model = backend_of(lm).torch_model
     return (
-        gguf_bytes_per_token(lm.path)
-        if lm.backend == "llama.cpp"
-        else torch_bytes_per_token(lm.model)
+        gguf_bytes_per_token(lm.path) if torch_model is None else torch_bytes_per_token(torch_model)
     )
 
 

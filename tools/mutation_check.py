@@ -106,8 +106,18 @@ TARGETS = [
             "tests/test_faults.py::test_property_trim_history",
         ),
     ),
-    # context fit, both backends: helpers/generation.py (context_report holds llama.cpp's decisions)
+    # context fit, both backends: helpers/generation.py (each backend's fit_context; context_report
+    # holds llama.cpp's decisions)
     Target("context fit", "helpers/generation.py", "fit_context", _guards("context")),
+    Target(
+        "context fit", "helpers/generation.py", "LlamaCppBackend.fit_context", _guards("context")
+    ),
+    Target(
+        "context fit",
+        "helpers/generation.py",
+        "TransformersBackend.fit_context",
+        _guards("context"),
+    ),
     Target("context fit", "helpers/generation.py", "check_context", _guards("context")),
     Target(
         "context fit",
