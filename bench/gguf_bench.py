@@ -23,7 +23,7 @@ import psutil
 from helpers.env import default_threads
 from helpers.errors import CourseError
 from helpers import timing
-from helpers.loading import LoadedModel, new_llama
+from helpers.loading import LoadedModel, load_gguf_in_transformers, new_llama
 
 from course.procs import child_command
 
@@ -61,33 +61,15 @@ def bench_transformers(
     path: str, prompt_ids: list[int], n_tokens: int, threads: int, dtype: str
 ) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(threads)
-    started = time.perf_counter()
-    file = Path(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        file.parent, gguf_file=file.name, dtype=getattr(torch, dtype)
-    )
-    load = time.perf_counter() - started
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    lm = LoadedModel(
-        model=model,
-        tokenizer=None,
-        format="gguf",
-        backend="transformers",
-        path=file,
-        device="cpu",
-        dtype=dtype,
-        load_seconds=load,
-        context_length=model.config.max_position_embeddings,
-    )
+    lm = load_gguf_in_transformers(path, "cpu", dtype, threads, with_tokenizer=False)
+    linear = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)]
     classes = sorted({type(m).__name__ for m in linear})
     dtypes = sorted({str(m.weight.dtype).replace("torch.", "") for m in linear})
     return {
-        "load_s": load,
+        "load_s": lm.load_seconds,
         **_speed(lm, prompt_ids, n_tokens),
-        "weights_MiB": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "weights_MiB": sum(p.numel() * p.element_size() for p in lm.model.parameters()) / 2**20,
         "linear weights": f"{len(linear)} x {'/'.join(classes)} in {'/'.join(dtypes)}",
     }
 

@@ -12,9 +12,7 @@ waits on its socket and takes no CPU.
 from __future__ import annotations
 
 import os
-import time
 import traceback
-from pathlib import Path
 
 import psutil
 
@@ -49,52 +47,8 @@ def load(name: str, source, device: str, threads: int):
 
     _, how, _ = spec(name)
     if how.get("transformers"):
-        return load_gguf_in_transformers(source, device, how.get("dtype"), threads)
+        return loading.load_gguf_in_transformers(source, device, how.get("dtype"), threads)
     return loading.load_model(source, device=device, dtype=how.get("dtype"), n_threads=threads)
-
-
-def load_gguf_in_transformers(path, device: str, dtype: str | None, threads: int):
-    """Transformers' own GGUF reader (`gguf_file=`): it dequantizes every tensor on load."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from helpers import loading, memory
-    from helpers.errors import NotEnoughMemoryError
-    from helpers.gguf_tools import read_gguf
-
-    path = Path(path)
-    loading.check_gguf_header(path)
-    device = memory.pick_device(device)
-    need = read_gguf(path).n_params * (2 if dtype in ("bfloat16", "float16") else 4)
-    free = memory.free_memory_bytes(device)
-    if need * 1.2 + 300 * 2**20 > free:
-        raise NotEnoughMemoryError(
-            f"Dequantizing {path.name} in Transformers needs about {need / 2**30:.1f} GiB "
-            "for the weights alone "
-            f"and {free / 2**30:.1f} GiB is free. Use llama.cpp (format 'gguf') for this file."
-        )
-    torch.set_num_threads(threads)
-    started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent,
-        gguf_file=path.name,
-        device_map=device,
-        dtype=getattr(torch, dtype) if dtype else "auto",
-    )
-    model.eval()
-    seconds = time.perf_counter() - started
-    return loading.LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        format="gguf",
-        backend="transformers",
-        path=path,
-        device=str(model.device),
-        dtype=str(model.dtype).replace("torch.", ""),
-        load_seconds=seconds,
-        context_length=int(model.config.max_position_embeddings),
-    )
 
 
 def _import_backend(name: str) -> None:

@@ -391,13 +391,16 @@ def _gguf_parsed_once():
 
     original, readers = gguf.GGUFReader, {}
 
-    def shared_reader(path, mode="r"):
-        key = (str(Path(path).resolve()), mode)
-        if key not in readers:
-            readers[key] = original(path, mode)
-        return readers[key]
+    class SharedReader(original):
+        """GGUFReader(path) hands out one reader per file; its class attributes stay readable."""
 
-    gguf.GGUFReader = shared_reader
+        def __new__(cls, path, mode="r"):
+            key = (str(Path(path).resolve()), mode)
+            if key not in readers:
+                readers[key] = original(path, mode)
+            return readers[key]  # not a SharedReader, so __init__ is not run again
+
+    gguf.GGUFReader = SharedReader
     try:
         yield
     finally:
@@ -407,21 +410,16 @@ def _gguf_parsed_once():
 def load_dequantized():
     """(tokenizer, model): the shipped GGUF read by Transformers, every tensor dequantized to bf16,
     savable."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from helpers.loading import load_gguf_in_transformers
 
-    gguf = model_path("gguf")
-    with _gguf_parsed_once():
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
-        )  # bf16 on disk
+    with _gguf_parsed_once():  # bf16 on disk
+        lm = load_gguf_in_transformers(model_path("gguf"), "cpu", "bfloat16", check_memory=False)
     # A GGUF-loaded model refuses save_pretrained ("not serializable") until we drop the
     # GGUF quantizer; the weights are already dequantized to bf16 tensors by then.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return tokenizer, model
+    lm.model.hf_quantizer = None
+    if hasattr(lm.model.config, "quantization_config"):
+        del lm.model.config.quantization_config
+    return lm.tokenizer, lm.model
 
 
 def _build_hf(out: Path) -> dict:

@@ -32,15 +32,17 @@ from .errors import (
     MissingBackendError,
     ModelNotFoundError,
     NotAModelError,
+    NotEnoughMemoryError,
     UnsupportedFormatError,
 )
-from .gguf_tools import file_type_name, validate_gguf
+from .gguf_tools import file_type_name, read_gguf, validate_gguf
 from .hub import PICKLE_PATTERNS, pickle_refusal
 from .kernels import kernel_report, pick_backend, require_backend
 from .memory import (
     check_memory_fit,
     checkpoint_dtype,
     checkpoint_model_type,
+    free_memory_bytes,
     pick_device,
     resolve_dtype,
 )
@@ -411,6 +413,57 @@ def _load_llama_cpp(path: Path, device: str, n_ctx: int, n_threads: int) -> Load
         load_seconds=time.perf_counter() - started,
         context_length=llm.n_ctx(),
         notes=notes,
+    )
+
+
+def load_gguf_in_transformers(
+    path,
+    device: str = "cpu",
+    dtype: str | None = None,
+    n_threads: int | None = None,
+    check_memory: bool = True,
+    with_tokenizer: bool = True,
+) -> LoadedModel:
+    """A GGUF file read by Transformers' own GGUF reader (`gguf_file=`), which dequantizes every
+    tensor on load: the model then computes, and takes memory, like a full-precision one (`dtype`;
+    None keeps what the reader gives). The one place the course loads a GGUF into Transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    check_gguf_header(path)
+    device = pick_device(device)
+    if check_memory:
+        need = read_gguf(path).n_params * (2 if dtype in ("bfloat16", "float16") else 4)
+        free = free_memory_bytes(device)
+        if need * 1.2 + 300 * 2**20 > free:
+            raise NotEnoughMemoryError(
+                f"Dequantizing {path.name} in Transformers needs about {need / 2**30:.1f} GiB "
+                "for the weights alone "
+                f"and {free / 2**30:.1f} GiB is free. Use llama.cpp (format 'gguf') for this file."
+            )
+    torch.set_num_threads(n_threads or default_threads())
+    started = time.perf_counter()
+    tokenizer = None
+    if with_tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent,
+        gguf_file=path.name,
+        device_map=device,
+        dtype=getattr(torch, dtype) if dtype else "auto",
+    )
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        format="gguf",
+        backend="transformers",
+        path=path,
+        device=str(model.device),
+        dtype=str(model.dtype).replace("torch.", ""),
+        load_seconds=time.perf_counter() - started,
+        context_length=int(model.config.max_position_embeddings),
     )
 
 
