@@ -72,17 +72,8 @@ def test_both_classes_offer_the_same_interface():
 
 @pytest.fixture(scope="module")
 def gguf(course_cache):
+    """conftest's gguf with a 256-token window, so the window tests below reach its edges."""
     return loading.load_model(course_models.model_path("gguf"), n_ctx=256)
-
-
-@pytest.fixture(scope="module")
-def hf(course_cache):
-    return loading.load_model(course_models.model_path("hf"))
-
-
-@pytest.fixture(params=["gguf", "hf"])
-def lm(request):
-    return request.getfixturevalue(request.param)
 
 
 def test_backend_of_picks_the_class_and_its_facts(gguf, hf):
