@@ -27,7 +27,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from course.procs import child_command
+from helpers.procs import child_command
 from helpers import timing
 from helpers.errors import CourseError
 from helpers.env import default_threads, installed_version

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from course.procs import child_command
+from helpers.procs import child_command
 
 EMULATE_AVX2 = {
     "ATEN_CPU_CAPABILITY": "avx2",

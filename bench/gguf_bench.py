@@ -25,7 +25,7 @@ from helpers.errors import CourseError
 from helpers import timing
 from helpers.loading import LoadedModel, load_gguf_in_transformers, new_llama
 
-from course.procs import child_command
+from helpers.procs import child_command
 
 
 def _speed(lm: LoadedModel, prompt_ids: list[int], n_tokens: int) -> dict:

@@ -214,7 +214,6 @@ def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
     (`python -m course.gguf_convert types`, run by `make models`, or notebook 04b): a repo with
     several files to choose from, as on the hub."""
     from . import models as course_models
-    from .gguf_convert import types_dir
 
     repos = {}
     for repo_id, fmt in COURSE_REPOS.items():
@@ -228,7 +227,7 @@ def course_repos(gguf_types: bool = True) -> dict[str, Repo]:
             extra.update(
                 {
                     path.name: path
-                    for path in sorted(types_dir().glob("*.gguf"))
+                    for path in sorted(course_models.types_dir().glob("*.gguf"))
                     if not (shipped / path.name).exists()
                 }
             )  # served in place

@@ -42,9 +42,9 @@ from helpers.env import cache_dir, default_threads, installed_version as _versio
 from helpers.errors import ChatError, CourseError
 from helpers.hub import human_size
 from helpers.precision import compute_dtype
+from helpers.procs import child_command
 
 from . import reference
-from .procs import child_command
 from helpers.quantize import folder_bytes
 
 
@@ -102,6 +102,27 @@ def model_dir(fmt: str) -> Path:
 def model_path(fmt: str) -> Path:
     """What a loader takes: the .gguf file for gguf and gguf-from-hf, the folder for the others."""
     return model_dir(fmt) / GGUF_FILENAME if fmt.startswith("gguf") else model_dir(fmt)
+
+
+def types_dir() -> Path:
+    """Where the course's own GGUF types live (F16, Q8_0, Q4_0: `python -m course.gguf_convert
+    types`); the local hub's GGUF repo serves them beside the Q4_K_M file."""
+    return cache_dir() / "gguf-types"
+
+
+def local_hub():
+    """The course models as Hugging Face Hub repos on a local server (notebook 01), started:
+    `lab = course_models.local_hub()`, then `HF_ENDPOINT=lab.url`; `lab.stop()` ends it."""
+    from .local_hub import LocalHub
+
+    return LocalHub().start()
+
+
+def local_modelscope(repos: dict):
+    """`repos` (some of `local_hub().repos`) behind ModelScope's API on a local server, started."""
+    from .local_modelscope import LocalModelScope
+
+    return LocalModelScope(repos).start()
 
 
 def _check_format(fmt: str) -> None:
@@ -450,7 +471,9 @@ def _build_gguf_from_hf(out: Path) -> dict:
     quantize."""
     from helpers.quality import gguf_perplexity
 
-    from .gguf_convert import course_f16, find_converter, quantize_gguf
+    from helpers.gguf_convert import find_converter, quantize_gguf
+
+    from .gguf_convert import course_f16
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -101,7 +101,7 @@ def check_3(ask, base_url: str | None = None, path=None) -> bool:
     import contextlib
 
     from course import models as course_models
-    from course import serving
+    from helpers import serving
     from helpers import templates
 
     with contextlib.ExitStack() as stack:

@@ -4,7 +4,7 @@
     summary(header)               # architecture, context, layers, chat template, file type
     quant_type_rows(header)       # which quantization type each tensor group uses
 
-Making GGUF files (llama.cpp's converter and quantizer) is course machinery: `course.gguf_convert`.
+Making GGUF files (llama.cpp's converter and quantizer): `helpers.gguf_convert`.
 
 Our own header parser, with the gguf package's type tables: it skips tensor data and the vocabulary
 (~0.15 s per file; gguf.GGUFReader builds an object per vocabulary entry, ~100x slower on Gemma's

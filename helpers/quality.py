@@ -56,9 +56,7 @@ def transformers_logits(model, token_ids: list[int]) -> np.ndarray:
     """Next-token logits (float32 numpy) of a Transformers model for one sequence.
 
     On a CPU without native bf16 its 16-bit products run in float32 here (helpers.precision,
-    "batch"): under the AVX2 emulation, Gemma's 262k-row output layer took 11 of a 13-second
-    perplexity pass in emulated bf16 and 2.7 s in float32, and the whole bf16 model's pass 12.4 s
-    against 5.2 s."""
+    "batch"): emulated bf16 is several times slower there (docs/measurements.md)."""
     import torch
 
     with claim(model), torch.inference_mode(), _products_in_fp32(model):

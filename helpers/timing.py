@@ -214,12 +214,12 @@ def copy_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5) -> float:
     return 2 * n / best
 
 
-def weights_read_per_token(sizes: dict[str, int], embedding: str, head: str, rows: int) -> int:
-    """Bytes read per decoded token, from each weight's bytes: every weight once, except an input
-    `embedding` with a separate output `head`, of which one of its `rows` rows is read (tied, it is
-    the head: read whole)."""
+def weights_read_per_token(sizes: dict, embedding, head, rows: int) -> int:
+    """Bytes read per decoded token, from each weight's bytes (`sizes`, by any key): every weight
+    once, except an input `embedding` with a separate output `head`, of which one of its `rows` rows
+    is read. A tied head (the same key as the embedding) is read whole."""
     total = sum(sizes.values())
-    if head in sizes and embedding in sizes:
+    if head in sizes and embedding in sizes and head != embedding:
         total -= sizes[embedding] - sizes[embedding] // rows
     return total
 
@@ -237,18 +237,19 @@ def gguf_bytes_per_token(source) -> int:
 
 
 def torch_bytes_per_token(model) -> int:
-    """Weight bytes a Transformers model reads per decoded token: every tensor of its state dict
-    once (a tied one once), but only one row of an input embedding not tied to the output head.
-    Quantized layers count their packed weights, scales and zeros (CPU kernels repack them to about
-    that size)."""
+    """Weight bytes a Transformers model reads per decoded token: `weights_read_per_token` over its
+    state dict, by storage (a tied tensor counts once). Quantized layers count their packed weights,
+    scales and zeros (CPU kernels repack them to about that size)."""
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
-    sizes = {}  # by storage: a tied tensor counts once
+    sizes = {}
     for tensor in model.state_dict().values():
         sizes.setdefault(tensor.data_ptr(), tensor.numel() * tensor.element_size())
-    if head is None or head.weight.data_ptr() != embedding.data_ptr():  # untied: one row per token
-        sizes[embedding.data_ptr()] //= embedding.shape[0]
-    return sum(sizes.values())
+    # no output head at all: the embedding is only looked up, one row per token
+    head_key = None if head is None else head.weight.data_ptr()
+    if head is None:
+        sizes[head_key] = 0
+    return weights_read_per_token(sizes, embedding.data_ptr(), head_key, embedding.shape[0])
 
 
 def bytes_per_token(lm: LoadedModel) -> int:

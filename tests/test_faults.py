@@ -105,7 +105,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from course import models as course_models
-from course import serving
+from helpers import serving
 from helpers import (
     chat,
     downloading,
@@ -929,7 +929,7 @@ def test_row10_server_stops_when_the_with_body_raises(course_cache):
 OWNER = """
 import sys, time
 from course import models as course_models
-from course import serving
+from helpers import serving
 server = serving.start_llama_server(
     course_models.model_path("gguf"), n_ctx=256, n_threads=1, log_path=sys.argv[2]
 )

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from course import gguf_convert
+from helpers import gguf_convert
 from helpers import generation, gguf_tools, loading, quality
 from helpers.errors import CourseError
 from helpers.errors import (

@@ -262,9 +262,9 @@ def test_estimate_equals_bytes_actually_downloaded_and_the_gguf_is_the_real_one(
 def test_the_gguf_repo_serves_the_course_gguf_types_when_they_were_made(
     course_cache, tmp_path, monkeypatch
 ):
-    from course import gguf_convert
+    from course import models as course_models
 
-    monkeypatch.setattr(gguf_convert, "types_dir", lambda: tmp_path)
+    monkeypatch.setattr(course_models, "types_dir", lambda: tmp_path)
     assert [f for f in course_repos()[GGUF_REPO].files if f.endswith(".gguf")] == [
         GGUF_FILE
     ]  # none made yet

@@ -1,4 +1,4 @@
-"""course.procs: a child started through the harness dies with its parent, even on kill -9 of the
+"""helpers.procs: a child started through the harness dies with its parent, even on kill -9 of the
 parent."""
 
 import os
@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from course.procs import child_command
+from helpers.procs import child_command
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only"
@@ -34,7 +34,7 @@ def test_a_child_dies_with_its_parent_on_kill_9(tmp_path):
     (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(120)\n")
     parent_code = textwrap.dedent(f"""
         import subprocess, sys
-        from course.procs import child_command
+        from helpers.procs import child_command
         import os
         extra = {{**os.environ, "PYTHONPATH": {str(tmp_path)!r}}}
         argv, env = child_command("sleeper", env=extra)
@@ -80,7 +80,8 @@ def test_the_course_machinery_starts_python_children_only_through_the_harness():
     """The model build, the GGUF bench and converter, bench's workers and the servers: one
     harness."""
     root = Path(__file__).resolve().parent.parent
-    for path in sorted([*(root / "course").glob("*.py"), *(root / "bench").glob("*.py")]):
+    folders = ("course", "bench", "helpers")
+    for path in sorted(path for folder in folders for path in (root / folder).glob("*.py")):
         if path.name == "procs.py":
             continue
         text = path.read_text()

@@ -1,4 +1,4 @@
-"""course.serving: llama-cpp-python's OpenAI-compatible server as a managed process that never
+"""helpers.serving: llama-cpp-python's OpenAI-compatible server as a managed process that never
 outlives its owner (with-block exit, a raising body, atexit, a killed parent), and clear errors when
 it cannot start."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from course import models as course_models
-from course import serving
+from helpers import serving
 from helpers.errors import NotAModelError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_a_busy_port_is_refused(course_cache):
 OWNER = """
 import sys, time
 from course import models as course_models
-from course import serving
+from helpers import serving
 server = serving.start_llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1,
                                    log_path=sys.argv[2])
 print(server.pid, server.port, flush=True)
@@ -179,7 +179,7 @@ def test_a_notebook_whose_cell_fails_leaves_no_server_behind(course_cache, tmp_p
             nbformat.v4.new_code_cell(f"""
 from pathlib import Path
 from course import models as course_models
-from course import serving
+from helpers import serving
 server = serving.start_llama_server(course_models.model_path("gguf"), n_ctx=256, n_threads=1)
 Path({str(pid_file)!r}).write_text(f"{{server.pid}} {{server.port}}")
 """),

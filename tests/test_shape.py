@@ -16,7 +16,17 @@ HELPERS = ROOT / "helpers"
 # it in its own tier. So every import points down this list, and no cycle is possible.
 TIERS = {
     # facts, files, errors; the quantizing and figure tools lessons call
-    "bottom": ["errors", "env", "precision", "gguf_tools", "quantize", "awq_gemma3", "figures"],
+    "bottom": [
+        "errors",
+        "env",
+        "procs",
+        "precision",
+        "gguf_tools",
+        "gguf_convert",
+        "quantize",
+        "awq_gemma3",
+        "figures",
+    ],
     "middle": [
         "hub",
         "downloading",
@@ -30,7 +40,7 @@ TIERS = {
         "plan",
         "setup_check",
     ],  # measure, plan
-    "top": ["streaming", "templates", "chat", "chat_widget"],  # what a learner drives
+    "top": ["streaming", "templates", "chat", "chat_widget", "serving"],  # what a learner drives
 }
 ORDER = [name for tier in TIERS.values() for name in tier]
 MACHINERY = ("course", "bench", "tools", "tests", "exercises")
@@ -166,16 +176,10 @@ def test_no_line_is_over_100_characters():
     assert not long_lines, long_lines
 
 
-# What a lesson may take from course/, which builds and serves the course: the course models, and
-# the course's servers and converter that hand them out. Everything a lesson calls besides lives
-# in helpers/ (widgets, quantizing, figures) or bench/ (benchmarks).
-LESSON_COURSE_MODULES = {
-    "models": "the course models: build, paths, stamps",
-    "local_hub": "notebook 01: the course models served as Hub repos, offline",
-    "local_modelscope": "notebook 01: the same, behind ModelScope's API",
-    "serving": "notebook 09: the course model behind an OpenAI-compatible server",
-    "gguf_convert": "llama.cpp's converter (only in its sdist) and the course's GGUF types",
-}
+# What a lesson may take from course/, which builds and serves the course: the course models (their
+# paths, and the local Hub and ModelScope servers that hand them out in notebook 01). Everything
+# else a lesson calls lives in helpers/.
+LESSON_COURSE_MODULES = {"models": "the course models: build, paths, stamps, local hub servers"}
 
 
 def course_modules_used(source: str) -> set[str]:
@@ -191,7 +195,7 @@ def course_modules_used(source: str) -> set[str]:
     return found - {""}
 
 
-def test_lessons_take_from_course_only_the_course_models_and_their_servers():
+def test_lessons_take_from_course_only_the_course_models():
     sources = {
         path.relative_to(ROOT): "\n".join(
             "".join(cell["source"])

@@ -42,7 +42,7 @@ def main() -> None:
 
     from course import models as course_models
     from course import reference
-    from course.gguf_convert import convert_hf_to_gguf, find_converter, quantize_gguf
+    from helpers.gguf_convert import convert_hf_to_gguf, find_converter, quantize_gguf
     from helpers.env import default_threads
     from helpers.quality import gguf_perplexity, transformers_perplexity
 

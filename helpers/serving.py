@@ -30,7 +30,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers.errors import CourseError
+from .errors import CourseError
 
 from .procs import child_command
 
