@@ -137,6 +137,29 @@ def _sources(formats, sources: dict | None) -> dict[str, str]:
     }
 
 
+def check_one_model(sources: dict[str, str]) -> None:
+    """Perplexity and top-1 agreement compare formats of one model: refuse sources that are not
+    (another vocabulary, layer count or hidden size), saying which differ."""
+    from helpers.model_info import model_shape
+
+    shapes = {name: model_shape(source) for name, source in sources.items()}
+    if len({tuple(shape.values()) for shape in shapes.values()}) > 1:
+        described = "; ".join(
+            f"{name}: {_thousands(shape['vocabulary'])} tokens, {shape['layers']} layers, "
+            f"hidden {shape['hidden']}"
+            for name, shape in shapes.items()
+        )
+        raise BenchError(
+            "The quality comparison needs one model in every format, and these sources are "
+            f"different models ({described}): give --source for every format from the same "
+            "model, or add --no-quality to compare only speed and memory."
+        )
+
+
+def _thousands(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def gguf_type_formats(folder) -> dict[str, str]:
     """One extra llama.cpp format per *.gguf file in `folder`, named after its file type:
     {"gguf-Q8_0": path}."""
@@ -191,6 +214,8 @@ def run_benchmark(
         from helpers.memory import pick_device
 
         device = pick_device("auto")
+    if quality and sources:
+        check_one_model(_sources(parse_formats(formats), sources))
     sources = _sources(formats, sources)
     extra = {
         name: path

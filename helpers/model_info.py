@@ -7,6 +7,7 @@ GGUF header.
     # the header over HTTP Range, not the file
     gguf_header_remote(repo, "Mistral-7B-Instruct-v0.3-Q4_K_M.gguf")
     gguf_header("models/gemma-3-270m-Q4_K_M.gguf")  # the same for a local file
+    model_shape("models/my-gptq")  # vocabulary, layers, hidden size: is it the same model?
     safetensors_tensors_remote(repo, "model.safetensors")  # name -> (dtype, shape), from the header
 
 Only config.json or a header travels (kept in memory, never saved); `helpers.gguf_tools` parses
@@ -178,6 +179,39 @@ def gguf_header_remote(
 def gguf_header(path) -> dict:
     """The same for a local .gguf file."""
     return _header_dict(read_gguf(path))
+
+
+def model_shape(path) -> dict:
+    """What makes two checkpoints one model in two formats, from a .gguf file's header or a
+    config.json (its text model's, for a multimodal one) in a local folder or a hub repo:
+    vocabulary, layers, hidden size. (Architecture names differ across formats: a Mistral GGUF says
+    "llama".)"""
+    from pathlib import Path
+
+    if not Path(path).exists():  # a hub repo id: its config.json only
+        config = read_json(str(path), "config.json")
+        return _config_shape(config.get("text_config") or config)
+    path = Path(path)
+    if path.suffix == ".gguf":
+        header = gguf_header(path)
+        metadata = header["metadata"]
+        architecture = metadata.get("general.architecture", "")
+        embedding = header["shapes"].get("token_embd.weight", [0, 0])
+        return {
+            "vocabulary": embedding[-1],
+            "layers": metadata.get(f"{architecture}.block_count"),
+            "hidden": metadata.get(f"{architecture}.embedding_length"),
+        }
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return _config_shape(config.get("text_config") or config)
+
+
+def _config_shape(config: dict) -> dict:
+    return {
+        "vocabulary": config.get("vocab_size"),
+        "layers": config.get("num_hidden_layers"),
+        "hidden": config.get("hidden_size"),
+    }
 
 
 def safetensors_tensors_remote(

@@ -30,6 +30,27 @@ def test_cli_bad_arguments_exit_2(capsys):
     assert "FORMAT=PATH" in capsys.readouterr().err
 
 
+def test_quality_refuses_sources_that_are_not_one_model(tmp_path, course_cache, capsys):
+    from course import models as course_models
+
+    other = tmp_path / "tiny-llama"
+    other.mkdir()
+    config = {"model_type": "llama", "vocab_size": 32000, "num_hidden_layers": 2, "hidden_size": 64}
+    (other / "config.json").write_text(json.dumps(config))
+    course = {
+        "gguf": str(course_models.model_path("gguf")),
+        "gptq": str(course_models.model_path("gptq")),
+    }
+    compare.check_one_model(course)  # the course's formats are one model
+    code = main(["--formats", "gguf,gptq", "--source", f"gptq={other}", "--new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "needs one model in every format" in err
+    assert "gptq: 32,000 tokens, 2 layers, hidden 64" in err
+    assert "gguf: 262,144 tokens, 18 layers, hidden 640" in err
+    assert "--no-quality" in err
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, course_cache):
     out = tmp_path_factory.mktemp("bench") / "results.json"
