@@ -84,9 +84,10 @@ def glossary() -> list[tuple[str, str, list[str]]]:
 
 
 def variant_pattern(variant: str) -> re.Pattern:
-    """A Latin variant matches as a whole word (plural too), in any case; a Chinese one anywhere."""
+    """A Latin variant matches as a whole word (plural too; not inside a name such as hf-mirror.com
+    or group_size), in any case; a Chinese one anywhere."""
     if re.fullmatch(r"[A-Za-z][A-Za-z -]*", variant):
-        return re.compile(rf"(?<![A-Za-z0-9_]){re.escape(variant)}s?(?![A-Za-z0-9_])", re.I)
+        return re.compile(rf"(?<![\w./-]){re.escape(variant)}s?(?![\w/-]|\.\w)", re.I)
     return re.compile(re.escape(variant))
 
 
