@@ -1,6 +1,6 @@
 # Quantized LLMs, locally -- every command sets itself up on a fresh machine.
 #   make course   install, build the course models, run every notebook into build/
-#   make test     install, lint, build the course models, unit tests + every notebook (nbmake)
+#   make test     install, lint, build the course models, unit tests + every English notebook (nbmake)
 #   make lint     ruff format --check and ruff check (pyproject.toml's [tool.ruff])
 #   make lab      JupyterLab on the course
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -42,7 +42,8 @@ models: setup
 course: models
 	$(BIN)/python tools/run_course.py
 
-# The Chinese edition (notebooks/zh-CN/): the same code, prose in Chinese; into build/*/zh-CN/
+# The Chinese edition (notebooks/zh-CN/): the same program, prose in Chinese; into build/*/zh-CN/.
+# `make test` does not execute it (docs/testing.md says why).
 course-zh: models
 	$(BIN)/python tools/run_course.py --zh-CN
 

@@ -3,7 +3,7 @@
     python -m bench.cpu_dtype                  # this CPU as it is
     # a native-bf16 CPU made to compute like an AVX2 one
     python -m bench.cpu_dtype --emulate-avx2
-    # both, side by side (README)
+    # both, side by side (docs/cpu-precision.md)
     python -m bench.cpu_dtype --both --out build/cpu_dtype.json
 
 Two parts, each timed in bf16 and in fp32 with the same thread count:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import close, verdict
+from . import close, say, verdict
 
 
 def _rule(native_bf16: bool, work: str) -> str:
@@ -34,9 +34,15 @@ def check_1(answer: dict) -> bool:
     ]
     return verdict(
         not wrong,
-        "bf16 wherever it is native; where it is emulated, only for one row at a time.",
-        f"look again at {wrong}: which work is memory-bound, "
-        "and which CPU multiplies bf16 natively?",
+        say(
+            en="bf16 wherever it is native; where it is emulated, only for one row at a time.",
+            zh="CPU 原生支持 bf16 时处处用 bf16；靠模拟时，只在一次处理一行时用。",
+        ),
+        say(
+            en=f"look again at {wrong}: which work is memory-bound, "
+            "and which CPU multiplies bf16 natively?",
+            zh=f"再看看 {wrong}：哪种工作受限于内存带宽？哪种 CPU 能原生做 bf16 乘法？",
+        ),
     )
 
 
@@ -55,8 +61,16 @@ def check_2(answer: dict) -> bool:
     wrong = [work for work, kind in truth.items() if answer.get(work) != kind]
     return verdict(
         not wrong,
-        "many rows at once is batch work, even a prompt; one new token at a time is decoding.",
-        f"look again at {wrong}: how many rows does each multiply by the weights in one step?",
+        say(
+            en="many rows at once is batch work, even a prompt; one new token at a time is "
+            "decoding.",
+            zh="一次处理很多行就是批量工作，读提示词也是；一次生成一个新 token 才是解码。",
+        ),
+        say(
+            en=f"look again at {wrong}: how many rows does each multiply by the weights in one "
+            "step?",
+            zh=f"再看看 {wrong}：每一项在一步里要拿多少行去乘权重？",
+        ),
     )
 
 
@@ -81,8 +95,15 @@ def check_3(answer: dict, bandwidth_Bps: float = 20e9, path=None) -> bool:
     ok = all(close(answer.get(k), v, 0.01) for k, v in truth.items())
     return verdict(
         ok,
-        "half the bytes, twice the ceiling: why decoding is faster in bf16 even where its "
-        "arithmetic is emulated.",
-        "count the parameters in the hf model's safetensors file; a token reads each one once: "
-        "2 bytes in bf16, 4 in fp32; divide the bandwidth by the bytes.",
+        say(
+            en="half the bytes, twice the ceiling: why decoding is faster in bf16 even where its "
+            "arithmetic is emulated.",
+            zh="字节数减半，上限翻倍：这就是为什么即使 bf16 运算靠模拟，用 bf16 解码也更快。",
+        ),
+        say(
+            en="count the parameters in the hf model's safetensors file; a token reads each one "
+            "once: 2 bytes in bf16, 4 in fp32; divide the bandwidth by the bytes.",
+            zh="数一数 hf 模型 safetensors 文件里的参数个数；每个 token 把每个参数读一次："
+            "bf16 是 2 字节，fp32 是 4 字节；用带宽除以字节数。",
+        ),
     )

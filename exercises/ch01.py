@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import attempt, verdict
+from . import attempt, say, verdict
 
 # Qwen2.5-0.5B-Instruct's shape, as its config.json states it
 QWEN25_05B_CONFIG = {
@@ -28,11 +28,21 @@ def check_1(answer_params, config: dict = QWEN25_05B_CONFIG) -> bool:
         off = 1.0
     return verdict(
         off == 0,
-        "embedding + every layer's attention and MLP + norms (+ a head, if untied).",
-        "count the embedding (vocab x hidden), then per layer q/o (hidden x heads x head_dim), k/v "
-        "(hidden x kv_heads x head_dim; Qwen2 adds biases to q/k/v), the gated MLP (3 x hidden x "
-        "intermediate) and two norms; an output head only if the embedding is not tied."
-        + (" You are within 1%: look for the small terms." if off < 0.01 else ""),
+        say(
+            en="embedding + every layer's attention and MLP + norms (+ a head, if untied).",
+            zh="嵌入层 + 每一层的注意力和 MLP + 各个 norm（如果没有共享，再加一个输出头）。",
+        ),
+        say(
+            en="count the embedding (vocab x hidden), then per layer q/o (hidden x heads x "
+            "head_dim), k/v (hidden x kv_heads x head_dim; Qwen2 adds biases to q/k/v), the gated "
+            "MLP (3 x hidden x intermediate) and two norms; an output head only if the embedding "
+            "is not tied."
+            + (" You are within 1%: look for the small terms." if off < 0.01 else ""),
+            zh="先算嵌入层（vocab x hidden），再算每一层的 q/o（hidden x heads x head_dim）、"
+            "k/v（hidden x kv_heads x head_dim；Qwen2 给 q/k/v 加了偏置）、带门控的 MLP"
+            "（3 x hidden x intermediate）和两个 norm；只有嵌入层没有共享（tied）时才另算输出头。"
+            + ("已经相差不到 1%：找找那些小项。" if off < 0.01 else ""),
+        ),
     )
 
 
@@ -58,10 +68,21 @@ def check_2(sha256_of) -> bool:
             return verdict(
                 False,
                 "",
-                f"wrong for {name} ({len(data):,} bytes): open in binary mode, update "
-                "the hash with every piece, return hexdigest().",
+                say(
+                    en=f"wrong for {name} ({len(data):,} bytes): open in binary mode, update "
+                    "the hash with every piece, return hexdigest().",
+                    zh=f"{name}（{len(data):,} 字节）算错了：用二进制模式打开，每读一块就更新"
+                    "一次哈希，最后返回 hexdigest()。",
+                ),
             )
-    return verdict(True, "the digest the hub lists for a file is what you compare it with.", "")
+    return verdict(
+        True,
+        say(
+            en="the digest the hub lists for a file is what you compare it with.",
+            zh="Hub 为每个文件列出的摘要，就是你拿来对照的值。",
+        ),
+        "",
+    )
 
 
 def check_3(pick) -> bool:
@@ -87,7 +108,18 @@ def check_3(pick) -> bool:
             return verdict(
                 False,
                 "",
-                f"wrong for the pattern {pattern!r}: shell-style wildcards (fnmatch), "
-                "matched against the whole path, case-sensitive.",
+                say(
+                    en=f"wrong for the pattern {pattern!r}: shell-style wildcards (fnmatch), "
+                    "matched against the whole path, case-sensitive.",
+                    zh=f"模式 {pattern!r} 的结果不对：用 shell 风格的通配符（fnmatch），"
+                    "匹配整个路径，区分大小写。",
+                ),
             )
-    return verdict(True, "glob patterns over whole paths, case-sensitive, as hf download does.", "")
+    return verdict(
+        True,
+        say(
+            en="glob patterns over whole paths, case-sensitive, as hf download does.",
+            zh="和 hf download 一样：通配符匹配整个路径，区分大小写。",
+        ),
+        "",
+    )

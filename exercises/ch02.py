@@ -3,7 +3,7 @@ model."""
 
 from __future__ import annotations
 
-from . import close, learner_weight, verdict
+from . import close, learner_weight, say, verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 
@@ -40,10 +40,18 @@ def check_1(answer_bytes, path=None) -> bool:
     truth = _bytes(qweight.shape[0] * 8, qweight.shape[1], 64)
     return verdict(
         close(answer_bytes, truth, 0.001),
-        "four tensors, counted at group size 64.",
-        "count all four tensors: qweight (4 bits per weight), qzeros (4 bits per group and "
-        "output), scales (16 bits per group and output) and g_idx (one int32 per input). Which of "
-        "them depend on the group size?",
+        say(
+            en="four tensors, counted at group size 64.",
+            zh="四个张量，按分组大小 64 算对了。",
+        ),
+        say(
+            en="count all four tensors: qweight (4 bits per weight), qzeros (4 bits per group and "
+            "output), scales (16 bits per group and output) and g_idx (one int32 per input). "
+            "Which of them depend on the group size?",
+            zh="把四个张量都算上：qweight（每个权重 4 位）、qzeros（每个分组、每个输出 4 位）、"
+            "scales（每个分组、每个输出 16 位）和 g_idx（每个输入一个 int32）。其中哪些取决于"
+            "分组大小？",
+        ),
     )
 
 
@@ -54,9 +62,16 @@ def check_2(answer_bits, path=None) -> bool:
     truth = stored / (t["qweight"].shape[0] * 8 * t["qweight"].shape[1])
     return verdict(
         close(answer_bits, truth, 0.002),
-        f"the extra {truth - 4:.3f} bits are the price of the groups.",
-        "divide the bits of all four tensors (numel x element size x 8) by the number of weights "
-        "(inputs x outputs); the answer is a little above 4.",
+        say(
+            en=f"the extra {truth - 4:.3f} bits are the price of the groups.",
+            zh=f"多出来的 {truth - 4:.3f} 位就是分组的代价。",
+        ),
+        say(
+            en="divide the bits of all four tensors (numel x element size x 8) by the number of "
+            "weights (inputs x outputs); the answer is a little above 4.",
+            zh="用四个张量的总位数（numel x 元素字节数 x 8）除以权重个数（输入数 x 输出数）；"
+            "答案比 4 稍大一点。",
+        ),
     )
 
 
@@ -71,7 +86,8 @@ def check_3(dequantize, path=None) -> bool:
     zeros = unpack_int4(t["qzeros"], dim=1).float() + 1  # the gptq layout stores zero - 1
     groups = torch.arange(q.shape[0]) // 128
     truth = (q - zeros[groups]) * t["scales"].float()[groups]
-    got, problem = learner_weight(dequantize, t, truth.shape, "qweight packs 8 inputs per int32")
+    layout = say(en="qweight packs 8 inputs per int32", zh="qweight 每个 int32 打包 8 个输入")
+    got, problem = learner_weight(dequantize, t, truth.shape, layout)
     if problem:
         return verdict(False, "", problem)
     ok = torch.allclose(got, truth, rtol=1e-3, atol=1e-6)
@@ -80,9 +96,19 @@ def check_3(dequantize, path=None) -> bool:
     )
     return verdict(
         ok,
-        "scale x (q - (stored zero + 1)), group by group.",
-        "your zero points are off by one: the gptq layout stores zero - 1 (section 2)."
+        say(
+            en="scale x (q - (stored zero + 1)), group by group.",
+            zh="逐个分组计算 scale x (q - (存储的零点 + 1))。",
+        ),
+        say(
+            en="your zero points are off by one: the gptq layout stores zero - 1 (section 2).",
+            zh="你的零点差了 1：gptq 布局存的是零点 - 1（第 2 节）。",
+        )
         if off_by_one
-        else "unpack qweight along the inputs and qzeros along the outputs, pick each input's "
-        "group (input // group_size), then scale x (q - zero).",
+        else say(
+            en="unpack qweight along the inputs and qzeros along the outputs, pick each input's "
+            "group (input // group_size), then scale x (q - zero).",
+            zh="沿输入方向解包 qweight，沿输出方向解包 qzeros，找出每个输入所在的分组"
+            "（input // group_size），再算 scale x (q - zero)。",
+        ),
     )

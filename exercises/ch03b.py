@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import attempt, close, verdict
+from . import attempt, close, say, verdict
 
 LAYER = "model.layers.0.mlp.down_proj"
 
@@ -29,10 +29,18 @@ def check_1(answer_bytes, group_size: int = 128, path=None) -> bool:
     truth = out_features * in_features // 2 + out_features * (in_features // group_size) * 2 + 2 * 8
     return verdict(
         close(answer_bytes, truth, 0.001),
-        "the same bits as GPTQ's codes and scales, without zero points (symmetric) or g_idx.",
-        "three tensors: 4 bits per weight packed into int32, a bf16 scale per group of inputs and "
-        "per output, and the two numbers of the original shape as int64. Symmetric: no zero "
-        "points.",
+        say(
+            en="the same bits as GPTQ's codes and scales, without zero points (symmetric) or "
+            "g_idx.",
+            zh="和 GPTQ 的编码与缩放因子位数相同，只是没有零点（对称量化），也没有 g_idx。",
+        ),
+        say(
+            en="three tensors: 4 bits per weight packed into int32, a bf16 scale per group of "
+            "inputs and per output, and the two numbers of the original shape as int64. "
+            "Symmetric: no zero points.",
+            zh="三个张量：每个权重 4 位、打包进 int32；每个输出、每组输入一个 bf16 缩放因子；"
+            "以及用两个 int64 记录的原始形状。对称量化：没有零点。",
+        ),
     )
 
 
@@ -63,10 +71,21 @@ def check_2(loader_for) -> bool:
                 False,
                 "",
                 error
-                or f"wrong for {config}: read quantization_config.quant_method, "
-                "lower-case; no method means a plain Transformers model.",
+                or say(
+                    en=f"wrong for {config}: read quantization_config.quant_method, "
+                    "lower-case; no method means a plain Transformers model.",
+                    zh=f"{config} 判断错了：读取 quantization_config.quant_method，转成小写；"
+                    "没有方法就是普通的 Transformers 模型。",
+                ),
             )
-    return verdict(True, "one field of config.json decides which library loads a folder.", "")
+    return verdict(
+        True,
+        say(
+            en="one field of config.json decides which library loads a folder.",
+            zh="config.json 里的一个字段决定了由哪个库来加载这个文件夹。",
+        ),
+        "",
+    )
 
 
 def _weight(name: str, path=None):
@@ -105,15 +124,26 @@ def check_3(rtn_scales, path=None) -> bool:
         truth = truth.reshape(weight.shape[0], -1)
         got, error = attempt(rtn_scales, weight.clone(), group_size)
         if error:
-            return verdict(False, "", f"{error} (group size {group_size})")
+            return verdict(
+                False,
+                "",
+                say(
+                    en=f"{error} (group size {group_size})", zh=f"{error}（分组大小 {group_size}）"
+                ),
+            )
         got = torch.as_tensor(got).float()
-        where = f"{name.removeprefix('model.').removesuffix('.weight')}, group size {group_size}"
+        layer = name.removeprefix("model.").removesuffix(".weight")
+        where = say(en=f"{layer}, group size {group_size}", zh=f"{layer}，分组大小 {group_size}")
         if got.shape != truth.shape:
             return verdict(
                 False,
                 "",
-                f"your scales have the shape {tuple(got.shape)} for {where}; expected one per "
-                f"output and group of inputs, {tuple(truth.shape)}.",
+                say(
+                    en=f"your scales have the shape {tuple(got.shape)} for {where}; expected one "
+                    f"per output and group of inputs, {tuple(truth.shape)}.",
+                    zh=f"对于 {where}，你的缩放因子形状是 {tuple(got.shape)}；应为每个输出、"
+                    f"每组输入一个，即 {tuple(truth.shape)}。",
+                ),
             )
         near = torch.isclose(got, truth, rtol=5e-3, atol=0)  # bf16 scales pass too
         if near.all():
@@ -121,26 +151,37 @@ def check_3(rtn_scales, path=None) -> bool:
         ratio = (got / truth).flatten()
         negative_peak = -groups.amin(-1) > groups.amax(-1)  # the group's largest |w| is negative
         if (ratio.max() - ratio.min()) < 1e-3 * ratio.abs().mean():
-            hint = (
-                f"your scales are all off by the same factor ({where}): how many steps wide is "
+            hint = say(
+                en=f"your scales are all off by the same factor ({where}): how many steps wide is "
                 "the signed 4-bit grid, from -8 to 7, and how much of it does a symmetric scale "
-                "give to each side of zero?"
+                "give to each side of zero?",
+                zh=f"你的缩放因子全都差了同一个倍数（{where}）：从 -8 到 7 的有符号 4 位网格"
+                "有多少步宽？对称的缩放因子在零的两边各分到多少？",
             )
         elif bool((near | negative_peak).all()):
-            hint = (
-                f"wrong for the groups whose largest weight is negative ({where}): the scale "
-                "must cover the largest magnitude, on either side of zero."
+            hint = say(
+                en=f"wrong for the groups whose largest weight is negative ({where}): the scale "
+                "must cover the largest magnitude, on either side of zero.",
+                zh=f"最大权重为负数的那些分组算错了（{where}）：缩放因子必须覆盖绝对值最大的"
+                "那个权重，不管它在零的哪一边。",
             )
         else:
-            hint = (
-                f"wrong for {where}: one scale per output row and per group of group_size "
+            hint = say(
+                en=f"wrong for {where}: one scale per output row and per group of group_size "
                 "consecutive inputs, set by the group's largest weight so that it lands on the "
-                "edge of the 4-bit grid (section 1's calculate_qparams; symmetric: no zero point)."
+                "edge of the 4-bit grid (section 1's calculate_qparams; symmetric: no zero point).",
+                zh=f"{where} 算错了：每个输出行、每组 group_size 个连续输入各一个缩放因子，"
+                "由该组最大的权重决定，使它正好落在 4 位网格的边缘（第 1 节的 "
+                "calculate_qparams；对称量化：没有零点）。",
             )
         return verdict(False, "", hint)
     return verdict(
         True,
-        "each group's largest magnitude sets its scale, so one outlier coarsens the grid of its "
-        "whole group: what GPTQ and AWQ improve on.",
+        say(
+            en="each group's largest magnitude sets its scale, so one outlier coarsens the grid "
+            "of its whole group: what GPTQ and AWQ improve on.",
+            zh="每个分组的缩放因子由其中绝对值最大的权重决定，所以一个离群值就会让整组的网格"
+            "变粗：这正是 GPTQ 和 AWQ 要改进的地方。",
+        ),
         "",
     )

@@ -3,7 +3,7 @@ template."""
 
 from __future__ import annotations
 
-from . import attempt, verdict
+from . import attempt, say, verdict
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -40,14 +40,30 @@ def check_1(render, path=None) -> bool:
             return verdict(
                 False,
                 "",
-                f"wrong for a conversation of {len(messages)} messages"
-                + (
-                    " with a system message: where does Gemma's template put it?"
-                    if system
-                    else ": print both strings with repr() and compare them character by character."
+                say(
+                    en=f"wrong for a conversation of {len(messages)} messages"
+                    + (
+                        " with a system message: where does Gemma's template put it?"
+                        if system
+                        else ": print both strings with repr() and compare them character by "
+                        "character."
+                    ),
+                    zh=f"有 {len(messages)} 条消息的对话渲染错了"
+                    + (
+                        "，其中有一条系统消息：Gemma 的对话模板把它放在哪里？"
+                        if system
+                        else "：用 repr() 打印两个字符串，逐个字符比较。"
+                    ),
                 ),
             )
-    return verdict(True, "the same text as apply_chat_template, for every conversation tried.", "")
+    return verdict(
+        True,
+        say(
+            en="the same text as apply_chat_template, for every conversation tried.",
+            zh="试过的每段对话，都和 apply_chat_template 的文本完全相同。",
+        ),
+        "",
+    )
 
 
 def check_2(encode, path=None) -> bool:
@@ -67,12 +83,26 @@ def check_2(encode, path=None) -> bool:
             return verdict(
                 False,
                 "",
-                "two <bos> at the start: the rendered text already has one, and the "
-                "tokenizer adds another unless told not to."
+                say(
+                    en="two <bos> at the start: the rendered text already has one, and the "
+                    "tokenizer adds another unless told not to.",
+                    zh="开头有两个 <bos>：渲染出的文本里已经有一个，而分词器除非被告知不要，"
+                    "还会再加一个。",
+                )
                 if doubled
-                else "compare the first few ids of both with convert_ids_to_tokens.",
+                else say(
+                    en="compare the first few ids of both with convert_ids_to_tokens.",
+                    zh="用 convert_ids_to_tokens 比较两者开头的几个 id。",
+                ),
             )
-    return verdict(True, "one <bos>, and every control token where the template put it.", "")
+    return verdict(
+        True,
+        say(
+            en="one <bos>, and every control token where the template put it.",
+            zh="只有一个 <bos>，每个控制 token 都在模板放它的位置上。",
+        ),
+        "",
+    )
 
 
 def check_3(encode_typed, path=None) -> bool:
@@ -89,9 +119,27 @@ def check_3(encode_typed, path=None) -> bool:
         return verdict(
             False,
             "",
-            "a control token id is in your ids: the typed text became a turn marker. "
-            "Which tokenizer option splits special tokens into plain text?",
+            say(
+                en="a control token id is in your ids: the typed text became a turn marker. "
+                "Which tokenizer option splits special tokens into plain text?",
+                zh="你的 id 里有控制 token 的 id：输入的文本变成了轮次标记。分词器的哪个选项会把"
+                "特殊 token 拆成普通文本？",
+            ),
         )
     if tok.decode(got) != typed:
-        return verdict(False, "", "the ids do not decode back to the typed text (tok.decode(ids)).")
-    return verdict(True, "typed text stays text: no one can close a turn by typing its marker.", "")
+        return verdict(
+            False,
+            "",
+            say(
+                en="the ids do not decode back to the typed text (tok.decode(ids)).",
+                zh="这些 id 解码后（tok.decode(ids)）得不到原来输入的文本。",
+            ),
+        )
+    return verdict(
+        True,
+        say(
+            en="typed text stays text: no one can close a turn by typing its marker.",
+            zh="输入的文本始终是文本：谁也不能靠输入标记来结束一轮对话。",
+        ),
+        "",
+    )

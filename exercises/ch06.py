@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from . import attempt, verdict
+from . import attempt, say, verdict
 
 
 def check_1(speeds) -> bool:
@@ -31,13 +31,28 @@ def check_1(speeds) -> bool:
             return verdict(
                 False,
                 "",
-                "your decode speed includes the wait for the first token: that is prompt "
-                "reading, which TTFT already reports."
+                say(
+                    en="your decode speed includes the wait for the first token: that is prompt "
+                    "reading, which TTFT already reports.",
+                    zh="你的解码速度把等待首个 token 的时间也算进去了：那是读取提示词的时间，"
+                    "TTFT 已经报告过了。",
+                )
                 if counted_all
-                else "TTFT = first token time - call time; "
-                "decode tok/s = (tokens - 1) / (last - first).",
+                else say(
+                    en="TTFT = first token time - call time; "
+                    "decode tok/s = (tokens - 1) / (last - first).",
+                    zh="TTFT = 首个 token 的时间 - 调用时间；"
+                    "解码 tok/s = (token 数 - 1) / (最后一个 - 第一个)。",
+                ),
             )
-    return verdict(True, "the same definitions notebook 08's benchmark uses.", "")
+    return verdict(
+        True,
+        say(
+            en="the same definitions notebook 08's benchmark uses.",
+            zh="和 notebook 08 的基准测试用的定义相同。",
+        ),
+        "",
+    )
 
 
 def _streamed(pieces, ids: list[int]) -> list[tuple[str, int]]:
@@ -73,21 +88,34 @@ def check_2(pieces, path=None) -> bool:
             return verdict(False, "", error)
         if not all(isinstance(p, str) for p, _ in got):
             return verdict(
-                False, "", "each piece is a str: the text that is new since the last one."
+                False,
+                "",
+                say(
+                    en="each piece is a str: the text that is new since the last one.",
+                    zh="每一段都是一个 str：自上一段以来新增的文本。",
+                ),
             )
         if "".join(p for p, _ in got) != tok.decode(ids):
             return verdict(
                 False,
                 "",
-                "the pieces do not join to the decoded text: decoding ids one by one "
-                "loses the spaces and splits characters that take several tokens.",
+                say(
+                    en="the pieces do not join to the decoded text: decoding ids one by one "
+                    "loses the spaces and splits characters that take several tokens.",
+                    zh="这些片段拼起来不等于解码后的文本：一个一个地解码 id，会丢掉空格，"
+                    "还会把占好几个 token 的字符拆开。",
+                ),
             )
         if any("\ufffd" in p for p, _ in got):
             return verdict(
                 False,
                 "",
-                "a piece holds '\ufffd', half a character: hold text back until the "
-                "decoded text no longer ends in it.",
+                say(
+                    en="a piece holds '\ufffd', half a character: hold text back until the "
+                    "decoded text no longer ends in it.",
+                    zh="有一段里含有 '\ufffd'，也就是半个字符：先把文本留着，等解码结果不再以它"
+                    "结尾时再交出去。",
+                ),
             )
         # the text can grow at this many tokens: the ones after which it decodes longer and whole
         growing, shown = 0, ""
@@ -99,21 +127,34 @@ def check_2(pieces, path=None) -> bool:
             return verdict(
                 False,
                 "",
-                f"{len(got)} piece{'s' * (len(got) != 1)} for {len(ids)} tokens: that is not a "
-                "stream. Hand over the new text after each token, as soon as it is complete, not "
-                "the whole text (or whole words) at once.",
+                say(
+                    en=f"{len(got)} piece{'s' * (len(got) != 1)} for {len(ids)} tokens: that is "
+                    "not a stream. Hand over the new text after each token, as soon as it is "
+                    "complete, not the whole text (or whole words) at once.",
+                    zh=f"{len(ids)} 个 token 只给出了 {len(got)} 段：这不是流式输出。每个 token "
+                    "之后，一旦新文本完整就立即交出，而不是一次交出全部文本（或整个单词）。",
+                ),
             )
         early = sum(n < len(ids) for _, n in got)
         if 2 * early < len(got):
             return verdict(
                 False,
                 "",
-                "your pieces come out only after the last id was read: a streamer gets the ids "
-                "one at a time and must hand over each piece before the next id arrives "
-                "(yield it, in a generator).",
+                say(
+                    en="your pieces come out only after the last id was read: a streamer gets the "
+                    "ids one at a time and must hand over each piece before the next id arrives "
+                    "(yield it, in a generator).",
+                    zh="你的片段要等最后一个 id 读完才出来：streamer 一次收到一个 id，必须在下一个 "
+                    "id 到来之前交出每一段（在生成器里用 yield）。",
+                ),
             )
     return verdict(
-        True, "decode the whole sequence so far, and hand over only what is new and complete.", ""
+        True,
+        say(
+            en="decode the whole sequence so far, and hand over only what is new and complete.",
+            zh="每次解码到目前为止的整个序列，只交出新增且完整的部分。",
+        ),
+        "",
     )
 
 
@@ -136,7 +177,18 @@ def check_3(cut_at_stop) -> bool:
                 False,
                 "",
                 error
-                or f"wrong for {text!r} with stops {stops}: cut at the earliest "
-                "stop string of any of them, and keep everything when none occurs.",
+                or say(
+                    en=f"wrong for {text!r} with stops {stops}: cut at the earliest "
+                    "stop string of any of them, and keep everything when none occurs.",
+                    zh=f"文本 {text!r}、停止字符串 {stops} 的结果不对：在它们之中最早出现的那个"
+                    "停止字符串处截断；一个都没出现时保留全部文本。",
+                ),
             )
-    return verdict(True, "what create_completion(stop=...) does for you in llama-cpp-python.", "")
+    return verdict(
+        True,
+        say(
+            en="what create_completion(stop=...) does for you in llama-cpp-python.",
+            zh="这就是 llama-cpp-python 里 create_completion(stop=...) 替你做的事。",
+        ),
+        "",
+    )

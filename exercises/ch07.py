@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from . import attempt, verdict
+from . import attempt, say, verdict
 
 
 def _words(messages) -> int:
@@ -36,26 +36,41 @@ def check_1(trim) -> bool:
         want = chat.trim_history(messages, _words, budget).messages
         got, error = attempt(trim, [dict(m) for m in messages], _words, budget)
         if error:
-            return verdict(False, "", f"{error} (budget {budget})")
+            return verdict(
+                False, "", say(en=f"{error} (budget {budget})", zh=f"{error}（预算 {budget}）")
+            )
         if got != want:
             return verdict(
                 False,
                 "",
-                f"wrong for {len(messages)} messages and a budget of {budget}: keep the "
-                "system message and the last user message, drop user/assistant pairs whole, oldest "
-                "first, and no more than needed.",
+                say(
+                    en=f"wrong for {len(messages)} messages and a budget of {budget}: keep the "
+                    "system message and the last user message, drop user/assistant pairs whole, "
+                    "oldest first, and no more than needed.",
+                    zh=f"{len(messages)} 条消息、预算 {budget} 时结果不对：保留系统消息和最后一条"
+                    "用户消息，成对地丢弃用户/助手消息，从最旧的开始，只丢必要的那么多。",
+                ),
             )
     try:
         trim(_history(2), _words, 3)
     except Exception:
         return verdict(
-            True, "the fewest oldest exchanges dropped, and an error when nothing fits.", ""
+            True,
+            say(
+                en="the fewest oldest exchanges dropped, and an error when nothing fits.",
+                zh="只丢掉最少的、最旧的几轮对话，什么都放不下时报错。",
+            ),
+            "",
         )
     return verdict(
         False,
         "",
-        "when even the system message and the last question exceed the budget, raise an "
-        "error: sending the prompt anyway would overflow the window.",
+        say(
+            en="when even the system message and the last question exceed the budget, raise an "
+            "error: sending the prompt anyway would overflow the window.",
+            zh="如果连系统消息和最后一个问题都超出预算，就抛出错误：硬把提示词发出去会撑破上下文"
+            "窗口。",
+        ),
     )
 
 
@@ -93,12 +108,26 @@ def check_2(save) -> bool:
     if error:
         return verdict(False, "", error)
     if held is None:
-        return verdict(False, "", "the file does not hold the text afterwards.")
+        return verdict(
+            False,
+            "",
+            say(
+                en="the file does not hold the text afterwards.",
+                zh="保存之后，文件里并没有这段文本。",
+            ),
+        )
     return verdict(
         held == '{"messages": []}',
-        "write a temporary file next to it, then replace the old one in one step.",
-        "the old file was changed before the new one was complete: write the new text to a "
-        "temporary file in the same folder, then os.replace() it over the old one.",
+        say(
+            en="write a temporary file next to it, then replace the old one in one step.",
+            zh="先在旁边写一个临时文件，再一步替换掉旧文件。",
+        ),
+        say(
+            en="the old file was changed before the new one was complete: write the new text to "
+            "a temporary file in the same folder, then os.replace() it over the old one.",
+            zh="新文件还没写完，旧文件就已经被改了：先把新文本写到同一文件夹里的临时文件，"
+            "再用 os.replace() 覆盖旧文件。",
+        ),
     )
 
 
@@ -128,7 +157,14 @@ def check_3(score) -> bool:
         return verdict(False, "", error)
     return verdict(
         got == truth,
-        "a regular expression per question, searched case-insensitively in the reply.",
-        "search each question's pattern anywhere in its reply (re.search), ignoring case; "
-        '"eighteen" must not count as eight.',
+        say(
+            en="a regular expression per question, searched case-insensitively in the reply.",
+            zh="每个问题一个正则表达式，在回答里不区分大小写地查找。",
+        ),
+        say(
+            en="search each question's pattern anywhere in its reply (re.search), ignoring case; "
+            '"eighteen" must not count as eight.',
+            zh="在每个回答的任意位置查找对应问题的模式（re.search），忽略大小写；"
+            "“eighteen” 不能算作 eight。",
+        ),
     )

@@ -35,7 +35,7 @@ where the device runs it natively, else float32 (`compute_dtype(device, work, mo
 `helpers.loading` also checks every float16 load with one short forward pass, for the
 architectures no list names.
 
-Measured by `python -m bench.cpu_dtype` (README, "Speed on your CPU"); `--both` also runs it
+Measured by `python -m bench.cpu_dtype` (docs/cpu-precision.md); `--both` also runs it
 under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`, which makes a
 native-bf16 CPU compute (and `cpu_bf16()` report) like an AVX2-only one.
 Checkpoints on disk stay bf16.

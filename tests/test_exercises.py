@@ -1,11 +1,16 @@
 """The exercises: every lesson ends with a recap and 3-5 exercises, each with a check; every check
 has a solution in solutions/ that asserts it (nbmake runs those); a wrong answer gets a hint, never
-the answer."""
+the answer. The checks speak the edition's language: every message is written in English and in
+Chinese (`say(en=..., zh=...)`), and in the Chinese edition (a zh-CN folder, or QLLM_LANG=zh-CN)
+every check answers in Chinese, for a right answer and for a wrong one."""
 
 from __future__ import annotations
 
+import ast
 import functools
+import hashlib
 import importlib
+import os
 import inspect
 import json
 import re
@@ -16,6 +21,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 RECAP = re.compile(r"^## (Recap|What to remember|Summary)\b", re.M)
+CJK = re.compile(r"[\u4e00-\u9fff]")
+CHINESE_TEXT = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")  # with its punctuation
+
+
+@pytest.fixture(autouse=True)
+def english_unless_asked(monkeypatch):
+    """The checks answer in English here (the tests run from the course folder), whatever the
+    caller's QLLM_LANG; the Chinese tests set it themselves."""
+    monkeypatch.delenv("QLLM_LANG", raising=False)
+
+
+@pytest.fixture
+def chinese(monkeypatch):
+    monkeypatch.setenv("QLLM_LANG", "zh-CN")
 
 
 def cells(path: Path, kind: str) -> list[str]:
@@ -490,3 +509,219 @@ def test_every_check_is_fed_a_wrong_answer():
         if name.startswith("check_") and (chapter(lesson), name) not in covered
     ]
     assert not missing, f"no test gives these checks a wrong answer: {missing}"
+
+
+# ---- the Chinese edition's checks answer in Chinese ------------------------------------------
+
+
+def test_the_language_follows_the_notebooks_folder(tmp_path, monkeypatch):
+    from exercises import language, verdict
+
+    (tmp_path / "notebooks" / "zh-CN").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "notebooks" / "zh-CN")  # where the kernel of a zh-CN notebook runs
+    assert language() == "zh-CN"
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert language() == "en"
+    monkeypatch.setenv("QLLM_LANG", "zh-CN")  # the override, anywhere
+    assert language() == "zh-CN"
+    monkeypatch.chdir(tmp_path / "notebooks" / "zh-CN")
+    monkeypatch.setenv("QLLM_LANG", "en")
+    assert language() == "en"
+    monkeypatch.setenv("QLLM_LANG", "fr")
+    from helpers.errors import CourseError
+
+    with pytest.raises(CourseError, match="QLLM_LANG must be zh-CN or en, not 'fr'"):
+        verdict(True, "", "")
+
+
+def _bilingual(node) -> bool:
+    """A message argument of verdict(): empty, a say(en=, zh=) call, a variable (set from one), or
+    a choice between those."""
+    if isinstance(node, ast.Constant):
+        return node.value == ""
+    if isinstance(node, ast.Name):
+        return True
+    if isinstance(node, ast.IfExp):
+        return _bilingual(node.body) and _bilingual(node.orelse)
+    if isinstance(node, ast.BoolOp):
+        return all(_bilingual(v) for v in node.values)
+    if isinstance(node, ast.Call):
+        func = node.func
+        joined = isinstance(func, ast.Attribute) and func.attr == "join"
+        return _is_say(func.value if joined else node)
+    return False
+
+
+def _is_say(node) -> bool:
+    return isinstance(node, ast.Call) and getattr(node.func, "id", None) == "say"
+
+
+def _strings(node) -> str:
+    return "".join(
+        n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    )
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "exercises").glob("ch*.py")), ids=lambda p: p.stem)
+def test_every_message_is_written_in_english_and_in_chinese(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "verdict":
+            for message in node.args[1:]:
+                assert _bilingual(message), f"{path.name}:{message.lineno}: not say(en=, zh=)"
+        if _is_say(node):
+            words = {k.arg: k.value for k in node.keywords}
+            assert set(words) == {"en", "zh"} and not node.args, f"{path.name}:{node.lineno}"
+            zh, en = _strings(words["zh"]), _strings(words["en"])
+            assert CHINESE_TEXT.search(zh), f"{path.name}:{node.lineno}: zh not Chinese"
+            assert not CHINESE_TEXT.search(en), f"{path.name}:{node.lineno}: en has Chinese"
+
+
+def _told(printed: str) -> str:
+    return printed.split("：", 1)[-1]
+
+
+@pytest.mark.parametrize(
+    "module, check, answer, hint, truth", WRONG, ids=[f"{m}.{c}" for m, c, *_ in WRONG]
+)
+def test_a_wrong_answer_gets_a_chinese_hint_in_the_chinese_edition(
+    module, check, answer, hint, truth, chinese, capsys
+):
+    assert getattr(importlib.import_module(f"exercises.{module}"), check)(answer) is False
+    printed = capsys.readouterr().out
+    assert printed.startswith("✗ 还不对：") and CJK.search(_told(printed)), printed
+    assert truth is None or truth not in printed.replace(",", ""), printed
+
+
+@pytest.mark.parametrize("module, check, told", RAISED, ids=[f"{m}.{c}" for m, c, _ in RAISED])
+def test_a_learners_error_is_reported_in_chinese(module, check, told, chinese, capsys):
+    def broken(*args):
+        raise KeyError("role")
+
+    assert getattr(importlib.import_module(f"exercises.{module}"), check)(broken) is False
+    printed = capsys.readouterr().out
+    assert printed.startswith("✗ 还不对：你的函数抛出了 KeyError"), printed
+
+
+@pytest.mark.parametrize(
+    "module, check, make_answer, hint", COURSE_WRONG, ids=[f"{m}.{c}" for m, c, *_ in COURSE_WRONG]
+)
+def test_a_wrong_answer_on_the_course_models_gets_a_chinese_hint(
+    module, check, make_answer, hint, course_cache, chinese, capsys
+):
+    assert getattr(importlib.import_module(f"exercises.{module}"), check)(make_answer()) is False
+    printed = capsys.readouterr().out
+    assert printed.startswith("✗ 还不对：") and CJK.search(_told(printed)), printed
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _pick(paths, pattern):
+    from huggingface_hub.utils import filter_repo_objects
+
+    return list(filter_repo_objects(paths, allow_patterns=[pattern]))
+
+
+def _save(text, path):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", dir=Path(path).parent, delete=False) as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def _trim(messages, count, budget):
+    from helpers import chat
+
+    return chat.trim_history(messages, count, budget).messages
+
+
+def _cut(text, stops):
+    found = [text.find(s) for s in stops if s in text]
+    return text[: min(found)] if found else text
+
+
+def _collect(lines):
+    text = ""
+    for line in lines:
+        if line == "data: [DONE]":
+            break
+        if line.startswith("data: "):
+            text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+    return text
+
+
+def _loader_for(config):
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    return method.lower() if method else "hf"
+
+
+def _bits(name):
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
+    return size * 8 / block
+
+
+RIGHT = [  # (module, check, a right answer): the checks that need no course model
+    (
+        "ch00",
+        "check_1",
+        {
+            ("avx2 laptop", "batch"): "float32",
+            ("avx2 laptop", "decode"): "bfloat16",
+            ("amx server", "batch"): "bfloat16",
+            ("amx server", "decode"): "bfloat16",
+        },
+    ),
+    ("ch00", "check_2", None),  # BATCH_OR_DECODE's answers, filled in by the test
+    ("ch01", "check_2", _sha256),
+    ("ch01", "check_3", _pick),
+    ("ch03", "check_3", lambda w, s: (1 + w) / s - 1),
+    ("ch03b", "check_2", _loader_for),
+    ("ch04", "check_1", {t: _bits(t) for t in ("Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q6_K")}),
+    ("ch04", "check_3", lambda n: -(-n // 256) * 256),
+    ("ch04b", "check_1", lambda width: width % 256 == 0),
+    (
+        "ch06",
+        "check_1",
+        lambda call, times, prompt: (times[0] - call, (len(times) - 1) / (times[-1] - times[0])),
+    ),
+    ("ch06", "check_3", _cut),
+    ("ch07", "check_1", _trim),
+    ("ch07", "check_2", _save),
+    (
+        "ch07",
+        "check_3",
+        lambda replies, questions: sum(
+            bool(re.search(p, r, re.IGNORECASE))
+            for (_, p), r in zip(questions, replies, strict=True)
+        ),
+    ),
+    (
+        "ch09",
+        "check_1",
+        {
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "What is GGUF?"},
+            ],
+            "max_tokens": 32,
+            "temperature": 0,
+            "stream": True,
+        },
+    ),
+    ("ch09", "check_2", _collect),
+]
+
+
+@pytest.mark.parametrize("module, check, answer", RIGHT, ids=[f"{m}.{c}" for m, c, _ in RIGHT])
+def test_a_right_answer_is_told_so_in_chinese(module, check, answer, chinese, capsys):
+    checks = importlib.import_module(f"exercises.{module}")
+    if (module, check) == ("ch00", "check_2"):
+        answer = dict(zip(checks.BATCH_OR_DECODE, ["batch"] * 3 + ["decode"], strict=True))
+    assert getattr(checks, check)(answer) is True, capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("✓ 正确：") and CJK.search(_told(printed)), printed

@@ -564,9 +564,9 @@ def test_classify_slow_fallback_on_gpu_is_loud(kernel):
 
 
 def test_slow_kernel_names_are_gptqmodels_real_gpu_fallbacks():
-    """The classes the SLOW KERNEL warning and the README name are GPTQModel's own: the pure-PyTorch
-    kernels that may run on a GPU. Its CPU kernels (TorchAten*) are CPU-only, so they can never be
-    the GPU's fallback."""
+    """The classes the SLOW KERNEL warning and the troubleshooting page name are GPTQModel's own:
+    the pure-PyTorch kernels that may run on a GPU. Its CPU kernels (TorchAten*) are CPU-only, so
+    they can never be the GPU's fallback."""
     kernels.import_gptqmodel_quietly()
     from gptqmodel.nn_modules.qlinear.torch import TorchLinear
     from gptqmodel.nn_modules.qlinear.torch_aten_kernel import TorchAtenLinear
@@ -582,13 +582,13 @@ def test_slow_kernel_names_are_gptqmodels_real_gpu_fallbacks():
         assert report["slow_fallback"] and fallback.__name__ in report["warning"]
     from pathlib import Path
 
-    for readme in ("README.md", "README.zh-CN.md"):
+    for page in ("docs/troubleshooting.md", "docs/zh-CN/troubleshooting.md"):
         row = next(
             line
-            for line in (Path(__file__).parent.parent / readme).read_text().splitlines()
+            for line in (Path(__file__).parent.parent / page).read_text().splitlines()
             if line.startswith("| `SLOW KERNEL")
         )
-        assert "but TorchLinear runs" in row and "AwqTorchLinear" in row, readme
+        assert "but TorchLinear runs" in row and "AwqTorchLinear" in row, page
 
 
 def test_classify_same_class_on_cpu_is_not_flagged():

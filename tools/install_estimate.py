@@ -4,8 +4,9 @@ only).
     python tools/install_estimate.py [path/to/venv/python]
 
 The figures are from-nothing installs (no pip cache) measured with `tools/measure_from_nothing.sh`;
-the README's table has them. Most of a first install is compiling llama-cpp-python (llama.cpp has no
-wheel on PyPI for Linux); pip caches the wheel it builds, so a second install takes about a minute.
+docs/measurements.md's table has them. Most of a first install is compiling llama-cpp-python
+(llama.cpp has no wheel on PyPI for Linux); pip caches the wheel it builds, so a second install
+takes about a minute.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Time the README's commands from nothing: a fresh clone of this repository, an empty pip cache and an
-# empty model cache, on this machine. The README's times come from this script; rerun it after a change.
+# Time the course's make commands from nothing: a fresh clone of this repository, an empty pip cache and an
+# empty model cache, on this machine. docs/measurements.md's times come from this script; rerun it after a change.
 #
 #   tools/measure_from_nothing.sh                      # install, models, course; this CPU as it is
 #   tools/measure_from_nothing.sh --emulate-avx2       # the same, computing like an AVX2-only CPU
