@@ -273,12 +273,25 @@ def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
 def check_build_disk(formats, free_bytes: int | None = None) -> None:
     """Refuse, before anything is written, a build the free disk at the cache cannot hold."""
     need = int(sum(BUILD_BYTES[f] for f in formats) * DISK_MARGIN)
-    free = free_disk_bytes(cache_dir()) if free_bytes is None else free_bytes
-    if need > free:
-        raise CourseModelError(
-            f"Building the course models {', '.join(formats)} needs about {human_size(need)} of "
-            f"free disk in {cache_dir()}, and {human_size(free)} is free there: free some space, "
-            "or set QLLM_CACHE_DIR to a folder on a larger disk."
+    check_free_disk(need, f"Building the course models {', '.join(formats)}", free_bytes=free_bytes)
+
+
+def check_free_disk(
+    need_bytes: int,
+    doing: str,
+    folder: Path | None = None,
+    free_bytes: int | None = None,
+    error: type[CourseError] = CourseModelError,
+) -> None:
+    """Raise `error`, one line naming the bytes needed, the bytes free and the folder, when what
+    `doing` will write into `folder` (default: the cache) cannot fit there."""
+    folder = cache_dir() if folder is None else Path(folder)
+    free = free_disk_bytes(folder) if free_bytes is None else free_bytes
+    if need_bytes > free:
+        raise error(
+            f"{doing} needs about {human_size(need_bytes)} of free disk in {folder}, and "
+            f"{human_size(free)} is free there: free some space, or set QLLM_CACHE_DIR to a "
+            "folder on a larger disk."
         )
 
 
