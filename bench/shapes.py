@@ -36,12 +36,14 @@ from .gguf_bench import bench_in_subprocess
 PROMPT_IDS = [2] + list(range(1000, 1031))
 
 
-def random_twin(reference: Path, seed: int = 0) -> Path:
-    """The random-weights copy of `reference`, made once under the shapes cache (atomically)."""
-    folder = shapes.shapes_dir() / "course-gguf-random"
+def random_twin(reference: Path, seed: int = 0, keep: tuple[str, ...] = ()) -> Path:
+    """The random-weights copy of `reference` (with the parts `keep` names taken from it), made
+    once under the shapes cache (atomically)."""
+    folder = shapes.shapes_dir() / ("course-gguf-random" + "".join(f"-{k}" for k in keep))
     out = folder / reference.name
     stamp = folder / shapes.STAMP
     recipe = {"reference": str(reference), "bytes": reference.stat().st_size, "seed": seed}
+    recipe["keep"] = list(keep)
     recipe["recipe_version"] = shapes.RECIPE_VERSION
     if out.exists() and stamp.exists() and json.loads(stamp.read_text()) == recipe:
         return out
@@ -55,7 +57,7 @@ def random_twin(reference: Path, seed: int = 0) -> Path:
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".partial", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        shapes.write_gguf_like(reference, partial, seed=seed)
+        shapes.write_gguf_like(reference, partial, seed=seed, keep=keep)
         partial.rename(out)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -67,11 +69,15 @@ def random_twin(reference: Path, seed: int = 0) -> Path:
     return out
 
 
-def compare(rounds: int, n_tokens: int, threads: int) -> dict:
-    real = course_models.model_path("gguf")
+def compare(
+    rounds: int, n_tokens: int, threads: int, keep: tuple[str, ...] = (), real: Path | None = None
+) -> dict:
+    """Fresh processes, in turns: the real file (the course GGUF, or `real`: e.g. a fresh copy, so
+    both files' pages are equally new in the page cache) against the random twin."""
+    real = Path(real) if real else course_models.model_path("gguf")
     if not real.exists():
         raise CourseError(f"{real} is missing: run `python -m course.models build` first.")
-    twin = random_twin(real)
+    twin = random_twin(course_models.model_path("gguf"), keep=keep)
     runs: dict[str, list[dict]] = {"real": [], "random": []}
     for i in range(rounds):
         order = ("real", "random") if i % 2 == 0 else ("random", "real")
@@ -87,6 +93,7 @@ def compare(rounds: int, n_tokens: int, threads: int) -> dict:
                 flush=True,
             )
     medians = {k: statistics.median(r["decode_tok_s"] for r in v) for k, v in runs.items()}
+    best = {k: max(r["decode_tok_s"] for r in v) for k, v in runs.items()}
     return {
         "machine": cpu_name(),
         "threads": threads,
@@ -94,10 +101,13 @@ def compare(rounds: int, n_tokens: int, threads: int) -> dict:
         "rounds": rounds,
         "real": str(real),
         "random": str(twin),
+        "kept_from_real": list(keep),
         "decode_tok_s": {k: [r["decode_tok_s"] for r in v] for k, v in runs.items()},
         "load_average_1min": {k: [r["load_average_1min"] for r in v] for k, v in runs.items()},
         "median_decode_tok_s": medians,
+        "best_decode_tok_s": best,
         "random_over_real": medians["random"] / medians["real"],
+        "random_over_real_best": best["random"] / best["real"],
     }
 
 
@@ -179,6 +189,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shape", choices=list(shapes.SHAPES), help="time this shape's GGUF")
     parser.add_argument(
+        "--keep",
+        default="",
+        help="parts the twin takes from the real file, comma-separated: "
+        + ", ".join(shapes.KEEPABLE),
+    )
+    parser.add_argument("--real", help="the real GGUF to time (default: the course GGUF)")
+    parser.add_argument(
         "--interleaved",
         action="store_true",
         help="both files in one process, in turns (for a machine other work shares)",
@@ -197,7 +214,11 @@ def main(argv=None) -> int:
         elif args.interleaved:
             report = interleaved(args.rounds, args.new_tokens, threads)
         else:
-            report = compare(args.rounds, args.new_tokens, threads)
+            keep = tuple(k for k in args.keep.split(",") if k)
+            unknown = [k for k in keep if k not in shapes.KEEPABLE]
+            if unknown:
+                raise CourseError(f"--keep {','.join(unknown)}: choose from {shapes.KEEPABLE}")
+            report = compare(args.rounds, args.new_tokens, threads, keep=keep, real=args.real)
     except CourseError as err:
         print(f"bench.shapes: {err}", file=sys.stderr)
         return 2

@@ -464,9 +464,16 @@ def write_gguf(shape: Shape, path: Path, seed: int = 0) -> None:
     writer.close()
 
 
-def write_gguf_like(reference, path: Path, seed: int = 0) -> None:
+# The bytes of each block type that scale it (fp16 d and dmin, and sub-block scales); the rest
+# are its quants (ggml-common.h)
+SCALE_BYTES = {"Q4_K": (0, 16), "Q6_K": (192, 210), "Q5_0": (0, 2), "Q8_0": (0, 2)}
+KEEPABLE = ("f32", "scales", "quants")
+
+
+def write_gguf_like(reference, path: Path, seed: int = 0, keep: tuple[str, ...] = ()) -> None:
     """A GGUF with `reference`'s metadata (tokenizer included), tensor names, shapes and types, and
-    random weights of the same spread rule as `write_gguf`."""
+    random weights of the same spread rule as `write_gguf`; `keep` takes some parts from the
+    reference instead: its "f32" tensors (norms), its blocks' "scales", or their "quants"."""
     import gguf
 
     reader = gguf.GGUFReader(reference)
@@ -495,9 +502,17 @@ def write_gguf_like(reference, path: Path, seed: int = 0) -> None:
         ncols, rows = ne[0], int(np.prod(ne[1:])) if len(ne) > 1 else 1
         kind = t.tensor_type.name
         if kind == "F32":
-            writer.write_tensor_data(rng.tensor("F32", rows, ncols, 0.05))
+            data = np.array(t.data) if "f32" in keep else rng.tensor("F32", rows, ncols, 0.05)
         else:
-            writer.write_tensor_data(rng.tensor(kind, rows, ncols, weight_std(ncols)))
+            data = rng.tensor(kind, rows, ncols, weight_std(ncols))
+            real = np.asarray(t.data).reshape(data.shape)
+            start, end = SCALE_BYTES[kind]
+            if "scales" in keep:
+                data[:, start:end] = real[:, start:end]
+            if "quants" in keep:
+                data[:, :start] = real[:, :start]
+                data[:, end:] = real[:, end:]
+        writer.write_tensor_data(data.reshape(-1))
     writer.close()
 
 
