@@ -2,8 +2,11 @@
 
     python -m bench.shapes                       # 3 rounds, 64 tokens, the order alternating
     python -m bench.shapes --rounds 5 --out build/shapes-bench.json
-    python -m bench.shapes --interleaved --rounds 20   # both in one process, in turns
+    python -m bench.shapes --keep f32,scales     # the twin takes the real norms and block scales
+    python -m bench.shapes --real COPY.gguf      # against a fresh copy of the course GGUF
     python -m bench.shapes --shape mistral-7b    # time a shaped Q4_K_M (made first if missing)
+
+Figures and what they mean: docs/measurements.md, "Random weights against real ones".
 
 The twin (course.shapes.write_gguf_like) has the course GGUF's metadata, tensor names, shapes and
 types, and random blocks of the spread `course.shapes` gives every shaped checkpoint. Each
@@ -111,52 +114,6 @@ def compare(
     }
 
 
-def interleaved(rounds: int, n_tokens: int, threads: int) -> dict:
-    """Both files loaded in this one process, timed in turns, `rounds` runs each: on a machine
-    other work shares, a slow spell then hits both alike, and the best run of each is its speed
-    with the least interference."""
-    from helpers import timing
-    from helpers.loading import load_model
-
-    real = course_models.model_path("gguf")
-    if not real.exists():
-        raise CourseError(f"{real} is missing: run `python -m course.models build` first.")
-    twin = random_twin(real)
-    models = {
-        "real": load_model(real, device="cpu", n_ctx=512, n_threads=threads),
-        "random": load_model(twin, device="cpu", n_ctx=512, n_threads=threads),
-    }
-    for lm in models.values():  # a warm-up each: page the weights in
-        timing.measure(lm, [PROMPT_IDS], new_tokens=8, warmup=0, repeats=1, threads=threads)
-    runs: dict[str, list[float]] = {"real": [], "random": []}
-    for i in range(rounds):
-        for which in ("real", "random") if i % 2 == 0 else ("random", "real"):
-            t = timing.measure(
-                models[which], [PROMPT_IDS], new_tokens=n_tokens, warmup=0, repeats=1
-            )
-            runs[which].append(t.median("decode_tok_s"))
-        print(
-            f"round {i + 1}: real {runs['real'][-1]:.2f}, random {runs['random'][-1]:.2f} tok/s "
-            f"(load average {os.getloadavg()[0]:.2f})",
-            flush=True,
-        )
-    best = {k: max(v) for k, v in runs.items()}
-    medians = {k: statistics.median(v) for k, v in runs.items()}
-    return {
-        "machine": cpu_name(),
-        "threads": threads,
-        "new_tokens": n_tokens,
-        "rounds": rounds,
-        "method": "interleaved in one process",
-        "decode_tok_s": runs,
-        "best_decode_tok_s": best,
-        "median_decode_tok_s": medians,
-        "random_over_real_best": best["random"] / best["real"],
-        "random_over_real_median": medians["random"] / medians["real"],
-        "load_average_1_5_15min_at_end": list(os.getloadavg()),
-    }
-
-
 LOG_BUFFERS = re.compile(r"(CPU_REPACK|CPU_Mapped|CPU) model buffer size =\s+([\d.]+) MiB")
 
 
@@ -195,11 +152,6 @@ def main(argv=None) -> int:
         + ", ".join(shapes.KEEPABLE),
     )
     parser.add_argument("--real", help="the real GGUF to time (default: the course GGUF)")
-    parser.add_argument(
-        "--interleaved",
-        action="store_true",
-        help="both files in one process, in turns (for a machine other work shares)",
-    )
     parser.add_argument("--out", help="write the results here (JSON)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_load-log"]:
@@ -211,8 +163,6 @@ def main(argv=None) -> int:
     try:
         if args.shape:
             report = time_shape(args.shape, args.new_tokens, threads)
-        elif args.interleaved:
-            report = interleaved(args.rounds, args.new_tokens, threads)
         else:
             keep = tuple(k for k in args.keep.split(",") if k)
             unknown = [k for k in keep if k not in shapes.KEEPABLE]

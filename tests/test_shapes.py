@@ -173,3 +173,20 @@ def test_the_cli_says_these_measure_speed_only(capsys):
 def test_an_unknown_shape_is_a_clear_error():
     with pytest.raises(ShapeError, match="choose one of mistral-7b"):
         shapes.make("mistral-8b", "gguf")
+
+
+def test_a_twin_keeps_the_layout_and_takes_only_what_it_is_told(made, tmp_path):
+    """bench.shapes times a file against its random twin: same header, tensors and types; with
+    every part kept, the same bytes."""
+    reference = shapes.made_path("test-qwen2", "gguf", base=made)
+    twin = tmp_path / "twin.gguf"
+    shapes.write_gguf_like(reference, twin, seed=7)
+    copy = tmp_path / "copy.gguf"
+    shapes.write_gguf_like(reference, copy, keep=shapes.KEEPABLE)
+    assert copy.read_bytes() == reference.read_bytes()
+    ref, made_twin = read_gguf(reference), read_gguf(twin)
+    assert [(t.name, t.shape, t.type_name) for t in made_twin.tensors] == [
+        (t.name, t.shape, t.type_name) for t in ref.tensors
+    ]
+    assert made_twin.metadata == ref.metadata
+    assert twin.read_bytes() != reference.read_bytes()
