@@ -203,12 +203,13 @@ def _partials(fmt: str) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _build_lock():
-    """One build at a time per cache (notebooks may ask in parallel)."""
+def build_lock(folder: Path | None = None):
+    """One build at a time per folder, the cache unless told (notebooks may ask in parallel)."""
     import fcntl
 
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / ".build.lock", "w") as handle:
+    folder = cache_dir() if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -231,7 +232,7 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
                 if d not in plan:
                     plan.append(d)
     plan = [f for f in FORMATS if f in plan]
-    with _build_lock():
+    with build_lock():
         todo = [f for f in plan if (force and f in wanted) or status(f) != "ready"]
         if todo:
             check_build_disk(todo)

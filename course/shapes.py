@@ -31,7 +31,7 @@ from helpers.env import cache_dir, installed_version
 from helpers.errors import CourseError
 from helpers.hub import human_size
 
-from .models import check_free_disk
+from .models import build_lock, check_free_disk
 
 NOTICE = (
     "These models have the shapes of real models and random weights: they measure speed and "
@@ -830,6 +830,15 @@ def make(
         free_bytes=free_bytes,
         error=ShapeError,
     )
+    with build_lock(base):
+        if not force and is_made(final, shape, fmt, seed):  # made while we waited for the lock
+            return made_path(shape.name, fmt, base)
+        _write_atomically(shape, fmt, final, seed, need, quiet)
+    return made_path(shape.name, fmt, base)
+
+
+def _write_atomically(shape: Shape, fmt: str, final: Path, seed: int, need: int, quiet: bool):
+    """Write into <fmt>.partial-XXXX beside `final`, and rename it into place when complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
     for left_over in final.parent.glob(f"{fmt}.partial-*"):
         shutil.rmtree(left_over, ignore_errors=True)
@@ -850,7 +859,6 @@ def make(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return made_path(shape.name, fmt, base)
 
 
 def _folder_bytes(folder: Path) -> int:
