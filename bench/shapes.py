@@ -3,15 +3,16 @@
     python -m bench.shapes                       # 3 rounds, 64 tokens, the order alternating
     python -m bench.shapes --rounds 5 --out build/shapes-bench.json
     python -m bench.shapes --keep f32,scales     # the twin takes the real norms and block scales
-    python -m bench.shapes --real COPY.gguf      # against a fresh copy of the course GGUF
+    python -m bench.shapes --real ~/.cache/quantized-llms-locally/gguf/gemma-3-270m-Q4_K_M.gguf
     python -m bench.shapes --shape mistral-7b    # time a shaped Q4_K_M (made first if missing)
 
 Figures and what they mean: docs/measurements.md, "Random weights against real ones".
 
 The twin (course.shapes.write_gguf_like) has the course GGUF's metadata, tensor names, shapes and
-types, and random blocks of the spread `course.shapes` gives every shaped checkpoint. Each
-measurement is bench.gguf_bench's fresh process (a warm-up, then the median of 3 runs), on the same
-prompt ids; the two files take turns going first.
+types, and random blocks of the spread `course.shapes` gives every shaped checkpoint. The real
+weights are a byte-identical copy of the course GGUF, written the same way (--real: another
+file). Each measurement is bench.gguf_bench's fresh process (a warm-up, then the median of 3 runs),
+on the same prompt ids; the two files take turns going first.
 """
 
 from __future__ import annotations
@@ -75,12 +76,14 @@ def random_twin(reference: Path, seed: int = 0, keep: tuple[str, ...] = ()) -> P
 def compare(
     rounds: int, n_tokens: int, threads: int, keep: tuple[str, ...] = (), real: Path | None = None
 ) -> dict:
-    """Fresh processes, in turns: the real file (the course GGUF, or `real`: e.g. a fresh copy, so
-    both files' pages are equally new in the page cache) against the random twin."""
-    real = Path(real) if real else course_models.model_path("gguf")
-    if not real.exists():
-        raise CourseError(f"{real} is missing: run `python -m course.models build` first.")
-    twin = random_twin(course_models.model_path("gguf"), keep=keep)
+    """Fresh processes, in turns: the real weights against the random twin. The real weights are
+    a byte-identical copy of the course GGUF written like the twin (the course file itself ran a
+    few percent slower than such a copy: docs/measurements.md), unless `real` names a file."""
+    course = course_models.model_path("gguf")
+    if not course.exists():
+        raise CourseError(f"{course} is missing: run `python -m course.models build` first.")
+    real = Path(real) if real else random_twin(course, keep=shapes.KEEPABLE)
+    twin = random_twin(course, keep=keep)
     runs: dict[str, list[dict]] = {"real": [], "random": []}
     for i in range(rounds):
         order = ("real", "random") if i % 2 == 0 else ("random", "real")
@@ -151,7 +154,10 @@ def main(argv=None) -> int:
         help="parts the twin takes from the real file, comma-separated: "
         + ", ".join(shapes.KEEPABLE),
     )
-    parser.add_argument("--real", help="the real GGUF to time (default: the course GGUF)")
+    parser.add_argument(
+        "--real",
+        help="the real GGUF to time (default: a fresh byte-identical copy of the course's)",
+    )
     parser.add_argument("--out", help="write the results here (JSON)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_load-log"]:
