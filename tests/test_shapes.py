@@ -190,3 +190,12 @@ def test_a_twin_keeps_the_layout_and_takes_only_what_it_is_told(made, tmp_path):
     ]
     assert made_twin.metadata == ref.metadata
     assert twin.read_bytes() != reference.read_bytes()
+
+
+def test_the_benchmark_refuses_an_unknown_part_to_keep(capsys):
+    from bench import shapes as bench_shapes
+
+    assert bench_shapes.main(["--keep", "weights"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep weights: choose from" in err
+    assert "\n" not in err.strip()
