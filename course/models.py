@@ -224,12 +224,13 @@ def _partials(fmt: str) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _build_lock():
-    """One build at a time per cache (notebooks may ask in parallel)."""
+def build_lock(folder: Path | None = None):
+    """One build at a time per folder, the cache unless told (notebooks may ask in parallel)."""
     import fcntl
 
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / ".build.lock", "w") as handle:
+    folder = cache_dir() if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -252,7 +253,7 @@ def ensure(formats=FORMATS, force: bool = False, quiet: bool = False) -> dict[st
                 if d not in plan:
                     plan.append(d)
     plan = [f for f in FORMATS if f in plan]
-    with _build_lock():
+    with build_lock():
         todo = [f for f in plan if (force and f in wanted) or status(f) != "ready"]
         if todo:
             check_build_disk(todo)
@@ -294,12 +295,25 @@ def resolve_model(name: str, gguf_file: str | None = None, build: bool = False):
 def check_build_disk(formats, free_bytes: int | None = None) -> None:
     """Refuse, before anything is written, a build the free disk at the cache cannot hold."""
     need = int(sum(BUILD_BYTES[f] for f in formats) * DISK_MARGIN)
-    free = free_disk_bytes(cache_dir()) if free_bytes is None else free_bytes
-    if need > free:
-        raise CourseModelError(
-            f"Building the course models {', '.join(formats)} needs about {human_size(need)} of "
-            f"free disk in {cache_dir()}, and {human_size(free)} is free there: free some space, "
-            "or set QLLM_CACHE_DIR to a folder on a larger disk."
+    check_free_disk(need, f"Building the course models {', '.join(formats)}", free_bytes=free_bytes)
+
+
+def check_free_disk(
+    need_bytes: int,
+    doing: str,
+    folder: Path | None = None,
+    free_bytes: int | None = None,
+    error: type[CourseError] = CourseModelError,
+) -> None:
+    """Raise `error`, one line naming the bytes needed, the bytes free and the folder, when what
+    `doing` will write into `folder` (default: the cache) cannot fit there."""
+    folder = cache_dir() if folder is None else Path(folder)
+    free = free_disk_bytes(folder) if free_bytes is None else free_bytes
+    if need_bytes > free:
+        raise error(
+            f"{doing} needs about {human_size(need_bytes)} of free disk in {folder}, and "
+            f"{human_size(free)} is free there: free some space, or set QLLM_CACHE_DIR to a "
+            "folder on a larger disk."
         )
 
 
