@@ -209,24 +209,14 @@ def test_lessons_use_no_private_names(notebook):
 # checks"). Each row: the lesson, the library it teaches, and the calls that must appear in that
 # library cell (one name of each group; none: any call reached from the library).
 CORE_LESSONS = [
-    pytest.param(
-        "01_download",
-        "huggingface_hub",
-        (),
-        marks=pytest.mark.xfail(strict=False, reason="restructured on main"),
-    ),
+    pytest.param("01_download", "huggingface_hub", ()),
     pytest.param("02_gptq", "transformers", ()),
     pytest.param("03_awq", "transformers", ()),
     pytest.param("04_gguf", "llama_cpp", ()),
     pytest.param("05_prompt_templates", "transformers", ({"apply_chat_template"},)),
     pytest.param("06_streaming", "transformers", ({"TextStreamer", "TextIteratorStreamer"},)),
     pytest.param("07_chat", "transformers", ({"apply_chat_template"}, {"generate"})),
-    pytest.param(
-        "09_serve",
-        "openai",
-        (),
-        marks=pytest.mark.xfail(strict=False, reason="restructured on main"),
-    ),
+    pytest.param("09_serve", "openai", ()),
 ]
 
 
