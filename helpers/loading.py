@@ -43,6 +43,7 @@ from .memory import (
     checkpoint_dtype,
     checkpoint_model_type,
     free_memory_bytes,
+    freed_blocks_go_back,
     pick_device,
     resolve_dtype,
 )
@@ -518,6 +519,11 @@ def _load_transformers(
     if load_dtype != dtype:
         model.to(getattr(torch, dtype))
     model.eval()
+    if fmt in ("gptq", "awq") and device == "cpu":
+        # GPTQModel's CPU kernels repack each layer at its first forward: do it now, so the peak
+        # belongs to the load the fit check guards, and the transient blocks are given back
+        with freed_blocks_go_back(), torch.inference_mode():
+            model(torch.tensor([[tokenizer.bos_token_id or 0]]))
     seconds = time.perf_counter() - started
     context = int(
         getattr(model.config.get_text_config(), "max_position_embeddings", 0)

@@ -7,14 +7,19 @@ check_memory_fit(path, "gptq", device=device)    # the figures, or NotEnoughMemo
 estimate_memory_bytes(path, "gguf")
 weights_in_memory_bytes(path, "float32")
 free_memory_bytes("cuda:0")
+with freed_blocks_go_back():                       # a load whose transient blocks are returned
+    ...
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CourseError, NotEnoughMemoryError
@@ -331,3 +336,39 @@ def check_memory_fit(
             + ", or pass check_memory=False if you know better."
         )
     return figures
+
+
+# glibc's mallopt parameter for the size from which a block gets its own mapping
+_M_MMAP_THRESHOLD = -3
+
+
+def _glibc():
+    name = ctypes.util.find_library("c")
+    if not name or not hasattr(os, "confstr") or "glibc" not in (_libc_version() or ""):
+        return None
+    return ctypes.CDLL(name)
+
+
+def _libc_version() -> str | None:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        return None
+
+
+@contextmanager
+def freed_blocks_go_back(threshold: int = 2**20, after: int = 32 * 2**20):
+    """Inside: every block of `threshold` bytes or more is its own mapping, given back to the
+    system when freed. glibc otherwise raises that limit to the size of each large block freed,
+    serves the next ones from its heap, and cannot shrink a heap that tensors made later sit on:
+    GPTQModel repacking a small model's layers one by one left a few hundred MiB of such garbage,
+    a different amount each run. After: `after` (glibc's own ceiling for that limit). Elsewhere
+    than glibc: nothing."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, int(after))

@@ -53,22 +53,8 @@ def _status(fmt: str) -> str:
         return f"unknown: {type(err).__name__}"
 
 
-# AWQ's peak varied from 785 to 1,320 MiB over six runs on a 2-core machine, against an estimate of
-# 1,155 MiB: the estimate does not always cover it (issue 15). Not strict: some runs fit.
-AWQ_OVER_ESTIMATE = pytest.mark.xfail(
-    strict=False,
-    reason="known: AWQ's measured peak growth sometimes exceeds "
-    "the memory estimate (x1.5 + 600 MiB)",
-)
-
-
 @pytest.mark.parametrize(
-    "fmt",
-    [
-        pytest.param(f, marks=AWQ_OVER_ESTIMATE) if f == "awq" else f
-        for f in course_models.FORMATS
-        if f != "gguf-from-hf"
-    ],
+    "fmt", [f for f in course_models.FORMATS if f != "gguf-from-hf"]
 )  # a Q4_K_M as gguf
 def test_memory_estimate_covers_the_real_peak_of_each_course_model(fmt):
     """Peak RSS growth of load + generate <= the estimate < LOOSEST x that growth."""
