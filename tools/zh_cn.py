@@ -98,6 +98,8 @@ def prose(text: str) -> str:
 MAGIC = re.compile(r"^\s*[%!]")
 # A comment of words (not a code fragment or a linter directive): what a translator translates.
 WORDS = re.compile(r"[A-Za-z]{2,}[,:;]?\s+[A-Za-z]{2,}")
+# A commented-out shell command (`#   pip install autoawq`): code to copy as it is, not words.
+COMMAND = re.compile(r"^#\s*(?:pip|git|cd|conda|apt-get)\s")
 
 
 def magic_comment_at(line: str) -> int | None:
@@ -182,11 +184,15 @@ def tokens(text: str) -> list[tuple[int, str]] | None:
 
 
 def untranslated_comments(text: str) -> list[str]:
-    """The comments of a Chinese code cell that are English words and no Chinese."""
+    """The comments of a Chinese code cell that are English words and no Chinese (a commented-out
+    shell command is code, not words)."""
     return [
         comment
         for _, comment in split_comments(text)
-        if comment and WORDS.search(comment) and not re.search(f"[{HAN}]", comment)
+        if comment
+        and WORDS.search(comment)
+        and not COMMAND.match(comment)
+        and not re.search(f"[{HAN}]", comment)
     ]
 
 
@@ -205,7 +211,7 @@ def merge_code(english: str, chinese: str) -> tuple[str, list[int]]:
                 merged.append(zh_lines[b0 + k])
             else:
                 merged.append(en_lines[a0 + k])
-                if en[a0 + k][1] and WORDS.search(en[a0 + k][1]):
+                if WORDS.search(en[a0 + k][1]) and not COMMAND.match(en[a0 + k][1]):
                     todo.append(a0 + k + 1)
     return "\n".join(merged), todo
 
