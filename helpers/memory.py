@@ -18,12 +18,15 @@ import ctypes.util
 import json
 import math
 import os
+import platform
 import re
 from contextlib import contextmanager
 from pathlib import Path
 
+from .env import cpu_flags
 from .errors import CourseError, NotEnoughMemoryError
 from .hub import PICKLE_SUFFIXES
+from .model_info import gguf_header
 from .precision import DtypeChoice, compute_dtype
 
 # What loading costs beyond the weights, as a stated rule of thumb (not a per-model measurement):
@@ -286,9 +289,41 @@ def memory_overhead(fmt: str) -> tuple[float, int]:
     return MEMORY_OVERHEAD_FRACTION, MEMORY_OVERHEAD_BYTES
 
 
+# The types llama.cpp's CPU backend copies into an interleaved layout for its matrix kernels
+REPACKED_TYPES = ("Q4_0", "Q4_K", "IQ4_NL")
+
+
+def cpu_repacks() -> bool:
+    """Whether llama.cpp repacks weights on this CPU: x86 with AVX2 (measured), or ARM (its repack
+    code has ARM layouts too; not measured here)."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "avx2" in cpu_flags()
+    return machine in ("aarch64", "arm64")
+
+
+def repacked_bytes(header: dict) -> int:
+    """Bytes llama.cpp copies into its anonymous `CPU_REPACK` buffer when it loads a GGUF on this
+    CPU, from a header as `model_info.gguf_header` gives it: every matrix of REPACKED_TYPES with
+    rows in groups of 8, except the token embedding (it is looked up, not multiplied). The mapped
+    file stays resident beside the copy."""
+    if not cpu_repacks():
+        return 0
+    shapes = header["shapes"]
+    return sum(
+        header["tensor_bytes"][name]
+        for name, kind in header["types"].items()
+        if kind in REPACKED_TYPES
+        and name != "token_embd.weight"
+        and len(shapes[name]) == 2
+        and shapes[name][1] % 8 == 0
+    )
+
+
 def _loaded_weights(path, fmt: str, dtype: str | None) -> int:
-    # GGUF: no cast
-    return weights_bytes(path) if fmt == "gguf" else weights_in_memory_bytes(path, dtype)
+    if fmt == "gguf":  # no cast: the mapped file, and the copy llama.cpp repacks
+        return weights_bytes(path) + repacked_bytes(gguf_header(path))
+    return weights_in_memory_bytes(path, dtype)
 
 
 def estimate_memory_bytes(path, fmt: str, dtype: str | None = None) -> int:
@@ -297,7 +332,8 @@ def estimate_memory_bytes(path, fmt: str, dtype: str | None = None) -> int:
 
 
 def memory_needed(weights: int, fmt: str) -> int:
-    """The rule: weights in memory x1.5 + 600 MiB (Transformers), x1.2 + 300 MiB (GGUF)."""
+    """The rule: weights in memory x1.5 + 600 MiB (Transformers), x1.2 + 300 MiB (GGUF, whose
+    weights in memory are the mapped file and the copy llama.cpp repacks, `repacked_bytes`)."""
     fraction, fixed = memory_overhead(fmt)
     return int(weights * (1 + fraction) + fixed)
 
@@ -323,9 +359,17 @@ def check_memory_fit(
         where = "GPU memory" if device.startswith("cuda") else "RAM"
         gib = 2**30
         cast = f" as {normalize_dtype(dtype)}" if normalize_dtype(dtype) and fmt != "gguf" else ""
+        repacked = repacked_bytes(gguf_header(path)) if fmt == "gguf" else 0
+        if repacked:
+            weights_said = (
+                f"{(weights - repacked) / gib:.2f} GiB of weights mapped from the file + "
+                f"{repacked / gib:.2f} GiB of them repacked by llama.cpp into a copy"
+            )
+        else:
+            weights_said = f"{weights / gib:.2f} GiB of weights{cast}"
         raise NotEnoughMemoryError(
             f"Not loading {Path(path).name}: it needs about {need / gib:.1f} GiB of {where} "
-            f"({weights / gib:.2f} GiB of weights{cast} + {fraction:.0%} + {fixed // 2**20} MiB "
+            f"({weights_said} + {fraction:.0%} + {fixed // 2**20} MiB "
             f"overhead), and only {free / gib:.1f} GiB is free on {device}. Close other notebooks "
             "or kernels, choose a smaller model or a 4-bit one (GGUF Q4_K_M, GPTQ or AWQ)"
             + (

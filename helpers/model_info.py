@@ -148,6 +148,7 @@ def _header_dict(header) -> dict:
         "metadata": header.metadata,
         "shapes": {t.name: list(t.shape) for t in header.tensors},
         "tensor_bytes": {t.name: t.n_bytes for t in header.tensors},
+        "types": {t.name: t.type_name for t in header.tensors},
         "header_bytes": header.header_bytes,
     }
 

@@ -30,6 +30,7 @@ from .memory import (
     free_memory_bytes,
     in_memory_bytes,
     memory_needed,
+    repacked_bytes,
     pick_device,
     resolve_dtype,
     tensors_in_memory,
@@ -102,7 +103,7 @@ def _gguf_row(repo_id: str, parts: list, revision: str) -> dict:
     headers = [model_info.gguf_header_remote(repo_id, f.path, revision) for f in parts]
     merged = {
         key: {k: v for h in headers for k, v in h[key].items()}
-        for key in ("shapes", "tensor_bytes")
+        for key in ("shapes", "tensor_bytes", "types")
     }
     size = sum(f.size for f in parts)
     return {
@@ -110,7 +111,7 @@ def _gguf_row(repo_id: str, parts: list, revision: str) -> dict:
         "format": "gguf",
         "dtype": file_type_name(headers[0]["metadata"].get("general.file_type")),
         "download_bytes": size,
-        "memory_bytes": memory_needed(size, "gguf"),
+        "memory_bytes": memory_needed(size + repacked_bytes(merged), "gguf"),
         "bytes_per_token": gguf_bytes_per_token(merged),
     }
 

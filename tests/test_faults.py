@@ -115,6 +115,7 @@ from helpers import (
     hub,
     loading,
     memory,
+    model_info,
     streaming,
 )
 from helpers.errors import CourseError
@@ -393,14 +394,18 @@ def test_row4_too_big_for_free_ram_or_vram(course_cache, monkeypatch, fmt, devic
         )  # for the dtype rule
     path = course_models.model_path(fmt)
     need = memory.estimate_memory_bytes(path, fmt)
-    weights = memory.weights_bytes(path)
+    weights = f"{memory.weights_bytes(path) / GIB:.2f} GiB of weights"
     overhead = "+ 20% + 300 MiB overhead" if fmt == "gguf" else "+ 50% + 600 MiB overhead"
+    repacked = memory.repacked_bytes(model_info.gguf_header(path)) if fmt == "gguf" else 0
+    if repacked:  # llama.cpp's copy of the Q4 weights it repacks, on this CPU
+        weights += f" mapped from the file + {repacked / GIB:.2f} GiB of them repacked by llama.cpp"
+        weights += " into a copy"
     where = "GPU memory" if device.startswith("cuda") else "RAM"
     with pytest.raises(NotEnoughMemoryError) as err:
         loading.load_model(path, device=device)
     assert str(err.value) == (
         f"Not loading {path.name}: it needs about {need / GIB:.1f} GiB of {where} "
-        f"({weights / GIB:.2f} GiB of weights {overhead}), and only 0.2 GiB is free on {device}. "
+        f"({weights} {overhead}), and only 0.2 GiB is free on {device}. "
         "Close other notebooks or kernels, choose a smaller model or a 4-bit one (GGUF Q4_K_M, "
         "GPTQ or AWQ), or pass check_memory=False if you know better."
     )

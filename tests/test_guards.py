@@ -131,11 +131,30 @@ def folder(tmp_path) -> Path:
     return _safetensors_folder(tmp_path / "m")
 
 
+def write_small_gguf(path: Path, q4_rows: int = 0) -> Path:
+    """A real GGUF: one F32 vector, and (q4_rows > 0) a Q4_0 matrix of q4_rows rows of 32."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_tensor("output_norm.weight", np.ones(2500, dtype=np.float32))
+    if q4_rows:  # a Q4_0 block: 32 weights in 18 bytes
+        blocks = np.zeros((q4_rows, 18), dtype=np.uint8)
+        writer.add_tensor(
+            "blk.0.ffn_up.weight",
+            blocks,
+            raw_dtype=GGMLQuantizationType.Q4_0,
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 @pytest.fixture
 def gguf_file(tmp_path) -> Path:
-    path = tmp_path / "m.gguf"
-    path.write_bytes(b"GGUF" + bytes(9996))  # 10,000 bytes: the check reads only the size
-    return path
+    return write_small_gguf(tmp_path / "m.gguf")
 
 
 class FakeCuda:
@@ -172,12 +191,33 @@ def test_memory_estimate_is_weights_plus_the_stated_overhead(folder, gguf_file):
         memory.estimate_memory_bytes(folder, "hf", "float32") == 6000 * 3 // 2 + 600 * MIB
     )  # bf16 doubles
     assert memory.estimate_memory_bytes(folder, "gptq", "bfloat16") == 4000 * 3 // 2 + 600 * MIB
-    assert memory.estimate_memory_bytes(gguf_file, "gguf") == 12_000 + 300 * MIB
-    assert (
-        memory.estimate_memory_bytes(gguf_file, "gguf", "float32") == 12_000 + 300 * MIB
+    size = gguf_file.stat().st_size
+    assert memory.estimate_memory_bytes(gguf_file, "gguf") == int(size * 1.2 + 300 * MIB)
+    assert memory.estimate_memory_bytes(gguf_file, "gguf", "float32") == int(
+        size * 1.2 + 300 * MIB
     )  # no cast in GGUF
     assert memory.memory_overhead("gguf") == (0.2, 300 * MIB)
     assert memory.memory_overhead("awq") == (0.5, 600 * MIB)
+
+
+def test_a_gguf_estimate_counts_the_copy_llama_cpp_repacks(tmp_path, monkeypatch):
+    """Q4_0/Q4_K matrices with rows in groups of 8 are copied (where this CPU repacks), so they
+    count twice: mapped from the file, and repacked."""
+    from helpers import model_info
+
+    eight, seven = (write_small_gguf(tmp_path / f"{n}.gguf", q4_rows=n) for n in (8, 7))
+    monkeypatch.setattr(memory, "cpu_repacks", lambda: True)
+    assert memory.repacked_bytes(model_info.gguf_header(eight)) == 8 * 18
+    assert memory.repacked_bytes(model_info.gguf_header(seven)) == 0  # rows not in groups of 8
+    size = eight.stat().st_size
+    assert memory.estimate_memory_bytes(eight, "gguf") == int((size + 8 * 18) * 1.2 + 300 * MIB)
+    with pytest.raises(NotEnoughMemoryError) as err:
+        memory.check_memory_fit(eight, "gguf", free_bytes=GIB // 10)
+    assert "GiB of weights mapped from the file + 0.00 GiB of them repacked by llama.cpp" in str(
+        err.value
+    )
+    monkeypatch.setattr(memory, "cpu_repacks", lambda: False)
+    assert memory.repacked_bytes(model_info.gguf_header(eight)) == 0
 
 
 def test_memory_fit_at_its_boundary(folder):

@@ -8,6 +8,7 @@ Formats not built yet are skipped (`make models` builds them).
 """
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -91,3 +92,25 @@ def test_memory_estimate_covers_the_real_peak_of_each_course_model(fmt):
     assert estimate < LOOSEST * growth, (
         f"the estimate is more than {LOOSEST}x the real peak: " + figures
     )
+
+
+def test_the_repacked_bytes_are_the_copy_llama_cpp_makes(course_cache):
+    """memory.repacked_bytes against llama.cpp's own load log: its CPU_REPACK buffer."""
+    from helpers import model_info
+
+    path = course_models.model_path("gguf")
+    expected = memory.repacked_bytes(model_info.gguf_header(path))
+    load = (
+        "import sys, llama_cpp\n"
+        "llama_cpp.Llama(sys.argv[1], n_ctx=256, n_threads=1, verbose=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", load, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    sizes = re.findall(r"CPU_REPACK model buffer size =\s+([\d.]+) MiB", done.stderr)
+    if not memory.cpu_repacks():
+        assert not sizes, "llama.cpp repacked on a CPU the rule says it does not"
+        return
+    assert sizes, "no CPU_REPACK buffer in llama.cpp's load log:\n" + done.stderr[-2000:]
+    assert float(sizes[0]) == round(expected / 2**20, 2)
