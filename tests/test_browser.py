@@ -125,7 +125,8 @@ def test_streaming_widget_in_jupyterlab(lab, page):
     nb.run_cell(widget_cell, expect="streaming.stream(lm, PROMPT")
     cell = nb.cell(widget_cell)
     stop = cell.locator("button.widget-button", has_text="Stop")
-    status = cell.locator(".widget-hbox .widget-html-content")
+    # the status line sits beside Stop (a progress bar above it is an HBox of HTML too)
+    status = cell.locator(".widget-hbox:has(button.widget-button) .widget-html-content")
     text = cell.locator(".widget-html-content pre")
 
     def widget_shown():
