@@ -214,9 +214,10 @@ def run_benchmark(
         from helpers.memory import pick_device
 
         device = pick_device("auto")
-    if quality and sources:
-        check_one_model(_sources(parse_formats(formats), sources))
+    given = bool(sources)
     sources = _sources(formats, sources)
+    if quality and given:  # your own sources: one model, or no quality comparison
+        check_one_model(sources)
     extra = {
         name: path
         for name, path in (gguf_type_formats(gguf_types) if gguf_types else {}).items()
